@@ -1,0 +1,49 @@
+//! The runtime configuration the daemon hands the programs: one program, no compile-time variants.
+
+/// What the programs do with a packet whose reason drops it.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// Drop it. The zero value, so an unwritten config map enforces: the gate never opens by
+    /// accident.
+    #[default]
+    Enforce = 0,
+    /// Pass it and report it as an event with action "audit".
+    Audit = 1,
+}
+
+/// The value at index 0 of the `CONFIG` array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// A [`Mode`] number. Anything but [`Mode::Audit`] enforces.
+    pub mode: u32,
+    /// Drop events each CPU may emit per second once its burst is spent. 0 with a burst of 0
+    /// disables events (counters still count).
+    pub events_per_sec: u32,
+    /// Events each CPU may emit back to back.
+    pub event_burst: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<Config>() == 16);
+
+impl Config {
+    /// Defaults the daemon writes unless told otherwise.
+    pub const DEFAULT_EVENTS_PER_SEC: u32 = 100;
+    pub const DEFAULT_EVENT_BURST: u32 = 200;
+
+    #[must_use]
+    pub const fn new(mode: Mode) -> Self {
+        Self {
+            mode: mode as u32,
+            events_per_sec: Self::DEFAULT_EVENTS_PER_SEC,
+            event_burst: Self::DEFAULT_EVENT_BURST,
+            _pad: 0,
+        }
+    }
+
+    #[must_use]
+    pub const fn is_audit(&self) -> bool {
+        self.mode == Mode::Audit as u32
+    }
+}

@@ -1,0 +1,70 @@
+//! Map and program names, the one place both sides take them from.
+//!
+//! BPF object names are truncated by the kernel at 15 bytes (`BPF_OBJ_NAME_LEN` - 1); every name
+//! here fits, which the assertions below check.
+
+/// LPM trie, IPv4 destination prefix → [`crate::PolicyId`]. Written by the daemon, read by the
+/// programs.
+pub const ALLOW_V4: &str = "ALLOW_V4";
+/// LPM trie, IPv6 destination prefix → [`crate::PolicyId`]. Written by the daemon, read by the
+/// programs.
+pub const ALLOW_V6: &str = "ALLOW_V6";
+/// Array, [`crate::PolicyId`] → [`crate::Policy`] (the protocols and ports allowed). Written by
+/// the daemon, read by the programs.
+pub const POLICIES: &str = "POLICIES";
+/// Array with one [`crate::Config`] at index 0. Written by the daemon, read by the programs.
+pub const CONFIG: &str = "CONFIG";
+/// Per-CPU array, [`crate::Reason`] → [`crate::PacketCount`]. Written by the programs, read by
+/// the daemon.
+pub const REASON_STATS: &str = "REASON_STATS";
+/// Per-CPU array, service id → [`crate::PacketCount`] of allowed packets. Written by the
+/// programs, read by the daemon.
+pub const SERVICE_STATS: &str = "SERVICE_STATS";
+/// Per-CPU array, [`crate::EventCounter`] → count. Written by the programs, read by the daemon.
+pub const EVENT_STATS: &str = "EVENT_STATS";
+/// Per-CPU array with one token bucket for drop events at index 0. Kernel-private state.
+pub const EVENT_BUDGET: &str = "EVENT_BUDGET";
+/// Ring buffer of [`crate::DropEvent`]. Written by the programs, read by the daemon.
+pub const EVENTS: &str = "EVENTS";
+
+/// The XDP program, for a gateway's LAN-facing interface.
+pub const PROG_XDP: &str = "egress_xdp";
+/// The TC classifier, for a host's uplink (egress direction).
+pub const PROG_TC: &str = "egress_tc";
+
+/// Every map the object must contain.
+pub const ALL_MAPS: [&str; 9] = [
+    ALLOW_V4,
+    ALLOW_V6,
+    POLICIES,
+    CONFIG,
+    REASON_STATS,
+    SERVICE_STATS,
+    EVENT_STATS,
+    EVENT_BUDGET,
+    EVENTS,
+];
+/// Every program the object must contain.
+pub const ALL_PROGRAMS: [&str; 2] = [PROG_XDP, PROG_TC];
+
+/// Capacity of each LPM trie. Tries are `BPF_F_NO_PREALLOC` (the kernel requires it), so an
+/// unused entry costs no memory.
+pub const MAX_PREFIXES: u32 = 1 << 21;
+/// Capacity of [`POLICIES`]: the number of distinct port sets after deduplication.
+pub const MAX_POLICIES: u32 = 4096;
+/// Capacity of [`SERVICE_STATS`]: service ids run from 0 to this minus one.
+pub const MAX_SERVICES: u32 = 1024;
+/// Size of the [`EVENTS`] ring buffer in bytes (a power of two and a multiple of the page size).
+pub const EVENTS_RING_BYTES: u32 = 1 << 20;
+
+const fn fits_obj_name(names: &[&str]) -> bool {
+    let mut i = 0;
+    while i < names.len() {
+        if names[i].len() > 15 {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+const _: () = assert!(fits_obj_name(&ALL_MAPS) && fits_obj_name(&ALL_PROGRAMS));

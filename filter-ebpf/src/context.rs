@@ -1,0 +1,68 @@
+//! The little the engine needs from a hook: where the frame is and where it came from.
+
+use aya_ebpf::programs::{TcContext, XdpContext};
+use filter_common::Hook;
+
+/// A frame to judge, as seen by one hook.
+pub trait PacketContext {
+    /// Which hook this is, for drop events.
+    const HOOK: Hook;
+    /// Address of the first byte of the frame (Ethernet header).
+    fn data(&self) -> usize;
+    /// Address one past the last byte the program may read directly.
+    fn data_end(&self) -> usize;
+    /// The interface the program runs on.
+    fn ifindex(&self) -> u32;
+    /// The frame's full length in bytes, for byte counters.
+    fn packet_len(&self) -> u32;
+}
+
+impl PacketContext for XdpContext {
+    const HOOK: Hook = Hook::Xdp;
+
+    #[inline(always)]
+    fn data(&self) -> usize {
+        XdpContext::data(self)
+    }
+
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        XdpContext::data_end(self)
+    }
+
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        // Safety: `ctx` is the xdp_md the kernel passed to the program.
+        unsafe { (*self.ctx).ingress_ifindex }
+    }
+
+    #[inline(always)]
+    fn packet_len(&self) -> u32 {
+        (XdpContext::data_end(self) - XdpContext::data(self)) as u32
+    }
+}
+
+impl PacketContext for TcContext {
+    const HOOK: Hook = Hook::Tc;
+
+    #[inline(always)]
+    fn data(&self) -> usize {
+        TcContext::data(self)
+    }
+
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        TcContext::data_end(self)
+    }
+
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        // Safety: `skb` is the __sk_buff the kernel passed to the program.
+        unsafe { (*self.skb.skb).ifindex }
+    }
+
+    #[inline(always)]
+    fn packet_len(&self) -> u32 {
+        self.len()
+    }
+}

@@ -1,0 +1,51 @@
+//! The maps, declared once. Names, key and value types come from `filter_common`; see
+//! `filter_common::maps` for who writes and who reads each.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, LpmTrie, PerCpuArray, RingBuf},
+};
+use filter_common::{
+    event::RateLimitState, maps as names, Config, EventCounter, Ipv4KeyBytes, Ipv6KeyBytes,
+    PacketCount, Policy, PolicyId, Reason,
+};
+
+/// IPv4 destination prefix → policy. LPM tries must be `BPF_F_NO_PREALLOC` (aya adds it).
+#[map(name = "ALLOW_V4")]
+pub static ALLOW_V4: LpmTrie<Ipv4KeyBytes, PolicyId> =
+    LpmTrie::with_max_entries(names::MAX_PREFIXES, 0);
+
+/// IPv6 destination prefix → policy.
+#[map(name = "ALLOW_V6")]
+pub static ALLOW_V6: LpmTrie<Ipv6KeyBytes, PolicyId> =
+    LpmTrie::with_max_entries(names::MAX_PREFIXES, 0);
+
+/// Policy id → the rules allowed under every prefix that names it.
+#[map(name = "POLICIES")]
+pub static POLICIES: Array<Policy> = Array::with_max_entries(names::MAX_POLICIES, 0);
+
+/// Index 0: the runtime [`Config`]. All-zero (never written) means enforce with no events.
+#[map(name = "CONFIG")]
+pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+/// Reason → packets and bytes, per CPU.
+#[map(name = "REASON_STATS")]
+pub static REASON_STATS: PerCpuArray<PacketCount> =
+    PerCpuArray::with_max_entries(Reason::COUNT as u32, 0);
+
+/// Service id → allowed packets and bytes, per CPU.
+#[map(name = "SERVICE_STATS")]
+pub static SERVICE_STATS: PerCpuArray<PacketCount> =
+    PerCpuArray::with_max_entries(names::MAX_SERVICES, 0);
+
+/// Event counter → count, per CPU.
+#[map(name = "EVENT_STATS")]
+pub static EVENT_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(EventCounter::COUNT, 0);
+
+/// Index 0: this CPU's drop-event token bucket.
+#[map(name = "EVENT_BUDGET")]
+pub static EVENT_BUDGET: PerCpuArray<RateLimitState> = PerCpuArray::with_max_entries(1, 0);
+
+/// Drop events for the daemon.
+#[map(name = "EVENTS")]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(names::EVENTS_RING_BYTES, 0);

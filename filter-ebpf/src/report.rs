@@ -1,0 +1,118 @@
+//! Counters and drop events.
+
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use filter_common::{
+    event::{Action, RateLimitState},
+    Config, DropEvent, EventCounter, PacketCount, Reason,
+};
+
+use crate::{
+    context::PacketContext,
+    maps::{EVENTS, EVENT_BUDGET, EVENT_STATS, REASON_STATS, SERVICE_STATS},
+    parse::Packet,
+};
+
+const NANOS_PER_SEC: u64 = 1_000_000_000;
+/// Longest idle time credited to a token bucket; keeps the refill arithmetic far from overflow.
+const MAX_REFILL_NANOS: u64 = 10 * NANOS_PER_SEC;
+
+/// Counts a packet under its reason and, when a service allowed it, under that service.
+#[inline(always)]
+pub fn count(reason: Reason, service_id: Option<u16>, bytes: u32) {
+    add(&REASON_STATS, reason as u32, bytes);
+    if let Some(service_id) = service_id {
+        add(&SERVICE_STATS, service_id as u32, bytes);
+    }
+}
+
+#[inline(always)]
+fn add(map: &aya_ebpf::maps::PerCpuArray<PacketCount>, index: u32, bytes: u32) {
+    if let Some(counter) = map.get_ptr_mut(index) {
+        // Safety: a per-CPU slot of our own map; programs run with migration disabled, so
+        // nothing else writes this CPU's slot concurrently.
+        unsafe {
+            (*counter).packets += 1;
+            (*counter).bytes += bytes as u64;
+        }
+    }
+}
+
+#[inline(always)]
+fn bump(counter: EventCounter) {
+    if let Some(value) = EVENT_STATS.get_ptr_mut(counter as u32) {
+        // Safety: as in `add`.
+        unsafe { *value += 1 };
+    }
+}
+
+/// Reports a packet that enforcement drops, if the event budget allows.
+#[inline(always)]
+pub fn report<C: PacketContext>(ctx: &C, packet: &Packet, reason: Reason, config: &Config) {
+    if !take_event_token(config) {
+        bump(EventCounter::RateLimited);
+        return;
+    }
+    let Some(mut entry) = EVENTS.reserve::<DropEvent>(0) else {
+        bump(EventCounter::RingFull);
+        return;
+    };
+    let event = DropEvent {
+        // Safety: bpf_ktime_get_ns has no preconditions.
+        timestamp_ns: unsafe { bpf_ktime_get_ns() },
+        ifindex: ctx.ifindex(),
+        reason: reason as u32,
+        src_addr: packet.src,
+        dst_addr: packet.dst,
+        sport_be: packet.sport.to_be(),
+        dport_be: packet.dport.to_be(),
+        packet_len: ctx.packet_len(),
+        vlan_id: packet.vlan_id,
+        family: packet.family,
+        proto: packet.proto,
+        hook: C::HOOK as u8,
+        action: if config.is_audit() {
+            Action::Audit as u8
+        } else {
+            Action::Drop as u8
+        },
+        _pad: [0; 2],
+    };
+    entry.write(event);
+    entry.submit(0);
+    bump(EventCounter::Emitted);
+}
+
+/// Token bucket per CPU: `event_burst` events back to back, then `events_per_sec`. Per CPU so
+/// that no lock or atomic sits in the drop path; the daemon documents the limit as per CPU.
+#[inline(always)]
+fn take_event_token(config: &Config) -> bool {
+    let Some(state) = EVENT_BUDGET.get_ptr_mut(0) else {
+        return false;
+    };
+    // Safety: this CPU's slot of our own per-CPU map (see `add`).
+    let state: &mut RateLimitState = unsafe { &mut *state };
+    let burst = config.event_burst as u64;
+    let rate = config.events_per_sec as u64;
+    // Safety: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if state.last_refill_ns == 0 {
+        state.tokens = burst;
+        state.last_refill_ns = now;
+    } else if rate > 0 {
+        let elapsed = now.saturating_sub(state.last_refill_ns);
+        let earned = elapsed.min(MAX_REFILL_NANOS) * rate / NANOS_PER_SEC;
+        if elapsed >= MAX_REFILL_NANOS || state.tokens + earned >= burst {
+            state.tokens = burst;
+            state.last_refill_ns = now;
+        } else if earned > 0 {
+            state.tokens += earned;
+            // Advance by what the earned tokens cost, so fractions of a token carry over.
+            state.last_refill_ns += earned * NANOS_PER_SEC / rate;
+        }
+    }
+    if state.tokens == 0 {
+        return false;
+    }
+    state.tokens -= 1;
+    true
+}

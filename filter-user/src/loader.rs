@@ -1,0 +1,50 @@
+//! The kernel object, embedded at build time, and loading it.
+
+use aya::{
+    programs::{ProgramError, SchedClassifier, Xdp},
+    Ebpf, EbpfError, EbpfLoader,
+};
+use filter_common::maps::{PROG_TC, PROG_XDP};
+
+/// The object `build.rs` compiled from filter-ebpf: both programs and every map.
+pub const OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/egress-filter"));
+
+/// Why the object could not be brought into the kernel.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("loading the BPF object (maps) failed; are you root, and is this kernel ≥ 5.8?")]
+    Object(#[source] EbpfError),
+    #[error("program {0} is missing from the BPF object")]
+    MissingProgram(&'static str),
+    #[error("the kernel refused program {name}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+}
+
+/// Creates the maps of the embedded object (nothing is loaded or attached yet).
+pub fn open() -> Result<Ebpf, LoadError> {
+    EbpfLoader::new().load(OBJECT).map_err(LoadError::Object)
+}
+
+/// Runs both programs through the verifier, ready to attach or test-run.
+pub fn load_programs(ebpf: &mut Ebpf) -> Result<(), LoadError> {
+    let xdp: &mut Xdp = program(ebpf, PROG_XDP)?;
+    xdp.load().map_err(|source| LoadError::Program { name: PROG_XDP, source })?;
+    let tc: &mut SchedClassifier = program(ebpf, PROG_TC)?;
+    tc.load().map_err(|source| LoadError::Program { name: PROG_TC, source })?;
+    Ok(())
+}
+
+/// A program of the object, as its concrete type.
+pub fn program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, LoadError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    let program = ebpf.program_mut(name).ok_or(LoadError::MissingProgram(name))?;
+    program
+        .try_into()
+        .map_err(|source| LoadError::Program { name, source })
+}

@@ -1,0 +1,342 @@
+//! Writes an [`AllowTable`] into the kernel maps, and keeps them in step with later tables.
+//!
+//! Updates are incremental and ordered so that no packet sees a half-written policy:
+//! 1. rule sets new to the kernel get free policy slots, written before anything points there;
+//! 2. prefixes that are new or whose rule set changed are inserted or overwritten (one atomic
+//!    map update each: a packet sees the old or the new value, never none);
+//! 3. prefixes gone from the table are deleted;
+//! 4. slots no prefix points at any more return to the free list. They are not zeroed, so a
+//!    packet that looked up a prefix just before its deletion still reads the rules it found.
+//!
+//! A failed step leaves the maps with everything written so far and the writer's bookkeeping
+//! in step with the kernel, so the next `apply` can retry from there.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    hash::Hash,
+};
+
+use aya::{
+    maps::{lpm_trie::Key, Array, LpmTrie, MapData, MapError},
+    Ebpf,
+};
+use filter_common::{
+    maps::{self as names, MAX_POLICIES},
+    Config, Ipv4KeyBytes, Ipv6KeyBytes, Policy, PolicyId,
+};
+use ipnet::{Ipv4Net, Ipv6Net};
+
+use crate::table::{AllowTable, RuleSet};
+
+/// Why the maps could not be opened or written.
+#[derive(Debug, thiserror::Error)]
+pub enum MapWriteError {
+    #[error("map {0} is missing from the loaded object")]
+    Missing(&'static str),
+    #[error("map {name} has an unexpected type or layout")]
+    Layout {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("writing {what} to map {name} failed")]
+    Write {
+        name: &'static str,
+        what: String,
+        #[source]
+        source: MapError,
+    },
+    #[error("no free policy slot: all {MAX_POLICIES} are in use")]
+    PoliciesFull,
+}
+
+/// What one [`PolicyMaps::apply`] changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ApplyStats {
+    pub prefixes_written: usize,
+    pub prefixes_deleted: usize,
+    pub policies_written: usize,
+    pub policies_released: usize,
+}
+
+/// The maps that hold the policy, and what this writer last put in them.
+pub struct PolicyMaps {
+    allow_v4: LpmTrie<MapData, Ipv4KeyBytes, PolicyId>,
+    allow_v6: LpmTrie<MapData, Ipv6KeyBytes, PolicyId>,
+    policies: Array<MapData, Policy>,
+    config: Array<MapData, Config>,
+    slots: PolicySlots,
+    written_v4: BTreeMap<Ipv4Net, PolicyId>,
+    written_v6: BTreeMap<Ipv6Net, PolicyId>,
+}
+
+impl PolicyMaps {
+    /// Takes the policy maps out of a loaded object. The maps must be empty (freshly created).
+    pub fn take_from(ebpf: &mut Ebpf) -> Result<Self, MapWriteError> {
+        fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(
+            ebpf: &mut Ebpf,
+            name: &'static str,
+        ) -> Result<T, MapWriteError> {
+            let map = ebpf.take_map(name).ok_or(MapWriteError::Missing(name))?;
+            T::try_from(map).map_err(|source| MapWriteError::Layout { name, source })
+        }
+        Ok(Self {
+            allow_v4: take(ebpf, names::ALLOW_V4)?,
+            allow_v6: take(ebpf, names::ALLOW_V6)?,
+            policies: take(ebpf, names::POLICIES)?,
+            config: take(ebpf, names::CONFIG)?,
+            slots: PolicySlots::default(),
+            written_v4: BTreeMap::new(),
+            written_v6: BTreeMap::new(),
+        })
+    }
+
+    /// Writes the runtime configuration (mode, event budget).
+    pub fn set_config(&mut self, config: Config) -> Result<(), MapWriteError> {
+        self.config
+            .set(0, config, 0)
+            .map_err(|source| MapWriteError::Write {
+                name: names::CONFIG,
+                what: format!("{config:?}"),
+                source,
+            })
+    }
+
+    /// Makes the kernel's view equal to `table`, touching only what differs.
+    pub fn apply(&mut self, table: &AllowTable) -> Result<ApplyStats, MapWriteError> {
+        let mut stats = ApplyStats::default();
+
+        // 1. Policies first, so every id a prefix is about to point at holds its rules.
+        for rules in table.distinct_rule_sets() {
+            if self.slots.id_of(rules).is_none() {
+                let id = self.slots.allocate(rules.clone())?;
+                let policy = to_policy(rules);
+                if let Err(source) = self.policies.set(id, policy, 0) {
+                    self.slots.release_id(id);
+                    return Err(MapWriteError::Write {
+                        name: names::POLICIES,
+                        what: format!("policy {id} ({rules})"),
+                        source,
+                    });
+                }
+                stats.policies_written += 1;
+            }
+        }
+
+        // 2 and 3, per family.
+        let slots = &self.slots;
+        sync_family(
+            &mut self.allow_v4,
+            names::ALLOW_V4,
+            &mut self.written_v4,
+            &table.v4,
+            slots,
+            |net| Key::new(u32::from(net.prefix_len()), net.network().octets()),
+            &mut stats,
+        )?;
+        sync_family(
+            &mut self.allow_v6,
+            names::ALLOW_V6,
+            &mut self.written_v6,
+            &table.v6,
+            slots,
+            |net| Key::new(u32::from(net.prefix_len()), net.network().octets()),
+            &mut stats,
+        )?;
+
+        // 4. Release slots nothing points at any more.
+        let referenced: std::collections::HashSet<PolicyId> = self
+            .written_v4
+            .values()
+            .chain(self.written_v6.values())
+            .copied()
+            .collect();
+        stats.policies_released = self.slots.retain_ids(|id| referenced.contains(&id));
+        Ok(stats)
+    }
+
+    /// The prefixes this writer has in the kernel, per family.
+    #[must_use]
+    pub fn prefix_counts(&self) -> (usize, usize) {
+        (self.written_v4.len(), self.written_v6.len())
+    }
+}
+
+/// Inserts new and changed prefixes of one family, then deletes the ones gone.
+fn sync_family<N, K>(
+    trie: &mut LpmTrie<MapData, K, PolicyId>,
+    name: &'static str,
+    written: &mut BTreeMap<N, PolicyId>,
+    wanted: &BTreeMap<N, RuleSet>,
+    slots: &PolicySlots,
+    key_of: impl Fn(&N) -> Key<K>,
+    stats: &mut ApplyStats,
+) -> Result<(), MapWriteError>
+where
+    N: Ord + Copy + std::fmt::Display,
+    K: aya::Pod,
+{
+    for (prefix, rules) in wanted {
+        let id = slots.id_of(rules).expect("step 1 allocated every rule set");
+        if written.get(prefix) == Some(&id) {
+            continue;
+        }
+        trie.insert(&key_of(prefix), id, 0)
+            .map_err(|source| MapWriteError::Write {
+                name,
+                what: format!("prefix {prefix}"),
+                source,
+            })?;
+        written.insert(*prefix, id);
+        stats.prefixes_written += 1;
+    }
+    let gone: Vec<N> = written
+        .keys()
+        .filter(|prefix| !wanted.contains_key(prefix))
+        .copied()
+        .collect();
+    for prefix in gone {
+        match trie.remove(&key_of(&prefix)) {
+            // Already absent in the kernel is the state we want.
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(source) => {
+                return Err(MapWriteError::Write {
+                    name,
+                    what: format!("deletion of prefix {prefix}"),
+                    source,
+                })
+            }
+        }
+        written.remove(&prefix);
+        stats.prefixes_deleted += 1;
+    }
+    Ok(())
+}
+
+fn to_policy(rules: &RuleSet) -> Policy {
+    let mut policy = Policy::default();
+    // `AllowTable::build` guarantees the bound; `zip` keeps this safe regardless.
+    for (slot, rule) in policy.rules.iter_mut().zip(rules.rules()) {
+        *slot = *rule;
+    }
+    policy.rule_count = rules.rules().len().min(policy.rules.len()) as u32;
+    policy
+}
+
+/// Which policy slot holds which rule set.
+#[derive(Default)]
+struct PolicySlots {
+    by_rules: HashMap<RuleSet, PolicyId>,
+    by_id: HashMap<PolicyId, RuleSet>,
+    /// Slots released earlier, reused before new ones.
+    free: Vec<PolicyId>,
+    /// Slots below this have been handed out at some point.
+    high_water: PolicyId,
+}
+
+impl PolicySlots {
+    fn id_of(&self, rules: &RuleSet) -> Option<PolicyId> {
+        self.by_rules.get(rules).copied()
+    }
+
+    fn allocate(&mut self, rules: RuleSet) -> Result<PolicyId, MapWriteError> {
+        let id = match self.free.pop() {
+            Some(id) => id,
+            None if self.high_water < MAX_POLICIES => {
+                self.high_water += 1;
+                self.high_water - 1
+            }
+            None => return Err(MapWriteError::PoliciesFull),
+        };
+        insert_both(&mut self.by_rules, &mut self.by_id, rules, id);
+        Ok(id)
+    }
+
+    fn release_id(&mut self, id: PolicyId) {
+        if let Some(rules) = self.by_id.remove(&id) {
+            self.by_rules.remove(&rules);
+            self.free.push(id);
+        }
+    }
+
+    /// Releases every id for which `keep` is false; returns how many.
+    fn retain_ids(&mut self, keep: impl Fn(PolicyId) -> bool) -> usize {
+        let unused: Vec<PolicyId> = self.by_id.keys().copied().filter(|id| !keep(*id)).collect();
+        for id in &unused {
+            self.release_id(*id);
+        }
+        unused.len()
+    }
+}
+
+fn insert_both<A: Hash + Eq + Clone, B: Hash + Eq + Copy>(
+    forward: &mut HashMap<A, B>,
+    backward: &mut HashMap<B, A>,
+    a: A,
+    b: B,
+) {
+    backward.insert(b, a.clone());
+    forward.insert(a, b);
+}
+
+#[cfg(test)]
+mod tests {
+    use filter_common::{PortRule, RuleProto};
+
+    use super::*;
+    use crate::table::{Grant, PortSpec};
+
+    #[test]
+    fn slots_are_reused_after_release() {
+        let mut slots = PolicySlots::default();
+        let a = RuleSet::default();
+        let b = AllowTable::build(&[Grant {
+            prefix: "192.0.2.0/24".parse().unwrap(),
+            service: 0,
+            ports: vec![PortSpec::Tcp(443..=443)],
+        }])
+        .unwrap()
+        .v4
+        .into_values()
+        .next()
+        .unwrap();
+        let id_a = slots.allocate(a.clone()).unwrap();
+        let id_b = slots.allocate(b.clone()).unwrap();
+        assert_ne!(id_a, id_b);
+        assert_eq!(slots.retain_ids(|id| id == id_b), 1, "only a is unreferenced");
+        assert_eq!(slots.id_of(&a), None);
+        let id_c = slots.allocate(a).unwrap();
+        assert_eq!(id_c, id_a, "the released slot is reused before a new one");
+        assert_eq!(slots.id_of(&b), Some(id_b));
+    }
+
+    #[test]
+    fn slots_run_out_with_a_clear_error() {
+        let mut slots = PolicySlots {
+            high_water: MAX_POLICIES,
+            ..PolicySlots::default()
+        };
+        assert!(matches!(slots.allocate(RuleSet::default()), Err(MapWriteError::PoliciesFull)));
+    }
+
+    #[test]
+    fn policy_value_holds_the_rules_in_order() {
+        let table = AllowTable::build(&[Grant {
+            prefix: "2001:db8::/32".parse().unwrap(),
+            service: 7,
+            ports: vec![PortSpec::Udp(3544..=3544), PortSpec::Tcp(80..=80), PortSpec::Tcp(443..=443)],
+        }])
+        .unwrap();
+        let policy = to_policy(table.v6.values().next().unwrap());
+        assert_eq!(policy.rule_count, 3);
+        assert_eq!(
+            policy.active_rules(),
+            [
+                PortRule::new(RuleProto::Tcp, 80, 80, 7),
+                PortRule::new(RuleProto::Tcp, 443, 443, 7),
+                PortRule::new(RuleProto::Udp, 3544, 3544, 7),
+            ]
+        );
+        assert!(policy.rules[3..].iter().all(|r| *r == PortRule::default()), "unused slots are zero");
+    }
+}

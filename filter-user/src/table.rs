@@ -1,0 +1,406 @@
+//! The allow table: prefixes with the rules that apply under them, in the exact shape the kernel
+//! maps need.
+//!
+//! Input is a flat list of grants, "this service allows these protocols and ports to this
+//! prefix". The verdict contract is that a packet is allowed iff *some* grant covers its
+//! destination and lists its protocol and port. The kernel does one longest-prefix match, so the
+//! table gives every prefix the union of its own grants and those of every shorter prefix that
+//! covers it ([`AllowTable::build`]). With that, the longest match carries everything that
+//! applies, whatever the prefix lengths: `17.0.0.0/8` allowing 5223 and `17.1.2.3/32` allowing
+//! 443 compile to `17.1.2.3/32 → {443, 5223}`.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    ops::RangeInclusive,
+};
+
+use filter_common::{
+    maps::{MAX_POLICIES, MAX_PREFIXES},
+    policy::MAX_RULES_PER_POLICY,
+    PortRule, RuleProto,
+};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+
+/// A service's position in the compiled policy: the index of its per-service counters.
+pub type ServiceId = u16;
+
+/// What one service allows to one prefix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Grant {
+    pub prefix: IpNet,
+    pub service: ServiceId,
+    pub ports: Vec<PortSpec>,
+}
+
+/// A protocol and, for TCP and UDP, the destination ports allowed.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum PortSpec {
+    Tcp(RangeInclusive<u16>),
+    Udp(RangeInclusive<u16>),
+    /// ICMP (IPv4) and ICMPv6 (IPv6), every type.
+    Icmp,
+}
+
+impl PortSpec {
+    fn to_rule(&self, service: ServiceId) -> PortRule {
+        match self {
+            Self::Tcp(ports) => PortRule::new(RuleProto::Tcp, *ports.start(), *ports.end(), service),
+            Self::Udp(ports) => PortRule::new(RuleProto::Udp, *ports.start(), *ports.end(), service),
+            Self::Icmp => PortRule::new(RuleProto::Icmp, 0, u16::MAX, service),
+        }
+    }
+}
+
+/// The complete, normalised rules under one prefix: sorted, with overlapping and adjacent port
+/// ranges of the same service and protocol merged.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RuleSet(Vec<PortRule>);
+
+impl RuleSet {
+    fn from_rules(rules: impl IntoIterator<Item = PortRule>) -> Self {
+        let mut rules: Vec<PortRule> = rules.into_iter().collect();
+        rules.sort_by_key(|r| (r.proto, r.service_id, r.port_lo, r.port_hi));
+        let mut merged: Vec<PortRule> = Vec::with_capacity(rules.len());
+        for rule in rules {
+            match merged.last_mut() {
+                Some(last)
+                    if last.proto == rule.proto
+                        && last.service_id == rule.service_id
+                        && u32::from(rule.port_lo) <= u32::from(last.port_hi) + 1 =>
+                {
+                    last.port_hi = last.port_hi.max(rule.port_hi);
+                }
+                _ => merged.push(rule),
+            }
+        }
+        Self(merged)
+    }
+
+    fn union(&self, other: &Self) -> Self {
+        Self::from_rules(self.0.iter().chain(&other.0).copied())
+    }
+
+    #[must_use]
+    pub fn rules(&self) -> &[PortRule] {
+        &self.0
+    }
+
+    /// The rule that allows `proto` to `port`, the way the kernel looks for it: the first match.
+    #[must_use]
+    pub fn find(&self, proto: RuleProto, port: u16) -> Option<&PortRule> {
+        self.0.iter().find(|rule| rule.allows(proto as u8, port))
+    }
+}
+
+impl fmt::Display for RuleSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, rule) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            let proto = match RuleProto::from_ip_proto(rule.proto) {
+                Some(RuleProto::Tcp) => "tcp",
+                Some(RuleProto::Udp) => "udp",
+                Some(RuleProto::Icmp) => {
+                    write!(f, "icmp(s{})", rule.service_id)?;
+                    continue;
+                }
+                None => "?",
+            };
+            if rule.port_lo == rule.port_hi {
+                write!(f, "{proto}/{}(s{})", rule.port_lo, rule.service_id)?;
+            } else {
+                write!(f, "{proto}/{}-{}(s{})", rule.port_lo, rule.port_hi, rule.service_id)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why a set of grants cannot be compiled into the kernel maps.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TableError {
+    #[error(
+        "{prefix} would need {needed} port rules, more than the {MAX_RULES_PER_POLICY} a kernel \
+         policy holds; merge port lists or split overlapping services"
+    )]
+    TooManyRules { prefix: IpNet, needed: usize },
+    #[error(
+        "the rules need {needed} distinct port sets, more than the {MAX_POLICIES} the kernel \
+         policy array holds"
+    )]
+    TooManyPolicies { needed: usize },
+    #[error("{family} needs {needed} prefixes, more than the {MAX_PREFIXES} its trie holds")]
+    TooManyPrefixes { family: &'static str, needed: usize },
+}
+
+/// The compiled table: per family, every prefix with the complete rules that apply under it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AllowTable {
+    pub v4: BTreeMap<Ipv4Net, RuleSet>,
+    pub v6: BTreeMap<Ipv6Net, RuleSet>,
+}
+
+impl AllowTable {
+    /// Compiles grants into the table: groups them by (normalised) prefix, then gives every
+    /// prefix the union with all prefixes that cover it, and checks kernel capacities.
+    pub fn build(grants: &[Grant]) -> Result<Self, TableError> {
+        let mut v4: BTreeMap<Ipv4Net, Vec<PortRule>> = BTreeMap::new();
+        let mut v6: BTreeMap<Ipv6Net, Vec<PortRule>> = BTreeMap::new();
+        for grant in grants {
+            let rules = grant.ports.iter().map(|spec| spec.to_rule(grant.service));
+            match grant.prefix.trunc() {
+                IpNet::V4(net) => v4.entry(net).or_default().extend(rules),
+                IpNet::V6(net) => v6.entry(net).or_default().extend(rules),
+            }
+        }
+        let table = Self {
+            v4: inherit_covering(v4, |net| IpNet::V4(*net))?,
+            v6: inherit_covering(v6, |net| IpNet::V6(*net))?,
+        };
+        for (family, len) in [("IPv4", table.v4.len()), ("IPv6", table.v6.len())] {
+            if len > MAX_PREFIXES as usize {
+                return Err(TableError::TooManyPrefixes { family, needed: len });
+            }
+        }
+        let distinct = table.distinct_rule_sets().len();
+        if distinct > MAX_POLICIES as usize {
+            return Err(TableError::TooManyPolicies { needed: distinct });
+        }
+        Ok(table)
+    }
+
+    /// Every distinct rule set in the table, each once.
+    #[must_use]
+    pub fn distinct_rule_sets(&self) -> BTreeSet<&RuleSet> {
+        self.v4.values().chain(self.v6.values()).collect()
+    }
+
+    /// The rules the kernel finds for `addr`: those of the longest prefix containing it.
+    #[must_use]
+    pub fn lookup(&self, addr: IpAddr) -> Option<(IpNet, &RuleSet)> {
+        match addr {
+            IpAddr::V4(addr) => longest_match_v4(&self.v4, addr).map(|(n, r)| (IpNet::V4(n), r)),
+            IpAddr::V6(addr) => longest_match_v6(&self.v6, addr).map(|(n, r)| (IpNet::V6(n), r)),
+        }
+    }
+
+    #[must_use]
+    pub fn prefix_count(&self) -> usize {
+        self.v4.len() + self.v6.len()
+    }
+}
+
+/// Prefix types the table handles, both families alike.
+trait Prefix: Ord + Copy {
+    fn contains_prefix(&self, other: &Self) -> bool;
+}
+
+impl Prefix for Ipv4Net {
+    fn contains_prefix(&self, other: &Self) -> bool {
+        self.contains(other)
+    }
+}
+
+impl Prefix for Ipv6Net {
+    fn contains_prefix(&self, other: &Self) -> bool {
+        self.contains(other)
+    }
+}
+
+/// Gives every prefix the union of its own rules and those of each prefix that covers it.
+///
+/// Prefixes sort by (network address, length), so a covering prefix always comes before the
+/// prefixes it covers, and the ones covering the current prefix form a stack: one pass, no
+/// per-prefix search of all shorter lengths.
+fn inherit_covering<N: Prefix>(
+    own: BTreeMap<N, Vec<PortRule>>,
+    to_ipnet: impl Fn(&N) -> IpNet,
+) -> Result<BTreeMap<N, RuleSet>, TableError> {
+    let mut out = BTreeMap::new();
+    let mut covering: Vec<(N, RuleSet)> = Vec::new();
+    for (prefix, rules) in own {
+        while covering
+            .last()
+            .is_some_and(|(open, _)| !open.contains_prefix(&prefix))
+        {
+            covering.pop();
+        }
+        let own = RuleSet::from_rules(rules);
+        let effective = match covering.last() {
+            Some((_, inherited)) => inherited.union(&own),
+            None => own,
+        };
+        if effective.0.len() > MAX_RULES_PER_POLICY {
+            return Err(TableError::TooManyRules {
+                prefix: to_ipnet(&prefix),
+                needed: effective.0.len(),
+            });
+        }
+        covering.push((prefix, effective.clone()));
+        out.insert(prefix, effective);
+    }
+    Ok(out)
+}
+
+fn longest_match_v4(table: &BTreeMap<Ipv4Net, RuleSet>, addr: Ipv4Addr) -> Option<(Ipv4Net, &RuleSet)> {
+    (0..=32).rev().find_map(|len| {
+        let net = Ipv4Net::new(addr, len).ok()?.trunc();
+        table.get(&net).map(|rules| (net, rules))
+    })
+}
+
+fn longest_match_v6(table: &BTreeMap<Ipv6Net, RuleSet>, addr: Ipv6Addr) -> Option<(Ipv6Net, &RuleSet)> {
+    (0..=128).rev().find_map(|len| {
+        let net = Ipv6Net::new(addr, len).ok()?.trunc();
+        table.get(&net).map(|rules| (net, rules))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn grant(prefix: &str, service: ServiceId, ports: &[PortSpec]) -> Grant {
+        Grant {
+            prefix: prefix.parse().expect("test prefix"),
+            service,
+            ports: ports.to_vec(),
+        }
+    }
+
+    fn allows(table: &AllowTable, addr: &str, proto: RuleProto, port: u16) -> bool {
+        let addr: IpAddr = addr.parse().expect("test address");
+        table
+            .lookup(addr)
+            .is_some_and(|(_, rules)| rules.find(proto, port).is_some())
+    }
+
+    #[test]
+    fn longer_prefix_inherits_the_ports_of_a_shorter_one() {
+        let table = AllowTable::build(&[
+            grant("17.0.0.0/8", 0, &[PortSpec::Tcp(5223..=5223)]),
+            grant("17.1.2.3/32", 1, &[PortSpec::Tcp(443..=443)]),
+        ])
+        .expect("compiles");
+        assert!(allows(&table, "17.1.2.3", RuleProto::Tcp, 443), "own port");
+        assert!(allows(&table, "17.1.2.3", RuleProto::Tcp, 5223), "inherited port");
+        assert!(!allows(&table, "17.1.2.4", RuleProto::Tcp, 443), "443 is only for the /32");
+        assert!(allows(&table, "17.1.2.4", RuleProto::Tcp, 5223));
+        let rules = &table.v4[&"17.1.2.3/32".parse().unwrap()];
+        assert_eq!(rules.find(RuleProto::Tcp, 5223).unwrap().service_id, 0, "counted for its service");
+    }
+
+    #[test]
+    fn inheritance_skips_siblings_and_reaches_through_levels() {
+        let table = AllowTable::build(&[
+            grant("10.0.0.0/8", 0, &[PortSpec::Udp(53..=53)]),
+            grant("10.1.0.0/16", 1, &[PortSpec::Tcp(22..=22)]),
+            grant("10.1.2.0/24", 2, &[PortSpec::Icmp]),
+            grant("10.2.0.0/16", 3, &[PortSpec::Tcp(80..=80)]),
+        ])
+        .unwrap();
+        let leaf = &table.v4[&"10.1.2.0/24".parse().unwrap()];
+        assert_eq!(leaf.rules().len(), 3, "udp/53 + tcp/22 + icmp, got {leaf}");
+        let sibling = &table.v4[&"10.2.0.0/16".parse().unwrap()];
+        assert!(sibling.find(RuleProto::Tcp, 22).is_none(), "sibling must not inherit: {sibling}");
+    }
+
+    #[test]
+    fn ranges_merge_per_service_and_protocol() {
+        let table = AllowTable::build(&[grant(
+            "2001:db8::/32",
+            4,
+            &[PortSpec::Tcp(5228..=5229), PortSpec::Tcp(5230..=5230), PortSpec::Tcp(443..=443), PortSpec::Udp(443..=443)],
+        )])
+        .unwrap();
+        let rules = table.v6.values().next().unwrap();
+        assert_eq!(rules.to_string(), "tcp/443(s4) tcp/5228-5230(s4) udp/443(s4)");
+    }
+
+    #[test]
+    fn host_bits_are_cleared_and_duplicates_collapse() {
+        let table = AllowTable::build(&[
+            grant("192.0.2.7/24", 0, &[PortSpec::Tcp(443..=443)]),
+            grant("192.0.2.0/24", 0, &[PortSpec::Tcp(443..=443)]),
+        ])
+        .unwrap();
+        assert_eq!(table.v4.len(), 1);
+        assert_eq!(table.distinct_rule_sets().len(), 1);
+    }
+
+    #[test]
+    fn port_only_rule_covers_every_address() {
+        let table = AllowTable::build(&[
+            grant("0.0.0.0/0", 0, &[PortSpec::Tcp(5228..=5230)]),
+            grant("198.51.100.0/24", 1, &[PortSpec::Tcp(443..=443)]),
+        ])
+        .unwrap();
+        assert!(allows(&table, "203.0.113.9", RuleProto::Tcp, 5229));
+        assert!(allows(&table, "198.51.100.1", RuleProto::Tcp, 5229), "inherits the /0");
+        assert!(!allows(&table, "203.0.113.9", RuleProto::Tcp, 443));
+    }
+
+    #[test]
+    fn too_many_rules_under_one_prefix_is_an_error_naming_it() {
+        let ports: Vec<PortSpec> = (0..=MAX_RULES_PER_POLICY as u16).map(|p| PortSpec::Tcp(p * 2 + 1..=p * 2 + 1)).collect();
+        let err = AllowTable::build(&[grant("192.0.2.0/24", 0, &ports)]).unwrap_err();
+        assert_eq!(
+            err,
+            TableError::TooManyRules { prefix: "192.0.2.0/24".parse().unwrap(), needed: MAX_RULES_PER_POLICY + 1 }
+        );
+        assert!(err.to_string().contains("192.0.2.0/24"), "{err}");
+    }
+
+    // --- property: the compiled longest match equals the naive definition ---------------------
+
+    fn arb_spec() -> impl Strategy<Value = PortSpec> {
+        prop_oneof![
+            (1u16..40, 0u16..4).prop_map(|(lo, len)| PortSpec::Tcp(lo..=lo + len)),
+            (1u16..40, 0u16..4).prop_map(|(lo, len)| PortSpec::Udp(lo..=lo + len)),
+            Just(PortSpec::Icmp),
+        ]
+    }
+
+    /// Prefixes inside 10.0.0.0/8 so random ones overlap often.
+    fn arb_grant_v4() -> impl Strategy<Value = Grant> {
+        (any::<u32>(), 0u8..=32, 0u16..4, prop::collection::vec(arb_spec(), 1..4)).prop_map(
+            |(bits, len, service, ports)| {
+                let addr = Ipv4Addr::from(0x0a00_0000 | (bits & 0x0000_f0ff));
+                Grant { prefix: IpNet::V4(Ipv4Net::new(addr, len).unwrap().trunc()), service, ports }
+            },
+        )
+    }
+
+    fn naive_allows(grants: &[Grant], addr: IpAddr, proto: RuleProto, port: u16) -> bool {
+        grants.iter().any(|g| {
+            g.prefix.contains(&addr)
+                && g.ports.iter().any(|spec| match (spec, proto) {
+                    (PortSpec::Tcp(r), RuleProto::Tcp) | (PortSpec::Udp(r), RuleProto::Udp) => r.contains(&port),
+                    (PortSpec::Icmp, RuleProto::Icmp) => true,
+                    _ => false,
+                })
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn compiled_lookup_matches_naive_definition(
+            grants in prop::collection::vec(arb_grant_v4(), 1..12),
+            probes in prop::collection::vec((any::<u32>(), 0u8..3, 0u16..48), 64),
+        ) {
+            let table = AllowTable::build(&grants).unwrap();
+            for (bits, proto, port) in probes {
+                let addr = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 | (bits & 0x0000_f0ff)));
+                let proto = [RuleProto::Tcp, RuleProto::Udp, RuleProto::Icmp][proto as usize];
+                let compiled = table.lookup(addr).is_some_and(|(_, r)| r.find(proto, port).is_some());
+                prop_assert_eq!(compiled, naive_allows(&grants, addr, proto, port),
+                    "{} {:?}/{}", addr, proto, port);
+            }
+        }
+    }
+}
