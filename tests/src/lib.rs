@@ -1,1 +1,5 @@
-//! Shared helpers for the privileged suites.
+//! Helpers shared by the privileged suites in `tests/tests/`: crafted frames and a filter loaded
+//! for `BPF_PROG_TEST_RUN`.
+
+pub mod harness;
+pub mod packet;

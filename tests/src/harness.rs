@@ -1,0 +1,189 @@
+//! A loaded filter whose programs run on crafted frames through `BPF_PROG_TEST_RUN`.
+
+use anyhow::{ensure, Context as _};
+use std::os::fd::AsFd as _;
+
+use aya::{
+    maps::{lpm_trie::Key, LpmTrie, Map, MapData, PerCpuArray, RingBuf},
+    programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp},
+    Ebpf,
+};
+use filter_common::{maps as names, Config, DropEvent, EventCounter, PacketCount, Reason};
+use filter_user::{
+    loader,
+    maps::PolicyMaps,
+    table::{AllowTable, Grant},
+};
+
+/// The hook a frame is run through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    Xdp,
+    Tc,
+}
+
+impl Hook {
+    pub const BOTH: [Hook; 2] = [Hook::Xdp, Hook::Tc];
+}
+
+/// What a program returned, decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Pass,
+    Drop,
+}
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+/// TC_ACT_UNSPEC (-1), also TCX_NEXT: pass on to whatever comes next.
+const TC_ACT_UNSPEC: u32 = u32::MAX;
+const TC_ACT_SHOT: u32 = 2;
+
+/// Both programs, verified and loaded, with their maps.
+pub struct Filter {
+    ebpf: Ebpf,
+    pub maps: PolicyMaps,
+    /// A second handle on the IPv4 trie, for writing what the daemon never would.
+    raw_allow_v4: LpmTrie<MapData, [u8; 4], u32>,
+}
+
+impl Filter {
+    /// Loads the object and writes the table compiled from `grants`, in enforce mode with
+    /// default event limits.
+    pub fn new(grants: &[Grant]) -> anyhow::Result<Self> {
+        ensure!(
+            // Safety: geteuid has no preconditions.
+            unsafe { libc::geteuid() } == 0,
+            "verdict tests load BPF programs and must run as root (cargo xtask test does)"
+        );
+        let mut ebpf = loader::open()?;
+        loader::load_programs(&mut ebpf)?;
+        let raw_allow_v4 = match ebpf.map(names::ALLOW_V4) {
+            Some(Map::LpmTrie(data)) => {
+                let fd = data.fd().as_fd().try_clone_to_owned()?;
+                LpmTrie::try_from(Map::from_map_data(MapData::from_fd(fd)?)?)?
+            }
+            _ => anyhow::bail!("ALLOW_V4 is missing or not an LPM trie"),
+        };
+        let mut maps = PolicyMaps::take_from(&mut ebpf)?;
+        let table = AllowTable::build(grants)?;
+        maps.apply(&table)?;
+        maps.set_config(Config::new(filter_common::Mode::Enforce))?;
+        Ok(Self { ebpf, maps, raw_allow_v4 })
+    }
+
+    /// Runs `frame` through `hook` once.
+    pub fn run(&mut self, hook: Hook, frame: &[u8]) -> anyhow::Result<Outcome> {
+        let (raw, _) = self.run_repeated(hook, frame, 1)?;
+        match (hook, raw) {
+            (Hook::Xdp, XDP_PASS) | (Hook::Tc, TC_ACT_UNSPEC) => Ok(Outcome::Pass),
+            (Hook::Xdp, XDP_DROP) | (Hook::Tc, TC_ACT_SHOT) => Ok(Outcome::Drop),
+            _ => anyhow::bail!("{hook:?} returned unexpected code {raw}"),
+        }
+    }
+
+    /// Runs `frame` `repeat` times; returns the raw return code and the kernel's mean duration
+    /// per run in nanoseconds.
+    pub fn run_repeated(&mut self, hook: Hook, frame: &[u8], repeat: u32) -> anyhow::Result<(u32, u128)> {
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            repeat,
+            ..TestRunOptions::default()
+        };
+        let result = match hook {
+            Hook::Xdp => {
+                let program: &mut Xdp = loader::program(&mut self.ebpf, names::PROG_XDP)?;
+                program.test_run(opts)
+            }
+            Hook::Tc => {
+                let program: &mut SchedClassifier = loader::program(&mut self.ebpf, names::PROG_TC)?;
+                program.test_run(opts)
+            }
+        }
+        .with_context(|| format!("BPF_PROG_TEST_RUN of {hook:?} on a {}-byte frame", frame.len()))?;
+        Ok((result.return_value, result.duration.as_nanos()))
+    }
+
+    /// Points an IPv4 prefix at `policy_id` directly, bypassing the writer: a damaged map.
+    pub fn point_prefix_at(&mut self, prefix: ipnet::Ipv4Net, policy_id: u32) -> anyhow::Result<()> {
+        let key = Key::new(u32::from(prefix.prefix_len()), prefix.network().octets());
+        self.raw_allow_v4.insert(&key, policy_id, 0)?;
+        Ok(())
+    }
+
+    /// Packets and bytes counted under each reason, summed over CPUs.
+    pub fn reason_counts(&self) -> anyhow::Result<Vec<PacketCount>> {
+        let map: PerCpuArray<_, PacketCount> =
+            PerCpuArray::try_from(self.ebpf.map(names::REASON_STATS).context("REASON_STATS")?)?;
+        (0..Reason::COUNT as u32)
+            .map(|i| Ok(sum_counts(map.get(&i, 0)?.iter())))
+            .collect()
+    }
+
+    /// Packets and bytes counted for a service, summed over CPUs.
+    pub fn service_count(&self, service: u16) -> anyhow::Result<PacketCount> {
+        let map: PerCpuArray<_, PacketCount> =
+            PerCpuArray::try_from(self.ebpf.map(names::SERVICE_STATS).context("SERVICE_STATS")?)?;
+        Ok(sum_counts(map.get(&u32::from(service), 0)?.iter()))
+    }
+
+    /// An event counter, summed over CPUs.
+    pub fn event_count(&self, counter: EventCounter) -> anyhow::Result<u64> {
+        let map: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.ebpf.map(names::EVENT_STATS).context("EVENT_STATS")?)?;
+        Ok(map.get(&(counter as u32), 0)?.iter().sum())
+    }
+
+    /// Every drop event waiting in the ring buffer.
+    pub fn drain_events(&mut self) -> anyhow::Result<Vec<DropEvent>> {
+        let mut ring = RingBuf::try_from(self.ebpf.map_mut(names::EVENTS).context("EVENTS")?)?;
+        let mut events = Vec::new();
+        while let Some(item) = ring.next() {
+            ensure!(item.len() == size_of::<DropEvent>(), "event of {} bytes", item.len());
+            // Safety: the length matches and DropEvent is plain old data.
+            events.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<DropEvent>()) });
+        }
+        Ok(events)
+    }
+
+    /// Runs `frame` through `hook` and returns the outcome and the one reason whose packet
+    /// counter moved. Fails if none or several moved.
+    pub fn judge(&mut self, hook: Hook, frame: &[u8]) -> anyhow::Result<(Outcome, Reason)> {
+        let before = self.reason_counts()?;
+        let outcome = self.run(hook, frame)?;
+        let after = self.reason_counts()?;
+        let moved: Vec<Reason> = Reason::ALL
+            .iter()
+            .copied()
+            .filter(|r| after[*r as usize].packets != before[*r as usize].packets)
+            .collect();
+        match moved.as_slice() {
+            [reason] => Ok((outcome, *reason)),
+            _ => anyhow::bail!("expected exactly one reason counter to move, these did: {moved:?}"),
+        }
+    }
+}
+
+fn sum_counts<'a>(counts: impl Iterator<Item = &'a PacketCount>) -> PacketCount {
+    counts.fold(PacketCount::default(), |acc, c| PacketCount {
+        packets: acc.packets + c.packets,
+        bytes: acc.bytes + c.bytes,
+    })
+}
+
+/// Pins the calling thread to its current CPU, for tests of per-CPU state (the event budget).
+pub fn pin_to_current_cpu() -> anyhow::Result<()> {
+    // Safety: sched_getcpu has no preconditions; the cpu_set_t is zeroed and filled by the libc
+    // macros before use.
+    unsafe {
+        let cpu = libc::sched_getcpu();
+        ensure!(cpu >= 0, "sched_getcpu failed");
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu as usize, &mut set);
+        ensure!(
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set) == 0,
+            "sched_setaffinity failed"
+        );
+    }
+    Ok(())
+}
