@@ -13,7 +13,10 @@ fn main() -> anyhow::Result<()> {
         .with_context(|| format!("kernel programs not found at {}", ebpf_dir.display()))?;
     let root_dir = ebpf_dir.to_str().context("non-UTF-8 path to filter-ebpf")?;
     // filter-common is part of the programs too: rebuild when it changes.
-    println!("cargo:rerun-if-changed={}", ebpf_dir.join("../filter-common").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        ebpf_dir.join("../filter-common").display()
+    );
     aya_build::build_ebpf(
         [aya_build::Package {
             name: "filter-ebpf",

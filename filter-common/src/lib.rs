@@ -6,6 +6,10 @@
 //! order everywhere else.
 #![no_std]
 
+// Tests run on the host and may use std.
+#[cfg(test)]
+extern crate std;
+
 pub mod config;
 pub mod event;
 pub mod maps;

@@ -127,16 +127,29 @@ mod tests {
     #[test]
     fn port_rule_checks_protocol_and_inclusive_range() {
         let rule = PortRule::new(RuleProto::Tcp, 5228, 5230, 3);
-        assert!(rule.allows(6, 5228) && rule.allows(6, 5230), "range ends are inclusive");
-        assert!(!rule.allows(6, 5227) && !rule.allows(6, 5231), "ports outside the range");
+        assert!(
+            rule.allows(6, 5228) && rule.allows(6, 5230),
+            "range ends are inclusive"
+        );
+        assert!(
+            !rule.allows(6, 5227) && !rule.allows(6, 5231),
+            "ports outside the range"
+        );
         assert!(!rule.allows(17, 5228), "a TCP rule does not allow UDP");
     }
 
     #[test]
     fn icmp_rule_ignores_ports() {
         let rule = PortRule::new(RuleProto::Icmp, 0, 0, 0);
-        assert!(rule.allows(1, 0) && rule.allows(1, 771), "ICMP type/code are not ports");
-        assert_eq!(RuleProto::from_ip_proto(58), Some(RuleProto::Icmp), "ICMPv6 folds into ICMP");
+        assert!(
+            rule.allows(1, 0) && rule.allows(1, 771),
+            "ICMP type/code are not ports"
+        );
+        assert_eq!(
+            RuleProto::from_ip_proto(58),
+            Some(RuleProto::Icmp),
+            "ICMPv6 folds into ICMP"
+        );
     }
 
     #[test]

@@ -146,6 +146,19 @@ mod tests {
     }
 
     #[test]
+    fn readme_documents_every_reason_with_its_verdict() {
+        let readme = include_str!("../../README.md");
+        for reason in Reason::ALL {
+            let verdict = if reason.passes() { "pass" } else { "drop" };
+            let row = std::format!("| {} | `{}` | {verdict} |", reason as u32, reason.label());
+            assert!(
+                readme.contains(&row),
+                "README lacks the row starting {row:?}"
+            );
+        }
+    }
+
+    #[test]
     fn parse_failures_fail_closed() {
         for reason in [
             Reason::TruncatedL2,

@@ -33,6 +33,10 @@ enum Verdict {
 }
 
 #[xdp]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "aya's macros hand the context over by value"
+)]
 pub fn egress_xdp(ctx: XdpContext) -> u32 {
     match process(&ctx) {
         Verdict::Pass => xdp_action::XDP_PASS,
@@ -44,6 +48,10 @@ pub fn egress_xdp(ctx: XdpContext) -> u32 {
 const TC_PULL_LEN: u32 = (MAX_L4_OFFSET + 64) as u32;
 
 #[classifier]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "aya's macros hand the context over by value"
+)]
 pub fn egress_tc(ctx: TcContext) -> i32 {
     // Direct packet access only reaches the linear part of an skb; headers of locally generated
     // packets usually are linear, but GSO and tunnels can leave them in fragments.
@@ -56,7 +64,7 @@ pub fn egress_tc(ctx: TcContext) -> i32 {
         // TC_ACT_UNSPEC (TCX_NEXT) lets programs after ours, such as a CNI's, still run; with
         // none left the packet passes.
         Verdict::Pass => TC_ACT_UNSPEC,
-        Verdict::Drop => TC_ACT_SHOT as i32,
+        Verdict::Drop => TC_ACT_SHOT,
     }
 }
 

@@ -326,8 +326,7 @@ fn parse_l4(cursor: &Cursor, offset: usize, packet: &mut Packet) -> Result<(), R
         packet.sport = u16::from_be_bytes([header[0], header[1]]);
         packet.dport = u16::from_be_bytes([header[2], header[3]]);
     } else if rule_proto == RuleProto::Icmp as u8 {
-        let header: *const [u8; ICMP_HDR_LEN] =
-            cursor.ptr_at(offset).ok_or(Reason::TruncatedL4)?;
+        let header: *const [u8; ICMP_HDR_LEN] = cursor.ptr_at(offset).ok_or(Reason::TruncatedL4)?;
         // Safety: `ptr_at` checked the whole ICMP header.
         packet.icmp_type = unsafe { (*header)[0] };
     }

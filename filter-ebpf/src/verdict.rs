@@ -6,11 +6,11 @@
 //! `filter_common::policy`).
 
 use aya_ebpf::maps::lpm_trie::Key;
-use filter_common::{Policy, Reason, RuleProto, policy::MAX_RULES_PER_POLICY};
+use filter_common::{policy::MAX_RULES_PER_POLICY, Policy, Reason, RuleProto};
 
 use crate::{
     maps::{ALLOW_V4, ALLOW_V6, POLICIES},
-    parse::{Packet, ipproto},
+    parse::{ipproto, Packet},
 };
 
 /// The reason for a packet's fate, and the service that allowed it when one did.
@@ -91,10 +91,7 @@ fn link_local_reason(packet: &Packet) -> Option<Reason> {
         // 224.0.0.0/24 (local network control) and 169.254.0.0/16 (link-local).
         let local_multicast = dst[0] == 224 && dst[1] == 0 && dst[2] == 0;
         let link_local = dst[0] == 169 && dst[1] == 254;
-        (
-            limited_broadcast || local_multicast || link_local,
-            (68, 67),
-        )
+        (limited_broadcast || local_multicast || link_local, (68, 67))
     } else {
         // fe80::/10 (link-local unicast) and ff02::/16 (link-local scope multicast).
         let link_local = dst[0] == 0xfe && dst[1] & 0xc0 == 0x80;

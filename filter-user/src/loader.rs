@@ -32,9 +32,15 @@ pub fn open() -> Result<Ebpf, LoadError> {
 /// Runs both programs through the verifier, ready to attach or test-run.
 pub fn load_programs(ebpf: &mut Ebpf) -> Result<(), LoadError> {
     let xdp: &mut Xdp = program(ebpf, PROG_XDP)?;
-    xdp.load().map_err(|source| LoadError::Program { name: PROG_XDP, source })?;
+    xdp.load().map_err(|source| LoadError::Program {
+        name: PROG_XDP,
+        source,
+    })?;
     let tc: &mut SchedClassifier = program(ebpf, PROG_TC)?;
-    tc.load().map_err(|source| LoadError::Program { name: PROG_TC, source })?;
+    tc.load().map_err(|source| LoadError::Program {
+        name: PROG_TC,
+        source,
+    })?;
     Ok(())
 }
 
@@ -43,8 +49,36 @@ pub fn program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut 
 where
     &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
 {
-    let program = ebpf.program_mut(name).ok_or(LoadError::MissingProgram(name))?;
+    let program = ebpf
+        .program_mut(name)
+        .ok_or(LoadError::MissingProgram(name))?;
     program
         .try_into()
         .map_err(|source| LoadError::Program { name, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use filter_common::maps::{ALL_MAPS, ALL_PROGRAMS};
+
+    use super::OBJECT;
+
+    #[test]
+    fn object_holds_every_map_and_program_by_name() {
+        let object = aya_obj::Object::parse(OBJECT).expect("the embedded object parses");
+        for name in ALL_MAPS {
+            assert!(
+                object.maps.contains_key(name),
+                "map {name} missing; maps: {:?}",
+                object.maps.keys()
+            );
+        }
+        for name in ALL_PROGRAMS {
+            assert!(
+                object.programs.contains_key(name),
+                "program {name} missing; programs: {:?}",
+                object.programs.keys()
+            );
+        }
+    }
 }

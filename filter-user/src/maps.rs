@@ -303,7 +303,11 @@ mod tests {
         let id_a = slots.allocate(a.clone()).unwrap();
         let id_b = slots.allocate(b.clone()).unwrap();
         assert_ne!(id_a, id_b);
-        assert_eq!(slots.retain_ids(|id| id == id_b), 1, "only a is unreferenced");
+        assert_eq!(
+            slots.retain_ids(|id| id == id_b),
+            1,
+            "only a is unreferenced"
+        );
         assert_eq!(slots.id_of(&a), None);
         let id_c = slots.allocate(a).unwrap();
         assert_eq!(id_c, id_a, "the released slot is reused before a new one");
@@ -316,7 +320,10 @@ mod tests {
             high_water: MAX_POLICIES,
             ..PolicySlots::default()
         };
-        assert!(matches!(slots.allocate(RuleSet::default()), Err(MapWriteError::PoliciesFull)));
+        assert!(matches!(
+            slots.allocate(RuleSet::default()),
+            Err(MapWriteError::PoliciesFull)
+        ));
     }
 
     #[test]
@@ -324,7 +331,11 @@ mod tests {
         let table = AllowTable::build(&[Grant {
             prefix: "2001:db8::/32".parse().unwrap(),
             service: 7,
-            ports: vec![PortSpec::Udp(3544..=3544), PortSpec::Tcp(80..=80), PortSpec::Tcp(443..=443)],
+            ports: vec![
+                PortSpec::Udp(3544..=3544),
+                PortSpec::Tcp(80..=80),
+                PortSpec::Tcp(443..=443),
+            ],
         }])
         .unwrap();
         let policy = to_policy(table.v6.values().next().unwrap());
@@ -337,6 +348,9 @@ mod tests {
                 PortRule::new(RuleProto::Udp, 3544, 3544, 7),
             ]
         );
-        assert!(policy.rules[3..].iter().all(|r| *r == PortRule::default()), "unused slots are zero");
+        assert!(
+            policy.rules[3..].iter().all(|r| *r == PortRule::default()),
+            "unused slots are zero"
+        );
     }
 }

@@ -46,8 +46,12 @@ pub enum PortSpec {
 impl PortSpec {
     fn to_rule(&self, service: ServiceId) -> PortRule {
         match self {
-            Self::Tcp(ports) => PortRule::new(RuleProto::Tcp, *ports.start(), *ports.end(), service),
-            Self::Udp(ports) => PortRule::new(RuleProto::Udp, *ports.start(), *ports.end(), service),
+            Self::Tcp(ports) => {
+                PortRule::new(RuleProto::Tcp, *ports.start(), *ports.end(), service)
+            }
+            Self::Udp(ports) => {
+                PortRule::new(RuleProto::Udp, *ports.start(), *ports.end(), service)
+            }
             Self::Icmp => PortRule::new(RuleProto::Icmp, 0, u16::MAX, service),
         }
     }
@@ -112,7 +116,11 @@ impl fmt::Display for RuleSet {
             if rule.port_lo == rule.port_hi {
                 write!(f, "{proto}/{}(s{})", rule.port_lo, rule.service_id)?;
             } else {
-                write!(f, "{proto}/{}-{}(s{})", rule.port_lo, rule.port_hi, rule.service_id)?;
+                write!(
+                    f,
+                    "{proto}/{}-{}(s{})",
+                    rule.port_lo, rule.port_hi, rule.service_id
+                )?;
             }
         }
         Ok(())
@@ -162,7 +170,10 @@ impl AllowTable {
         };
         for (family, len) in [("IPv4", table.v4.len()), ("IPv6", table.v6.len())] {
             if len > MAX_PREFIXES as usize {
-                return Err(TableError::TooManyPrefixes { family, needed: len });
+                return Err(TableError::TooManyPrefixes {
+                    family,
+                    needed: len,
+                });
             }
         }
         let distinct = table.distinct_rule_sets().len();
@@ -245,14 +256,20 @@ fn inherit_covering<N: Prefix>(
     Ok(out)
 }
 
-fn longest_match_v4(table: &BTreeMap<Ipv4Net, RuleSet>, addr: Ipv4Addr) -> Option<(Ipv4Net, &RuleSet)> {
+fn longest_match_v4(
+    table: &BTreeMap<Ipv4Net, RuleSet>,
+    addr: Ipv4Addr,
+) -> Option<(Ipv4Net, &RuleSet)> {
     (0..=32).rev().find_map(|len| {
         let net = Ipv4Net::new(addr, len).ok()?.trunc();
         table.get(&net).map(|rules| (net, rules))
     })
 }
 
-fn longest_match_v6(table: &BTreeMap<Ipv6Net, RuleSet>, addr: Ipv6Addr) -> Option<(Ipv6Net, &RuleSet)> {
+fn longest_match_v6(
+    table: &BTreeMap<Ipv6Net, RuleSet>,
+    addr: Ipv6Addr,
+) -> Option<(Ipv6Net, &RuleSet)> {
     (0..=128).rev().find_map(|len| {
         let net = Ipv6Net::new(addr, len).ok()?.trunc();
         table.get(&net).map(|rules| (net, rules))
@@ -288,11 +305,21 @@ mod tests {
         ])
         .expect("compiles");
         assert!(allows(&table, "17.1.2.3", RuleProto::Tcp, 443), "own port");
-        assert!(allows(&table, "17.1.2.3", RuleProto::Tcp, 5223), "inherited port");
-        assert!(!allows(&table, "17.1.2.4", RuleProto::Tcp, 443), "443 is only for the /32");
+        assert!(
+            allows(&table, "17.1.2.3", RuleProto::Tcp, 5223),
+            "inherited port"
+        );
+        assert!(
+            !allows(&table, "17.1.2.4", RuleProto::Tcp, 443),
+            "443 is only for the /32"
+        );
         assert!(allows(&table, "17.1.2.4", RuleProto::Tcp, 5223));
         let rules = &table.v4[&"17.1.2.3/32".parse().unwrap()];
-        assert_eq!(rules.find(RuleProto::Tcp, 5223).unwrap().service_id, 0, "counted for its service");
+        assert_eq!(
+            rules.find(RuleProto::Tcp, 5223).unwrap().service_id,
+            0,
+            "counted for its service"
+        );
     }
 
     #[test]
@@ -307,7 +334,10 @@ mod tests {
         let leaf = &table.v4[&"10.1.2.0/24".parse().unwrap()];
         assert_eq!(leaf.rules().len(), 3, "udp/53 + tcp/22 + icmp, got {leaf}");
         let sibling = &table.v4[&"10.2.0.0/16".parse().unwrap()];
-        assert!(sibling.find(RuleProto::Tcp, 22).is_none(), "sibling must not inherit: {sibling}");
+        assert!(
+            sibling.find(RuleProto::Tcp, 22).is_none(),
+            "sibling must not inherit: {sibling}"
+        );
     }
 
     #[test]
@@ -315,11 +345,19 @@ mod tests {
         let table = AllowTable::build(&[grant(
             "2001:db8::/32",
             4,
-            &[PortSpec::Tcp(5228..=5229), PortSpec::Tcp(5230..=5230), PortSpec::Tcp(443..=443), PortSpec::Udp(443..=443)],
+            &[
+                PortSpec::Tcp(5228..=5229),
+                PortSpec::Tcp(5230..=5230),
+                PortSpec::Tcp(443..=443),
+                PortSpec::Udp(443..=443),
+            ],
         )])
         .unwrap();
         let rules = table.v6.values().next().unwrap();
-        assert_eq!(rules.to_string(), "tcp/443(s4) tcp/5228-5230(s4) udp/443(s4)");
+        assert_eq!(
+            rules.to_string(),
+            "tcp/443(s4) tcp/5228-5230(s4) udp/443(s4)"
+        );
     }
 
     #[test]
@@ -341,17 +379,25 @@ mod tests {
         ])
         .unwrap();
         assert!(allows(&table, "203.0.113.9", RuleProto::Tcp, 5229));
-        assert!(allows(&table, "198.51.100.1", RuleProto::Tcp, 5229), "inherits the /0");
+        assert!(
+            allows(&table, "198.51.100.1", RuleProto::Tcp, 5229),
+            "inherits the /0"
+        );
         assert!(!allows(&table, "203.0.113.9", RuleProto::Tcp, 443));
     }
 
     #[test]
     fn too_many_rules_under_one_prefix_is_an_error_naming_it() {
-        let ports: Vec<PortSpec> = (0..=MAX_RULES_PER_POLICY as u16).map(|p| PortSpec::Tcp(p * 2 + 1..=p * 2 + 1)).collect();
+        let ports: Vec<PortSpec> = (0..=MAX_RULES_PER_POLICY as u16)
+            .map(|p| PortSpec::Tcp(p * 2 + 1..=p * 2 + 1))
+            .collect();
         let err = AllowTable::build(&[grant("192.0.2.0/24", 0, &ports)]).unwrap_err();
         assert_eq!(
             err,
-            TableError::TooManyRules { prefix: "192.0.2.0/24".parse().unwrap(), needed: MAX_RULES_PER_POLICY + 1 }
+            TableError::TooManyRules {
+                prefix: "192.0.2.0/24".parse().unwrap(),
+                needed: MAX_RULES_PER_POLICY + 1
+            }
         );
         assert!(err.to_string().contains("192.0.2.0/24"), "{err}");
     }
@@ -368,19 +414,29 @@ mod tests {
 
     /// Prefixes inside 10.0.0.0/8 so random ones overlap often.
     fn arb_grant_v4() -> impl Strategy<Value = Grant> {
-        (any::<u32>(), 0u8..=32, 0u16..4, prop::collection::vec(arb_spec(), 1..4)).prop_map(
-            |(bits, len, service, ports)| {
-                let addr = Ipv4Addr::from(0x0a00_0000 | (bits & 0x0000_f0ff));
-                Grant { prefix: IpNet::V4(Ipv4Net::new(addr, len).unwrap().trunc()), service, ports }
-            },
+        (
+            any::<u32>(),
+            0u8..=32,
+            0u16..4,
+            prop::collection::vec(arb_spec(), 1..4),
         )
+            .prop_map(|(bits, len, service, ports)| {
+                let addr = Ipv4Addr::from(0x0a00_0000 | (bits & 0x0000_f0ff));
+                Grant {
+                    prefix: IpNet::V4(Ipv4Net::new(addr, len).unwrap().trunc()),
+                    service,
+                    ports,
+                }
+            })
     }
 
     fn naive_allows(grants: &[Grant], addr: IpAddr, proto: RuleProto, port: u16) -> bool {
         grants.iter().any(|g| {
             g.prefix.contains(&addr)
                 && g.ports.iter().any(|spec| match (spec, proto) {
-                    (PortSpec::Tcp(r), RuleProto::Tcp) | (PortSpec::Udp(r), RuleProto::Udp) => r.contains(&port),
+                    (PortSpec::Tcp(r), RuleProto::Tcp) | (PortSpec::Udp(r), RuleProto::Udp) => {
+                        r.contains(&port)
+                    }
                     (PortSpec::Icmp, RuleProto::Icmp) => true,
                     _ => false,
                 })

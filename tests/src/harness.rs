@@ -69,7 +69,11 @@ impl Filter {
         let table = AllowTable::build(grants)?;
         maps.apply(&table)?;
         maps.set_config(Config::new(filter_common::Mode::Enforce))?;
-        Ok(Self { ebpf, maps, raw_allow_v4 })
+        Ok(Self {
+            ebpf,
+            maps,
+            raw_allow_v4,
+        })
     }
 
     /// Runs `frame` through `hook` once.
@@ -84,7 +88,12 @@ impl Filter {
 
     /// Runs `frame` `repeat` times; returns the raw return code and the kernel's mean duration
     /// per run in nanoseconds.
-    pub fn run_repeated(&mut self, hook: Hook, frame: &[u8], repeat: u32) -> anyhow::Result<(u32, u128)> {
+    pub fn run_repeated(
+        &mut self,
+        hook: Hook,
+        frame: &[u8],
+        repeat: u32,
+    ) -> anyhow::Result<(u32, u128)> {
         let opts = TestRunOptions {
             data_in: Some(frame),
             repeat,
@@ -96,16 +105,26 @@ impl Filter {
                 program.test_run(opts)
             }
             Hook::Tc => {
-                let program: &mut SchedClassifier = loader::program(&mut self.ebpf, names::PROG_TC)?;
+                let program: &mut SchedClassifier =
+                    loader::program(&mut self.ebpf, names::PROG_TC)?;
                 program.test_run(opts)
             }
         }
-        .with_context(|| format!("BPF_PROG_TEST_RUN of {hook:?} on a {}-byte frame", frame.len()))?;
+        .with_context(|| {
+            format!(
+                "BPF_PROG_TEST_RUN of {hook:?} on a {}-byte frame",
+                frame.len()
+            )
+        })?;
         Ok((result.return_value, result.duration.as_nanos()))
     }
 
     /// Points an IPv4 prefix at `policy_id` directly, bypassing the writer: a damaged map.
-    pub fn point_prefix_at(&mut self, prefix: ipnet::Ipv4Net, policy_id: u32) -> anyhow::Result<()> {
+    pub fn point_prefix_at(
+        &mut self,
+        prefix: ipnet::Ipv4Net,
+        policy_id: u32,
+    ) -> anyhow::Result<()> {
         let key = Key::new(u32::from(prefix.prefix_len()), prefix.network().octets());
         self.raw_allow_v4.insert(&key, policy_id, 0)?;
         Ok(())
@@ -122,8 +141,11 @@ impl Filter {
 
     /// Packets and bytes counted for a service, summed over CPUs.
     pub fn service_count(&self, service: u16) -> anyhow::Result<PacketCount> {
-        let map: PerCpuArray<_, PacketCount> =
-            PerCpuArray::try_from(self.ebpf.map(names::SERVICE_STATS).context("SERVICE_STATS")?)?;
+        let map: PerCpuArray<_, PacketCount> = PerCpuArray::try_from(
+            self.ebpf
+                .map(names::SERVICE_STATS)
+                .context("SERVICE_STATS")?,
+        )?;
         Ok(sum_counts(map.get(&u32::from(service), 0)?.iter()))
     }
 
@@ -139,7 +161,11 @@ impl Filter {
         let mut ring = RingBuf::try_from(self.ebpf.map_mut(names::EVENTS).context("EVENTS")?)?;
         let mut events = Vec::new();
         while let Some(item) = ring.next() {
-            ensure!(item.len() == size_of::<DropEvent>(), "event of {} bytes", item.len());
+            ensure!(
+                item.len() == size_of::<DropEvent>(),
+                "event of {} bytes",
+                item.len()
+            );
             // Safety: the length matches and DropEvent is plain old data.
             events.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<DropEvent>()) });
         }
@@ -176,10 +202,9 @@ pub fn pin_to_current_cpu() -> anyhow::Result<()> {
     // Safety: sched_getcpu has no preconditions; the cpu_set_t is zeroed and filled by the libc
     // macros before use.
     unsafe {
-        let cpu = libc::sched_getcpu();
-        ensure!(cpu >= 0, "sched_getcpu failed");
+        let cpu = usize::try_from(libc::sched_getcpu()).context("sched_getcpu failed")?;
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu as usize, &mut set);
+        libc::CPU_SET(cpu, &mut set);
         ensure!(
             libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set) == 0,
             "sched_setaffinity failed"

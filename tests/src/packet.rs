@@ -13,13 +13,24 @@ pub const ETH_ARP: u16 = 0x0806;
 #[derive(Clone, Copy, Debug)]
 pub enum Ext {
     /// Hop-by-hop options; `units` extra 8-octet units after the first 8 bytes.
-    HopByHop { units: u8 },
-    Routing { units: u8 },
-    DestinationOptions { units: u8 },
+    HopByHop {
+        units: u8,
+    },
+    Routing {
+        units: u8,
+    },
+    DestinationOptions {
+        units: u8,
+    },
     /// Fragment header: offset in 8-octet units, more-fragments flag.
-    Fragment { offset: u16, more: bool },
+    Fragment {
+        offset: u16,
+        more: bool,
+    },
     /// Authentication header; `len_field` is its raw length field (4-octet units minus 2).
-    Auth { len_field: u8 },
+    Auth {
+        len_field: u8,
+    },
 }
 
 impl Ext {
@@ -35,7 +46,9 @@ impl Ext {
 
     fn write(self, next: u8, out: &mut Vec<u8>) {
         match self {
-            Self::HopByHop { units } | Self::Routing { units } | Self::DestinationOptions { units } => {
+            Self::HopByHop { units }
+            | Self::Routing { units }
+            | Self::DestinationOptions { units } => {
                 out.extend([next, units]);
                 // PadN option filling the rest: type 1, length.
                 let rest = 6 + 8 * usize::from(units);
@@ -60,12 +73,23 @@ impl Ext {
 /// The transport part of a packet.
 #[derive(Clone, Debug)]
 pub enum L4 {
-    Tcp { sport: u16, dport: u16 },
-    Udp { sport: u16, dport: u16 },
+    Tcp {
+        sport: u16,
+        dport: u16,
+    },
+    Udp {
+        sport: u16,
+        dport: u16,
+    },
     /// ICMP for IPv4, ICMPv6 for IPv6.
-    Icmp { kind: u8 },
+    Icmp {
+        kind: u8,
+    },
     /// Any other protocol number with an opaque payload.
-    Raw { proto: u8, payload: Vec<u8> },
+    Raw {
+        proto: u8,
+        payload: Vec<u8>,
+    },
 }
 
 impl L4 {
@@ -134,7 +158,10 @@ impl Pkt {
             vlans: Vec::new(),
             src,
             dst,
-            l4: L4::Tcp { sport: 40000, dport: 443 },
+            l4: L4::Tcp {
+                sport: 40000,
+                dport: 443,
+            },
             ipv4_options: Vec::new(),
             ipv4_fragment_offset: 0,
             ipv4_more_fragments: false,
@@ -145,7 +172,10 @@ impl Pkt {
 
     #[must_use]
     pub fn tcp(mut self, dport: u16) -> Self {
-        self.l4 = L4::Tcp { sport: 40000, dport };
+        self.l4 = L4::Tcp {
+            sport: 40000,
+            dport,
+        };
         self
     }
 
@@ -163,7 +193,10 @@ impl Pkt {
 
     #[must_use]
     pub fn proto(mut self, proto: u8) -> Self {
-        self.l4 = L4::Raw { proto, payload: vec![0; 8] };
+        self.l4 = L4::Raw {
+            proto,
+            payload: vec![0; 8],
+        };
         self
     }
 
@@ -177,7 +210,7 @@ impl Pkt {
     #[must_use]
     pub fn ipv4_options(mut self, options: &[u8]) -> Self {
         self.ipv4_options = options.to_vec();
-        while self.ipv4_options.len() % 4 != 0 {
+        while !self.ipv4_options.len().is_multiple_of(4) {
             self.ipv4_options.push(0);
         }
         self
@@ -297,7 +330,9 @@ mod tests {
 
     #[test]
     fn ipv4_header_length_and_checksum_are_right() {
-        let frame = Pkt::ip("192.0.2.1", "198.51.100.2").ipv4_options(&[1, 1, 1]).build();
+        let frame = Pkt::ip("192.0.2.1", "198.51.100.2")
+            .ipv4_options(&[1, 1, 1])
+            .build();
         let ip = &frame[14..];
         assert_eq!(ip[0], 0x46, "version 4, IHL 6 with one word of options");
         assert_eq!(internet_checksum(&ip[..24]), 0, "header checksums to zero");
@@ -308,7 +343,10 @@ mod tests {
     fn ipv6_chain_links_next_headers() {
         let frame = Pkt::ip("2001:db8::1", "2001:db8::2")
             .ext(Ext::HopByHop { units: 0 })
-            .ext(Ext::Fragment { offset: 0, more: true })
+            .ext(Ext::Fragment {
+                offset: 0,
+                more: true,
+            })
             .udp(1, 2)
             .build();
         let ip = &frame[14..];

@@ -1,1 +1,64 @@
-fn main() {}
+//! `cargo xtask`: orchestration only. Every command sets up what it needs first.
+//!
+//! - `setup`: installs what building and testing need, quickly skipping what is there.
+//! - `test`: formatting, lints (host and BPF target), unit tests, then the privileged suites.
+
+mod setup;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "egress-filter's build, setup and test orchestration")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install the toolchain pieces and Debian packages the project needs (idempotent).
+    Setup,
+    /// Run every check and test: fmt, clippy (host and BPF), unit tests, privileged suites.
+    Test,
+}
+
+fn main() -> std::process::ExitCode {
+    let result = match Cli::parse().command {
+        Command::Setup => setup::run(),
+        Command::Test => setup::run().and_then(|()| test::run()),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs a command, inheriting stdio, and fails unless it succeeds.
+pub(crate) fn run_cmd(cmd: &mut std::process::Command) -> anyhow::Result<()> {
+    eprintln!("+ {}", display(cmd));
+    let status = cmd
+        .status()
+        .map_err(|e| anyhow::anyhow!("cannot start {}: {e}", display(cmd)))?;
+    anyhow::ensure!(status.success(), "{} failed ({status})", display(cmd));
+    Ok(())
+}
+
+pub(crate) fn display(cmd: &std::process::Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|s| s.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The workspace root (xtask lives one level below it).
+pub(crate) fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask is inside the workspace")
+        .to_path_buf()
+}

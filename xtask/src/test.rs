@@ -1,0 +1,102 @@
+//! `cargo xtask test`: every check in the order that fails fastest.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Command, Stdio},
+};
+
+use anyhow::Context as _;
+
+use crate::{run_cmd, workspace_root};
+
+pub fn run() -> anyhow::Result<()> {
+    let root = workspace_root();
+    let cargo = || {
+        let mut cmd = Command::new("cargo");
+        cmd.current_dir(&root);
+        cmd
+    };
+
+    run_cmd(cargo().args(["fmt", "--all", "--check"]))?;
+    run_cmd(cargo().args([
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "filter-ebpf",
+        "--all-targets",
+        "--locked",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    // The kernel programs are linted for the target they run on.
+    run_cmd(
+        Command::new("cargo")
+            .current_dir(root.join("filter-ebpf"))
+            .args([
+                "+nightly",
+                "clippy",
+                "--release",
+                "--locked",
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+                "--",
+                "-D",
+                "warnings",
+            ]),
+    )?;
+
+    let unit = counted(cargo().args(["test", "--locked"]))?;
+    anyhow::ensure!(unit > 0, "the unit tests ran no test");
+
+    // Loading BPF programs and making network namespaces needs root.
+    // Safety: geteuid has no preconditions.
+    anyhow::ensure!(
+        unsafe { libc_geteuid() } == 0,
+        "the privileged suites need root: run `cargo xtask test` as root"
+    );
+    let privileged = counted(cargo().args(["test", "--locked", "--package", "filter-tests"]))?;
+    anyhow::ensure!(
+        privileged > 0,
+        "the privileged suites ran no test: that is a failure, not a pass"
+    );
+
+    println!("xtask test: {unit} unit tests and {privileged} privileged tests passed");
+    println!("{} passed, 0 failed", unit + privileged);
+    Ok(())
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+/// Runs `cargo test`, echoing its output, and returns how many tests passed in total.
+fn counted(cmd: &mut Command) -> anyhow::Result<usize> {
+    eprintln!("+ {}", crate::display(cmd));
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("cannot start cargo test")?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let mut passed = 0;
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ok. ") {
+            passed += rest
+                .split_once(" passed")
+                .and_then(|(n, _)| n.parse::<usize>().ok())
+                .unwrap_or(0);
+        }
+    }
+    let status = child.wait()?;
+    anyhow::ensure!(
+        status.success(),
+        "{} failed ({status})",
+        crate::display(cmd)
+    );
+    Ok(passed)
+}
