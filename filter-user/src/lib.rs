@@ -1,6 +1,9 @@
-//! egress-filter's userspace: the allow table, the kernel maps it is written to, and loading the
-//! kernel programs. The `egress-filter` binary (`main.rs`) is the command line over these.
+//! egress-filter's userspace: rule files, the compiler from rules to the allow table, the kernel
+//! maps it is written to, and loading the kernel programs. The `egress-filter` binary
+//! (`main.rs`) is the command line over these.
 
+pub mod compile;
 pub mod loader;
 pub mod maps;
+pub mod rules;
 pub mod table;

@@ -1,0 +1,406 @@
+//! Rule files: parsing, validation, and the services they define.
+//!
+//! The format is the contract in DESIGN.md ("Rules: the file format"). A rules path is a file or
+//! a directory, whose `*.toml` files (not subdirectories) load in name order. Every problem is
+//! reported with `file:line:column`, all of them at once, and nothing loads unless everything is
+//! valid: a typo must never half-apply a policy.
+
+pub mod hosts;
+pub mod ports;
+
+use std::{
+    collections::HashMap,
+    fmt,
+    net::IpAddr,
+    ops::Range,
+    path::{Path, PathBuf},
+};
+
+use filter_common::maps::MAX_SERVICES;
+use ipnet::IpNet;
+use serde::Deserialize;
+use toml::Spanned;
+
+pub use self::hosts::HostPattern;
+use crate::table::{PortSpec, ServiceId};
+
+/// One service, validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Service {
+    /// Position in load order; the index of its kernel counters.
+    pub id: ServiceId,
+    pub name: String,
+    pub description: String,
+    pub source: String,
+    /// The file that defines it.
+    pub file: PathBuf,
+    pub hosts: Vec<HostPattern>,
+    pub cidrs: Vec<IpNet>,
+    pub ports: Vec<PortSpec>,
+}
+
+/// Everything loaded from the rules paths.
+#[derive(Clone, Debug, Default)]
+pub struct Rules {
+    pub services: Vec<Service>,
+    /// The files read, in load order.
+    pub files: Vec<PathBuf>,
+}
+
+impl Rules {
+    /// Loads and validates every rules path. Either all of it is valid or nothing is returned.
+    pub fn load(paths: &[PathBuf]) -> Result<Self, RulesError> {
+        let mut files = Vec::new();
+        let mut errors = Vec::new();
+        for path in paths {
+            match rule_files(path) {
+                Ok(found) => files.extend(found),
+                Err(diagnostic) => errors.push(diagnostic),
+            }
+        }
+        let mut sources = Vec::new();
+        for file in &files {
+            match std::fs::read_to_string(file) {
+                Ok(text) => sources.push((file.clone(), text)),
+                Err(err) => errors.push(Diagnostic::file(file, format!("cannot read: {err}"))),
+            }
+        }
+        let sources: Vec<(&Path, &str)> = sources
+            .iter()
+            .map(|(p, t)| (p.as_path(), t.as_str()))
+            .collect();
+        match Self::parse_sources(&sources) {
+            Ok(rules) if errors.is_empty() => Ok(rules),
+            Ok(_) => Err(RulesError(errors)),
+            Err(RulesError(more)) => {
+                errors.extend(more);
+                Err(RulesError(errors))
+            }
+        }
+    }
+
+    /// Parses rule files already in memory: `(path for messages, contents)`.
+    pub fn parse_sources(sources: &[(&Path, &str)]) -> Result<Self, RulesError> {
+        let mut errors = Vec::new();
+        let mut services: Vec<Service> = Vec::new();
+        let mut first_definition: HashMap<String, (PathBuf, usize)> = HashMap::new();
+        for (path, text) in sources {
+            let at = |span: Range<usize>| Location::of(text, span.start);
+            let raw: RawFile = match toml::from_str(text) {
+                Ok(raw) => raw,
+                Err(err) => {
+                    let location = err.span().map(at);
+                    errors.push(Diagnostic {
+                        file: path.to_path_buf(),
+                        location,
+                        message: err.message().to_owned(),
+                    });
+                    continue;
+                }
+            };
+            if raw.service.is_empty() {
+                errors.push(Diagnostic::file(
+                    path,
+                    "defines no [[service]]; a rules file holds at least one".into(),
+                ));
+            }
+            for raw_service in raw.service {
+                let service_at = at(raw_service.span());
+                let mut report = |span: Range<usize>, message: String| {
+                    errors.push(Diagnostic {
+                        file: path.to_path_buf(),
+                        location: Some(at(span)),
+                        message,
+                    });
+                };
+                let Some(service) =
+                    validate(raw_service.into_inner(), services.len(), path, &mut report)
+                else {
+                    continue;
+                };
+                if let Some((file, line)) = first_definition.get(&service.name) {
+                    errors.push(Diagnostic {
+                        file: path.to_path_buf(),
+                        location: Some(service_at),
+                        message: format!(
+                            "service name {:?} is already defined at {}:{line}; names are unique across all rules files",
+                            service.name,
+                            file.display()
+                        ),
+                    });
+                    continue;
+                }
+                first_definition
+                    .insert(service.name.clone(), (path.to_path_buf(), service_at.line));
+                services.push(service);
+            }
+        }
+        if services.len() > MAX_SERVICES as usize {
+            errors.push(Diagnostic {
+                file: PathBuf::from("(all rules)"),
+                location: None,
+                message: format!(
+                    "{} services, more than the {MAX_SERVICES} the kernel counts",
+                    services.len()
+                ),
+            });
+        }
+        if errors.is_empty() {
+            Ok(Self {
+                services,
+                files: sources.iter().map(|(p, _)| p.to_path_buf()).collect(),
+            })
+        } else {
+            Err(RulesError(errors))
+        }
+    }
+
+    /// Every exact hostname (after expansion) with the services that list it.
+    #[must_use]
+    pub fn exact_hosts(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self
+            .services
+            .iter()
+            .flat_map(|s| &s.hosts)
+            .filter_map(|h| match h {
+                HostPattern::Exact(name) => Some(name.as_str()),
+                HostPattern::Wildcard(_) => None,
+            })
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
+}
+
+/// The files a rules path stands for.
+fn rule_files(path: &Path) -> Result<Vec<PathBuf>, Diagnostic> {
+    let meta = std::fs::metadata(path)
+        .map_err(|err| Diagnostic::file(path, format!("cannot read: {err}")))?;
+    if !meta.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let entries = std::fs::read_dir(path)
+        .map_err(|err| Diagnostic::file(path, format!("cannot list: {err}")))?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(Diagnostic::file(
+            path,
+            "directory holds no *.toml rules files".into(),
+        ));
+    }
+    Ok(files)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    service: Vec<Spanned<RawService>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    name: Spanned<String>,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    source: String,
+    #[serde(default)]
+    hosts: Vec<Spanned<String>>,
+    #[serde(default)]
+    cidrs: Vec<Spanned<String>>,
+    #[serde(default)]
+    tcp: Vec<Spanned<ports::PortItem>>,
+    #[serde(default)]
+    udp: Vec<Spanned<ports::PortItem>>,
+    #[serde(default)]
+    icmp: bool,
+}
+
+/// Checks one service; reports every problem through `report` and returns it only if clean.
+fn validate(
+    raw: RawService,
+    index: usize,
+    file: &Path,
+    report: &mut impl FnMut(Range<usize>, String),
+) -> Option<Service> {
+    let mut ok = true;
+    let mut fail = |span: Range<usize>, message: String| {
+        ok = false;
+        report(span, message);
+    };
+    let name = raw.name.get_ref().trim().to_owned();
+    if name.is_empty()
+        || name.len() > 64
+        || name.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        fail(
+            raw.name.span(),
+            format!("service name {name:?} must be 1-64 characters without spaces"),
+        );
+    }
+    let mut hosts = Vec::new();
+    for entry in &raw.hosts {
+        match hosts::parse(entry.get_ref()) {
+            Ok(patterns) => hosts.extend(patterns),
+            Err(message) => fail(entry.span(), message),
+        }
+    }
+    hosts.sort();
+    hosts.dedup();
+    let mut cidrs = Vec::new();
+    for entry in &raw.cidrs {
+        match parse_cidr(entry.get_ref()) {
+            Ok(net) => cidrs.push(net),
+            Err(message) => fail(entry.span(), message),
+        }
+    }
+    cidrs.sort();
+    cidrs.dedup();
+    let mut ports = Vec::new();
+    for (list, make) in [
+        (&raw.tcp, PortSpec::Tcp as fn(_) -> PortSpec),
+        (&raw.udp, PortSpec::Udp as fn(_) -> PortSpec),
+    ] {
+        for item in list {
+            match ports::parse(item.get_ref()) {
+                Ok(range) => ports.push(make(range)),
+                Err(message) => fail(item.span(), message),
+            }
+        }
+    }
+    if raw.icmp {
+        ports.push(PortSpec::Icmp);
+    }
+    if raw.hosts.is_empty() && raw.cidrs.is_empty() {
+        fail(
+            raw.name.span(),
+            format!("service {name:?} has no destinations: give it hosts or cidrs"),
+        );
+    }
+    if raw.tcp.is_empty() && raw.udp.is_empty() && !raw.icmp {
+        fail(
+            raw.name.span(),
+            format!("service {name:?} allows no protocol: give it tcp, udp or icmp = true"),
+        );
+    }
+    let id = ServiceId::try_from(index).ok()?;
+    ok.then(|| Service {
+        id,
+        name,
+        description: raw.description,
+        source: raw.source,
+        file: file.to_path_buf(),
+        hosts,
+        cidrs,
+        ports,
+    })
+}
+
+/// A CIDR, or a bare address meaning a single host. Host bits must be clear: `17.1.2.3/8` is
+/// far more likely a typo than a way to write `17.0.0.0/8`.
+fn parse_cidr(text: &str) -> Result<IpNet, String> {
+    let text = text.trim();
+    if let Ok(addr) = text.parse::<IpAddr>() {
+        return Ok(IpNet::from(addr));
+    }
+    let (addr, len) = text
+        .split_once('/')
+        .ok_or_else(|| format!("{text:?} is not an address or a CIDR like 192.0.2.0/24"))?;
+    let addr: IpAddr = addr
+        .parse()
+        .map_err(|_| format!("{addr:?} in {text:?} is not an IP address"))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let len: u8 = len
+        .parse()
+        .ok()
+        .filter(|l| *l <= max)
+        .ok_or_else(|| format!("prefix length in {text:?} must be 0-{max}"))?;
+    let net = IpNet::new(addr, len).map_err(|e| format!("{text:?}: {e}"))?;
+    if net.addr() != net.network() {
+        return Err(format!(
+            "{text:?} has host bits set; did you mean {}?",
+            net.trunc()
+        ));
+    }
+    Ok(net)
+}
+
+/// A 1-based line and column in a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Location {
+    pub line: usize,
+    pub column: usize,
+}
+
+impl Location {
+    fn of(text: &str, offset: usize) -> Self {
+        let before = &text[..offset.min(text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.rfind('\n').map_or(before.chars().count(), |nl| {
+            before[nl + 1..].chars().count()
+        }) + 1;
+        Self { line, column }
+    }
+}
+
+/// One problem in the rules, where it is and what to do about it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub file: PathBuf,
+    pub location: Option<Location>,
+    pub message: String,
+}
+
+impl Diagnostic {
+    fn file(path: &Path, message: String) -> Self {
+        Self {
+            file: path.to_path_buf(),
+            location: None,
+            message,
+        }
+    }
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.location {
+            Some(Location { line, column }) => write!(
+                f,
+                "{}:{line}:{column}: {}",
+                self.file.display(),
+                self.message
+            ),
+            None => write!(f, "{}: {}", self.file.display(), self.message),
+        }
+    }
+}
+
+/// Every problem found in the rules; nothing was loaded.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct RulesError(pub Vec<Diagnostic>);
+
+impl fmt::Display for RulesError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "invalid rules ({} problem{}); nothing was applied",
+            self.0.len(),
+            if self.0.len() == 1 { "" } else { "s" }
+        )?;
+        for diagnostic in &self.0 {
+            writeln!(f, "  {diagnostic}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;
