@@ -2,8 +2,10 @@
 //! maps it is written to, and loading the kernel programs. The `egress-filter` binary
 //! (`main.rs`) is the command line over these.
 
+pub mod cmd;
 pub mod compile;
 pub mod loader;
 pub mod maps;
+pub mod resolve;
 pub mod rules;
 pub mod table;

@@ -1,10 +1,15 @@
-//! `egress-filter`: the command line.
+//! `egress-filter`: the command line. Each verb is documented with an example; the README shows
+//! the same commands.
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use filter_user::cmd;
 
 /// An eBPF egress allow-list for networks of managed devices.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version, about, long_about = None)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -12,25 +17,115 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Validate rule files and summarise them; on error, print every problem as file:line:col
+    /// and exit 1.
+    ///
+    /// Example: `egress-filter check --rules rules/`
+    Check {
+        /// A rules file, or a directory whose *.toml files are loaded. Repeatable.
+        #[arg(long = "rules", required = true, value_name = "PATH")]
+        rules: Vec<PathBuf>,
+    },
+    /// Print the compiled allow table: every prefix with the services, protocols and ports
+    /// allowed there, then the hostnames and wildcard names.
+    ///
+    /// Example: `egress-filter show --rules rules/ --resolve --json`
+    Show {
+        /// A rules file, or a directory whose *.toml files are loaded. Repeatable.
+        #[arg(long = "rules", required = true, value_name = "PATH")]
+        rules: Vec<PathBuf>,
+        /// Resolve the hostnames now and include their addresses.
+        #[arg(long)]
+        resolve: bool,
+        /// The DNS server to ask, instead of the system's (/etc/resolv.conf).
+        #[arg(long, value_name = "IP:PORT", requires = "resolve")]
+        resolver: Option<SocketAddr>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write rule TOML from a vendor feed to stdout.
+    #[command(subcommand)]
+    Import(ImportFeed),
     /// Load the kernel programs through the verifier and report, without attaching anything.
     ///
     /// Example: `egress-filter probe`
     Probe,
 }
 
-fn main() -> std::process::ExitCode {
+#[derive(Subcommand)]
+enum ImportFeed {
+    /// The Microsoft 365 endpoints JSON (endpoints/WorldWide); one service per endpoint set.
+    ///
+    /// Example: `egress-filter import m365 worldwide.json --service-area MEM > rules/m365.toml`
+    M365 {
+        /// The downloaded JSON file.
+        file: PathBuf,
+        /// Only this service area (Common, Exchange, SharePoint, Skype, MEM).
+        #[arg(long, value_name = "AREA")]
+        service_area: Option<String>,
+    },
+    /// Google's goog.json; one service allowing the given ports to every range.
+    ///
+    /// Example: `egress-filter import google goog.json > rules/google-ranges.toml`
+    Google {
+        /// The downloaded goog.json.
+        file: PathBuf,
+        /// The service name to write.
+        #[arg(long, default_value = "google-ip-ranges")]
+        name: String,
+        /// TCP ports to allow, as a comma list with lo-hi ranges (default: FCM's).
+        #[arg(long, default_value = "443,5228-5230")]
+        tcp: String,
+        /// UDP ports to allow, likewise.
+        #[arg(long)]
+        udp: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(&cli) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
-            std::process::ExitCode::FAILURE
+            ExitCode::FAILURE
         }
     }
 }
 
-fn run(cli: &Cli) -> anyhow::Result<()> {
+fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Check { rules } => print!("{}", cmd::check::run(&rules)?),
+        Command::Show {
+            rules,
+            resolve,
+            resolver,
+            json,
+        } => {
+            let runtime =
+                tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            let report = runtime.block_on(cmd::show::run(&rules, resolve, resolver))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.to_text());
+            }
+        }
+        Command::Import(ImportFeed::M365 { file, service_area }) => {
+            print!("{}", cmd::import::m365(&file, service_area.as_deref())?);
+        }
+        Command::Import(ImportFeed::Google {
+            file,
+            name,
+            tcp,
+            udp,
+        }) => {
+            print!(
+                "{}",
+                cmd::import::google(&file, &name, &tcp, udp.as_deref())?
+            );
+        }
         Command::Probe => {
             let mut ebpf = filter_user::loader::open().context("cannot create the maps")?;
             filter_user::loader::load_programs(&mut ebpf).context("cannot load the programs")?;
@@ -38,7 +133,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             let maps: Vec<&str> = ebpf.maps().map(|(name, _)| name).collect();
             println!("loaded programs: {}", programs.join(", "));
             println!("created maps: {}", maps.join(", "));
-            Ok(())
         }
     }
+    Ok(())
 }

@@ -1,0 +1,5 @@
+//! The verbs of the command line, one module each.
+
+pub mod check;
+pub mod import;
+pub mod show;

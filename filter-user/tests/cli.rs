@@ -1,0 +1,89 @@
+//! The command line as a user runs it: exit codes, where errors go, what they say.
+
+use std::{path::Path, process::Command};
+
+fn egress_filter(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_egress-filter"))
+        .args(args)
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+        .output()
+        .expect("the binary runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_accepts_the_shipped_rules_with_a_summary() {
+    let (code, stdout, stderr) = egress_filter(&["check", "--rules", "rules/"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("rules/intune.toml: ") && stdout.contains("ok: "),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn check_refuses_a_bad_file_with_its_location_and_exit_1() {
+    let dir = std::env::temp_dir().join(format!("egress-filter-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[[service]]\nname = \"x\"\ncidrs = [\"192.0.2.1/24\"]\ntcp = [443]\n",
+    )
+    .unwrap();
+    let (code, stdout, stderr) = egress_filter(&[
+        "check",
+        "--rules",
+        "rules/",
+        "--rules",
+        bad.to_str().unwrap(),
+    ]);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(code, 1);
+    assert!(stdout.is_empty(), "no summary for invalid rules: {stdout}");
+    assert!(
+        stderr.contains(
+            "bad.toml:3:10: \"192.0.2.1/24\" has host bits set; did you mean 192.0.2.0/24?"
+        ),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn show_json_lists_prefixes_with_service_names() {
+    let (code, stdout, stderr) = egress_filter(&["show", "--rules", "rules/apple.toml", "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let json: serde_json::Value = serde_json::from_str(&stdout).expect("valid JSON");
+    let first = &json["prefixes"][0];
+    assert_eq!(first["prefix"], "17.0.0.0/8");
+    assert!(
+        first["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["ports"] == "5223"),
+        "{first}"
+    );
+}
+
+#[test]
+fn imports_are_accepted_by_check() {
+    let (code, stdout, stderr) = egress_filter(&[
+        "import",
+        "google",
+        "filter-user/tests/fixtures/goog.json",
+        "--name",
+        "google-ranges",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let file =
+        std::env::temp_dir().join(format!("egress-filter-import-{}.toml", std::process::id()));
+    std::fs::write(&file, stdout).unwrap();
+    let (code, _, stderr) = egress_filter(&["check", "--rules", file.to_str().unwrap()]);
+    std::fs::remove_file(&file).unwrap();
+    assert_eq!(code, 0, "{stderr}");
+}
