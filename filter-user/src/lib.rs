@@ -4,6 +4,7 @@
 
 pub mod cmd;
 pub mod compile;
+pub mod daemon;
 pub mod loader;
 pub mod maps;
 pub mod resolve;

@@ -5,7 +5,13 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use filter_user::cmd;
+use filter_user::{
+    cmd,
+    daemon::{
+        self, events::EventFormat, hosts::RefreshPolicy, pins::DEFAULT_PIN_PATH, RunOptions,
+        XdpModeArg,
+    },
+};
 
 /// An eBPF egress allow-list for networks of managed devices.
 #[derive(Parser)]
@@ -44,6 +50,27 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Enforce the rules: attach the filter, keep hostnames resolved, stream drop events to
+    /// stdout. Stops (detaching cleanly) on SIGINT/SIGTERM; SIGHUP reloads the rules.
+    ///
+    /// Example: `egress-filter run --rules rules/ --xdp lan0 --events json`
+    Run(Box<RunArgs>),
+    /// Print the counters of the running filter: per service, per reason, events.
+    ///
+    /// Example: `egress-filter stats --json`
+    Stats {
+        #[arg(long, default_value = DEFAULT_PIN_PATH, value_name = "DIR")]
+        pin_path: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a filter left pinned by a daemon that crashed or was killed.
+    ///
+    /// Example: `egress-filter detach`
+    Detach {
+        #[arg(long, default_value = DEFAULT_PIN_PATH, value_name = "DIR")]
+        pin_path: PathBuf,
+    },
     /// Write rule TOML from a vendor feed to stdout.
     #[command(subcommand)]
     Import(ImportFeed),
@@ -51,6 +78,53 @@ enum Command {
     ///
     /// Example: `egress-filter probe`
     Probe,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// A rules file, or a directory whose *.toml files are loaded. Repeatable.
+    #[arg(long = "rules", required = true, value_name = "PATH")]
+    rules: Vec<PathBuf>,
+    /// Attach XDP here: a gateway's LAN-facing interface. Repeatable.
+    #[arg(long, value_name = "IFACE")]
+    xdp: Vec<String>,
+    /// Attach TC egress here: a host's uplink. Repeatable.
+    #[arg(long, value_name = "IFACE")]
+    tc: Vec<String>,
+    /// XDP attach mode.
+    #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
+    xdp_mode: XdpModeArg,
+    /// Drop nothing; report what enforcement would drop with action "audit".
+    #[arg(long)]
+    audit: bool,
+    /// Event output on stdout: one line of text or one JSON object per event.
+    #[arg(long, value_enum, default_value_t = EventFormat::Text)]
+    events: EventFormat,
+    /// The DNS server to ask, instead of the system's (/etc/resolv.conf).
+    #[arg(long, value_name = "IP:PORT")]
+    resolver: Option<SocketAddr>,
+    /// Never resolve a name again sooner than this, whatever its TTL.
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    min_refresh: u64,
+    /// Resolve every name again at least this often, whatever its TTL.
+    #[arg(long, default_value_t = 3600, value_name = "SECS")]
+    max_refresh: u64,
+    /// Keep an address allowed this long after it vanished from answers.
+    #[arg(long, default_value_t = 900, value_name = "SECS")]
+    grace: u64,
+    /// Where programs (links) and maps are pinned.
+    #[arg(long, default_value = DEFAULT_PIN_PATH, value_name = "DIR")]
+    pin_path: PathBuf,
+    /// Do not allow traffic to this host's own addresses (by default a gateway stays reachable
+    /// from the LAN it filters).
+    #[arg(long)]
+    no_self_allow: bool,
+    /// Drop events each CPU may report per second after its burst.
+    #[arg(long, default_value_t = filter_common::Config::DEFAULT_EVENTS_PER_SEC)]
+    event_rate: u32,
+    /// Drop events each CPU may report back to back.
+    #[arg(long, default_value_t = filter_common::Config::DEFAULT_EVENT_BURST)]
+    event_burst: u32,
 }
 
 #[derive(Subcommand)]
@@ -126,6 +200,54 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 cmd::import::google(&file, &name, &tcp, udp.as_deref())?
             );
         }
+        Command::Run(args) => {
+            tracing_subscriber::fmt()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| "info".into()),
+                )
+                .init();
+            anyhow::ensure!(
+                args.min_refresh >= 1,
+                "--min-refresh must be at least 1 second"
+            );
+            anyhow::ensure!(
+                args.max_refresh >= args.min_refresh,
+                "--max-refresh must not be below --min-refresh"
+            );
+            let opts = RunOptions {
+                rules: args.rules,
+                xdp: args.xdp,
+                tc: args.tc,
+                xdp_mode: args.xdp_mode,
+                audit: args.audit,
+                events: args.events,
+                resolver: args.resolver,
+                refresh: RefreshPolicy {
+                    min_refresh: std::time::Duration::from_secs(args.min_refresh),
+                    max_refresh: std::time::Duration::from_secs(args.max_refresh),
+                    grace: std::time::Duration::from_secs(args.grace),
+                },
+                pin_path: args.pin_path,
+                allow_self: !args.no_self_allow,
+                events_per_sec: args.event_rate,
+                event_burst: args.event_burst,
+            };
+            let runtime =
+                tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            runtime.block_on(daemon::run(opts))?;
+        }
+        Command::Stats { pin_path, json } => {
+            let stats = daemon::stats::read(&daemon::pins::PinDir::new(pin_path))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&stats)?);
+            } else {
+                print!("{}", stats.to_text());
+            }
+        }
+        Command::Detach { pin_path } => println!("{}", daemon::detach(&pin_path)?),
         Command::Probe => {
             let mut ebpf = filter_user::loader::open().context("cannot create the maps")?;
             filter_user::loader::load_programs(&mut ebpf).context("cannot load the programs")?;

@@ -71,7 +71,9 @@ pub struct PolicyMaps {
 }
 
 impl PolicyMaps {
-    /// Takes the policy maps out of a loaded object. The maps must be empty (freshly created).
+    /// Takes the policy maps out of a loaded object, and learns what they already hold: a fresh
+    /// object's maps are empty, maps adopted from pins carry the last daemon's policy, which the
+    /// next [`PolicyMaps::apply`] then changes only where it differs.
     pub fn take_from(ebpf: &mut Ebpf) -> Result<Self, MapWriteError> {
         fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(
             ebpf: &mut Ebpf,
@@ -80,7 +82,7 @@ impl PolicyMaps {
             let map = ebpf.take_map(name).ok_or(MapWriteError::Missing(name))?;
             T::try_from(map).map_err(|source| MapWriteError::Layout { name, source })
         }
-        Ok(Self {
+        let mut maps = Self {
             allow_v4: take(ebpf, names::ALLOW_V4)?,
             allow_v6: take(ebpf, names::ALLOW_V6)?,
             policies: take(ebpf, names::POLICIES)?,
@@ -88,7 +90,46 @@ impl PolicyMaps {
             slots: PolicySlots::default(),
             written_v4: BTreeMap::new(),
             written_v6: BTreeMap::new(),
-        })
+        };
+        maps.read_existing()?;
+        Ok(maps)
+    }
+
+    /// Fills the bookkeeping from what the maps hold.
+    fn read_existing(&mut self) -> Result<(), MapWriteError> {
+        let read_err = |name: &'static str| {
+            move |source| MapWriteError::Write {
+                name,
+                what: "a read".into(),
+                source,
+            }
+        };
+        for entry in self.allow_v4.iter() {
+            let (key, id) = entry.map_err(read_err(names::ALLOW_V4))?;
+            if let Ok(net) = Ipv4Net::new(key.data().into(), key.prefix_len() as u8) {
+                self.written_v4.insert(net, id);
+            }
+        }
+        for entry in self.allow_v6.iter() {
+            let (key, id) = entry.map_err(read_err(names::ALLOW_V6))?;
+            if let Ok(net) = Ipv6Net::new(key.data().into(), key.prefix_len() as u8) {
+                self.written_v6.insert(net, id);
+            }
+        }
+        let ids: std::collections::BTreeSet<PolicyId> = self
+            .written_v4
+            .values()
+            .chain(self.written_v6.values())
+            .copied()
+            .collect();
+        for id in ids {
+            let policy = self
+                .policies
+                .get(&id, 0)
+                .map_err(read_err(names::POLICIES))?;
+            self.slots.adopt(id, RuleSet::from_policy(&policy));
+        }
+        Ok(())
     }
 
     /// Writes the runtime configuration (mode, event budget).
@@ -252,9 +293,24 @@ impl PolicySlots {
         Ok(id)
     }
 
+    /// Records a slot found in use in adopted maps.
+    fn adopt(&mut self, id: PolicyId, rules: RuleSet) {
+        self.high_water = self.high_water.max(id + 1);
+        self.free.retain(|free| *free != id);
+        if self.by_rules.contains_key(&rules) {
+            // Two slots with equal rules (cannot come from this writer): keep the first; the
+            // second is released once nothing points at it.
+            self.by_id.insert(id, rules);
+            return;
+        }
+        insert_both(&mut self.by_rules, &mut self.by_id, rules, id);
+    }
+
     fn release_id(&mut self, id: PolicyId) {
         if let Some(rules) = self.by_id.remove(&id) {
-            self.by_rules.remove(&rules);
+            if self.by_rules.get(&rules) == Some(&id) {
+                self.by_rules.remove(&rules);
+            }
             self.free.push(id);
         }
     }

@@ -82,6 +82,12 @@ impl RuleSet {
         Self(merged)
     }
 
+    /// The rules a kernel policy value holds.
+    #[must_use]
+    pub fn from_policy(policy: &filter_common::Policy) -> Self {
+        Self::from_rules(policy.active_rules().iter().copied())
+    }
+
     fn union(&self, other: &Self) -> Self {
         Self::from_rules(self.0.iter().chain(&other.0).copied())
     }

@@ -1,0 +1,294 @@
+//! When to resolve each hostname again, and how long each answered address stays allowed.
+//!
+//! - A name is resolved again when its answer's TTL runs out, but never sooner than the minimum
+//!   refresh (to spare the resolver) nor later than the maximum (so a long TTL cannot pin a stale
+//!   address for a day).
+//! - An address stays allowed for a grace period after it was last seen in an answer: devices
+//!   cache DNS longer than they should, and connections outlive the answer that opened them.
+//! - A failed lookup changes nothing that is allowed: its addresses are kept (and kept beyond
+//!   their grace) until a lookup succeeds. A broken resolver must not empty the allow list.
+//!
+//! Pure bookkeeping over a caller-given clock, so every rule above is unit-tested.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+use crate::{compile::Resolved, resolve::Answer};
+
+/// Refresh and expiry bounds.
+#[derive(Clone, Copy, Debug)]
+pub struct RefreshPolicy {
+    pub min_refresh: Duration,
+    pub max_refresh: Duration,
+    pub grace: Duration,
+}
+
+#[derive(Debug)]
+struct HostState {
+    /// Address → until when it stays allowed.
+    addresses: BTreeMap<IpAddr, Instant>,
+    next_refresh: Instant,
+    /// Consecutive failed lookups, for logs.
+    failures: u32,
+    last_error: Option<String>,
+}
+
+/// The state of every hostname the rules name.
+#[derive(Debug)]
+pub struct HostTable {
+    policy: RefreshPolicy,
+    hosts: BTreeMap<String, HostState>,
+}
+
+impl HostTable {
+    #[must_use]
+    pub fn new(policy: RefreshPolicy) -> Self {
+        Self {
+            policy,
+            hosts: BTreeMap::new(),
+        }
+    }
+
+    /// Makes the table track exactly `names`: new names are due at once, names no longer in the
+    /// rules are forgotten, the rest keep their addresses and schedule.
+    pub fn set_names<'a>(&mut self, names: impl IntoIterator<Item = &'a str>, now: Instant) {
+        let wanted: BTreeSet<&str> = names.into_iter().collect();
+        self.hosts.retain(|name, _| wanted.contains(name.as_str()));
+        for name in wanted {
+            self.hosts
+                .entry(name.to_owned())
+                .or_insert_with(|| HostState {
+                    addresses: BTreeMap::new(),
+                    next_refresh: now,
+                    failures: 0,
+                    last_error: None,
+                });
+        }
+    }
+
+    /// Seeds a name with addresses known from before (an adopted filter's last state), allowed
+    /// until `until` unless answers renew them.
+    pub fn seed(&mut self, name: &str, addresses: &[IpAddr], until: Instant) {
+        if let Some(state) = self.hosts.get_mut(name) {
+            for addr in addresses {
+                let keep = state.addresses.entry(*addr).or_insert(until);
+                *keep = (*keep).max(until);
+            }
+        }
+    }
+
+    /// Names whose refresh time has come.
+    #[must_use]
+    pub fn due(&self, now: Instant) -> Vec<String> {
+        self.hosts
+            .iter()
+            .filter(|(_, s)| s.next_refresh <= now)
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// The next moment something happens: a refresh or an expiry.
+    #[must_use]
+    pub fn next_event(&self) -> Option<Instant> {
+        self.hosts
+            .values()
+            .flat_map(|s| std::iter::once(s.next_refresh).chain(s.addresses.values().copied()))
+            .min()
+    }
+
+    /// Takes in a lookup's outcome. Returns whether the set of allowed addresses changed.
+    pub fn record(&mut self, name: &str, answer: &Result<Answer, String>, now: Instant) -> bool {
+        let policy = self.policy;
+        let Some(state) = self.hosts.get_mut(name) else {
+            return false;
+        };
+        match answer {
+            Ok(answer) => {
+                let wait = answer.ttl.clamp(policy.min_refresh, policy.max_refresh);
+                state.next_refresh = now + wait;
+                state.failures = 0;
+                state.last_error = None;
+                let keep_until = now + wait.max(answer.ttl) + policy.grace;
+                let mut changed = false;
+                for addr in &answer.addresses {
+                    changed |= state.addresses.insert(*addr, keep_until).is_none();
+                }
+                changed
+            }
+            Err(error) => {
+                // Retry soon, and hold every address at least until the retry plus grace.
+                state.next_refresh = now + policy.min_refresh;
+                state.failures += 1;
+                state.last_error = Some(error.clone());
+                let hold = state.next_refresh + policy.grace;
+                for keep in state.addresses.values_mut() {
+                    *keep = (*keep).max(hold);
+                }
+                false
+            }
+        }
+    }
+
+    /// Drops addresses whose time is up. Returns whether any went.
+    pub fn expire(&mut self, now: Instant) -> bool {
+        let mut changed = false;
+        for state in self.hosts.values_mut() {
+            let before = state.addresses.len();
+            state.addresses.retain(|_, until| *until > now);
+            changed |= state.addresses.len() != before;
+        }
+        changed
+    }
+
+    /// What every name resolves to now, as the compiler takes it.
+    #[must_use]
+    pub fn resolved(&self) -> Resolved {
+        self.hosts
+            .iter()
+            .filter(|(_, s)| !s.addresses.is_empty())
+            .map(|(name, s)| (name.clone(), s.addresses.keys().copied().collect()))
+            .collect()
+    }
+
+    /// Names whose last lookup failed, with the error and how many times in a row.
+    #[must_use]
+    pub fn failing(&self) -> Vec<(&str, u32, &str)> {
+        self.hosts
+            .iter()
+            .filter_map(|(n, s)| Some((n.as_str(), s.failures, s.last_error.as_deref()?)))
+            .collect()
+    }
+
+    /// Address → the names it was learned from, for enriching events.
+    #[must_use]
+    pub fn names_by_address(&self) -> BTreeMap<IpAddr, Vec<String>> {
+        let mut out: BTreeMap<IpAddr, Vec<String>> = BTreeMap::new();
+        for (name, state) in &self.hosts {
+            for addr in state.addresses.keys() {
+                out.entry(*addr).or_default().push(name.clone());
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICY: RefreshPolicy = RefreshPolicy {
+        min_refresh: Duration::from_secs(10),
+        max_refresh: Duration::from_secs(3600),
+        grace: Duration::from_secs(60),
+    };
+
+    fn answer(addrs: &[&str], ttl: u64) -> Result<Answer, String> {
+        Ok(Answer {
+            addresses: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+            ttl: Duration::from_secs(ttl),
+        })
+    }
+
+    fn table(now: Instant) -> HostTable {
+        let mut t = HostTable::new(POLICY);
+        t.set_names(["a.example.com"], now);
+        t
+    }
+
+    fn addrs(t: &HostTable) -> Vec<String> {
+        t.resolved()
+            .values()
+            .flatten()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn refresh_follows_the_ttl_within_bounds() {
+        let t0 = Instant::now();
+        let mut t = table(t0);
+        assert_eq!(t.due(t0), ["a.example.com"], "a new name is due at once");
+        t.record("a.example.com", &answer(&["192.0.2.1"], 300), t0);
+        assert!(t.due(t0 + Duration::from_secs(299)).is_empty());
+        assert_eq!(
+            t.due(t0 + Duration::from_secs(300)).len(),
+            1,
+            "due when the TTL runs out"
+        );
+        t.record("a.example.com", &answer(&["192.0.2.1"], 1), t0);
+        assert!(
+            t.due(t0 + Duration::from_secs(9)).is_empty(),
+            "never before the minimum refresh"
+        );
+        t.record("a.example.com", &answer(&["192.0.2.1"], 86_400), t0);
+        assert_eq!(
+            t.due(t0 + Duration::from_secs(3600)).len(),
+            1,
+            "never after the maximum"
+        );
+    }
+
+    #[test]
+    fn a_vanished_address_stays_for_ttl_plus_grace_then_goes() {
+        let t0 = Instant::now();
+        let mut t = table(t0);
+        assert!(
+            t.record("a.example.com", &answer(&["192.0.2.1"], 30), t0),
+            "a new address is a change"
+        );
+        let t1 = t0 + Duration::from_secs(30);
+        assert!(t.record("a.example.com", &answer(&["192.0.2.2"], 30), t1));
+        assert_eq!(
+            addrs(&t),
+            ["192.0.2.1", "192.0.2.2"],
+            "the old address is still in its grace"
+        );
+        assert!(!t.expire(t0 + Duration::from_secs(30 + 59)));
+        assert!(
+            t.expire(t0 + Duration::from_secs(30 + 60)),
+            "gone after TTL plus grace"
+        );
+        assert_eq!(addrs(&t), ["192.0.2.2"]);
+    }
+
+    #[test]
+    fn a_failing_resolver_never_empties_the_list() {
+        let t0 = Instant::now();
+        let mut t = table(t0);
+        t.record("a.example.com", &answer(&["192.0.2.1"], 30), t0);
+        let mut now = t0;
+        for _ in 0..100 {
+            now += POLICY.min_refresh;
+            assert!(
+                !t.record("a.example.com", &Err("timed out".into()), now),
+                "a failure changes nothing"
+            );
+            t.expire(now);
+            assert_eq!(addrs(&t), ["192.0.2.1"], "kept at {:?}", now - t0);
+        }
+        assert_eq!(t.failing(), [("a.example.com", 100, "timed out")]);
+        assert_eq!(
+            t.due(now + POLICY.min_refresh).len(),
+            1,
+            "retried after the minimum refresh"
+        );
+    }
+
+    #[test]
+    fn renaming_keeps_state_for_names_that_stay() {
+        let t0 = Instant::now();
+        let mut t = table(t0);
+        t.record("a.example.com", &answer(&["192.0.2.1"], 300), t0);
+        t.set_names(["a.example.com", "b.example.com"], t0);
+        assert_eq!(t.due(t0), ["b.example.com"], "only the new name is due");
+        assert_eq!(addrs(&t), ["192.0.2.1"]);
+        t.set_names(["b.example.com"], t0);
+        assert!(
+            t.resolved().is_empty(),
+            "a removed name takes its addresses with it"
+        );
+    }
+}

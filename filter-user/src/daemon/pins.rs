@@ -1,0 +1,201 @@
+//! The pinned state of a filter: one documented home per pin path.
+//!
+//! ```text
+//! <pin-path>/                       default /sys/fs/bpf/egress-filter
+//!   maps/<MAP>                      every map of filter_common::maps::ALL_MAPS
+//!   links/xdp-<iface>, tc-<iface>   one bpf_link per attachment
+//! /run/egress-filter/<pin-path as a file name>.lock   held (flock) while a daemon runs
+//! /run/egress-filter/<pin-path as a file name>.json   service names and resolved addresses
+//! ```
+//!
+//! Pinned links keep the programs attached and pinned maps keep the policy when the daemon dies,
+//! so a crash never opens the gate; the next `run` adopts them. bpffs holds only BPF objects, so
+//! the lock and the state file live under /run.
+
+use std::{
+    fs::File,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{bail, Context as _};
+use filter_common::maps::ALL_MAPS;
+use nix::fcntl::{Flock, FlockArg};
+
+/// Default pin path (DESIGN.md).
+pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/egress-filter";
+const RUN_DIR: &str = "/run/egress-filter";
+/// `statfs` magic of bpffs (linux/magic.h BPF_FS_MAGIC).
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Which hook an attachment uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HookKind {
+    Xdp,
+    Tc,
+}
+
+impl HookKind {
+    const fn prefix(self) -> &'static str {
+        match self {
+            Self::Xdp => "xdp-",
+            Self::Tc => "tc-",
+        }
+    }
+}
+
+/// One pin path and the files that belong to it.
+#[derive(Clone, Debug)]
+pub struct PinDir {
+    root: PathBuf,
+}
+
+impl PinDir {
+    #[must_use]
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    #[must_use]
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    #[must_use]
+    pub fn map_path(&self, map: &str) -> PathBuf {
+        self.root.join("maps").join(map)
+    }
+
+    #[must_use]
+    pub fn link_path(&self, hook: HookKind, iface: &str) -> PathBuf {
+        self.root
+            .join("links")
+            .join(format!("{}{iface}", hook.prefix()))
+    }
+
+    fn run_file(&self, extension: &str) -> PathBuf {
+        let flat: String = self
+            .root
+            .to_string_lossy()
+            .trim_matches('/')
+            .chars()
+            .map(|c| if c == '/' { '_' } else { c })
+            .collect();
+        Path::new(RUN_DIR).join(format!("{flat}.{extension}"))
+    }
+
+    /// Where the daemon keeps service names and resolved addresses for `stats` and restarts.
+    #[must_use]
+    pub fn state_file(&self) -> PathBuf {
+        self.run_file("json")
+    }
+
+    /// Whether maps are pinned here (a filter is running or was left behind).
+    #[must_use]
+    pub fn has_pinned_maps(&self) -> bool {
+        ALL_MAPS.iter().any(|m| self.map_path(m).exists())
+    }
+
+    /// Takes the pin path for this process; fails if another daemon holds it.
+    pub fn lock(&self) -> anyhow::Result<Flock<File>> {
+        std::fs::create_dir_all(RUN_DIR).with_context(|| format!("cannot create {RUN_DIR}"))?;
+        let path = self.run_file("lock");
+        let file =
+            File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
+        Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
+            if errno == nix::errno::Errno::EWOULDBLOCK {
+                anyhow::anyhow!(
+                    "another egress-filter is running with pin path {}; stop it first, or choose another --pin-path",
+                    self.root.display()
+                )
+            } else {
+                anyhow::anyhow!("cannot lock {}: {errno}", path.display())
+            }
+        })
+    }
+
+    /// Makes sure the pin path is on bpffs, mounting bpffs at /sys/fs/bpf when that is where it
+    /// belongs and it is missing (these machines boot without it), and creates the directories.
+    pub fn prepare(&self) -> anyhow::Result<()> {
+        let bpffs = Path::new("/sys/fs/bpf");
+        if self.root.starts_with(bpffs) && !is_bpffs(bpffs) {
+            nix::mount::mount(
+                Some("bpf"),
+                bpffs,
+                Some("bpf"),
+                nix::mount::MsFlags::empty(),
+                None::<&str>,
+            )
+            .with_context(|| format!("cannot mount bpffs at {}", bpffs.display()))?;
+            tracing::info!("mounted bpffs at {}", bpffs.display());
+        }
+        for dir in [self.root.join("maps"), self.root.join("links")] {
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        if !is_bpffs(&self.root) {
+            bail!(
+                "{} is not on a BPF filesystem (mount -t bpf bpf DIR)",
+                self.root.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// Every pinned link: (hook, interface, path).
+    #[must_use]
+    pub fn pinned_links(&self) -> Vec<(HookKind, String, PathBuf)> {
+        let Ok(entries) = std::fs::read_dir(self.root.join("links")) else {
+            return Vec::new();
+        };
+        let mut links: Vec<_> = entries
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                [HookKind::Xdp, HookKind::Tc].into_iter().find_map(|hook| {
+                    Some((hook, name.strip_prefix(hook.prefix())?.to_owned(), e.path()))
+                })
+            })
+            .collect();
+        links.sort_by(|a, b| a.2.cmp(&b.2));
+        links
+    }
+
+    /// Removes every pin (links first, so nothing runs without its maps) and the directories.
+    /// Links whose last holder was the pin detach at once.
+    pub fn remove_all(&self) -> anyhow::Result<()> {
+        for (_, _, path) in self.pinned_links() {
+            std::fs::remove_file(&path)
+                .with_context(|| format!("cannot unpin {}", path.display()))?;
+        }
+        for map in ALL_MAPS {
+            let path = self.map_path(map);
+            if path.exists() {
+                std::fs::remove_file(&path)
+                    .with_context(|| format!("cannot unpin {}", path.display()))?;
+            }
+        }
+        for dir in [
+            self.root.join("links"),
+            self.root.join("maps"),
+            self.root.clone(),
+        ] {
+            match std::fs::remove_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(e).with_context(|| format!("cannot remove {}", dir.display()))
+                }
+            }
+        }
+        let state = self.state_file();
+        if state.exists() {
+            std::fs::remove_file(&state)
+                .with_context(|| format!("cannot remove {}", state.display()))?;
+        }
+        Ok(())
+    }
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+}

@@ -1,0 +1,138 @@
+//! `egress-filter stats`: the counters of a running (or left-behind) filter, read from its pins.
+
+use std::fmt::Write as _;
+
+use anyhow::Context as _;
+use aya::maps::{Map, MapData, PerCpuArray};
+use filter_common::{maps as names, EventCounter, PacketCount, Reason};
+use serde::Serialize;
+
+use super::{pins::PinDir, state::State};
+
+#[derive(Debug, Serialize)]
+pub struct Stats {
+    pub mode: String,
+    pub reasons: Vec<ReasonStat>,
+    pub services: Vec<ServiceStat>,
+    pub events: EventStats,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ReasonStat {
+    pub reason: &'static str,
+    pub verdict: &'static str,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ServiceStat {
+    pub service: String,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EventStats {
+    pub emitted: u64,
+    pub rate_limited: u64,
+    pub ring_full: u64,
+}
+
+fn per_cpu<V: aya::Pod>(pins: &PinDir, name: &str) -> anyhow::Result<PerCpuArray<MapData, V>> {
+    let path = pins.map_path(name);
+    let data = MapData::from_pin(&path).with_context(|| {
+        format!(
+            "no filter is pinned at {} (is egress-filter running with this --pin-path?)",
+            pins.root().display()
+        )
+    })?;
+    Ok(PerCpuArray::try_from(Map::from_map_data(data)?)?)
+}
+
+fn sum(values: &[PacketCount]) -> PacketCount {
+    values
+        .iter()
+        .fold(PacketCount::default(), |a, c| PacketCount {
+            packets: a.packets + c.packets,
+            bytes: a.bytes + c.bytes,
+        })
+}
+
+/// Reads every counter.
+pub fn read(pins: &PinDir) -> anyhow::Result<Stats> {
+    let reasons_map = per_cpu::<PacketCount>(pins, names::REASON_STATS)?;
+    let services_map = per_cpu::<PacketCount>(pins, names::SERVICE_STATS)?;
+    let events_map = per_cpu::<u64>(pins, names::EVENT_STATS)?;
+    let state = State::load(&pins.state_file())?.unwrap_or_default();
+    let reasons = Reason::ALL
+        .iter()
+        .map(|r| {
+            let count = sum(&reasons_map.get(&(*r as u32), 0)?);
+            Ok(ReasonStat {
+                reason: r.label(),
+                verdict: if r.passes() { "pass" } else { "drop" },
+                packets: count.packets,
+                bytes: count.bytes,
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let services = state
+        .services
+        .iter()
+        .enumerate()
+        .map(|(id, name)| {
+            let count = sum(&services_map.get(&(id as u32), 0)?);
+            Ok(ServiceStat {
+                service: name.clone(),
+                packets: count.packets,
+                bytes: count.bytes,
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let event = |c: EventCounter| -> anyhow::Result<u64> {
+        Ok(events_map.get(&(c as u32), 0)?.iter().sum())
+    };
+    Ok(Stats {
+        mode: if state.mode.is_empty() {
+            "unknown".into()
+        } else {
+            state.mode
+        },
+        reasons,
+        services,
+        events: EventStats {
+            emitted: event(EventCounter::Emitted)?,
+            rate_limited: event(EventCounter::RateLimited)?,
+            ring_full: event(EventCounter::RingFull)?,
+        },
+    })
+}
+
+impl Stats {
+    #[must_use]
+    pub fn to_text(&self) -> String {
+        let mut out = format!("mode: {}\n\nallowed per service:\n", self.mode);
+        for s in self.services.iter().filter(|s| s.packets > 0) {
+            let _ = writeln!(
+                out,
+                "  {:40} {:>12} packets {:>14} bytes",
+                s.service, s.packets, s.bytes
+            );
+        }
+        out.push_str("\nper reason:\n");
+        for r in self.reasons.iter().filter(|r| r.packets > 0) {
+            let _ = writeln!(
+                out,
+                "  {:24} {:4} {:>12} packets {:>14} bytes",
+                r.reason, r.verdict, r.packets, r.bytes
+            );
+        }
+        let _ = writeln!(
+            out,
+            "\nevents: {} sent, {} suppressed by the rate limit, {} lost to a full ring",
+            self.events.emitted, self.events.rate_limited, self.events.ring_full
+        );
+        out
+    }
+}
