@@ -3,16 +3,18 @@
 
 use std::{
     net::{SocketAddr, UdpSocket},
+    path::Path,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
-use anyhow::{ensure, Context as _};
+use anyhow::{bail, Context as _};
 
 /// A running dnsmasq.
 pub struct DnsServer {
     child: Child,
     pub addr: SocketAddr,
+    netns: Option<String>,
 }
 
 /// One name with its addresses.
@@ -23,26 +25,43 @@ pub struct HostRecord<'a> {
 
 impl DnsServer {
     /// Starts dnsmasq on `127.0.0.1` at a free port, answering `records` with `ttl` seconds and
-    /// refusing to forward anything else (no upstream at all).
+    /// nothing else (it has no upstream at all).
     pub fn start_local(records: &[HostRecord<'_>], ttl: u32) -> anyhow::Result<Self> {
-        let port = free_udp_port()?;
-        Self::start(records, ttl, SocketAddr::from(([127, 0, 0, 1], port)), None)
+        let port = UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
+        Self::start(
+            records,
+            None,
+            ttl,
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            None,
+        )
     }
 
-    /// Starts dnsmasq listening on `addr`; with `netns`, inside that network namespace.
-    pub fn start(
+    /// Starts dnsmasq in `netns` on `addr`, answering from a hosts file it re-reads on
+    /// [`DnsServer::reload`].
+    pub fn start_with_hosts_file(
+        hosts: &Path,
+        ttl: u32,
+        addr: SocketAddr,
+        netns: &str,
+    ) -> anyhow::Result<Self> {
+        Self::start(&[], Some(hosts), ttl, addr, Some(netns))
+    }
+
+    fn start(
         records: &[HostRecord<'_>],
+        hosts_file: Option<&Path>,
         ttl: u32,
         addr: SocketAddr,
         netns: Option<&str>,
     ) -> anyhow::Result<Self> {
-        let mut cmd = match netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns, "dnsmasq"]);
-                c
+        let mut cmd = Command::new("ip");
+        match netns {
+            Some(ns) => cmd.args(["netns", "exec", ns, "dnsmasq"]),
+            None => {
+                cmd = Command::new("dnsmasq");
+                &mut cmd
             }
-            None => Command::new("dnsmasq"),
         };
         cmd.args([
             "--keep-in-foreground",
@@ -53,14 +72,17 @@ impl DnsServer {
             "--bind-interfaces",
             "--log-facility=-",
             "--user=root",
-            &format!("--listen-address={}", addr.ip()),
-            &format!("--port={}", addr.port()),
-            &format!("--local-ttl={ttl}"),
             // Names not listed get NXDOMAIN rather than a forward attempt.
             "--local=/#/",
             // No pid file: several servers may run at once.
             "--pid-file=",
         ]);
+        cmd.arg(format!("--listen-address={}", addr.ip()))
+            .arg(format!("--port={}", addr.port()))
+            .arg(format!("--local-ttl={ttl}"));
+        if let Some(hosts) = hosts_file {
+            cmd.arg(format!("--addn-hosts={}", hosts.display()));
+        }
         for record in records {
             cmd.arg(format!(
                 "--host-record={},{}",
@@ -73,30 +95,46 @@ impl DnsServer {
             .stderr(Stdio::null())
             .spawn()
             .context("cannot start dnsmasq (cargo xtask setup installs it)")?;
-        let server = Self { child, addr };
-        server.wait_ready()?;
+        let server = Self {
+            child,
+            addr,
+            netns: netns.map(str::to_owned),
+        };
+        server.wait_listening()?;
         Ok(server)
     }
 
-    fn wait_ready(&self) -> anyhow::Result<()> {
+    /// Makes dnsmasq re-read its hosts file (SIGHUP).
+    pub fn reload(&self) -> anyhow::Result<()> {
+        crate::lab::sh(&["kill", "-HUP", &self.child.id().to_string()])?;
+        // dnsmasq handles the signal asynchronously; give it a moment.
+        std::thread::sleep(Duration::from_millis(200));
+        Ok(())
+    }
+
+    /// Waits (bounded) until a UDP socket listens on the server's port.
+    fn wait_listening(&self) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(5);
+        let filter = format!("sport = :{}", self.addr.port());
         while Instant::now() < deadline {
-            // A query for the root: any answer at all means the server is up.
-            if let Ok(socket) = UdpSocket::bind(if self.addr.is_ipv4() {
-                "0.0.0.0:0"
-            } else {
-                "[::]:0"
-            }) {
-                socket.set_read_timeout(Some(Duration::from_millis(100)))?;
-                let query = [0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1];
-                if socket.send_to(&query, self.addr).is_ok() && socket.recv(&mut [0; 512]).is_ok() {
-                    return Ok(());
+            let mut ss = match &self.netns {
+                Some(ns) => {
+                    let mut c = Command::new("ip");
+                    c.args(["netns", "exec", ns, "ss"]);
+                    c
                 }
+                None => Command::new("ss"),
+            };
+            let listening = ss
+                .args(["-H", "-lun", &filter])
+                .output()
+                .is_ok_and(|o| !o.stdout.is_empty());
+            if listening {
+                return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        ensure!(false, "dnsmasq did not answer on {} within 5 s", self.addr);
-        Ok(())
+        bail!("dnsmasq did not listen on {} within 5 s", self.addr)
     }
 }
 
@@ -105,8 +143,4 @@ impl Drop for DnsServer {
         let _killed = self.child.kill();
         let _reaped = self.child.wait();
     }
-}
-
-fn free_udp_port() -> anyhow::Result<u16> {
-    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
 }

@@ -57,7 +57,21 @@ pub fn run() -> anyhow::Result<()> {
         unsafe { libc_geteuid() } == 0,
         "the privileged suites need root: run `cargo xtask test` as root"
     );
-    let privileged = counted(cargo().args(["test", "--locked", "--package", "filter-tests"]))?;
+    // The end-to-end suites run the real binary.
+    run_cmd(cargo().args([
+        "build",
+        "--locked",
+        "--package",
+        "filter-user",
+        "--bin",
+        "egress-filter",
+    ]))?;
+    let binary = root.join("target/debug/egress-filter");
+    let privileged = counted(
+        cargo()
+            .args(["test", "--locked", "--package", "filter-tests"])
+            .env("EGRESS_FILTER_BIN", &binary),
+    )?;
     anyhow::ensure!(
         privileged > 0,
         "the privileged suites ran no test: that is a failure, not a pass"

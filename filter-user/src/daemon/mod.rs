@@ -346,9 +346,12 @@ impl ExtraAllowances {
         }
         own.sort();
         own.dedup();
-        let mut resolvers = match opts.resolver {
-            Some(server) => vec![server.ip()],
-            None => system_resolvers(),
+        // Only TC on an uplink sees the daemon's own lookups; on an XDP gateway this would
+        // merely open the resolver to the LAN.
+        let mut resolvers = match (opts.tc.is_empty(), opts.resolver) {
+            (true, _) => Vec::new(),
+            (false, Some(server)) => vec![server.ip()],
+            (false, None) => system_resolvers(),
         };
         resolvers.sort();
         let own_service = u16::try_from(services).context("too many services")?;

@@ -1,0 +1,279 @@
+//! Network-namespace labs for end-to-end tests: uniquely named namespaces and veths, only
+//! documentation and private ranges, everything removed on drop (also when a test fails).
+//!
+//! ```text
+//!  client ──(lan)── gw ──(wan)── inet
+//!  10.77.0.2        10.77.0.1     192.0.2.2; hosts 198.51.100.10, .20, 203.0.113.53 (DNS)
+//!  fd00:77::2       192.0.2.1     2001:db8:1::10, ::20
+//! ```
+
+use std::{
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, ensure, Context as _};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+pub const CLIENT_V4: &str = "10.77.0.2";
+pub const CLIENT_V6: &str = "fd00:77::2";
+pub const WEB_A_V4: &str = "198.51.100.10";
+pub const WEB_B_V4: &str = "198.51.100.20";
+pub const WEB_A_V6: &str = "2001:db8:1::10";
+pub const WEB_B_V6: &str = "2001:db8:1::20";
+pub const DNS_V4: &str = "203.0.113.53";
+
+/// Runs a command and fails with its stderr unless it succeeds.
+pub fn sh(args: &[&str]) -> anyhow::Result<Output> {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .with_context(|| format!("cannot run {}", args.join(" ")))?;
+    ensure!(
+        out.status.success(),
+        "{} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(out)
+}
+
+/// A network namespace, deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    fn create(name: String) -> anyhow::Result<Self> {
+        sh(&["ip", "netns", "add", &name])?;
+        let ns = Self { name };
+        ns.exec(&["ip", "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// Runs a command inside the namespace.
+    pub fn exec(&self, args: &[&str]) -> anyhow::Result<Output> {
+        let mut all = vec!["ip", "netns", "exec", &self.name];
+        all.extend_from_slice(args);
+        sh(&all)
+    }
+
+    /// Starts a long-running command inside the namespace.
+    pub fn spawn(&self, args: &[&str]) -> anyhow::Result<Child> {
+        Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {} in {}", args.join(" "), self.name))
+    }
+
+    /// Whether a TCP connection to `addr`:`port` completes within `timeout_secs`.
+    pub fn connects(&self, addr: &str, port: u16, timeout_secs: u32) -> bool {
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.name,
+                "nc",
+                "-z",
+                "-n",
+                "-w",
+                &timeout_secs.to_string(),
+                addr,
+                &port.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _deleted = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// The three-namespace gateway lab, with TCP listeners on the internet side.
+pub struct Lab {
+    pub id: String,
+    pub client: Netns,
+    pub gw: Netns,
+    pub inet: Netns,
+    /// The gateway's LAN-facing interface (XDP goes here).
+    pub gw_lan: String,
+    /// The gateway's uplink (TC egress goes here).
+    pub gw_wan: String,
+    listeners: Vec<Child>,
+}
+
+impl Lab {
+    /// Builds the lab and starts listeners on every internet host at `ports`.
+    pub fn new(ports: &[u16]) -> anyhow::Result<Self> {
+        let id = format!(
+            "{:x}{}",
+            std::process::id() % 0xfffff,
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let client = Netns::create(format!("ef-{id}-client"))?;
+        let gw = Netns::create(format!("ef-{id}-gw"))?;
+        let inet = Netns::create(format!("ef-{id}-inet"))?;
+        let (c_lan, gw_lan, gw_wan, i_wan) = (
+            format!("e{id}c"),
+            format!("e{id}l"),
+            format!("e{id}w"),
+            format!("e{id}i"),
+        );
+        let mut lab = Self {
+            id,
+            client,
+            gw,
+            inet,
+            gw_lan: gw_lan.clone(),
+            gw_wan: gw_wan.clone(),
+            listeners: Vec::new(),
+        };
+        sh(&[
+            "ip",
+            "link",
+            "add",
+            &c_lan,
+            "netns",
+            &lab.client.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &gw_lan,
+            "netns",
+            &lab.gw.name,
+        ])?;
+        sh(&[
+            "ip",
+            "link",
+            "add",
+            &gw_wan,
+            "netns",
+            &lab.gw.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &i_wan,
+            "netns",
+            &lab.inet.name,
+        ])?;
+        for (ns, dev, addrs) in [
+            (&lab.client, &c_lan, &["10.77.0.2/24", "fd00:77::2/64"][..]),
+            (&lab.gw, &gw_lan, &["10.77.0.1/24", "fd00:77::1/64"][..]),
+            (
+                &lab.gw,
+                &gw_wan,
+                &["192.0.2.1/24", "2001:db8:ffff::1/64"][..],
+            ),
+            (
+                &lab.inet,
+                &i_wan,
+                &["192.0.2.2/24", "2001:db8:ffff::2/64"][..],
+            ),
+        ] {
+            for addr in addrs {
+                ns.exec(&["ip", "addr", "add", addr, "dev", dev, "nodad"])?;
+            }
+            ns.exec(&["ip", "link", "set", dev, "up"])?;
+        }
+        for addr in [
+            "198.51.100.10/32",
+            "198.51.100.20/32",
+            "203.0.113.53/32",
+            "2001:db8:1::10/128",
+            "2001:db8:1::20/128",
+        ] {
+            lab.inet
+                .exec(&["ip", "addr", "add", addr, "dev", "lo", "nodad"])?;
+        }
+        lab.client
+            .exec(&["ip", "route", "add", "default", "via", "10.77.0.1"])?;
+        lab.client
+            .exec(&["ip", "-6", "route", "add", "default", "via", "fd00:77::1"])?;
+        lab.gw
+            .exec(&["ip", "route", "add", "default", "via", "192.0.2.2"])?;
+        lab.gw.exec(&[
+            "ip",
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            "2001:db8:ffff::2",
+        ])?;
+        lab.inet
+            .exec(&["ip", "route", "add", "10.77.0.0/24", "via", "192.0.2.1"])?;
+        lab.inet.exec(&[
+            "ip",
+            "-6",
+            "route",
+            "add",
+            "fd00:77::/64",
+            "via",
+            "2001:db8:ffff::1",
+        ])?;
+        lab.gw
+            .exec(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])?;
+        lab.gw
+            .exec(&["sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1"])?;
+        for host in [WEB_A_V4, WEB_B_V4, WEB_A_V6, WEB_B_V6] {
+            for port in ports {
+                let child = lab
+                    .inet
+                    .spawn(&["nc", "-lk", "-n", host, &port.to_string()])?;
+                lab.listeners.push(child);
+            }
+        }
+        lab.wait_reachable()?;
+        Ok(lab)
+    }
+
+    /// Waits (bounded) until the client reaches the internet side with no filter in place.
+    fn wait_reachable(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self
+                .client
+                .exec(&["ping", "-c", "1", "-W", "1", WEB_A_V4])
+                .is_ok()
+                && self
+                    .client
+                    .exec(&["ping", "-6", "-c", "1", "-W", "1", WEB_A_V6])
+                    .is_ok()
+            {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!("lab {} never became reachable", self.id)
+    }
+
+    /// A pin path of this lab's own.
+    #[must_use]
+    pub fn pin_path(&self) -> String {
+        format!("/sys/fs/bpf/ef-test-{}", self.id)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for child in &mut self.listeners {
+            let _killed = child.kill();
+            let _reaped = child.wait();
+        }
+    }
+}

@@ -1,0 +1,375 @@
+//! End to end: real TCP connections through a gateway (XDP on its LAN side, forwarding) and from
+//! a host (TC on its uplink), in namespaces each test creates. Needs root and the setup's
+//! packages (iproute2, netcat-openbsd, dnsmasq, bpftool).
+
+use std::{path::PathBuf, time::Duration};
+
+use filter_tests::{
+    daemon::{binary, Daemon},
+    dns::DnsServer,
+    lab::{sh, Lab, CLIENT_V4, DNS_V4, WEB_A_V4, WEB_A_V6, WEB_B_V4, WEB_B_V6},
+};
+
+/// A rules directory of the test's own.
+struct RulesDir(PathBuf);
+
+impl RulesDir {
+    fn new(lab: &Lab, rules: &str) -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!("ef-rules-{}", lab.id));
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("lab.toml"), rules)?;
+        Ok(Self(dir))
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().expect("UTF-8 temp dir")
+    }
+}
+
+impl Drop for RulesDir {
+    fn drop(&mut self) {
+        let _removed = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+const WEB_A_443: &str = r#"
+[[service]]
+name = "lab-web"
+source = "test"
+cidrs = ["198.51.100.10/32", "2001:db8:1::10/128"]
+tcp = [443]
+"#;
+
+fn gateway(lab: &Lab, rules: &RulesDir, extra: &[&str]) -> anyhow::Result<Daemon> {
+    let mut args = vec![
+        "--rules",
+        rules.path(),
+        "--xdp",
+        &lab.gw_lan,
+        "--events",
+        "json",
+    ];
+    args.extend_from_slice(extra);
+    Daemon::start(&lab.gw.name, &lab.pin_path(), &args)
+}
+
+#[test]
+fn xdp_gateway_forwards_listed_connections_and_drops_the_rest() -> anyhow::Result<()> {
+    let lab = Lab::new(&[443, 8080])?;
+    let rules = RulesDir::new(&lab, WEB_A_443)?;
+    let daemon = gateway(&lab, &rules, &[])?;
+    assert!(
+        lab.client.connects(WEB_A_V4, 443, 2),
+        "listed IPv4 address and port"
+    );
+    assert!(
+        lab.client.connects(WEB_A_V6, 443, 2),
+        "listed IPv6 address and port"
+    );
+    assert!(
+        !lab.client.connects(WEB_A_V4, 8080, 1),
+        "unlisted port, IPv4"
+    );
+    assert!(
+        !lab.client.connects(WEB_A_V6, 8080, 1),
+        "unlisted port, IPv6"
+    );
+    assert!(
+        !lab.client.connects(WEB_B_V4, 443, 1),
+        "unlisted address, IPv4"
+    );
+    assert!(
+        !lab.client.connects(WEB_B_V6, 443, 1),
+        "unlisted address, IPv6"
+    );
+    assert!(
+        lab.client
+            .exec(&["ping", "-c", "1", "-W", "1", "10.77.0.1"])
+            .is_ok(),
+        "the gateway itself stays reachable"
+    );
+
+    let line = daemon.wait_for_event(
+        |l| l.contains("\"dport\":8080") && l.contains(WEB_A_V4),
+        Duration::from_secs(5),
+    )?;
+    let event: serde_json::Value = serde_json::from_str(&line)?;
+    assert_eq!(event["action"], "drop");
+    assert_eq!(event["iface"], lab.gw_lan.as_str());
+    assert_eq!(event["proto"], "tcp");
+    assert_eq!(event["src"], CLIENT_V4);
+    assert_eq!(event["dst"], WEB_A_V4);
+    assert_eq!(event["reason"], "port-not-allowed");
+    assert_eq!(event["service"], "lab-web");
+    assert!(
+        event["sport"].as_u64().is_some_and(|p| p > 0)
+            && event["ts"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "{event}"
+    );
+    let v6 = daemon.wait_for_event(|l| l.contains(WEB_B_V6), Duration::from_secs(5))?;
+    assert!(v6.contains("\"reason\":\"no-service\""), "{v6}");
+    Ok(())
+}
+
+#[test]
+fn tc_on_an_uplink_filters_the_hosts_own_connections() -> anyhow::Result<()> {
+    let lab = Lab::new(&[443])?;
+    let rules = RulesDir::new(&lab, WEB_A_443)?;
+    let _daemon = Daemon::start(
+        &lab.gw.name,
+        &lab.pin_path(),
+        &["--rules", rules.path(), "--tc", &lab.gw_wan],
+    )?;
+    assert!(lab.gw.connects(WEB_A_V4, 443, 2));
+    assert!(lab.gw.connects(WEB_A_V6, 443, 2));
+    assert!(!lab.gw.connects(WEB_B_V4, 443, 1));
+    assert!(!lab.gw.connects(WEB_B_V6, 443, 1));
+    Ok(())
+}
+
+#[test]
+fn hostnames_follow_their_dns_answers_with_ttl_and_grace() -> anyhow::Result<()> {
+    let lab = Lab::new(&[443])?;
+    let hosts_file = std::env::temp_dir().join(format!("ef-hosts-{}", lab.id));
+    std::fs::write(&hosts_file, format!("{WEB_A_V4} mdm.example.test\n"))?;
+    let dns = DnsServer::start_with_hosts_file(
+        &hosts_file,
+        1,
+        format!("{DNS_V4}:53").parse()?,
+        &lab.inet.name,
+    );
+    let rules = RulesDir::new(
+        &lab,
+        "[[service]]\nname = \"mdm\"\nhosts = [\"mdm.example.test\"]\ntcp = [443]\n",
+    );
+    let result = (|| -> anyhow::Result<()> {
+        let (_dns, rules) = (dns?, rules?);
+        let daemon = gateway(
+            &lab,
+            &rules,
+            &[
+                "--resolver",
+                &format!("{DNS_V4}:53"),
+                "--min-refresh",
+                "1",
+                "--grace",
+                "2",
+            ],
+        )?;
+        assert!(
+            lab.client.connects(WEB_A_V4, 443, 2),
+            "the resolved address is allowed"
+        );
+        assert!(
+            !lab.client.connects(WEB_B_V4, 443, 1),
+            "another address is not"
+        );
+
+        // The name moves: the new address is allowed after a refresh, the old one for its grace.
+        std::fs::write(&hosts_file, format!("{WEB_B_V4} mdm.example.test\n"))?;
+        _dns.reload()?;
+        assert!(
+            eventually(Duration::from_secs(8), || lab
+                .client
+                .connects(WEB_B_V4, 443, 1)),
+            "the new address is allowed after a refresh; logs:\n{}",
+            daemon.logs().join("\n")
+        );
+        assert!(
+            eventually(Duration::from_secs(10), || !lab
+                .client
+                .connects(WEB_A_V4, 443, 1)),
+            "the old address is blocked again after TTL plus grace"
+        );
+        let event = daemon.wait_for_event(|l| l.contains(WEB_A_V4), Duration::from_secs(3))?;
+        assert!(event.contains("\"reason\":\"no-service\""), "{event}");
+        Ok(())
+    })();
+    let _removed = std::fs::remove_file(&hosts_file);
+    result
+}
+
+#[test]
+fn audit_mode_passes_everything_and_reports_what_it_would_drop() -> anyhow::Result<()> {
+    let lab = Lab::new(&[443, 8080])?;
+    let rules = RulesDir::new(&lab, WEB_A_443)?;
+    let daemon = gateway(&lab, &rules, &["--audit"])?;
+    assert!(
+        lab.client.connects(WEB_A_V4, 8080, 2),
+        "audit drops nothing"
+    );
+    let event = daemon.wait_for_event(|l| l.contains("\"dport\":8080"), Duration::from_secs(5))?;
+    assert!(event.contains("\"action\":\"audit\""), "{event}");
+    Ok(())
+}
+
+#[test]
+fn a_killed_daemon_keeps_enforcing_and_a_restart_adopts_it() -> anyhow::Result<()> {
+    let lab = Lab::new(&[443, 8080])?;
+    let rules = RulesDir::new(&lab, WEB_A_443)?;
+    let daemon = gateway(&lab, &rules, &[])?;
+    let second = Daemon::spawn(
+        &lab.gw.name,
+        &lab.pin_path(),
+        &["--rules", rules.path(), "--xdp", &lab.gw_lan],
+    );
+    let second = second?;
+    assert!(
+        !second.wait_exit(Duration::from_secs(10))?,
+        "a second run on the same pin path must fail"
+    );
+    assert!(
+        second
+            .logs()
+            .iter()
+            .any(|l| l.contains("another egress-filter is running")),
+        "{:?}",
+        second.logs()
+    );
+
+    daemon.signal("KILL")?;
+    daemon.wait_exit(Duration::from_secs(5))?;
+    assert!(
+        !lab.client.connects(WEB_A_V4, 8080, 1),
+        "still enforcing after kill -9"
+    );
+    assert!(lab.client.connects(WEB_A_V4, 443, 2), "and still allowing");
+
+    let restarted = gateway(&lab, &rules, &[])?;
+    restarted.wait_for_log("adopted the pinned link", Duration::from_secs(1))?;
+    assert!(
+        restarted
+            .logs()
+            .iter()
+            .any(|l| l.contains("(0 written, 0 removed)")),
+        "adoption rewrote nothing: {:?}",
+        restarted.logs()
+    );
+    assert!(!lab.client.connects(WEB_A_V4, 8080, 1));
+    assert!(lab.client.connects(WEB_A_V4, 443, 2));
+    drop(daemon);
+    Ok(())
+}
+
+#[test]
+fn sighup_with_a_broken_file_keeps_the_running_policy() -> anyhow::Result<()> {
+    let lab = Lab::new(&[443, 8080])?;
+    let rules = RulesDir::new(&lab, WEB_A_443)?;
+    let daemon = gateway(&lab, &rules, &[])?;
+    std::fs::write(
+        rules.0.join("broken.toml"),
+        "[[service]]\nname = \"oops\"\ncidrs = [\"198.51.100.0/33\"]\ntcp = [8080]\n",
+    )?;
+    daemon.signal("HUP")?;
+    daemon.wait_for_log("reload refused", Duration::from_secs(5))?;
+    assert!(
+        daemon.logs().iter().any(|l| l.contains("broken.toml:3:10")),
+        "the log names file and line"
+    );
+    assert!(
+        lab.client.connects(WEB_A_V4, 443, 2),
+        "the old policy still allows"
+    );
+    assert!(!lab.client.connects(WEB_A_V4, 8080, 1), "and still drops");
+
+    std::fs::write(
+        rules.0.join("broken.toml"),
+        "[[service]]\nname = \"fixed\"\ncidrs = [\"198.51.100.0/24\"]\ntcp = [8080]\n",
+    )?;
+    daemon.signal("HUP")?;
+    daemon.wait_for_log("reloaded rules: 2 services", Duration::from_secs(5))?;
+    assert!(
+        eventually(Duration::from_secs(3), || lab
+            .client
+            .connects(WEB_A_V4, 8080, 1)),
+        "a good reload applies"
+    );
+    Ok(())
+}
+
+#[test]
+fn sigterm_leaves_nothing_attached_or_pinned() -> anyhow::Result<()> {
+    let lab = Lab::new(&[443])?;
+    let rules = RulesDir::new(&lab, WEB_A_443)?;
+    let daemon = Daemon::start(
+        &lab.gw.name,
+        &lab.pin_path(),
+        &[
+            "--rules",
+            rules.path(),
+            "--xdp",
+            &lab.gw_lan,
+            "--tc",
+            &lab.gw_wan,
+        ],
+    )?;
+    assert!(
+        std::path::Path::new(&lab.pin_path())
+            .join("links")
+            .read_dir()?
+            .count()
+            == 2,
+        "two pinned links"
+    );
+    daemon.signal("TERM")?;
+    assert!(daemon.wait_exit(Duration::from_secs(10))?, "a clean exit");
+    assert!(
+        !std::path::Path::new(&lab.pin_path()).exists(),
+        "the pin path is gone"
+    );
+    let net = lab.gw.exec(&["bpftool", "-j", "net", "show"])?;
+    let net = String::from_utf8_lossy(&net.stdout);
+    assert!(!net.contains("egress_"), "no program attached: {net}");
+    assert!(
+        lab.client.connects(WEB_B_V4, 443, 2),
+        "traffic flows unfiltered again"
+    );
+    Ok(())
+}
+
+#[test]
+fn bad_rules_at_start_attach_nothing() -> anyhow::Result<()> {
+    let lab = Lab::new(&[443])?;
+    let rules = RulesDir::new(
+        &lab,
+        "[[service]]\nname = \"x\"\ncidrs = [\"198.51.100.10/8\"]\ntcp = [443]\n",
+    )?;
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", lab.gw.name))
+        .arg(binary()?)
+        .args([
+            "run",
+            "--rules",
+            rules.path(),
+            "--xdp",
+            &lab.gw_lan,
+            "--pin-path",
+            &lab.pin_path(),
+        ])
+        .output()?;
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("lab.toml:3:10"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !std::path::Path::new(&lab.pin_path()).exists(),
+        "nothing pinned"
+    );
+    assert!(lab.client.connects(WEB_B_V4, 443, 2), "nothing attached");
+    let _ok = sh(&["true"]);
+    Ok(())
+}
+
+/// Polls `check` every 200 ms until it holds or `timeout` passes.
+fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    false
+}
