@@ -75,11 +75,18 @@ impl Resolver {
     pub async fn resolve(&self, name: &str) -> Result<Answer, String> {
         // A trailing dot keeps search domains out of it: rule hosts are fully qualified.
         let fqdn = format!("{}.", name.trim_end_matches('.'));
-        let lookup = self
-            .inner
-            .lookup_ip(fqdn.as_str())
-            .await
-            .map_err(|e| e.to_string())?;
+        let lookup = match self.inner.lookup_ip(fqdn.as_str()).await {
+            Ok(lookup) => lookup,
+            // "No such name" or "no address records" is an answer, not a failure: the name has
+            // no addresses now, and is asked again after the minimum refresh.
+            Err(err) if err.is_no_records_found() => {
+                return Ok(Answer {
+                    addresses: Vec::new(),
+                    ttl: Duration::ZERO,
+                });
+            }
+            Err(err) => return Err(err.to_string()),
+        };
         let mut addresses: Vec<IpAddr> = lookup.iter().collect();
         addresses.sort();
         addresses.dedup();

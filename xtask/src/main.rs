@@ -2,7 +2,9 @@
 //!
 //! - `setup`: installs what building and testing need, quickly skipping what is there.
 //! - `test`: formatting, lints (host and BPF target), unit tests, then the privileged suites.
+//! - `demo`: the filter on a gateway in a namespace lab, with the shipped rules.
 
+mod demo;
 mod setup;
 mod test;
 
@@ -21,12 +23,15 @@ enum Command {
     Setup,
     /// Run every check and test: fmt, clippy (host and BPF), unit tests, privileged suites.
     Test,
+    /// Run egress-filter on a gateway in a lab of network namespaces with the shipped rules.
+    Demo,
 }
 
 fn main() -> std::process::ExitCode {
     let result = match Cli::parse().command {
         Command::Setup => setup::run(),
         Command::Test => setup::run().and_then(|()| test::run()),
+        Command::Demo => setup::run().and_then(|()| demo::run()),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -122,6 +122,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         }
     }
     resolve_due(&resolver, &mut hosts).await;
+    tracing::info!(
+        "{} of {} hostnames have addresses",
+        hosts.resolved().len(),
+        rules.exact_hosts().len()
+    );
 
     let mut ebpf = load_with_pins(&pins)?;
     let mut maps = PolicyMaps::take_from(&mut ebpf)?;
@@ -415,12 +420,22 @@ async fn resolve_due(resolver: &Resolver, hosts: &mut HostTable) -> bool {
     for (name, answer) in &answers {
         changed |= hosts.record(name, answer, now);
     }
-    for (name, failures, error) in hosts.failing() {
-        if failures == 1 || failures % 10 == 0 {
-            tracing::warn!(
-                "cannot resolve {name} ({failures}× in a row): {error}; keeping its last addresses"
-            );
-        }
+    let failed: Vec<(&String, &String)> = answers
+        .iter()
+        .filter_map(|(n, a)| Some((n, a.as_ref().err()?)))
+        .collect();
+    if let Some((_, error)) = failed.first() {
+        let names: Vec<&str> = failed.iter().take(5).map(|(n, _)| n.as_str()).collect();
+        tracing::warn!(
+            "cannot resolve {} name(s) ({}{}): {error}; their last addresses stay allowed",
+            failed.len(),
+            names.join(", "),
+            if failed.len() > names.len() {
+                ", …"
+            } else {
+                ""
+            }
+        );
     }
     changed
 }
