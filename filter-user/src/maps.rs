@@ -104,13 +104,13 @@ impl PolicyMaps {
                 source,
             }
         };
-        for entry in self.allow_v4.iter() {
+        for entry in &self.allow_v4 {
             let (key, id) = entry.map_err(read_err(names::ALLOW_V4))?;
             if let Ok(net) = Ipv4Net::new(key.data().into(), key.prefix_len() as u8) {
                 self.written_v4.insert(net, id);
             }
         }
-        for entry in self.allow_v6.iter() {
+        for entry in &self.allow_v6 {
             let (key, id) = entry.map_err(read_err(names::ALLOW_V6))?;
             if let Ok(net) = Ipv6Net::new(key.data().into(), key.prefix_len() as u8) {
                 self.written_v6.insert(net, id);

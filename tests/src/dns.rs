@@ -55,13 +55,12 @@ impl DnsServer {
         addr: SocketAddr,
         netns: Option<&str>,
     ) -> anyhow::Result<Self> {
-        let mut cmd = Command::new("ip");
-        match netns {
-            Some(ns) => cmd.args(["netns", "exec", ns, "dnsmasq"]),
-            None => {
-                cmd = Command::new("dnsmasq");
-                &mut cmd
-            }
+        let mut cmd = if let Some(ns) = netns {
+            let mut in_netns = Command::new("ip");
+            in_netns.args(["netns", "exec", ns, "dnsmasq"]);
+            in_netns
+        } else {
+            Command::new("dnsmasq")
         };
         cmd.args([
             "--keep-in-foreground",

@@ -72,6 +72,7 @@ impl Netns {
     }
 
     /// Whether a TCP connection to `addr`:`port` completes within `timeout_secs`.
+    #[must_use]
     pub fn connects(&self, addr: &str, port: u16, timeout_secs: u32) -> bool {
         Command::new("ip")
             .args([
@@ -126,7 +127,7 @@ impl Lab {
         let client = Netns::create(format!("ef-{id}-client"))?;
         let gw = Netns::create(format!("ef-{id}-gw"))?;
         let inet = Netns::create(format!("ef-{id}-inet"))?;
-        let (c_lan, gw_lan, gw_wan, i_wan) = (
+        let (client_dev, lan_dev, uplink_dev, inet_dev) = (
             format!("e{id}c"),
             format!("e{id}l"),
             format!("e{id}w"),
@@ -137,22 +138,22 @@ impl Lab {
             client,
             gw,
             inet,
-            gw_lan: gw_lan.clone(),
-            gw_wan: gw_wan.clone(),
+            gw_lan: lan_dev.clone(),
+            gw_wan: uplink_dev.clone(),
             listeners: Vec::new(),
         };
         sh(&[
             "ip",
             "link",
             "add",
-            &c_lan,
+            &client_dev,
             "netns",
             &lab.client.name,
             "type",
             "veth",
             "peer",
             "name",
-            &gw_lan,
+            &lan_dev,
             "netns",
             &lab.gw.name,
         ])?;
@@ -160,28 +161,51 @@ impl Lab {
             "ip",
             "link",
             "add",
-            &gw_wan,
+            &uplink_dev,
             "netns",
             &lab.gw.name,
             "type",
             "veth",
             "peer",
             "name",
-            &i_wan,
+            &inet_dev,
             "netns",
             &lab.inet.name,
         ])?;
+        lab.wire(&client_dev, &inet_dev)?;
+        for host in [WEB_A_V4, WEB_B_V4, WEB_A_V6, WEB_B_V6] {
+            for port in ports {
+                let child = lab
+                    .inet
+                    .spawn(&["nc", "-lk", "-n", host, &port.to_string()])?;
+                lab.listeners.push(child);
+            }
+        }
+        lab.wait_reachable()?;
+        Ok(lab)
+    }
+
+    /// Addresses, routes and forwarding.
+    fn wire(&self, client_dev: &str, inet_dev: &str) -> anyhow::Result<()> {
         for (ns, dev, addrs) in [
-            (&lab.client, &c_lan, &["10.77.0.2/24", "fd00:77::2/64"][..]),
-            (&lab.gw, &gw_lan, &["10.77.0.1/24", "fd00:77::1/64"][..]),
             (
-                &lab.gw,
-                &gw_wan,
+                &self.client,
+                &client_dev,
+                &["10.77.0.2/24", "fd00:77::2/64"][..],
+            ),
+            (
+                &self.gw,
+                &self.gw_lan.as_str(),
+                &["10.77.0.1/24", "fd00:77::1/64"][..],
+            ),
+            (
+                &self.gw,
+                &self.gw_wan.as_str(),
                 &["192.0.2.1/24", "2001:db8:ffff::1/64"][..],
             ),
             (
-                &lab.inet,
-                &i_wan,
+                &self.inet,
+                &inet_dev,
                 &["192.0.2.2/24", "2001:db8:ffff::2/64"][..],
             ),
         ] {
@@ -197,16 +221,16 @@ impl Lab {
             "2001:db8:1::10/128",
             "2001:db8:1::20/128",
         ] {
-            lab.inet
+            self.inet
                 .exec(&["ip", "addr", "add", addr, "dev", "lo", "nodad"])?;
         }
-        lab.client
+        self.client
             .exec(&["ip", "route", "add", "default", "via", "10.77.0.1"])?;
-        lab.client
+        self.client
             .exec(&["ip", "-6", "route", "add", "default", "via", "fd00:77::1"])?;
-        lab.gw
+        self.gw
             .exec(&["ip", "route", "add", "default", "via", "192.0.2.2"])?;
-        lab.gw.exec(&[
+        self.gw.exec(&[
             "ip",
             "-6",
             "route",
@@ -215,9 +239,9 @@ impl Lab {
             "via",
             "2001:db8:ffff::2",
         ])?;
-        lab.inet
+        self.inet
             .exec(&["ip", "route", "add", "10.77.0.0/24", "via", "192.0.2.1"])?;
-        lab.inet.exec(&[
+        self.inet.exec(&[
             "ip",
             "-6",
             "route",
@@ -226,20 +250,11 @@ impl Lab {
             "via",
             "2001:db8:ffff::1",
         ])?;
-        lab.gw
+        self.gw
             .exec(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])?;
-        lab.gw
+        self.gw
             .exec(&["sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1"])?;
-        for host in [WEB_A_V4, WEB_B_V4, WEB_A_V6, WEB_B_V6] {
-            for port in ports {
-                let child = lab
-                    .inet
-                    .spawn(&["nc", "-lk", "-n", host, &port.to_string()])?;
-                lab.listeners.push(child);
-            }
-        }
-        lab.wait_reachable()?;
-        Ok(lab)
+        Ok(())
     }
 
     /// Waits (bounded) until the client reaches the internet side with no filter in place.

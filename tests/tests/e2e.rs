@@ -143,7 +143,7 @@ fn hostnames_follow_their_dns_answers_with_ttl_and_grace() -> anyhow::Result<()>
         "[[service]]\nname = \"mdm\"\nhosts = [\"mdm.example.test\"]\ntcp = [443]\n",
     );
     let result = (|| -> anyhow::Result<()> {
-        let (_dns, rules) = (dns?, rules?);
+        let (dns, rules) = (dns?, rules?);
         let daemon = gateway(
             &lab,
             &rules,
@@ -167,7 +167,7 @@ fn hostnames_follow_their_dns_answers_with_ttl_and_grace() -> anyhow::Result<()>
 
         // The name moves: the new address is allowed after a refresh, the old one for its grace.
         std::fs::write(&hosts_file, format!("{WEB_B_V4} mdm.example.test\n"))?;
-        _dns.reload()?;
+        dns.reload()?;
         assert!(
             eventually(Duration::from_secs(8), || lab
                 .client

@@ -171,6 +171,12 @@ impl DemoLab {
             &["ip", "route", "add", "10.77.0.0/24", "via", "192.0.2.1"],
         )?;
         lab.exec("gw", &["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])?;
+        lab.start_internet()?;
+        Ok(lab)
+    }
+
+    /// dnsmasq answering the demo names, and a TCP listener for every attempt.
+    fn start_internet(&mut self) -> anyhow::Result<()> {
         let mut dnsmasq = vec![
             "dnsmasq".to_owned(),
             "--keep-in-foreground".into(),
@@ -190,12 +196,12 @@ impl DemoLab {
                 .map(|(name, addr)| format!("--host-record={name},{addr}")),
         );
         let dnsmasq: Vec<&str> = dnsmasq.iter().map(String::as_str).collect();
-        lab.spawn("inet", &dnsmasq)?;
+        self.spawn("inet", &dnsmasq)?;
         for (_, addr, port, _) in ATTEMPTS {
-            lab.spawn("inet", &["nc", "-lk", "-n", addr, &port.to_string()])?;
+            self.spawn("inet", &["nc", "-lk", "-n", addr, &port.to_string()])?;
         }
         println!("   the internet side runs dnsmasq on 203.0.113.53 answering {} names, and TCP listeners", DNS_RECORDS.len());
-        Ok(lab)
+        Ok(())
     }
 
     fn play(&self, binary: &std::path::Path, rules: &std::path::Path) -> anyhow::Result<()> {
@@ -239,8 +245,8 @@ impl DemoLab {
         });
         let outcome = (|| -> anyhow::Result<()> {
             ready_rx
-                .recv_timeout(Duration::from_secs(60))
-                .context("egress-filter did not start within 60 s")?;
+                .recv_timeout(Duration::from_mins(1))
+                .context("egress-filter did not start within a minute")?;
             println!("\n== the client connects");
             let mut wrong = Vec::new();
             for (name, addr, port, expect) in ATTEMPTS {

@@ -2,6 +2,7 @@
 
 use std::{
     collections::BTreeMap,
+    fmt::Write as _,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     time::{Duration, SystemTime},
 };
@@ -145,13 +146,13 @@ impl EventRecord {
             self.reason
         );
         if self.vlan != 0 {
-            line.push_str(&format!(" vlan={}", self.vlan));
+            let _ = write!(line, " vlan={}", self.vlan);
         }
         if let Some(host) = &self.host {
-            line.push_str(&format!(" host={host}"));
+            let _ = write!(line, " host={host}");
         }
         if let Some(service) = &self.service {
-            line.push_str(&format!(" service={service}"));
+            let _ = write!(line, " service={service}");
         }
         line
     }
@@ -161,7 +162,12 @@ impl EventRecord {
 #[must_use]
 pub fn boot_time() -> SystemTime {
     let since_boot = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .map(|t| Duration::new(t.tv_sec() as u64, t.tv_nsec() as u32))
+        .map(|t| {
+            Duration::new(
+                u64::try_from(t.tv_sec()).unwrap_or(0),
+                u32::try_from(t.tv_nsec()).unwrap_or(0),
+            )
+        })
         .unwrap_or_default();
     SystemTime::now() - since_boot
 }

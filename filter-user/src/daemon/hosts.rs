@@ -181,10 +181,14 @@ mod tests {
 
     const POLICY: RefreshPolicy = RefreshPolicy {
         min_refresh: Duration::from_secs(10),
-        max_refresh: Duration::from_secs(3600),
-        grace: Duration::from_secs(60),
+        max_refresh: Duration::from_hours(1),
+        grace: Duration::from_mins(1),
     };
 
+    #[expect(
+        clippy::unnecessary_wraps,
+        reason = "HostTable::record takes a lookup's result"
+    )]
     fn answer(addrs: &[&str], ttl: u64) -> Result<Answer, String> {
         Ok(Answer {
             addresses: addrs.iter().map(|a| a.parse().unwrap()).collect(),
@@ -214,7 +218,7 @@ mod tests {
         t.record("a.example.com", &answer(&["192.0.2.1"], 300), t0);
         assert!(t.due(t0 + Duration::from_secs(299)).is_empty());
         assert_eq!(
-            t.due(t0 + Duration::from_secs(300)).len(),
+            t.due(t0 + Duration::from_mins(5)).len(),
             1,
             "due when the TTL runs out"
         );
@@ -225,7 +229,7 @@ mod tests {
         );
         t.record("a.example.com", &answer(&["192.0.2.1"], 86_400), t0);
         assert_eq!(
-            t.due(t0 + Duration::from_secs(3600)).len(),
+            t.due(t0 + Duration::from_hours(1)).len(),
             1,
             "never after the maximum"
         );

@@ -93,7 +93,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         "nothing to attach: give --xdp IFACE and/or --tc IFACE"
     );
     // Bad rules or interfaces: fail before anything is attached or pinned.
-    let mut rules = Rules::load(&opts.rules)?;
+    let rules = Rules::load(&opts.rules)?;
     let mut iface_names = std::collections::BTreeMap::new();
     for iface in opts.xdp.iter().chain(&opts.tc) {
         let index = nix::net::if_::if_nametoindex(iface.as_str())
@@ -104,144 +104,215 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let pins = PinDir::new(&opts.pin_path);
     let _lock = pins.lock()?;
     pins.prepare()?;
-    let adopting = pins.has_pinned_maps();
-    if adopting {
-        tracing::info!("adopting the filter pinned at {}", pins.root().display());
-    }
-
-    let resolver = Resolver::new(opts.resolver)?;
-    let mut hosts = HostTable::new(opts.refresh);
-    let now = Instant::now();
-    hosts.set_names(rules.exact_hosts(), now);
-    if adopting {
-        // Keep what the last daemon had resolved until fresh answers replace it.
-        if let Ok(Some(state)) = State::load(&pins.state_file()) {
-            for (name, addrs) in &state.hosts {
-                hosts.seed(name, addrs, now + opts.refresh.grace);
-            }
-        }
-    }
-    resolve_due(&resolver, &mut hosts).await;
-    tracing::info!(
-        "{} of {} hostnames have addresses",
-        hosts.resolved().len(),
-        rules.exact_hosts().len()
-    );
-
-    let mut ebpf = load_with_pins(&pins)?;
-    let mut maps = PolicyMaps::take_from(&mut ebpf)?;
-    let mode = if opts.audit {
-        Mode::Audit
-    } else {
-        Mode::Enforce
-    };
-    maps.set_config(Config {
-        events_per_sec: opts.events_per_sec,
-        event_burst: opts.event_burst,
-        ..Config::new(mode)
-    })?;
-
-    let mut extra = ExtraAllowances::read(&opts, rules.services.len())?;
-    let table = build_table(&rules, &hosts, &extra)?;
-    let stats = maps.apply(&table)?;
-    tracing::info!(
-        "policy: {} services, {} IPv4 and {} IPv6 prefixes ({} written, {} removed)",
-        rules.services.len(),
-        table.v4.len(),
-        table.v6.len(),
-        stats.prefixes_written,
-        stats.prefixes_deleted
-    );
-    attach_all(&mut ebpf, &pins, &opts)?;
-
-    let enricher = Arc::new(RwLock::new(Enricher {
-        iface_names,
-        ..Enricher::default()
-    }));
-    update_enricher(&enricher, &rules, &hosts, &extra, table);
-    save_state(&pins, &rules, &hosts, mode);
-    let ring = RingBuf::try_from(ebpf.take_map(names::EVENTS).context("map EVENTS missing")?)?;
-    let reader = tokio::spawn(stream_events(ring, Arc::clone(&enricher), opts.events));
-
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut suppressed = SuppressedReporter::new(&ebpf);
-    let mut report_tick = tokio::time::interval(SUPPRESSED_REPORT);
-    let mut next_self_check = Instant::now() + SELF_ADDRESS_CHECK;
-    tracing::info!(
-        "enforcing{}",
-        if opts.audit {
-            " in audit mode (nothing is dropped)"
-        } else {
-            ""
-        }
-    );
-
-    loop {
-        let wake = hosts
-            .next_event()
-            .map_or(next_self_check, |t| t.min(next_self_check));
-        let mut changed = false;
-        tokio::select! {
-            () = tokio::time::sleep_until(wake.into()) => {
-                changed |= resolve_due(&resolver, &mut hosts).await;
-                changed |= hosts.expire(Instant::now());
-                if Instant::now() >= next_self_check {
-                    next_self_check = Instant::now() + SELF_ADDRESS_CHECK;
-                    let fresh = ExtraAllowances::read(&opts, rules.services.len())?;
-                    if fresh != extra {
-                        extra = fresh;
-                        changed = true;
-                    }
-                }
-            }
-            _ = hup.recv() => {
-                match Rules::load(&opts.rules) {
-                    Ok(new_rules) => {
-                        tracing::info!("reloaded rules: {} services", new_rules.services.len());
-                        rules = new_rules;
-                        hosts.set_names(rules.exact_hosts(), Instant::now());
-                        resolve_due(&resolver, &mut hosts).await;
-                        extra = ExtraAllowances::read(&opts, rules.services.len())?;
-                        changed = true;
-                    }
-                    Err(err) => tracing::error!("reload refused, the running policy stays: {err}"),
-                }
-            }
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-            _ = report_tick.tick() => suppressed.report(),
-        }
-        if changed {
-            match build_table(&rules, &hosts, &extra) {
-                Ok(table) => match maps.apply(&table) {
-                    Ok(stats) => {
-                        if stats != crate::maps::ApplyStats::default() {
-                            tracing::info!(
-                                "policy updated: {} prefixes written, {} removed",
-                                stats.prefixes_written,
-                                stats.prefixes_deleted
-                            );
-                        }
-                        update_enricher(&enricher, &rules, &hosts, &extra, table);
-                        save_state(&pins, &rules, &hosts, mode);
-                    }
-                    Err(err) => {
-                        tracing::error!("policy update failed part-way, will retry: {err:#}")
-                    }
-                },
-                Err(err) => tracing::error!("policy not updated, the running policy stays: {err}"),
-            }
-        }
-    }
-
+    let mut daemon = Daemon::start(opts, rules, pins, iface_names).await?;
+    let result = daemon.serve().await;
     tracing::info!("stopping: detaching and unpinning");
-    reader.abort();
-    pins.remove_all()?;
-    drop(maps);
-    drop(ebpf);
-    Ok(())
+    daemon.pins.remove_all()?;
+    result
+}
+
+/// A running filter: its rules, hostnames, maps and the allowances it adds.
+struct Daemon {
+    opts: RunOptions,
+    rules: Rules,
+    pins: PinDir,
+    resolver: Resolver,
+    hosts: HostTable,
+    extra: ExtraAllowances,
+    mode: Mode,
+    maps: PolicyMaps,
+    enricher: Arc<RwLock<Enricher>>,
+    /// Keeps the programs (and with them the links' fds) alive until the daemon stops.
+    ebpf: Ebpf,
+}
+
+impl Daemon {
+    /// Resolves, loads (adopting pins), fills the maps, then attaches: the programs never run
+    /// on maps that do not hold the policy yet.
+    async fn start(
+        opts: RunOptions,
+        rules: Rules,
+        pins: PinDir,
+        iface_names: std::collections::BTreeMap<u32, String>,
+    ) -> anyhow::Result<Self> {
+        let adopting = pins.has_pinned_maps();
+        if adopting {
+            tracing::info!("adopting the filter pinned at {}", pins.root().display());
+        }
+        let resolver = Resolver::new(opts.resolver)?;
+        let mut hosts = HostTable::new(opts.refresh);
+        let now = Instant::now();
+        hosts.set_names(rules.exact_hosts(), now);
+        if adopting {
+            // Keep what the last daemon had resolved until fresh answers replace it.
+            if let Ok(Some(state)) = State::load(&pins.state_file()) {
+                for (name, addrs) in &state.hosts {
+                    hosts.seed(name, addrs, now + opts.refresh.grace);
+                }
+            }
+        }
+        resolve_due(&resolver, &mut hosts).await;
+        tracing::info!(
+            "{} of {} hostnames have addresses",
+            hosts.resolved().len(),
+            rules.exact_hosts().len()
+        );
+
+        let mut ebpf = load_with_pins(&pins)?;
+        let mut maps = PolicyMaps::take_from(&mut ebpf)?;
+        let mode = if opts.audit {
+            Mode::Audit
+        } else {
+            Mode::Enforce
+        };
+        maps.set_config(Config {
+            events_per_sec: opts.events_per_sec,
+            event_burst: opts.event_burst,
+            ..Config::new(mode)
+        })?;
+        let extra = ExtraAllowances::read(&opts, rules.services.len())?;
+        let enricher = Arc::new(RwLock::new(Enricher {
+            iface_names,
+            ..Enricher::default()
+        }));
+        let mut daemon = Self {
+            opts,
+            rules,
+            pins,
+            resolver,
+            hosts,
+            extra,
+            mode,
+            maps,
+            enricher,
+            ebpf,
+        };
+        daemon.apply_policy(true)?;
+        attach_all(&mut daemon.ebpf, &daemon.pins, &daemon.opts)?;
+        Ok(daemon)
+    }
+
+    /// Streams events and keeps the policy current until SIGINT or SIGTERM.
+    async fn serve(&mut self) -> anyhow::Result<()> {
+        let ring = RingBuf::try_from(
+            self.ebpf
+                .take_map(names::EVENTS)
+                .context("map EVENTS missing")?,
+        )?;
+        let reader = tokio::spawn(stream_events(
+            ring,
+            Arc::clone(&self.enricher),
+            self.opts.events,
+        ));
+        let mut hup = signal(SignalKind::hangup())?;
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut suppressed = SuppressedReporter::new(&self.ebpf);
+        let mut report_tick = tokio::time::interval(SUPPRESSED_REPORT);
+        let mut next_self_check = Instant::now() + SELF_ADDRESS_CHECK;
+        tracing::info!(
+            "enforcing{}",
+            if self.opts.audit {
+                " in audit mode (nothing is dropped)"
+            } else {
+                ""
+            }
+        );
+        loop {
+            let wake = self
+                .hosts
+                .next_event()
+                .map_or(next_self_check, |t| t.min(next_self_check));
+            let changed = tokio::select! {
+                () = tokio::time::sleep_until(wake.into()) => {
+                    let mut changed = resolve_due(&self.resolver, &mut self.hosts).await;
+                    changed |= self.hosts.expire(Instant::now());
+                    if Instant::now() >= next_self_check {
+                        next_self_check = Instant::now() + SELF_ADDRESS_CHECK;
+                        changed |= self.reread_extra()?;
+                    }
+                    changed
+                }
+                _ = hup.recv() => self.reload().await?,
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = report_tick.tick() => {
+                    suppressed.report();
+                    false
+                }
+            };
+            if changed {
+                if let Err(err) = self.apply_policy(false) {
+                    tracing::error!("policy not updated, the running policy stays: {err:#}");
+                }
+            }
+        }
+        reader.abort();
+        Ok(())
+    }
+
+    /// SIGHUP: reloads the rules; invalid rules leave everything as it is.
+    async fn reload(&mut self) -> anyhow::Result<bool> {
+        match Rules::load(&self.opts.rules) {
+            Ok(rules) => {
+                tracing::info!("reloaded rules: {} services", rules.services.len());
+                self.rules = rules;
+                self.hosts
+                    .set_names(self.rules.exact_hosts(), Instant::now());
+                resolve_due(&self.resolver, &mut self.hosts).await;
+                self.extra = ExtraAllowances::read(&self.opts, self.rules.services.len())?;
+                Ok(true)
+            }
+            Err(err) => {
+                tracing::error!("reload refused, the running policy stays: {err}");
+                Ok(false)
+            }
+        }
+    }
+
+    /// Reads the host's addresses again; returns whether they changed.
+    fn reread_extra(&mut self) -> anyhow::Result<bool> {
+        let fresh = ExtraAllowances::read(&self.opts, self.rules.services.len())?;
+        let changed = fresh != self.extra;
+        self.extra = fresh;
+        Ok(changed)
+    }
+
+    /// Compiles the current rules, addresses and allowances and writes what differs.
+    /// Logs the result when something changed, or always with `log_always` (at start).
+    fn apply_policy(&mut self, log_always: bool) -> anyhow::Result<()> {
+        let table = build_table(&self.rules, &self.hosts, &self.extra)?;
+        let written = self.maps.apply(&table)?;
+        if log_always || written != crate::maps::ApplyStats::default() {
+            tracing::info!(
+                "policy: {} services, {} IPv4 and {} IPv6 prefixes ({} written, {} removed)",
+                self.rules.services.len(),
+                table.v4.len(),
+                table.v6.len(),
+                written.prefixes_written,
+                written.prefixes_deleted
+            );
+        }
+        if let Ok(mut e) = self.enricher.write() {
+            e.table = table;
+            e.service_names = service_names(&self.rules);
+            e.hosts_by_address = self.hosts.names_by_address();
+        }
+        let saved = State {
+            services: service_names(&self.rules),
+            hosts: self.hosts.resolved(),
+            written_at: State::now_secs(),
+            mode: if self.mode == Mode::Audit {
+                "audit".into()
+            } else {
+                "enforce".into()
+            },
+        };
+        if let Err(err) = saved.save(&self.pins.state_file()) {
+            tracing::warn!("cannot save state (stats will lack service names): {err:#}");
+        }
+        Ok(())
+    }
 }
 
 /// Loads the object with every map pinned under the pin path (reused when already there).
@@ -447,36 +518,6 @@ fn service_names(rules: &Rules) -> Vec<String> {
     names
 }
 
-fn update_enricher(
-    enricher: &RwLock<Enricher>,
-    rules: &Rules,
-    hosts: &HostTable,
-    _extra: &ExtraAllowances,
-    table: AllowTable,
-) {
-    if let Ok(mut e) = enricher.write() {
-        e.table = table;
-        e.service_names = service_names(rules);
-        e.hosts_by_address = hosts.names_by_address();
-    }
-}
-
-fn save_state(pins: &PinDir, rules: &Rules, hosts: &HostTable, mode: Mode) {
-    let state = State {
-        services: service_names(rules),
-        hosts: hosts.resolved(),
-        written_at: State::now_secs(),
-        mode: if mode == Mode::Audit {
-            "audit".into()
-        } else {
-            "enforce".into()
-        },
-    };
-    if let Err(err) = state.save(&pins.state_file()) {
-        tracing::warn!("cannot save state (stats will lack service names): {err:#}");
-    }
-}
-
 /// Reads the ring buffer as it fills and prints one line per event.
 async fn stream_events(
     ring: RingBuf<MapData>,
@@ -536,11 +577,7 @@ impl SuppressedReporter {
 
     fn report(&mut self) {
         let Some(map) = &self.map else { return };
-        let read = |c: EventCounter| {
-            map.get(&(c as u32), 0)
-                .map(|v| v.iter().sum::<u64>())
-                .unwrap_or(0)
-        };
+        let read = |c: EventCounter| map.get(&(c as u32), 0).map_or(0, |v| v.iter().sum::<u64>());
         let now = (
             read(EventCounter::RateLimited),
             read(EventCounter::RingFull),
