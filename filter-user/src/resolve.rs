@@ -20,6 +20,11 @@ use hickory_resolver::{
 /// flooding a small home-router resolver.
 const CONCURRENCY: usize = 32;
 
+/// Longest a whole batch may take. With a dead resolver, hundreds of names times the per-query
+/// timeout would hold the daemon for minutes; what is not answered by then counts as failed and
+/// is retried on the refresh schedule.
+const BATCH_DEADLINE: Duration = Duration::from_secs(10);
+
 /// What one name resolved to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Answer {
@@ -96,16 +101,25 @@ impl Resolver {
         Ok(Answer { addresses, ttl })
     }
 
-    /// Resolves every name, [`CONCURRENCY`] at a time. Each name gets its answer or its error.
+    /// Resolves every name, [`CONCURRENCY`] at a time, within [`BATCH_DEADLINE`]. Each name gets
+    /// its answer or its error.
     pub async fn resolve_all(&self, names: &[&str]) -> BTreeMap<String, Result<Answer, String>> {
         let semaphore = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
+        let deadline = tokio::time::Instant::now() + BATCH_DEADLINE;
         let mut tasks = tokio::task::JoinSet::new();
         for name in names {
             let (resolver, semaphore, name) =
                 (self.clone(), Arc::clone(&semaphore), (*name).to_owned());
             tasks.spawn(async move {
-                let _permit = semaphore.acquire_owned().await;
-                let answer = resolver.resolve(&name).await;
+                let lookup = async {
+                    let _permit = semaphore.acquire_owned().await;
+                    resolver.resolve(&name).await
+                };
+                let answer = tokio::time::timeout_at(deadline, lookup)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(format!("no answer within {}s", BATCH_DEADLINE.as_secs()))
+                    });
                 (name, answer)
             });
         }

@@ -104,8 +104,26 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let pins = PinDir::new(&opts.pin_path);
     let _lock = pins.lock()?;
     pins.prepare()?;
-    let mut daemon = Daemon::start(opts, rules, pins, iface_names).await?;
-    let result = daemon.serve().await;
+    let adopting = pins.has_pinned_maps();
+    // A stop request while starting (resolution can take seconds) must not leave half a filter
+    // behind: a fresh one is removed, an adopted one is left enforcing as it was.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let started = tokio::select! {
+        started = Daemon::start(opts, rules, pins.clone(), iface_names) => started,
+        _ = term.recv() => Err(anyhow::anyhow!("stopped while starting")),
+        _ = int.recv() => Err(anyhow::anyhow!("stopped while starting")),
+    };
+    let mut daemon = match started {
+        Ok(daemon) => daemon,
+        Err(err) => {
+            if !adopting {
+                pins.remove_all()?;
+            }
+            return Err(err);
+        }
+    };
+    let result = daemon.serve(&mut term, &mut int).await;
     tracing::info!("stopping: detaching and unpinning");
     daemon.pins.remove_all()?;
     result
@@ -142,6 +160,7 @@ impl Daemon {
         let resolver = Resolver::new(opts.resolver)?;
         let mut hosts = HostTable::new(opts.refresh);
         let now = Instant::now();
+        tracing::info!("resolving {} hostnames", rules.exact_hosts().len());
         hosts.set_names(rules.exact_hosts(), now);
         if adopting {
             // Keep what the last daemon had resolved until fresh answers replace it.
@@ -193,7 +212,11 @@ impl Daemon {
     }
 
     /// Streams events and keeps the policy current until SIGINT or SIGTERM.
-    async fn serve(&mut self) -> anyhow::Result<()> {
+    async fn serve(
+        &mut self,
+        term: &mut tokio::signal::unix::Signal,
+        int: &mut tokio::signal::unix::Signal,
+    ) -> anyhow::Result<()> {
         let ring = RingBuf::try_from(
             self.ebpf
                 .take_map(names::EVENTS)
@@ -205,8 +228,6 @@ impl Daemon {
             self.opts.events,
         ));
         let mut hup = signal(SignalKind::hangup())?;
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
         let mut suppressed = SuppressedReporter::new(&self.ebpf);
         let mut report_tick = tokio::time::interval(SUPPRESSED_REPORT);
         let mut next_self_check = Instant::now() + SELF_ADDRESS_CHECK;

@@ -187,10 +187,15 @@ impl PinDir {
                 }
             }
         }
-        let state = self.state_file();
-        if state.exists() {
-            std::fs::remove_file(&state)
-                .with_context(|| format!("cannot remove {}", state.display()))?;
+        // The state and lock files go last; the caller still holds the lock while this runs.
+        for file in [self.state_file(), self.run_file("lock")] {
+            match std::fs::remove_file(&file) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(e).with_context(|| format!("cannot remove {}", file.display()))
+                }
+            }
         }
         Ok(())
     }
