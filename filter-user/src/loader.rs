@@ -9,6 +9,15 @@ use filter_common::maps::{PROG_TC, PROG_XDP};
 /// The object `build.rs` compiled from filter-ebpf: both programs and every map.
 pub const OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/egress-filter"));
 
+/// Benchmark baseline: one XDP program, `baseline_pass`, that only returns XDP_PASS.
+pub const BASELINE_PASS_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/baseline-pass"));
+
+/// Benchmark traffic generator: one XDP program, `tx_generator`, that returns XDP_TX, for
+/// live-frame test runs into a veth.
+pub const TX_GENERATOR_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tx-generator"));
+
 /// Why the object could not be brought into the kernel.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {

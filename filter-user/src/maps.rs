@@ -24,7 +24,7 @@ use filter_common::{
     maps::{self as names, MAX_POLICIES},
     Config, Ipv4KeyBytes, Ipv6KeyBytes, Policy, PolicyId,
 };
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::table::{AllowTable, RuleSet};
 
@@ -150,16 +150,7 @@ impl PolicyMaps {
         // 1. Policies first, so every id a prefix is about to point at holds its rules.
         for rules in table.distinct_rule_sets() {
             if self.slots.id_of(rules).is_none() {
-                let id = self.slots.allocate(rules.clone())?;
-                let policy = to_policy(rules);
-                if let Err(source) = self.policies.set(id, policy, 0) {
-                    self.slots.release_id(id);
-                    return Err(MapWriteError::Write {
-                        name: names::POLICIES,
-                        what: format!("policy {id} ({rules})"),
-                        source,
-                    });
-                }
+                self.write_policy(rules)?;
                 stats.policies_written += 1;
             }
         }
@@ -172,7 +163,7 @@ impl PolicyMaps {
             &mut self.written_v4,
             &table.v4,
             slots,
-            |net| Key::new(u32::from(net.prefix_len()), net.network().octets()),
+            key_v4,
             &mut stats,
         )?;
         sync_family(
@@ -181,19 +172,110 @@ impl PolicyMaps {
             &mut self.written_v6,
             &table.v6,
             slots,
-            |net| Key::new(u32::from(net.prefix_len()), net.network().octets()),
+            key_v6,
             &mut stats,
         )?;
 
         // 4. Release slots nothing points at any more.
+        stats.policies_released = self.release_unreferenced();
+        Ok(stats)
+    }
+
+    /// Writes only `changed` prefixes (from [`AllowTable::update_hosts`]) as `table` has them
+    /// now: present ones inserted or overwritten, absent ones deleted, in the same order of
+    /// steps as [`PolicyMaps::apply`]. Work follows the change, not the table.
+    pub fn apply_changes(
+        &mut self,
+        table: &AllowTable,
+        changed: &[IpNet],
+    ) -> Result<ApplyStats, MapWriteError> {
+        let mut stats = ApplyStats::default();
+        for prefix in changed {
+            let Some(rules) = table.entry(*prefix) else {
+                continue;
+            };
+            if self.slots.id_of(rules).is_none() {
+                self.write_policy(rules)?;
+                stats.policies_written += 1;
+            }
+        }
+        for prefix in changed {
+            match (
+                *prefix,
+                table
+                    .entry(*prefix)
+                    .and_then(|rules| self.slots.id_of(rules)),
+            ) {
+                (IpNet::V4(net), Some(id)) => {
+                    point_prefix(
+                        &mut self.allow_v4,
+                        names::ALLOW_V4,
+                        &mut self.written_v4,
+                        net,
+                        id,
+                        &key_v4,
+                    )?;
+                    stats.prefixes_written += 1;
+                }
+                (IpNet::V6(net), Some(id)) => {
+                    point_prefix(
+                        &mut self.allow_v6,
+                        names::ALLOW_V6,
+                        &mut self.written_v6,
+                        net,
+                        id,
+                        &key_v6,
+                    )?;
+                    stats.prefixes_written += 1;
+                }
+                (IpNet::V4(net), None) => {
+                    delete_prefix(
+                        &mut self.allow_v4,
+                        names::ALLOW_V4,
+                        &mut self.written_v4,
+                        net,
+                        &key_v4,
+                    )?;
+                    stats.prefixes_deleted += 1;
+                }
+                (IpNet::V6(net), None) => {
+                    delete_prefix(
+                        &mut self.allow_v6,
+                        names::ALLOW_V6,
+                        &mut self.written_v6,
+                        net,
+                        &key_v6,
+                    )?;
+                    stats.prefixes_deleted += 1;
+                }
+            }
+        }
+        stats.policies_released = self.release_unreferenced();
+        Ok(stats)
+    }
+
+    /// Gives a new rule set a slot and writes it there, before anything points at it.
+    fn write_policy(&mut self, rules: &RuleSet) -> Result<PolicyId, MapWriteError> {
+        let id = self.slots.allocate(rules.clone())?;
+        if let Err(source) = self.policies.set(id, to_policy(rules), 0) {
+            self.slots.release_id(id);
+            return Err(MapWriteError::Write {
+                name: names::POLICIES,
+                what: format!("policy {id} ({rules})"),
+                source,
+            });
+        }
+        Ok(id)
+    }
+
+    fn release_unreferenced(&mut self) -> usize {
         let referenced: std::collections::HashSet<PolicyId> = self
             .written_v4
             .values()
             .chain(self.written_v6.values())
             .copied()
             .collect();
-        stats.policies_released = self.slots.retain_ids(|id| referenced.contains(&id));
-        Ok(stats)
+        self.slots.retain_ids(|id| referenced.contains(&id))
     }
 
     /// The prefixes this writer has in the kernel, per family.
@@ -219,17 +301,10 @@ where
 {
     for (prefix, rules) in wanted {
         let id = slots.id_of(rules).expect("step 1 allocated every rule set");
-        if written.get(prefix) == Some(&id) {
-            continue;
+        if written.get(prefix) != Some(&id) {
+            point_prefix(trie, name, written, *prefix, id, &key_of)?;
+            stats.prefixes_written += 1;
         }
-        trie.insert(&key_of(prefix), id, 0)
-            .map_err(|source| MapWriteError::Write {
-                name,
-                what: format!("prefix {prefix}"),
-                source,
-            })?;
-        written.insert(*prefix, id);
-        stats.prefixes_written += 1;
     }
     let gone: Vec<N> = written
         .keys()
@@ -237,21 +312,67 @@ where
         .copied()
         .collect();
     for prefix in gone {
-        match trie.remove(&key_of(&prefix)) {
-            // Already absent in the kernel is the state we want.
-            Ok(()) | Err(MapError::KeyNotFound) => {}
-            Err(source) => {
-                return Err(MapWriteError::Write {
-                    name,
-                    what: format!("deletion of prefix {prefix}"),
-                    source,
-                })
-            }
-        }
-        written.remove(&prefix);
+        delete_prefix(trie, name, written, prefix, &key_of)?;
         stats.prefixes_deleted += 1;
     }
     Ok(())
+}
+
+/// Points one prefix at a policy (insert or overwrite: one atomic map update).
+fn point_prefix<N, K>(
+    trie: &mut LpmTrie<MapData, K, PolicyId>,
+    name: &'static str,
+    written: &mut BTreeMap<N, PolicyId>,
+    prefix: N,
+    id: PolicyId,
+    key_of: &impl Fn(&N) -> Key<K>,
+) -> Result<(), MapWriteError>
+where
+    N: Ord + Copy + std::fmt::Display,
+    K: aya::Pod,
+{
+    trie.insert(&key_of(&prefix), id, 0)
+        .map_err(|source| MapWriteError::Write {
+            name,
+            what: format!("prefix {prefix}"),
+            source,
+        })?;
+    written.insert(prefix, id);
+    Ok(())
+}
+
+/// Deletes one prefix; one already absent in the kernel is the state wanted.
+fn delete_prefix<N, K>(
+    trie: &mut LpmTrie<MapData, K, PolicyId>,
+    name: &'static str,
+    written: &mut BTreeMap<N, PolicyId>,
+    prefix: N,
+    key_of: &impl Fn(&N) -> Key<K>,
+) -> Result<(), MapWriteError>
+where
+    N: Ord + Copy + std::fmt::Display,
+    K: aya::Pod,
+{
+    match trie.remove(&key_of(&prefix)) {
+        Ok(()) | Err(MapError::KeyNotFound) => {}
+        Err(source) => {
+            return Err(MapWriteError::Write {
+                name,
+                what: format!("deletion of prefix {prefix}"),
+                source,
+            })
+        }
+    }
+    written.remove(&prefix);
+    Ok(())
+}
+
+fn key_v4(net: &Ipv4Net) -> Key<Ipv4KeyBytes> {
+    Key::new(u32::from(net.prefix_len()), net.network().octets())
+}
+
+fn key_v6(net: &Ipv6Net) -> Key<Ipv6KeyBytes> {
+    Key::new(u32::from(net.prefix_len()), net.network().octets())
 }
 
 fn to_policy(rules: &RuleSet) -> Policy {

@@ -148,6 +148,8 @@ pub enum TableError {
     TooManyPolicies { needed: usize },
     #[error("{family} needs {needed} prefixes, more than the {MAX_PREFIXES} its trie holds")]
     TooManyPrefixes { family: &'static str, needed: usize },
+    #[error("{0} is not a host route; only /32 and /128 grants can change in place")]
+    NotAHostRoute(IpNet),
 }
 
 /// The compiled table: per family, every prefix with the complete rules that apply under it.
@@ -155,6 +157,9 @@ pub enum TableError {
 pub struct AllowTable {
     pub v4: BTreeMap<Ipv4Net, RuleSet>,
     pub v6: BTreeMap<Ipv6Net, RuleSet>,
+    /// The grants of every host route (/32, /128), counted, so that resolved addresses can
+    /// come and go without recompiling the table ([`AllowTable::update_hosts`]).
+    host_grants: BTreeMap<IpNet, BTreeMap<PortRule, u32>>,
 }
 
 impl AllowTable {
@@ -163,8 +168,15 @@ impl AllowTable {
     pub fn build(grants: &[Grant]) -> Result<Self, TableError> {
         let mut v4: BTreeMap<Ipv4Net, Vec<PortRule>> = BTreeMap::new();
         let mut v6: BTreeMap<Ipv6Net, Vec<PortRule>> = BTreeMap::new();
+        let mut host_grants: BTreeMap<IpNet, BTreeMap<PortRule, u32>> = BTreeMap::new();
         for grant in grants {
             let rules = grant.ports.iter().map(|spec| spec.to_rule(grant.service));
+            if is_host_route(grant.prefix) {
+                let counts = host_grants.entry(grant.prefix.trunc()).or_default();
+                for rule in rules.clone() {
+                    *counts.entry(rule).or_default() += 1;
+                }
+            }
             match grant.prefix.trunc() {
                 IpNet::V4(net) => v4.entry(net).or_default().extend(rules),
                 IpNet::V6(net) => v6.entry(net).or_default().extend(rules),
@@ -173,6 +185,7 @@ impl AllowTable {
         let table = Self {
             v4: inherit_covering(v4, |net| IpNet::V4(*net))?,
             v6: inherit_covering(v6, |net| IpNet::V6(*net))?,
+            host_grants,
         };
         for (family, len) in [("IPv4", table.v4.len()), ("IPv6", table.v6.len())] {
             if len > MAX_PREFIXES as usize {
@@ -187,6 +200,105 @@ impl AllowTable {
             return Err(TableError::TooManyPolicies { needed: distinct });
         }
         Ok(table)
+    }
+
+    /// Adds and removes host-route grants (resolved addresses) in place, recomputing only the
+    /// host routes they touch: a host route covers nothing below it, so its entry is its own
+    /// grants united with the entry of the longest prefix above it. Gives the same table as
+    /// [`AllowTable::build`] over the changed grants (a property test checks), in time
+    /// proportional to the change, not to the table. Returns the host routes whose entry changed.
+    pub fn update_hosts(
+        &mut self,
+        add: &[Grant],
+        remove: &[Grant],
+    ) -> Result<Vec<IpNet>, TableError> {
+        let mut touched = BTreeSet::new();
+        for (grant, adding) in add
+            .iter()
+            .map(|g| (g, true))
+            .chain(remove.iter().map(|g| (g, false)))
+        {
+            if !is_host_route(grant.prefix) {
+                return Err(TableError::NotAHostRoute(grant.prefix));
+            }
+            let prefix = grant.prefix.trunc();
+            let counts = self.host_grants.entry(prefix).or_default();
+            for rule in grant.ports.iter().map(|spec| spec.to_rule(grant.service)) {
+                let count = counts.entry(rule).or_default();
+                *count = if adding {
+                    *count + 1
+                } else {
+                    count.saturating_sub(1)
+                };
+                if *count == 0 {
+                    counts.remove(&rule);
+                }
+            }
+            if counts.is_empty() {
+                self.host_grants.remove(&prefix);
+            }
+            touched.insert(prefix);
+        }
+        let mut changed = Vec::new();
+        for prefix in touched {
+            let entry = match self.host_grants.get(&prefix) {
+                None => None,
+                Some(own) => {
+                    let own = RuleSet::from_rules(own.keys().copied());
+                    let entry = match self.covering_entry(prefix) {
+                        Some(inherited) => inherited.union(&own),
+                        None => own,
+                    };
+                    if entry.0.len() > MAX_RULES_PER_POLICY {
+                        return Err(TableError::TooManyRules {
+                            prefix,
+                            needed: entry.0.len(),
+                        });
+                    }
+                    Some(entry)
+                }
+            };
+            let previous = match (prefix, entry) {
+                (IpNet::V4(net), Some(entry)) => self
+                    .v4
+                    .insert(net, entry.clone())
+                    .filter(|old| *old == entry)
+                    .map(|_| ()),
+                (IpNet::V6(net), Some(entry)) => self
+                    .v6
+                    .insert(net, entry.clone())
+                    .filter(|old| *old == entry)
+                    .map(|_| ()),
+                (IpNet::V4(net), None) => self.v4.remove(&net).is_none().then_some(()),
+                (IpNet::V6(net), None) => self.v6.remove(&net).is_none().then_some(()),
+            };
+            // `previous` is Some(()) exactly when nothing changed.
+            if previous.is_none() {
+                changed.push(prefix);
+            }
+        }
+        Ok(changed)
+    }
+
+    /// The entry of the longest prefix strictly above `host`.
+    fn covering_entry(&self, host: IpNet) -> Option<&RuleSet> {
+        match host {
+            IpNet::V4(net) => (0..net.prefix_len())
+                .rev()
+                .find_map(|len| self.v4.get(&Ipv4Net::new(net.network(), len).ok()?.trunc())),
+            IpNet::V6(net) => (0..net.prefix_len())
+                .rev()
+                .find_map(|len| self.v6.get(&Ipv6Net::new(net.network(), len).ok()?.trunc())),
+        }
+    }
+
+    /// The entry for exactly `prefix`, if the table has one.
+    #[must_use]
+    pub fn entry(&self, prefix: IpNet) -> Option<&RuleSet> {
+        match prefix {
+            IpNet::V4(net) => self.v4.get(&net),
+            IpNet::V6(net) => self.v6.get(&net),
+        }
     }
 
     /// Every distinct rule set in the table, each once.
@@ -208,6 +320,11 @@ impl AllowTable {
     pub fn prefix_count(&self) -> usize {
         self.v4.len() + self.v6.len()
     }
+}
+
+/// A /32 or /128: nothing lies below it, so its entry can change without touching others.
+fn is_host_route(prefix: IpNet) -> bool {
+    prefix.prefix_len() == prefix.max_prefix_len()
 }
 
 /// Prefix types the table handles, both families alike.
@@ -449,7 +566,44 @@ mod tests {
         })
     }
 
+    fn host_grant(bits: u32, service: u16, port: u16) -> Grant {
+        let addr = Ipv4Addr::from(0x0a00_0000 | (bits & 0x0000_f0ff));
+        Grant {
+            prefix: IpNet::V4(Ipv4Net::new(addr, 32).unwrap()),
+            service,
+            ports: vec![PortSpec::Tcp(port..=port)],
+        }
+    }
+
     proptest! {
+        #[test]
+        fn host_updates_in_place_equal_a_full_rebuild(
+            base in prop::collection::vec(arb_grant_v4(), 0..10),
+            first in prop::collection::vec((any::<u32>(), 0u16..3, 1u16..4), 0..20),
+            churn in prop::collection::vec((any::<u32>(), 0u16..3, 1u16..4, any::<bool>()), 0..20),
+        ) {
+            let first: Vec<Grant> = first.iter().map(|(b, s, p)| host_grant(*b, *s, *p)).collect();
+            let mut current: Vec<Grant> = base.iter().cloned().chain(first.iter().cloned()).collect();
+            let mut table = AllowTable::build(&current).unwrap();
+            let (mut add, mut remove) = (Vec::new(), Vec::new());
+            for (bits, service, port, adding) in churn {
+                let grant = host_grant(bits, service, port);
+                if adding {
+                    current.push(grant.clone());
+                    add.push(grant);
+                } else if let Some(i) = current.iter().position(|g| *g == grant && !base.contains(g)) {
+                    current.remove(i);
+                    remove.push(grant);
+                }
+            }
+            let changed = table.update_hosts(&add, &remove).unwrap();
+            let rebuilt = AllowTable::build(&current).unwrap();
+            prop_assert_eq!(&table.v4, &rebuilt.v4);
+            for prefix in changed {
+                prop_assert!(add.iter().chain(&remove).any(|g| g.prefix == prefix), "{} changed untouched", prefix);
+            }
+        }
+
         #[test]
         fn compiled_lookup_matches_naive_definition(
             grants in prop::collection::vec(arb_grant_v4(), 1..12),

@@ -51,6 +51,13 @@ impl Filter {
     /// Loads the object and writes the table compiled from `grants`, in enforce mode with
     /// default event limits.
     pub fn new(grants: &[Grant]) -> anyhow::Result<Self> {
+        let mut filter = Self::empty()?;
+        filter.maps.apply(&AllowTable::build(grants)?)?;
+        Ok(filter)
+    }
+
+    /// Loads the object with empty policy maps, in enforce mode with default event limits.
+    pub fn empty() -> anyhow::Result<Self> {
         ensure!(
             // Safety: geteuid has no preconditions.
             unsafe { libc::geteuid() } == 0,
@@ -66,8 +73,6 @@ impl Filter {
             _ => anyhow::bail!("ALLOW_V4 is missing or not an LPM trie"),
         };
         let mut maps = PolicyMaps::take_from(&mut ebpf)?;
-        let table = AllowTable::build(grants)?;
-        maps.apply(&table)?;
         maps.set_config(Config::new(filter_common::Mode::Enforce))?;
         Ok(Self {
             ebpf,

@@ -3,7 +3,9 @@
 //! - `setup`: installs what building and testing need, quickly skipping what is there.
 //! - `test`: formatting, lints (host and BPF target), unit tests, then the privileged suites.
 //! - `demo`: the filter on a gateway in a namespace lab, with the shipped rules.
+//! - `bench`: the benchmarks, written to BENCHMARKS.md.
 
+mod bench;
 mod demo;
 mod setup;
 mod test;
@@ -25,6 +27,9 @@ enum Command {
     Test,
     /// Run egress-filter on a gateway in a lab of network namespaces with the shipped rules.
     Demo,
+    /// Measure the datapath and the daemon against a trivial program and nftables; writes
+    /// BENCHMARKS.md.
+    Bench,
 }
 
 fn main() -> std::process::ExitCode {
@@ -32,6 +37,7 @@ fn main() -> std::process::ExitCode {
         Command::Setup => setup::run(),
         Command::Test => setup::run().and_then(|()| test::run()),
         Command::Demo => setup::run().and_then(|()| demo::run()),
+        Command::Bench => setup::run().and_then(|()| bench::run()),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

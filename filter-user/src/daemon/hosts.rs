@@ -18,6 +18,14 @@ use std::{
 
 use crate::{compile::Resolved, resolve::Answer};
 
+/// An address a name gained or lost.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    pub name: String,
+    pub address: IpAddr,
+    pub added: bool,
+}
+
 /// Refresh and expiry bounds.
 #[derive(Clone, Copy, Debug)]
 pub struct RefreshPolicy {
@@ -99,11 +107,17 @@ impl HostTable {
             .min()
     }
 
-    /// Takes in a lookup's outcome. Returns whether the set of allowed addresses changed.
-    pub fn record(&mut self, name: &str, answer: &Result<Answer, String>, now: Instant) -> bool {
+    /// Takes in a lookup's outcome. Returns the addresses it added (a failure adds none and
+    /// removes none).
+    pub fn record(
+        &mut self,
+        name: &str,
+        answer: &Result<Answer, String>,
+        now: Instant,
+    ) -> Vec<Change> {
         let policy = self.policy;
         let Some(state) = self.hosts.get_mut(name) else {
-            return false;
+            return Vec::new();
         };
         match answer {
             Ok(answer) => {
@@ -112,11 +126,17 @@ impl HostTable {
                 state.failures = 0;
                 state.last_error = None;
                 let keep_until = now + wait.max(answer.ttl) + policy.grace;
-                let mut changed = false;
+                let mut added = Vec::new();
                 for addr in &answer.addresses {
-                    changed |= state.addresses.insert(*addr, keep_until).is_none();
+                    if state.addresses.insert(*addr, keep_until).is_none() {
+                        added.push(Change {
+                            name: name.to_owned(),
+                            address: *addr,
+                            added: true,
+                        });
+                    }
                 }
-                changed
+                added
             }
             Err(error) => {
                 // Retry soon, and hold every address at least until the retry plus grace.
@@ -127,20 +147,28 @@ impl HostTable {
                 for keep in state.addresses.values_mut() {
                     *keep = (*keep).max(hold);
                 }
-                false
+                Vec::new()
             }
         }
     }
 
-    /// Drops addresses whose time is up. Returns whether any went.
-    pub fn expire(&mut self, now: Instant) -> bool {
-        let mut changed = false;
-        for state in self.hosts.values_mut() {
-            let before = state.addresses.len();
-            state.addresses.retain(|_, until| *until > now);
-            changed |= state.addresses.len() != before;
+    /// Drops addresses whose time is up. Returns the ones that went.
+    pub fn expire(&mut self, now: Instant) -> Vec<Change> {
+        let mut removed = Vec::new();
+        for (name, state) in &mut self.hosts {
+            state.addresses.retain(|address, until| {
+                let keep = *until > now;
+                if !keep {
+                    removed.push(Change {
+                        name: name.clone(),
+                        address: *address,
+                        added: false,
+                    });
+                }
+                keep
+            });
         }
-        changed
+        removed
     }
 
     /// What every name resolves to now, as the compiler takes it.
@@ -239,20 +267,31 @@ mod tests {
     fn a_vanished_address_stays_for_ttl_plus_grace_then_goes() {
         let t0 = Instant::now();
         let mut t = table(t0);
-        assert!(
-            t.record("a.example.com", &answer(&["192.0.2.1"], 30), t0),
+        assert_eq!(
+            t.record("a.example.com", &answer(&["192.0.2.1"], 30), t0)
+                .len(),
+            1,
             "a new address is a change"
         );
         let t1 = t0 + Duration::from_secs(30);
-        assert!(t.record("a.example.com", &answer(&["192.0.2.2"], 30), t1));
+        assert_eq!(
+            t.record("a.example.com", &answer(&["192.0.2.2"], 30), t1)
+                .len(),
+            1
+        );
         assert_eq!(
             addrs(&t),
             ["192.0.2.1", "192.0.2.2"],
             "the old address is still in its grace"
         );
-        assert!(!t.expire(t0 + Duration::from_secs(30 + 59)));
-        assert!(
+        assert!(t.expire(t0 + Duration::from_secs(30 + 59)).is_empty());
+        assert_eq!(
             t.expire(t0 + Duration::from_secs(30 + 60)),
+            [Change {
+                name: "a.example.com".into(),
+                address: "192.0.2.1".parse().unwrap(),
+                added: false
+            }],
             "gone after TTL plus grace"
         );
         assert_eq!(addrs(&t), ["192.0.2.2"]);
@@ -267,7 +306,8 @@ mod tests {
         for _ in 0..100 {
             now += POLICY.min_refresh;
             assert!(
-                !t.record("a.example.com", &Err("timed out".into()), now),
+                t.record("a.example.com", &Err("timed out".into()), now)
+                    .is_empty(),
                 "a failure changes nothing"
             );
             t.expire(now);

@@ -40,7 +40,7 @@ use tokio::{
 
 use self::{
     events::{Enricher, EventFormat},
-    hosts::{HostTable, RefreshPolicy},
+    hosts::{Change, HostTable, RefreshPolicy},
     pins::{HookKind, PinDir},
     state::State,
 };
@@ -49,7 +49,7 @@ use crate::{
     loader::{self, OBJECT},
     maps::PolicyMaps,
     resolve::Resolver,
-    rules::Rules,
+    rules::{HostPattern, Rules},
     table::{AllowTable, Grant, PortSpec},
 };
 
@@ -244,28 +244,35 @@ impl Daemon {
                 .hosts
                 .next_event()
                 .map_or(next_self_check, |t| t.min(next_self_check));
-            let changed = tokio::select! {
+            let update = tokio::select! {
                 () = tokio::time::sleep_until(wake.into()) => {
-                    let mut changed = resolve_due(&self.resolver, &mut self.hosts).await;
-                    changed |= self.hosts.expire(Instant::now());
+                    let mut changes = resolve_due(&self.resolver, &mut self.hosts).await;
+                    changes.extend(self.hosts.expire(Instant::now()));
+                    let mut full = false;
                     if Instant::now() >= next_self_check {
                         next_self_check = Instant::now() + SELF_ADDRESS_CHECK;
-                        changed |= self.reread_extra()?;
+                        full = self.reread_extra()?;
                     }
-                    changed
+                    if full { Update::Full } else { Update::Hosts(changes) }
                 }
-                _ = hup.recv() => self.reload().await?,
+                _ = hup.recv() => if self.reload().await? { Update::Full } else { Update::Hosts(Vec::new()) },
                 _ = term.recv() => break,
                 _ = int.recv() => break,
                 _ = report_tick.tick() => {
                     suppressed.report();
-                    false
+                    Update::Hosts(Vec::new())
                 }
             };
-            if changed {
-                if let Err(err) = self.apply_policy(false) {
-                    tracing::error!("policy not updated, the running policy stays: {err:#}");
-                }
+            let result = match update {
+                Update::Full => self.apply_policy(false),
+                Update::Hosts(changes) if changes.is_empty() => Ok(()),
+                Update::Hosts(changes) => self.apply_host_changes(&changes).or_else(|err| {
+                    tracing::warn!("in-place update failed ({err:#}); rebuilding the table");
+                    self.apply_policy(false)
+                }),
+            };
+            if let Err(err) = result {
+                tracing::error!("policy not updated, the running policy stays: {err:#}");
             }
         }
         reader.abort();
@@ -319,6 +326,54 @@ impl Daemon {
             e.service_names = service_names(&self.rules);
             e.hosts_by_address = self.hosts.names_by_address();
         }
+        self.save_state();
+        Ok(())
+    }
+
+    /// Resolved addresses that came or went: only their host routes are recompiled and written
+    /// (`AllowTable::update_hosts`, `PolicyMaps::apply_changes`), not the whole table.
+    fn apply_host_changes(&mut self, changes: &[Change]) -> anyhow::Result<()> {
+        let (mut add, mut remove) = (Vec::new(), Vec::new());
+        for change in changes {
+            let pattern = HostPattern::Exact(change.name.clone());
+            for service in self
+                .rules
+                .services
+                .iter()
+                .filter(|s| s.hosts.contains(&pattern))
+            {
+                let grant = Grant {
+                    prefix: IpNet::from(change.address),
+                    service: service.id,
+                    ports: service.ports.clone(),
+                };
+                if change.added {
+                    add.push(grant)
+                } else {
+                    remove.push(grant)
+                }
+            }
+        }
+        let mut enricher = self
+            .enricher
+            .write()
+            .map_err(|_| anyhow::anyhow!("enricher lock poisoned"))?;
+        let changed = enricher.table.update_hosts(&add, &remove)?;
+        let written = self.maps.apply_changes(&enricher.table, &changed)?;
+        enricher.hosts_by_address = self.hosts.names_by_address();
+        drop(enricher);
+        if written != crate::maps::ApplyStats::default() {
+            tracing::info!(
+                "resolved addresses changed: {} prefixes written, {} removed",
+                written.prefixes_written,
+                written.prefixes_deleted
+            );
+        }
+        self.save_state();
+        Ok(())
+    }
+
+    fn save_state(&self) {
         let saved = State {
             services: service_names(&self.rules),
             hosts: self.hosts.resolved(),
@@ -332,7 +387,6 @@ impl Daemon {
         if let Err(err) = saved.save(&self.pins.state_file()) {
             tracing::warn!("cannot save state (stats will lack service names): {err:#}");
         }
-        Ok(())
     }
 }
 
@@ -499,18 +553,26 @@ fn build_table(
     Ok(AllowTable::build(&grants)?)
 }
 
-/// Resolves every name that is due. Returns whether any allowed address changed.
-async fn resolve_due(resolver: &Resolver, hosts: &mut HostTable) -> bool {
+/// What a wake-up asks of the maps.
+enum Update {
+    /// Recompile everything (rules or the host's own addresses changed).
+    Full,
+    /// Only these resolved addresses came or went.
+    Hosts(Vec<Change>),
+}
+
+/// Resolves every name that is due. Returns the addresses that came.
+async fn resolve_due(resolver: &Resolver, hosts: &mut HostTable) -> Vec<Change> {
     let due = hosts.due(Instant::now());
     if due.is_empty() {
-        return false;
+        return Vec::new();
     }
     let names: Vec<&str> = due.iter().map(String::as_str).collect();
     let answers = resolver.resolve_all(&names).await;
     let now = Instant::now();
-    let mut changed = false;
+    let mut changed = Vec::new();
     for (name, answer) in &answers {
-        changed |= hosts.record(name, answer, now);
+        changed.extend(hosts.record(name, answer, now));
     }
     let failed: Vec<(&String, &String)> = answers
         .iter()

@@ -1,0 +1,25 @@
+//! The benchmark baseline: an XDP program that only returns XDP_PASS. Per-packet costs are
+//! reported as a ratio to this, measured in the same run. Never attached by the daemon.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+
+#[xdp]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "aya's macros hand the context over by value"
+)]
+pub fn baseline_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

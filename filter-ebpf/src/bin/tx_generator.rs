@@ -1,0 +1,26 @@
+//! The benchmark traffic generator: returns XDP_TX, so a live-frame BPF_PROG_TEST_RUN
+//! (BPF_F_TEST_XDP_LIVE_FRAMES) transmits its test frame out of the interface named in the
+//! context, as fast as one core can. This kernel has no pktgen (DESIGN.md). Never attached.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+
+#[xdp]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "aya's macros hand the context over by value"
+)]
+pub fn tx_generator(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_TX
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
