@@ -258,24 +258,24 @@ impl AllowTable {
                     Some(entry)
                 }
             };
-            let previous = match (prefix, entry) {
-                (IpNet::V4(net), Some(entry)) => self
-                    .v4
-                    .insert(net, entry.clone())
-                    .filter(|old| *old == entry)
-                    .map(|_| ()),
-                (IpNet::V6(net), Some(entry)) => self
-                    .v6
-                    .insert(net, entry.clone())
-                    .filter(|old| *old == entry)
-                    .map(|_| ()),
-                (IpNet::V4(net), None) => self.v4.remove(&net).is_none().then_some(()),
-                (IpNet::V6(net), None) => self.v6.remove(&net).is_none().then_some(()),
-            };
-            // `previous` is Some(()) exactly when nothing changed.
-            if previous.is_none() {
-                changed.push(prefix);
+            if self.entry(prefix) == entry.as_ref() {
+                continue;
             }
+            match (prefix, entry) {
+                (IpNet::V4(net), Some(entry)) => {
+                    self.v4.insert(net, entry);
+                }
+                (IpNet::V6(net), Some(entry)) => {
+                    self.v6.insert(net, entry);
+                }
+                (IpNet::V4(net), None) => {
+                    self.v4.remove(&net);
+                }
+                (IpNet::V6(net), None) => {
+                    self.v6.remove(&net);
+                }
+            }
+            changed.push(prefix);
         }
         Ok(changed)
     }
