@@ -1,27 +1,10 @@
 //! `cargo xtask bench`: builds release binaries and runs the benchmark suite
 //! (`tests/src/bin/bench`), which prints its tables and writes BENCHMARKS.md. Needs root.
 
-use std::process::Command;
-
-use crate::{run_cmd, workspace_root};
+use crate::{cargo, release_binary, run_cmd, workspace_root};
 
 pub fn run() -> anyhow::Result<()> {
-    let root = workspace_root();
-    let cargo = || {
-        let mut cmd = Command::new("cargo");
-        cmd.current_dir(&root);
-        cmd
-    };
-    run_cmd(cargo().args([
-        "build",
-        "--locked",
-        "--release",
-        "--package",
-        "filter-user",
-        "--bin",
-        "egress-filter",
-    ]))?;
-    let binary = root.join("target/release/egress-filter");
+    let binary = release_binary()?;
     run_cmd(
         cargo()
             .args([
@@ -37,7 +20,7 @@ pub fn run() -> anyhow::Result<()> {
             .arg("--egress-filter")
             .arg(&binary)
             .arg("--out")
-            .arg(root.join("BENCHMARKS.md"))
+            .arg(workspace_root().join("BENCHMARKS.md"))
             .args(["--command", "cargo xtask bench"]),
     )
 }

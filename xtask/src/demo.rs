@@ -15,7 +15,7 @@ use std::{
 
 use anyhow::{bail, ensure, Context as _};
 
-use crate::{run_cmd, workspace_root};
+use crate::{release_binary, run_cmd, workspace_root};
 
 /// What the simulated internet answers, and the connections the client tries.
 const DNS_RECORDS: &[(&str, &str)] = &[
@@ -37,19 +37,9 @@ const ATTEMPTS: &[(&str, &str, u16, bool)] = &[
 ];
 
 pub fn run() -> anyhow::Result<()> {
-    let root = workspace_root();
-    run_cmd(Command::new("cargo").current_dir(&root).args([
-        "build",
-        "--locked",
-        "--release",
-        "--package",
-        "filter-user",
-        "--bin",
-        "egress-filter",
-    ]))?;
-    let binary = root.join("target/release/egress-filter");
+    let binary = release_binary()?;
     let lab = DemoLab::new()?;
-    let result = lab.play(&binary, &root.join("rules"));
+    let result = lab.play(&binary, &workspace_root().join("rules"));
     drop(lab);
     result
 }

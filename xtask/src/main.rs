@@ -66,6 +66,27 @@ pub(crate) fn display(cmd: &std::process::Command) -> String {
         .join(" ")
 }
 
+/// `cargo`, run at the workspace root.
+pub(crate) fn cargo() -> std::process::Command {
+    let mut cmd = std::process::Command::new("cargo");
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+/// Builds the release `egress-filter` and returns its path.
+pub(crate) fn release_binary() -> anyhow::Result<std::path::PathBuf> {
+    run_cmd(cargo().args([
+        "build",
+        "--locked",
+        "--release",
+        "--package",
+        "filter-user",
+        "--bin",
+        "egress-filter",
+    ]))?;
+    Ok(workspace_root().join("target/release/egress-filter"))
+}
+
 /// The workspace root (xtask lives one level below it).
 pub(crate) fn workspace_root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -7,15 +7,10 @@ use std::{
 
 use anyhow::Context as _;
 
-use crate::{run_cmd, workspace_root};
+use crate::{cargo, run_cmd, workspace_root};
 
 pub fn run() -> anyhow::Result<()> {
     let root = workspace_root();
-    let cargo = || {
-        let mut cmd = Command::new("cargo");
-        cmd.current_dir(&root);
-        cmd
-    };
 
     run_cmd(cargo().args(["fmt", "--all", "--check"]))?;
     run_cmd(cargo().args([
