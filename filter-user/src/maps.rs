@@ -292,7 +292,7 @@ fn sync_family<N, K>(
     written: &mut BTreeMap<N, PolicyId>,
     wanted: &BTreeMap<N, RuleSet>,
     slots: &PolicySlots,
-    key_of: impl Fn(&N) -> Key<K>,
+    key_of: impl Fn(N) -> Key<K>,
     stats: &mut ApplyStats,
 ) -> Result<(), MapWriteError>
 where
@@ -325,13 +325,13 @@ fn point_prefix<N, K>(
     written: &mut BTreeMap<N, PolicyId>,
     prefix: N,
     id: PolicyId,
-    key_of: &impl Fn(&N) -> Key<K>,
+    key_of: &impl Fn(N) -> Key<K>,
 ) -> Result<(), MapWriteError>
 where
     N: Ord + Copy + std::fmt::Display,
     K: aya::Pod,
 {
-    trie.insert(&key_of(&prefix), id, 0)
+    trie.insert(&key_of(prefix), id, 0)
         .map_err(|source| MapWriteError::Write {
             name,
             what: format!("prefix {prefix}"),
@@ -347,13 +347,13 @@ fn delete_prefix<N, K>(
     name: &'static str,
     written: &mut BTreeMap<N, PolicyId>,
     prefix: N,
-    key_of: &impl Fn(&N) -> Key<K>,
+    key_of: &impl Fn(N) -> Key<K>,
 ) -> Result<(), MapWriteError>
 where
     N: Ord + Copy + std::fmt::Display,
     K: aya::Pod,
 {
-    match trie.remove(&key_of(&prefix)) {
+    match trie.remove(&key_of(prefix)) {
         Ok(()) | Err(MapError::KeyNotFound) => {}
         Err(source) => {
             return Err(MapWriteError::Write {
@@ -367,11 +367,11 @@ where
     Ok(())
 }
 
-fn key_v4(net: &Ipv4Net) -> Key<Ipv4KeyBytes> {
+fn key_v4(net: Ipv4Net) -> Key<Ipv4KeyBytes> {
     Key::new(u32::from(net.prefix_len()), net.network().octets())
 }
 
-fn key_v6(net: &Ipv6Net) -> Key<Ipv6KeyBytes> {
+fn key_v6(net: Ipv6Net) -> Key<Ipv6KeyBytes> {
     Key::new(u32::from(net.prefix_len()), net.network().octets())
 }
 

@@ -348,9 +348,9 @@ impl Daemon {
                     ports: service.ports.clone(),
                 };
                 if change.added {
-                    add.push(grant)
+                    add.push(grant);
                 } else {
-                    remove.push(grant)
+                    remove.push(grant);
                 }
             }
         }
@@ -358,8 +358,8 @@ impl Daemon {
             .enricher
             .write()
             .map_err(|_| anyhow::anyhow!("enricher lock poisoned"))?;
-        let changed = enricher.table.update_hosts(&add, &remove)?;
-        let written = self.maps.apply_changes(&enricher.table, &changed)?;
+        let touched = enricher.table.update_hosts(&add, &remove)?;
+        let written = self.maps.apply_changes(&enricher.table, &touched)?;
         enricher.hosts_by_address = self.hosts.names_by_address();
         drop(enricher);
         if written != crate::maps::ApplyStats::default() {

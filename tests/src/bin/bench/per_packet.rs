@@ -1,0 +1,179 @@
+//! Per-packet cost through `BPF_PROG_TEST_RUN`: the XDP and TC programs with 1k to 1M prefixes
+//! per family, beside the trivial XDP_PASS program, on the same frames, in one run.
+//!
+//! Each figure is the mean over `KEYS` different destination addresses, each run `REPEAT` times
+//! (the kernel reports the mean duration of a run). Different keys keep one hot trie path from
+//! flattering the result; a single key repeated would measure the cache, not the trie.
+
+use std::time::Instant;
+
+use anyhow::Context as _;
+use aya::{
+    programs::{TestRun as _, TestRunOptions, Xdp},
+    EbpfLoader,
+};
+use filter_tests::{
+    harness::{Filter, Hook},
+    packet::{Ext, Pkt, TPID_8021Q},
+};
+use filter_user::{loader::BASELINE_PASS_OBJECT, table::AllowTable};
+
+use crate::prefixes::{self, Rng};
+
+pub const KEYS: usize = 32;
+pub const REPEAT: u32 = 50_000;
+
+/// The packet kinds measured.
+#[derive(Clone, Copy, Debug)]
+pub enum Kind {
+    AllowedTcpHit,
+    DroppedTcpHitPort,
+    DroppedTcpMiss,
+    TaggedAllowedHit,
+    Ipv6ExtAllowedHit,
+    Ipv6ExtDroppedMiss,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 6] = [
+        Self::AllowedTcpHit,
+        Self::DroppedTcpHitPort,
+        Self::DroppedTcpMiss,
+        Self::TaggedAllowedHit,
+        Self::Ipv6ExtAllowedHit,
+        Self::Ipv6ExtDroppedMiss,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::AllowedTcpHit => "IPv4 TCP allowed (hit)",
+            Self::DroppedTcpHitPort => "IPv4 TCP dropped, wrong port (hit)",
+            Self::DroppedTcpMiss => "IPv4 TCP dropped (miss)",
+            Self::TaggedAllowedHit => "802.1Q IPv4 TCP allowed (hit)",
+            Self::Ipv6ExtAllowedHit => "IPv6 + hop-by-hop allowed (hit)",
+            Self::Ipv6ExtDroppedMiss => "IPv6 + hop-by-hop dropped (miss)",
+        }
+    }
+
+    pub fn is_hit(self) -> bool {
+        !matches!(self, Self::DroppedTcpMiss | Self::Ipv6ExtDroppedMiss)
+    }
+
+    fn frame(self, table: &AllowTable, rng: &mut Rng) -> Vec<u8> {
+        let v6 = matches!(self, Self::Ipv6ExtAllowedHit | Self::Ipv6ExtDroppedMiss);
+        let dst = if self.is_hit() {
+            prefixes::hit(table, v6, rng)
+        } else {
+            prefixes::miss(table, v6, rng)
+        };
+        let src = if v6 { "2001:db8::1" } else { "192.0.2.1" };
+        let pkt = Pkt::ip(src, &dst.to_string());
+        match self {
+            Self::AllowedTcpHit | Self::DroppedTcpMiss => pkt.tcp(443),
+            Self::DroppedTcpHitPort => pkt.tcp(22),
+            Self::TaggedAllowedHit => pkt.vlan(TPID_8021Q, 100).tcp(443),
+            Self::Ipv6ExtAllowedHit | Self::Ipv6ExtDroppedMiss => {
+                pkt.ext(Ext::HopByHop { units: 0 }).tcp(443)
+            }
+        }
+        .build()
+    }
+}
+
+/// One measured row.
+pub struct Row {
+    pub prefixes: usize,
+    pub kind: Kind,
+    pub baseline_ns: f64,
+    pub xdp_ns: f64,
+    pub tc_ns: f64,
+}
+
+/// Frames for every kind against a table.
+pub fn frames(table: &AllowTable, seed: u64) -> Vec<(Kind, Vec<Vec<u8>>)> {
+    let mut rng = Rng::new(seed);
+    Kind::ALL
+        .iter()
+        .map(|k| (*k, (0..KEYS).map(|_| k.frame(table, &mut rng)).collect()))
+        .collect()
+}
+
+/// The trivial program, loaded.
+pub struct Baseline {
+    ebpf: aya::Ebpf,
+}
+
+impl Baseline {
+    const PROGRAM: &'static str = "baseline_pass";
+
+    pub fn load() -> anyhow::Result<Self> {
+        let mut ebpf = EbpfLoader::new()
+            .load(BASELINE_PASS_OBJECT)
+            .context("baseline object")?;
+        let program: &mut Xdp = ebpf
+            .program_mut(Self::PROGRAM)
+            .context("baseline_pass")?
+            .try_into()?;
+        program.load()?;
+        Ok(Self { ebpf })
+    }
+
+    pub fn mean_ns(&mut self, frames: &[Vec<u8>]) -> anyhow::Result<f64> {
+        let program: &mut Xdp = self
+            .ebpf
+            .program_mut(Self::PROGRAM)
+            .context("baseline_pass")?
+            .try_into()?;
+        mean(frames, |frame| {
+            let opts = TestRunOptions {
+                data_in: Some(frame),
+                repeat: REPEAT,
+                ..TestRunOptions::default()
+            };
+            Ok(program.test_run(opts)?.duration.as_nanos() as f64)
+        })
+    }
+}
+
+fn mean(
+    frames: &[Vec<u8>],
+    mut run: impl FnMut(&[u8]) -> anyhow::Result<f64>,
+) -> anyhow::Result<f64> {
+    let mut total = 0.0;
+    for frame in frames {
+        total += run(frame)?;
+    }
+    Ok(total / frames.len() as f64)
+}
+
+/// Measures every kind on both hooks against `filter` (already holding `table`).
+pub fn measure(
+    filter: &mut Filter,
+    baseline: &mut Baseline,
+    table: &AllowTable,
+    prefixes: usize,
+) -> anyhow::Result<Vec<Row>> {
+    let started = Instant::now();
+    let mut rows = Vec::new();
+    for (kind, frames) in frames(table, 0x5eed ^ prefixes as u64) {
+        let baseline_ns = baseline.mean_ns(&frames)?;
+        let mut per_hook = [0.0; 2];
+        for (slot, hook) in per_hook.iter_mut().zip(Hook::BOTH) {
+            *slot = mean(&frames, |frame| {
+                Ok(filter.run_repeated(hook, frame, REPEAT)?.1 as f64)
+            })?;
+        }
+        rows.push(Row {
+            prefixes,
+            kind,
+            baseline_ns,
+            xdp_ns: per_hook[0],
+            tc_ns: per_hook[1],
+        });
+    }
+    eprintln!(
+        "bench: per-packet with {prefixes} prefixes per family took {:.1?}",
+        started.elapsed()
+    );
+    Ok(rows)
+}
