@@ -6,10 +6,6 @@
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 
 #[xdp]
-#[expect(
-    clippy::needless_pass_by_value,
-    reason = "aya's macros hand the context over by value"
-)]
 pub fn baseline_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
