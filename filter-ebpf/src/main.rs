@@ -9,6 +9,7 @@
 
 mod context;
 mod maps;
+mod object;
 mod parse;
 mod report;
 mod verdict;
@@ -91,15 +92,3 @@ fn process<C: PacketContext>(ctx: &C) -> Verdict {
         Verdict::Drop
     }
 }
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-/// GPL-compatible: `bpf_ktime_get_ns` and the ring buffer helpers are available to any program,
-/// but a GPL-compatible licence keeps every helper open to future changes.
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
