@@ -17,6 +17,17 @@ use anyhow::{bail, ensure, Context as _};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
+/// A short id, unique on this machine while the process lives (pid and a counter), for naming
+/// namespaces and interfaces (which allow 15 bytes).
+#[must_use]
+pub fn unique_id() -> String {
+    format!(
+        "{:x}{}",
+        std::process::id() & 0xfffff,
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
 pub const CLIENT_V4: &str = "10.77.0.2";
 pub const CLIENT_V6: &str = "fd00:77::2";
 pub const WEB_A_V4: &str = "198.51.100.10";
@@ -119,11 +130,7 @@ pub struct Lab {
 impl Lab {
     /// Builds the lab and starts listeners on every internet host at `ports`.
     pub fn new(ports: &[u16]) -> anyhow::Result<Self> {
-        let id = format!(
-            "{:x}{}",
-            std::process::id() % 0xfffff,
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
+        let id = unique_id();
         let client = Netns::create(format!("ef-{id}-client"))?;
         let gw = Netns::create(format!("ef-{id}-gw"))?;
         let inet = Netns::create(format!("ef-{id}-inet"))?;

@@ -430,12 +430,7 @@ fn attach_all(ebpf: &mut Ebpf, pins: &PinDir, opts: &RunOptions) -> anyhow::Resu
             }),
         }
         .with_context(|| format!("cannot attach XDP to {iface}"))?;
-        let link: FdLink = program
-            .take_link(id)?
-            .try_into()
-            .context("XDP attached without a bpf_link (kernel < 5.9?)")?;
-        link.pin(&path)
-            .with_context(|| format!("cannot pin {}", path.display()))?;
+        pin_link(program.take_link(id)?, &path, "XDP (kernel < 5.9?)")?;
         tracing::info!("XDP attached to {iface}");
     }
     for iface in &opts.tc {
@@ -453,12 +448,7 @@ fn attach_all(ebpf: &mut Ebpf, pins: &PinDir, opts: &RunOptions) -> anyhow::Resu
         let id = program
             .attach(iface, TcAttachType::Egress)
             .with_context(|| format!("cannot attach TC egress to {iface}"))?;
-        let link: FdLink = program
-            .take_link(id)?
-            .try_into()
-            .context("TC attached without a bpf_link (kernel < 6.6?)")?;
-        link.pin(&path)
-            .with_context(|| format!("cannot pin {}", path.display()))?;
+        pin_link(program.take_link(id)?, &path, "TC (kernel < 6.6?)")?;
         tracing::info!("TC egress attached to {iface}");
     }
     for (_, iface, path) in pins.pinned_links() {
@@ -468,6 +458,19 @@ fn attach_all(ebpf: &mut Ebpf, pins: &PinDir, opts: &RunOptions) -> anyhow::Resu
             tracing::info!("detached the leftover filter on {iface}");
         }
     }
+    Ok(())
+}
+
+/// Pins a freshly attached link so it outlives the daemon. Only bpf_links can be pinned; a
+/// netlink attachment (old kernels) is refused, since it could not be adopted or detached later.
+fn pin_link<L>(link: L, path: &std::path::Path, what: &str) -> anyhow::Result<()>
+where
+    FdLink: TryFrom<L, Error = aya::programs::links::LinkError>,
+{
+    let link =
+        FdLink::try_from(link).with_context(|| format!("{what} attached without a bpf_link"))?;
+    link.pin(path)
+        .with_context(|| format!("cannot pin {}", path.display()))?;
     Ok(())
 }
 

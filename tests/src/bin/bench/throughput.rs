@@ -57,7 +57,7 @@ use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     sync::{
-        atomic::{AtomicBool, AtomicU32, Ordering},
+        atomic::{AtomicBool, Ordering},
         Arc, Mutex,
     },
     thread::JoinHandle,
@@ -65,7 +65,7 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context as _};
-use filter_tests::lab::sh;
+use filter_tests::lab::{sh, unique_id};
 
 use crate::prefixes::Rng;
 use aya::programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp, XdpMode};
@@ -111,8 +111,6 @@ const POLL: Duration = Duration::from_millis(20);
 const ETHTOOL_SGRO: u32 = 0x0000_002c;
 /// The longest `comm` the kernel keeps for a task (TASK_COMM_LEN - 1).
 const COMM_LEN: usize = 15;
-
-static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// Runs every setup for `seconds` each, same traffic, and returns one row per setup.
 /// `egress_filter` is the path of the egress-filter binary to run as the filter under test.
@@ -703,11 +701,7 @@ struct Topology {
 
 impl Topology {
     fn new() -> anyhow::Result<Self> {
-        let id = format!(
-            "{:x}{}",
-            std::process::id() & 0xfffff,
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
+        let id = unique_id();
         let cpus = usable_cpus()?;
         let tx_cpu = *cpus.first().context("no usable CPU")?;
         let rx_cpu = cpus.get(1).copied().unwrap_or(tx_cpu);
