@@ -5,6 +5,7 @@
 pub mod cmd;
 pub mod compile;
 pub mod daemon;
+pub mod dns;
 pub mod loader;
 pub mod maps;
 pub mod resolve;

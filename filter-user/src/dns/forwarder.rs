@@ -1,0 +1,406 @@
+//! The forwarder's sockets: UDP and TCP listeners on the addresses given, one fresh upstream
+//! socket per query (a random source port from the kernel, a random ID), TCP when an answer
+//! comes back truncated.
+//!
+//! Bounds: at most [`MAX_IN_FLIGHT`] queries wait on the upstream at once (past that, SERVFAIL
+//! at once rather than queueing), at most [`MAX_TCP_CLIENTS`] TCP connections, each closed
+//! after [`TCP_IDLE`] of silence.
+
+use std::{
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use hickory_proto::op::Message;
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpListener, TcpStream, UdpSocket},
+    sync::{mpsc, oneshot, watch, Semaphore},
+    task::JoinSet,
+    time::timeout,
+};
+
+use super::{
+    message::{self, Incoming, Learnable},
+    names::NameMatcher,
+};
+
+/// Queries waiting on the upstream at once.
+pub const MAX_IN_FLIGHT: usize = 1024;
+/// TCP client connections at once.
+pub const MAX_TCP_CLIENTS: usize = 64;
+/// A TCP client silent this long is disconnected.
+pub const TCP_IDLE: Duration = Duration::from_secs(10);
+/// How long the upstream has to answer one query. Stub resolvers retry after a few seconds;
+/// answering SERVFAIL before they do lets them move on.
+pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long an answer waits for its addresses to reach the maps. The daemon takes
+/// microseconds; this only matters if it is stuck, and then the answer goes out regardless
+/// (counted as late): the client's connection may be dropped, but its DNS keeps working.
+pub const LEARN_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Where to listen and whom to ask.
+#[derive(Clone, Debug)]
+pub struct ForwarderConfig {
+    pub upstream: SocketAddr,
+    /// Answer NXDOMAIN to questions no rule's host matches.
+    pub block_unlisted: bool,
+}
+
+/// An answer's names and addresses, for the daemon to open before the answer goes out.
+#[derive(Debug)]
+pub struct LearnRequest {
+    pub question: String,
+    pub learnable: Learnable,
+    /// Dropped or answered once the maps hold the addresses.
+    pub done: oneshot::Sender<()>,
+}
+
+/// What the forwarder has done since it started.
+#[derive(Debug, Default)]
+pub struct DnsCounters {
+    queries: AtomicU64,
+    matched: AtomicU64,
+    refused: AtomicU64,
+    malformed: AtomicU64,
+    servfail: AtomicU64,
+    overloaded: AtomicU64,
+    tcp_retries: AtomicU64,
+    mismatched: AtomicU64,
+    late: AtomicU64,
+}
+
+/// [`DnsCounters`] read at one moment, as `stats` shows them.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DnsCounterValues {
+    /// Client queries taken in (well-formed, one question).
+    pub queries: u64,
+    /// Answers whose question or CNAME chain matched a rule's host.
+    pub matched: u64,
+    /// Questions refused with NXDOMAIN by `--dns-block-unlisted`.
+    pub refused: u64,
+    /// Messages answered FORMERR or NOTIMP.
+    pub malformed: u64,
+    /// Queries answered SERVFAIL because the upstream failed or timed out.
+    pub servfail: u64,
+    /// Queries answered SERVFAIL because too many were in flight.
+    pub overloaded: u64,
+    /// Truncated UDP answers asked again over TCP.
+    pub tcp_retries: u64,
+    /// Upstream datagrams ignored for not answering the query.
+    pub mismatched: u64,
+    /// Answers sent before the daemon confirmed their addresses were in the maps.
+    pub late: u64,
+}
+
+impl DnsCounters {
+    fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    #[must_use]
+    pub fn values(&self) -> DnsCounterValues {
+        let read = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        DnsCounterValues {
+            queries: read(&self.queries),
+            matched: read(&self.matched),
+            refused: read(&self.refused),
+            malformed: read(&self.malformed),
+            servfail: read(&self.servfail),
+            overloaded: read(&self.overloaded),
+            tcp_retries: read(&self.tcp_retries),
+            mismatched: read(&self.mismatched),
+            late: read(&self.late),
+        }
+    }
+}
+
+/// Sockets bound on every listen address, UDP and TCP. Bound before anything is attached, so a
+/// port in use fails the start cleanly.
+pub struct Listeners {
+    udp: Vec<UdpSocket>,
+    tcp: Vec<TcpListener>,
+}
+
+impl Listeners {
+    pub async fn bind(addresses: &[SocketAddr]) -> anyhow::Result<Self> {
+        let mut listeners = Self {
+            udp: Vec::new(),
+            tcp: Vec::new(),
+        };
+        for address in addresses {
+            let hint = "is another DNS server (dnsmasq, systemd-resolved) listening there?";
+            listeners.udp.push(
+                UdpSocket::bind(address)
+                    .await
+                    .with_context(|| format!("cannot listen for DNS on udp {address} ({hint})"))?,
+            );
+            listeners.tcp.push(
+                TcpListener::bind(address)
+                    .await
+                    .with_context(|| format!("cannot listen for DNS on tcp {address} ({hint})"))?,
+            );
+        }
+        Ok(listeners)
+    }
+
+    /// Where the sockets listen (with the ports the kernel chose, for port 0).
+    #[must_use]
+    pub fn local_addresses(&self) -> Vec<SocketAddr> {
+        self.udp
+            .iter()
+            .filter_map(|s| s.local_addr().ok())
+            .collect()
+    }
+
+    /// Serves until the returned set is dropped or aborted.
+    #[must_use]
+    pub fn serve(
+        self,
+        config: ForwarderConfig,
+        matcher: watch::Receiver<Arc<NameMatcher>>,
+        learn: mpsc::Sender<LearnRequest>,
+        counters: Arc<DnsCounters>,
+    ) -> JoinSet<()> {
+        let forwarder = Arc::new(Forwarder {
+            config,
+            matcher,
+            learn,
+            counters,
+            in_flight: Semaphore::new(MAX_IN_FLIGHT),
+            tcp_clients: Arc::new(Semaphore::new(MAX_TCP_CLIENTS)),
+        });
+        let mut tasks = JoinSet::new();
+        for socket in self.udp {
+            tasks.spawn(Arc::clone(&forwarder).serve_udp(Arc::new(socket)));
+        }
+        for listener in self.tcp {
+            tasks.spawn(Arc::clone(&forwarder).serve_tcp(listener));
+        }
+        tasks
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Transport {
+    Udp,
+    Tcp,
+}
+
+struct Forwarder {
+    config: ForwarderConfig,
+    matcher: watch::Receiver<Arc<NameMatcher>>,
+    learn: mpsc::Sender<LearnRequest>,
+    counters: Arc<DnsCounters>,
+    in_flight: Semaphore,
+    tcp_clients: Arc<Semaphore>,
+}
+
+impl Forwarder {
+    async fn serve_udp(self: Arc<Self>, socket: Arc<UdpSocket>) {
+        let mut buffer = vec![0u8; usize::from(u16::MAX)];
+        loop {
+            let (len, client) = match socket.recv_from(&mut buffer).await {
+                Ok(received) => received,
+                Err(err) => {
+                    tracing::debug!("DNS receive failed: {err}");
+                    continue;
+                }
+            };
+            let bytes = buffer[..len].to_vec();
+            let (forwarder, socket) = (Arc::clone(&self), Arc::clone(&socket));
+            tokio::spawn(async move {
+                if let Some(reply) = forwarder.answer(&bytes, Transport::Udp).await {
+                    if let Err(err) = socket.send_to(&reply, client).await {
+                        tracing::debug!("cannot send a DNS reply to {client}: {err}");
+                    }
+                }
+            });
+        }
+    }
+
+    async fn serve_tcp(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let (stream, client) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    tracing::debug!("DNS accept failed: {err}");
+                    continue;
+                }
+            };
+            // Past the bound, new connections are closed at once; the existing ones go on.
+            let Ok(permit) = Arc::clone(&self.tcp_clients).try_acquire_owned() else {
+                continue;
+            };
+            let forwarder = Arc::clone(&self);
+            tokio::spawn(async move {
+                if let Err(err) = forwarder.serve_tcp_client(stream).await {
+                    tracing::debug!("DNS over TCP from {client}: {err}");
+                }
+                drop(permit);
+            });
+        }
+    }
+
+    async fn serve_tcp_client(&self, mut stream: TcpStream) -> anyhow::Result<()> {
+        loop {
+            let Ok(Ok(len)) = timeout(TCP_IDLE, stream.read_u16()).await else {
+                return Ok(());
+            };
+            let mut bytes = vec![0u8; usize::from(len)];
+            timeout(TCP_IDLE, stream.read_exact(&mut bytes)).await??;
+            if let Some(reply) = self.answer(&bytes, Transport::Tcp).await {
+                stream.write_all(&frame(&reply)?).await?;
+            }
+        }
+    }
+
+    /// The reply to one client message, if it gets one.
+    async fn answer(&self, bytes: &[u8], transport: Transport) -> Option<Vec<u8>> {
+        let query = match message::read_query(bytes) {
+            Incoming::Query(query) => query,
+            Incoming::Reply(reply) => {
+                DnsCounters::bump(&self.counters.malformed);
+                return Some(reply);
+            }
+            Incoming::Ignore => return None,
+        };
+        DnsCounters::bump(&self.counters.queries);
+        let matcher = Arc::clone(&self.matcher.borrow());
+        if self.config.block_unlisted && !matcher.matches_any(&query.name) {
+            DnsCounters::bump(&self.counters.refused);
+            return Some(query.nxdomain());
+        }
+        let Ok(_permit) = self.in_flight.try_acquire() else {
+            DnsCounters::bump(&self.counters.overloaded);
+            return Some(query.servfail());
+        };
+        let answer = match self.ask_upstream(&query, transport).await {
+            Ok(answer) => answer,
+            Err(err) => {
+                DnsCounters::bump(&self.counters.servfail);
+                tracing::debug!(
+                    "no answer from {} for {}: {err:#}",
+                    self.config.upstream,
+                    query.name
+                );
+                return Some(query.servfail());
+            }
+        };
+        let learnable = message::learnable(&query, &answer);
+        if learnable.chain.iter().any(|name| matcher.matches_any(name)) {
+            DnsCounters::bump(&self.counters.matched);
+            if !learnable.addresses.is_empty() {
+                self.open_before_answering(&query.name, learnable).await;
+            }
+        }
+        let limit = match transport {
+            Transport::Udp => query.udp_limit(),
+            Transport::Tcp => usize::from(u16::MAX),
+        };
+        Some(
+            query
+                .reply(answer, limit)
+                .unwrap_or_else(|_| query.servfail()),
+        )
+    }
+
+    /// Hands the answer's addresses to the daemon and waits until they are in the maps.
+    async fn open_before_answering(&self, question: &str, learnable: Learnable) {
+        let (done, confirmed) = oneshot::channel();
+        let request = LearnRequest {
+            question: question.to_owned(),
+            learnable,
+            done,
+        };
+        let confirmed = timeout(LEARN_TIMEOUT, async {
+            self.learn.send(request).await.ok()?;
+            confirmed.await.ok()
+        })
+        .await;
+        if !matches!(confirmed, Ok(Some(()))) {
+            DnsCounters::bump(&self.counters.late);
+        }
+    }
+
+    async fn ask_upstream(
+        &self,
+        query: &message::ClientQuery,
+        transport: Transport,
+    ) -> anyhow::Result<Message> {
+        let id: u16 = rand::random();
+        let wire = query.upstream_bytes(id).map_err(anyhow::Error::msg)?;
+        if transport == Transport::Udp {
+            let answer = timeout(UPSTREAM_TIMEOUT, self.ask_udp(query, id, &wire))
+                .await
+                .context("timed out")??;
+            if !answer.metadata.truncation {
+                return Ok(answer);
+            }
+            DnsCounters::bump(&self.counters.tcp_retries);
+        }
+        timeout(UPSTREAM_TIMEOUT, self.ask_tcp(query, id, &wire))
+            .await
+            .context("timed out over TCP")?
+    }
+
+    async fn ask_udp(
+        &self,
+        query: &message::ClientQuery,
+        id: u16,
+        wire: &[u8],
+    ) -> anyhow::Result<Message> {
+        // Port 0: the kernel picks a random ephemeral port, new for every query. Connecting
+        // makes the kernel drop datagrams from anyone but the upstream.
+        let socket = UdpSocket::bind(unspecified(self.config.upstream)).await?;
+        socket.connect(self.config.upstream).await?;
+        socket.send(wire).await?;
+        let mut buffer = vec![0u8; usize::from(u16::MAX)];
+        loop {
+            let len = socket.recv(&mut buffer).await?;
+            match query.check_answer(id, &buffer[..len]) {
+                Ok(answer) => return Ok(answer),
+                Err(err) => {
+                    DnsCounters::bump(&self.counters.mismatched);
+                    tracing::debug!("ignored a datagram from {}: {err}", self.config.upstream);
+                }
+            }
+        }
+    }
+
+    async fn ask_tcp(
+        &self,
+        query: &message::ClientQuery,
+        id: u16,
+        wire: &[u8],
+    ) -> anyhow::Result<Message> {
+        let mut stream = TcpStream::connect(self.config.upstream).await?;
+        stream.write_all(&frame(wire)?).await?;
+        let len = stream.read_u16().await?;
+        let mut bytes = vec![0u8; usize::from(len)];
+        stream.read_exact(&mut bytes).await?;
+        Ok(query.check_answer(id, &bytes)?)
+    }
+}
+
+/// DNS over TCP: each message behind its two-byte length (RFC 1035 4.2.2).
+fn frame(message: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let len = u16::try_from(message.len()).context("DNS message longer than 65535 bytes")?;
+    let mut framed = Vec::with_capacity(message.len() + 2);
+    framed.extend_from_slice(&len.to_be_bytes());
+    framed.extend_from_slice(message);
+    Ok(framed)
+}
+
+fn unspecified(peer: SocketAddr) -> SocketAddr {
+    match peer {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    }
+}

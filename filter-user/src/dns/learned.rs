@@ -1,0 +1,416 @@
+//! Addresses learned from DNS answers: which service each opens, from which name, until when.
+//!
+//! - An entry lives for the record's TTL plus the grace period, with the TTL raised to a floor
+//!   first: a zero-TTL answer must still let the device connect a moment later. An answer seen
+//!   again extends the entry (never shortens it: the earlier answer is still in some cache).
+//! - The table is bounded: past its capacity the entry learned (or renewed) longest ago goes
+//!   first, counted as evicted, so a flood of unique names cannot grow memory or the kernel maps.
+//!
+//! Pure bookkeeping over a caller-given clock, like `daemon::hosts`.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+use serde::{Deserialize, Serialize};
+
+/// Expiry and size bounds.
+#[derive(Clone, Copy, Debug)]
+pub struct LearnPolicy {
+    /// TTLs below this count as this.
+    pub min_ttl: Duration,
+    pub grace: Duration,
+    pub capacity: usize,
+}
+
+/// One address a service is open to because a name of its answered with it.
+pub type LearnedKey = (IpAddr, String);
+
+#[derive(Clone, Debug)]
+struct Entry {
+    /// The name on the answer's chain that matched the service.
+    name: String,
+    /// The question the client asked.
+    question: String,
+    learned: Instant,
+    until: Instant,
+    /// Position in learning order (renewing moves it to the end).
+    order: u64,
+}
+
+/// A learned address as `learned` and the state file show it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LearnedView {
+    pub address: IpAddr,
+    pub service: String,
+    pub name: String,
+    pub question: String,
+    /// Seconds since it was first learned (or renewed).
+    pub age_secs: u64,
+    /// Seconds until it expires.
+    pub expires_in_secs: u64,
+}
+
+/// Totals since the daemon started.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LearnCounters {
+    /// New (address, service) entries.
+    pub learned: u64,
+    /// Entries an answer extended.
+    pub renewed: u64,
+    pub expired: u64,
+    /// Entries pushed out by newer ones at capacity.
+    pub evicted: u64,
+}
+
+/// What one [`LearnedTable::learn`] did to the allow table.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct LearnOutcome {
+    pub added: Option<LearnedKey>,
+    pub evicted: Vec<LearnedKey>,
+}
+
+#[derive(Debug)]
+pub struct LearnedTable {
+    policy: LearnPolicy,
+    entries: HashMap<IpAddr, BTreeMap<String, Entry>>,
+    by_order: BTreeMap<u64, LearnedKey>,
+    by_expiry: BTreeSet<(Instant, u64)>,
+    next_order: u64,
+    counters: LearnCounters,
+}
+
+impl LearnedTable {
+    #[must_use]
+    pub fn new(policy: LearnPolicy) -> Self {
+        Self {
+            policy,
+            entries: HashMap::new(),
+            by_order: BTreeMap::new(),
+            by_expiry: BTreeSet::new(),
+            next_order: 0,
+            counters: LearnCounters::default(),
+        }
+    }
+
+    /// Records that `name` (asked as `question`) answered `address` with `ttl` for `service`.
+    pub fn learn(
+        &mut self,
+        now: Instant,
+        key: LearnedKey,
+        name: &str,
+        question: &str,
+        ttl: u32,
+    ) -> LearnOutcome {
+        let hold = Duration::from_secs(u64::from(ttl)).max(self.policy.min_ttl) + self.policy.grace;
+        self.insert(key, name, question, now, now + hold)
+    }
+
+    /// Puts back an entry a previous daemon had learned, valid until `until`.
+    pub fn seed(&mut self, now: Instant, view: &LearnedView) -> LearnOutcome {
+        let until = now + Duration::from_secs(view.expires_in_secs);
+        let before = self.counters;
+        let outcome = self.insert(
+            (view.address, view.service.clone()),
+            &view.name,
+            &view.question,
+            now,
+            until,
+        );
+        // A restart is not news: only evictions (which did happen) are counted.
+        self.counters.learned = before.learned;
+        self.counters.renewed = before.renewed;
+        outcome
+    }
+
+    fn insert(
+        &mut self,
+        key: LearnedKey,
+        name: &str,
+        question: &str,
+        now: Instant,
+        until: Instant,
+    ) -> LearnOutcome {
+        let order = self.next_order;
+        self.next_order += 1;
+        let services = self.entries.entry(key.0).or_default();
+        if let Some(entry) = services.get_mut(&key.1) {
+            self.by_order.remove(&entry.order);
+            self.by_expiry.remove(&(entry.until, entry.order));
+            entry.until = entry.until.max(until);
+            entry.order = order;
+            entry.learned = now;
+            name.clone_into(&mut entry.name);
+            question.clone_into(&mut entry.question);
+            self.by_order.insert(order, key);
+            self.by_expiry.insert((entry.until, order));
+            self.counters.renewed += 1;
+            return LearnOutcome::default();
+        }
+        services.insert(
+            key.1.clone(),
+            Entry {
+                name: name.to_owned(),
+                question: question.to_owned(),
+                learned: now,
+                until,
+                order,
+            },
+        );
+        self.by_order.insert(order, key.clone());
+        self.by_expiry.insert((until, order));
+        self.counters.learned += 1;
+        let mut evicted = Vec::new();
+        while self.by_order.len() > self.policy.capacity {
+            let Some((_, oldest)) = self.by_order.first_key_value() else {
+                break;
+            };
+            let oldest = oldest.clone();
+            self.remove(&oldest);
+            self.counters.evicted += 1;
+            evicted.push(oldest);
+        }
+        LearnOutcome {
+            added: Some(key),
+            evicted,
+        }
+    }
+
+    fn remove(&mut self, key: &LearnedKey) -> Option<Entry> {
+        let services = self.entries.get_mut(&key.0)?;
+        let entry = services.remove(&key.1)?;
+        if services.is_empty() {
+            self.entries.remove(&key.0);
+        }
+        self.by_order.remove(&entry.order);
+        self.by_expiry.remove(&(entry.until, entry.order));
+        Some(entry)
+    }
+
+    /// Removes entries whose time is up; returns them.
+    pub fn expire(&mut self, now: Instant) -> Vec<LearnedKey> {
+        let mut gone = Vec::new();
+        while let Some(&(until, order)) = self.by_expiry.first() {
+            if until > now {
+                break;
+            }
+            let key = self.by_order[&order].clone();
+            self.remove(&key);
+            self.counters.expired += 1;
+            gone.push(key);
+        }
+        gone
+    }
+
+    /// Keeps only entries `keep(service, name)` approves (after a reload: names that still
+    /// match a service of that name). Returns how many went.
+    pub fn retain(&mut self, keep: impl Fn(&str, &str) -> bool) -> usize {
+        let doomed: Vec<LearnedKey> = self
+            .entries
+            .iter()
+            .flat_map(|(address, services)| {
+                services
+                    .iter()
+                    .filter(|(service, entry)| !keep(service, &entry.name))
+                    .map(|(service, _)| (*address, service.clone()))
+            })
+            .collect();
+        for key in &doomed {
+            self.remove(key);
+        }
+        doomed.len()
+    }
+
+    /// When the next entry expires.
+    #[must_use]
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.by_expiry.first().map(|(until, _)| *until)
+    }
+
+    /// Every (address, service) entry.
+    pub fn keys(&self) -> impl Iterator<Item = (IpAddr, &str)> + '_ {
+        self.entries
+            .iter()
+            .flat_map(|(address, services)| services.keys().map(|s| (*address, s.as_str())))
+    }
+
+    /// The names `address` was learned from, comma-separated, for drop events.
+    #[must_use]
+    pub fn names_for(&self, address: IpAddr) -> Option<String> {
+        let services = self.entries.get(&address)?;
+        let names: BTreeSet<&str> = services.values().map(|e| e.name.as_str()).collect();
+        Some(names.into_iter().collect::<Vec<_>>().join(","))
+    }
+
+    /// Every entry, oldest first, as users see them.
+    #[must_use]
+    pub fn views(&self, now: Instant) -> Vec<LearnedView> {
+        self.by_order
+            .values()
+            .filter_map(|(address, service)| {
+                let entry = self.entries.get(address)?.get(service)?;
+                Some(LearnedView {
+                    address: *address,
+                    service: service.clone(),
+                    name: entry.name.clone(),
+                    question: entry.question.clone(),
+                    age_secs: now.saturating_duration_since(entry.learned).as_secs(),
+                    expires_in_secs: entry.until.saturating_duration_since(now).as_secs(),
+                })
+            })
+            .collect()
+    }
+
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.by_order.len()
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.by_order.is_empty()
+    }
+
+    #[must_use]
+    pub fn counters(&self) -> LearnCounters {
+        self.counters
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICY: LearnPolicy = LearnPolicy {
+        min_ttl: Duration::from_secs(30),
+        grace: Duration::from_mins(1),
+        capacity: 3,
+    };
+
+    /// Expiry arithmetic reads best in plain seconds.
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    fn key(address: &str, service: &str) -> LearnedKey {
+        (address.parse().unwrap(), service.into())
+    }
+
+    #[test]
+    fn an_entry_lives_for_ttl_plus_grace() {
+        let t0 = Instant::now();
+        let mut t = LearnedTable::new(POLICY);
+        let out = t.learn(
+            t0,
+            key("192.0.2.1", "mdm"),
+            "a.manage.example.com",
+            "a.manage.example.com",
+            300,
+        );
+        assert_eq!(out.added, Some(key("192.0.2.1", "mdm")));
+        assert!(t.expire(t0 + secs(359)).is_empty());
+        assert_eq!(t.expire(t0 + secs(360)), [key("192.0.2.1", "mdm")]);
+        assert!(t.is_empty());
+        assert_eq!(t.counters().expired, 1);
+    }
+
+    #[test]
+    fn a_zero_ttl_is_raised_to_the_floor() {
+        let t0 = Instant::now();
+        let mut t = LearnedTable::new(POLICY);
+        t.learn(t0, key("192.0.2.1", "mdm"), "n", "n", 0);
+        assert_eq!(t.next_expiry(), Some(t0 + secs(30 + 60)));
+    }
+
+    #[test]
+    fn answers_again_extend_but_never_shorten() {
+        let t0 = Instant::now();
+        let mut t = LearnedTable::new(POLICY);
+        t.learn(t0, key("192.0.2.1", "mdm"), "n", "n", 600);
+        let out = t.learn(t0 + secs(10), key("192.0.2.1", "mdm"), "n", "n", 0);
+        assert_eq!(
+            out,
+            LearnOutcome::default(),
+            "a renewal adds nothing to the maps"
+        );
+        assert_eq!(t.next_expiry(), Some(t0 + secs(660)));
+        t.learn(t0 + secs(100), key("192.0.2.1", "mdm"), "n", "n", 600);
+        assert_eq!(t.next_expiry(), Some(t0 + secs(760)));
+        assert_eq!((t.counters().learned, t.counters().renewed), (1, 2));
+    }
+
+    #[test]
+    fn past_capacity_the_oldest_goes_first_and_is_counted() {
+        let t0 = Instant::now();
+        let mut t = LearnedTable::new(POLICY);
+        for i in 1..=3 {
+            t.learn(t0, key(&format!("192.0.2.{i}"), "cdn"), "n", "n", 60);
+        }
+        // Renewing .1 makes .2 the oldest.
+        t.learn(t0, key("192.0.2.1", "cdn"), "n", "n", 60);
+        let out = t.learn(t0, key("192.0.2.4", "cdn"), "n", "n", 60);
+        assert_eq!(out.evicted, [key("192.0.2.2", "cdn")]);
+        assert_eq!(t.len(), 3);
+        assert_eq!(t.counters().evicted, 1);
+        let mut left: Vec<String> = t.keys().map(|(a, _)| a.to_string()).collect();
+        left.sort();
+        assert_eq!(left, ["192.0.2.1", "192.0.2.3", "192.0.2.4"]);
+    }
+
+    #[test]
+    fn one_address_may_serve_several_services_independently() {
+        let t0 = Instant::now();
+        let mut t = LearnedTable::new(POLICY);
+        t.learn(t0, key("192.0.2.1", "mdm"), "a.manage.example.com", "q", 10);
+        t.learn(t0, key("192.0.2.1", "cdn"), "b.cdn.example.com", "q", 1000);
+        assert_eq!(
+            t.names_for("192.0.2.1".parse().unwrap()).unwrap(),
+            "a.manage.example.com,b.cdn.example.com"
+        );
+        assert_eq!(t.expire(t0 + secs(100)), [key("192.0.2.1", "mdm")]);
+        assert_eq!(
+            t.names_for("192.0.2.1".parse().unwrap()).unwrap(),
+            "b.cdn.example.com"
+        );
+    }
+
+    #[test]
+    fn retain_drops_what_no_longer_matches() {
+        let t0 = Instant::now();
+        let mut t = LearnedTable::new(POLICY);
+        t.learn(t0, key("192.0.2.1", "mdm"), "a.manage.example.com", "q", 10);
+        t.learn(t0, key("192.0.2.2", "gone"), "x.example.com", "q", 10);
+        assert_eq!(t.retain(|service, _| service == "mdm"), 1);
+        assert_eq!(t.keys().count(), 1);
+        assert_eq!(t.next_expiry(), Some(t0 + secs(90)), "indices follow");
+        assert_eq!(t.expire(t0 + secs(90)).len(), 1);
+        assert!(t.next_expiry().is_none());
+    }
+
+    #[test]
+    fn views_and_seeds_round_trip() {
+        let t0 = Instant::now();
+        let mut t = LearnedTable::new(POLICY);
+        t.learn(
+            t0,
+            key("2001:db8::1", "mdm"),
+            "a.manage.example.com",
+            "Q",
+            100,
+        );
+        let views = t.views(t0 + secs(10));
+        assert_eq!(views[0].expires_in_secs, 150);
+        assert_eq!(views[0].age_secs, 10);
+        let mut again = LearnedTable::new(POLICY);
+        let out = again.seed(t0, &views[0]);
+        assert_eq!(out.added, Some(key("2001:db8::1", "mdm")));
+        assert_eq!(
+            again.counters(),
+            LearnCounters::default(),
+            "a seed is not counted"
+        );
+        assert_eq!(again.next_expiry(), Some(t0 + secs(150)));
+    }
+}
