@@ -8,9 +8,10 @@ use clap::{Parser, Subcommand};
 use filter_user::{
     cmd,
     daemon::{
-        self, events::EventFormat, hosts::RefreshPolicy, pins::DEFAULT_PIN_PATH, RunOptions,
-        XdpModeArg,
+        self, events::EventFormat, hosts::RefreshPolicy, pins::DEFAULT_PIN_PATH, DnsOptions,
+        RunOptions, XdpModeArg,
     },
+    dns::LearnPolicy,
 };
 
 /// An eBPF egress allow-list for networks of managed devices.
@@ -49,6 +50,9 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// With --resolve: also list what the filter running here learned from DNS.
+        #[arg(long, default_value = DEFAULT_PIN_PATH, value_name = "DIR")]
+        pin_path: PathBuf,
     },
     /// Enforce the rules: attach the filter, keep hostnames resolved, stream drop events to
     /// stdout. Stops (detaching cleanly) on SIGINT/SIGTERM; SIGHUP reloads the rules.
@@ -59,6 +63,16 @@ enum Command {
     ///
     /// Example: `egress-filter stats --json`
     Stats {
+        #[arg(long, default_value = DEFAULT_PIN_PATH, value_name = "DIR")]
+        pin_path: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the addresses the running filter's DNS forwarder learned: address, service, the
+    /// name it was learned from, age, and when it expires.
+    ///
+    /// Example: `egress-filter learned --json`
+    Learned {
         #[arg(long, default_value = DEFAULT_PIN_PATH, value_name = "DIR")]
         pin_path: PathBuf,
         #[arg(long)]
@@ -125,6 +139,24 @@ struct RunArgs {
     /// Drop events each CPU may report back to back.
     #[arg(long, default_value_t = filter_common::Config::DEFAULT_EVENT_BURST)]
     event_burst: u32,
+    /// Answer the clients' DNS here (UDP and TCP), learning the addresses of listed names from
+    /// the answers before passing them on. Repeatable. Give the address clients reach, e.g.
+    /// the gateway's LAN address, never a public one.
+    #[arg(long, value_name = "ADDR:PORT", requires = "dns_upstream")]
+    dns_listen: Vec<SocketAddr>,
+    /// The DNS server the forwarder asks.
+    #[arg(long, value_name = "IP:PORT", requires = "dns_listen")]
+    dns_upstream: Option<SocketAddr>,
+    /// Answer NXDOMAIN to questions no rule's host matches (lab isolation).
+    #[arg(long, requires = "dns_listen")]
+    dns_block_unlisted: bool,
+    /// Learned addresses stay allowed for at least this long plus --grace, whatever the
+    /// record's TTL: a zero TTL must not fail the device's next connection.
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    dns_min_ttl: u64,
+    /// Most learned (address, service) entries kept; past it the oldest go first.
+    #[arg(long, default_value_t = 65_536, value_name = "N")]
+    dns_max_learned: usize,
 }
 
 #[derive(Subcommand)]
@@ -176,10 +208,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             resolve,
             resolver,
             json,
+            pin_path,
         } => {
             let runtime =
                 tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-            let report = runtime.block_on(cmd::show::run(&rules, resolve, resolver))?;
+            let mut report = runtime.block_on(cmd::show::run(&rules, resolve, resolver))?;
+            if resolve {
+                // A filter answering DNS here: add what it learned. None running is no error.
+                report.learned = daemon::stats::learned(&daemon::pins::PinDir::new(pin_path))
+                    .unwrap_or_default();
+            }
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -200,51 +238,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 cmd::import::google(&file, &name, &tcp, udp.as_deref())?
             );
         }
-        Command::Run(args) => {
-            tracing_subscriber::fmt()
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env()
-                        .unwrap_or_else(|_| "info".into()),
-                )
-                .init();
-            anyhow::ensure!(
-                args.min_refresh >= 1,
-                "--min-refresh must be at least 1 second"
-            );
-            anyhow::ensure!(
-                args.max_refresh >= args.min_refresh,
-                "--max-refresh must not be below --min-refresh"
-            );
-            let opts = RunOptions {
-                rules: args.rules,
-                xdp: args.xdp,
-                tc: args.tc,
-                xdp_mode: args.xdp_mode,
-                audit: args.audit,
-                events: args.events,
-                resolver: args.resolver,
-                refresh: RefreshPolicy {
-                    min_refresh: std::time::Duration::from_secs(args.min_refresh),
-                    max_refresh: std::time::Duration::from_secs(args.max_refresh),
-                    grace: std::time::Duration::from_secs(args.grace),
-                },
-                pin_path: args.pin_path,
-                allow_self: !args.no_self_allow,
-                events_per_sec: args.event_rate,
-                event_burst: args.event_burst,
-            };
-            let runtime =
-                tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-            runtime.block_on(daemon::run(opts))?;
-        }
+        Command::Run(args) => run_daemon(*args)?,
         Command::Stats { pin_path, json } => {
             let stats = daemon::stats::read(&daemon::pins::PinDir::new(pin_path))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&stats)?);
             } else {
                 print!("{}", stats.to_text());
+            }
+        }
+        Command::Learned { pin_path, json } => {
+            let learned = daemon::stats::learned(&daemon::pins::PinDir::new(pin_path))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&learned)?);
+            } else {
+                print!("{}", cmd::show::learned_text(&learned));
             }
         }
         Command::Detach { pin_path } => println!("{}", daemon::detach(&pin_path)?),
@@ -257,5 +265,59 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("created maps: {}", maps.join(", "));
         }
     }
+    Ok(())
+}
+
+/// `run`: checks the options, then runs the daemon until it is stopped.
+fn run_daemon(args: RunArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    anyhow::ensure!(
+        args.min_refresh >= 1,
+        "--min-refresh must be at least 1 second"
+    );
+    anyhow::ensure!(
+        args.max_refresh >= args.min_refresh,
+        "--max-refresh must not be below --min-refresh"
+    );
+    anyhow::ensure!(
+        args.dns_max_learned >= 1,
+        "--dns-max-learned must be at least 1"
+    );
+    let opts = RunOptions {
+        rules: args.rules,
+        xdp: args.xdp,
+        tc: args.tc,
+        xdp_mode: args.xdp_mode,
+        audit: args.audit,
+        events: args.events,
+        resolver: args.resolver,
+        refresh: RefreshPolicy {
+            min_refresh: std::time::Duration::from_secs(args.min_refresh),
+            max_refresh: std::time::Duration::from_secs(args.max_refresh),
+            grace: std::time::Duration::from_secs(args.grace),
+        },
+        pin_path: args.pin_path,
+        allow_self: !args.no_self_allow,
+        events_per_sec: args.event_rate,
+        event_burst: args.event_burst,
+        dns: args.dns_upstream.map(|upstream| DnsOptions {
+            listen: args.dns_listen,
+            upstream,
+            block_unlisted: args.dns_block_unlisted,
+            learn: LearnPolicy {
+                min_ttl: std::time::Duration::from_secs(args.dns_min_ttl),
+                grace: std::time::Duration::from_secs(args.grace),
+                capacity: args.dns_max_learned,
+            },
+        }),
+    };
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(daemon::run(opts))?;
     Ok(())
 }

@@ -34,6 +34,7 @@ impl DnsServer {
             ttl,
             SocketAddr::from(([127, 0, 0, 1], port)),
             None,
+            &[],
         )
     }
 
@@ -45,7 +46,19 @@ impl DnsServer {
         addr: SocketAddr,
         netns: &str,
     ) -> anyhow::Result<Self> {
-        Self::start(&[], Some(hosts), ttl, addr, Some(netns))
+        Self::start(&[], Some(hosts), ttl, addr, Some(netns), &[])
+    }
+
+    /// Like [`DnsServer::start_with_hosts_file`], with more dnsmasq options: `--address=/d/ip`
+    /// answers a whole domain (a wildcard), `--cname=alias,target` a CNAME to a hosts-file name.
+    pub fn start_with_options(
+        hosts: &Path,
+        ttl: u32,
+        addr: SocketAddr,
+        netns: &str,
+        options: &[String],
+    ) -> anyhow::Result<Self> {
+        Self::start(&[], Some(hosts), ttl, addr, Some(netns), options)
     }
 
     fn start(
@@ -54,6 +67,7 @@ impl DnsServer {
         ttl: u32,
         addr: SocketAddr,
         netns: Option<&str>,
+        options: &[String],
     ) -> anyhow::Result<Self> {
         let mut cmd = if let Some(ns) = netns {
             let mut in_netns = Command::new("ip");
@@ -79,6 +93,7 @@ impl DnsServer {
         cmd.arg(format!("--listen-address={}", addr.ip()))
             .arg(format!("--port={}", addr.port()))
             .arg(format!("--local-ttl={ttl}"));
+        cmd.args(options);
         if let Some(hosts) = hosts_file {
             cmd.arg(format!("--addn-hosts={}", hosts.display()));
         }

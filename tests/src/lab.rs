@@ -71,6 +71,22 @@ impl Netns {
         sh(&all)
     }
 
+    /// Points the namespace's resolver at `server`: `ip netns exec` bind-mounts
+    /// /etc/netns/NAME/resolv.conf over /etc/resolv.conf. Removed with the namespace.
+    pub fn use_resolver(&self, server: &str) -> anyhow::Result<()> {
+        let dir = self.etc_dir();
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(
+            dir.join("resolv.conf"),
+            format!("nameserver {server}\noptions timeout:1 attempts:1\n"),
+        )?;
+        Ok(())
+    }
+
+    fn etc_dir(&self) -> std::path::PathBuf {
+        std::path::Path::new("/etc/netns").join(&self.name)
+    }
+
     /// Starts a long-running command inside the namespace.
     pub fn spawn(&self, args: &[&str]) -> anyhow::Result<Child> {
         Command::new("ip")
@@ -107,6 +123,7 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        let _removed = std::fs::remove_dir_all(self.etc_dir());
         let _deleted = Command::new("ip")
             .args(["netns", "del", &self.name])
             .stderr(Stdio::null())
@@ -298,4 +315,39 @@ impl Drop for Lab {
             let _reaped = child.wait();
         }
     }
+}
+
+/// A rules directory of the test's own.
+pub struct RulesDir(pub std::path::PathBuf);
+
+impl RulesDir {
+    pub fn new(lab: &Lab, rules: &str) -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!("ef-rules-{}", lab.id));
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("lab.toml"), rules)?;
+        Ok(Self(dir))
+    }
+
+    #[must_use]
+    pub fn path(&self) -> &str {
+        self.0.to_str().expect("UTF-8 temp dir")
+    }
+}
+
+impl Drop for RulesDir {
+    fn drop(&mut self) {
+        let _removed = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Polls `check` every 200 ms until it holds or `timeout` passes.
+pub fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    false
 }

@@ -2,35 +2,15 @@
 //! a host (TC on its uplink), in namespaces each test creates. Needs root and the setup's
 //! packages (iproute2, netcat-openbsd, dnsmasq, bpftool).
 
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
 use filter_tests::{
     daemon::{binary, Daemon},
     dns::DnsServer,
-    lab::{sh, Lab, CLIENT_V4, DNS_V4, WEB_A_V4, WEB_A_V6, WEB_B_V4, WEB_B_V6},
+    lab::{
+        eventually, sh, Lab, RulesDir, CLIENT_V4, DNS_V4, WEB_A_V4, WEB_A_V6, WEB_B_V4, WEB_B_V6,
+    },
 };
-
-/// A rules directory of the test's own.
-struct RulesDir(PathBuf);
-
-impl RulesDir {
-    fn new(lab: &Lab, rules: &str) -> anyhow::Result<Self> {
-        let dir = std::env::temp_dir().join(format!("ef-rules-{}", lab.id));
-        std::fs::create_dir_all(&dir)?;
-        std::fs::write(dir.join("lab.toml"), rules)?;
-        Ok(Self(dir))
-    }
-
-    fn path(&self) -> &str {
-        self.0.to_str().expect("UTF-8 temp dir")
-    }
-}
-
-impl Drop for RulesDir {
-    fn drop(&mut self) {
-        let _removed = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 const WEB_A_443: &str = r#"
 [[service]]
@@ -370,16 +350,4 @@ fn bad_rules_at_start_attach_nothing() -> anyhow::Result<()> {
     assert!(lab.client.connects(WEB_B_V4, 443, 2), "nothing attached");
     let _ok = sh(&["true"]);
     Ok(())
-}
-
-/// Polls `check` every 200 ms until it holds or `timeout` passes.
-fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = std::time::Instant::now() + timeout;
-    while std::time::Instant::now() < deadline {
-        if check() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    false
 }

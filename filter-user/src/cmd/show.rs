@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::{
     compile::{compile, Resolved},
+    dns::LearnedView,
     resolve::{Answer, Resolver},
     rules::{HostPattern, Rules},
     table::{AllowTable, RuleSet},
@@ -22,6 +23,9 @@ pub struct Report {
     pub hosts: Vec<HostReport>,
     /// Wildcard names: served by vendor CIDRs and DNS awareness, never by polling.
     pub wildcards: Vec<WildcardReport>,
+    /// What a running daemon's DNS forwarder learned (with `--resolve`, when one runs).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub learned: Vec<LearnedView>,
 }
 
 #[derive(Serialize)]
@@ -75,6 +79,42 @@ pub async fn run(
         .collect();
     let table = compile(&rules, &addresses_by_host)?;
     Ok(report(&rules, &table, resolve.then_some(&answers)))
+}
+
+/// The learned-address listing `show --resolve` and `learned` print.
+#[must_use]
+pub fn learned_text(learned: &[LearnedView]) -> String {
+    let mut out = format!("{} addresses learned from DNS answers:\n", learned.len());
+    if learned.is_empty() {
+        return out;
+    }
+    let width = learned
+        .iter()
+        .map(|l| l.address.to_string().len())
+        .max()
+        .unwrap_or(7);
+    let _ = writeln!(
+        out,
+        "  {:width$}  {:24}  {:40}  {:>8}  EXPIRES IN",
+        "ADDRESS", "SERVICE", "NAME (QUESTION)", "AGE"
+    );
+    for l in learned {
+        let name = if l.name == l.question {
+            l.name.clone()
+        } else {
+            format!("{} ({})", l.name, l.question)
+        };
+        let _ = writeln!(
+            out,
+            "  {:width$}  {:24}  {:40}  {:>7}s  {}s",
+            l.address.to_string(),
+            l.service,
+            name,
+            l.age_secs,
+            l.expires_in_secs
+        );
+    }
+    out
 }
 
 fn report(
@@ -136,6 +176,7 @@ fn report(
         prefixes,
         hosts,
         wildcards,
+        learned: Vec::new(),
     }
 }
 
@@ -250,6 +291,10 @@ impl Report {
                 wildcard.pattern,
                 wildcard.services.join(", ")
             );
+        }
+        if !self.learned.is_empty() {
+            out.push('\n');
+            out.push_str(&learned_text(&self.learned));
         }
         out
     }

@@ -1,7 +1,7 @@
 //! Drop events: from the ring buffer's records to one line each on stdout.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     fmt::Write as _,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     time::{Duration, SystemTime},
@@ -49,7 +49,10 @@ pub struct EventRecord {
 pub struct Enricher {
     pub table: AllowTable,
     pub service_names: Vec<String>,
+    /// Names polled from the rules, by the addresses they resolved to.
     pub hosts_by_address: BTreeMap<IpAddr, Vec<String>>,
+    /// Names clients' DNS answers were learned from, by address.
+    pub learned_names: HashMap<IpAddr, String>,
     pub iface_names: BTreeMap<u32, String>,
 }
 
@@ -74,9 +77,17 @@ impl Enricher {
                     .get(usize::from(first.service_id))
                     .cloned()
             });
-        let host = dst
-            .and_then(|d| self.hosts_by_address.get(&d))
-            .map(|names| names.join(","));
+        let host = dst.and_then(|d| {
+            let mut names: Vec<&str> = self
+                .hosts_by_address
+                .get(&d)
+                .into_iter()
+                .flatten()
+                .map(String::as_str)
+                .collect();
+            names.extend(self.learned_names.get(&d).map(String::as_str));
+            (!names.is_empty()).then(|| names.join(","))
+        });
         let ts = boot_time + Duration::from_nanos(event.timestamp_ns);
         EventRecord {
             ts: humantime::format_rfc3339_millis(ts).to_string(),

@@ -98,6 +98,20 @@ impl HostTable {
             .collect()
     }
 
+    /// Names whose refresh time has come, marked as being resolved: they are not due again
+    /// until the minimum refresh has passed, so a lookup that never reports back is retried.
+    pub fn take_due(&mut self, now: Instant) -> Vec<String> {
+        let retry = now + self.policy.min_refresh;
+        self.hosts
+            .iter_mut()
+            .filter(|(_, s)| s.next_refresh <= now)
+            .map(|(name, state)| {
+                state.next_refresh = retry;
+                name.clone()
+            })
+            .collect()
+    }
+
     /// The next moment something happens: a refresh or an expiry.
     #[must_use]
     pub fn next_event(&self) -> Option<Instant> {
@@ -318,6 +332,20 @@ mod tests {
             t.due(now + POLICY.min_refresh).len(),
             1,
             "retried after the minimum refresh"
+        );
+    }
+
+    #[test]
+    fn names_taken_for_resolution_are_not_due_again_until_the_retry() {
+        let t0 = Instant::now();
+        let mut t = table(t0);
+        assert_eq!(t.take_due(t0), ["a.example.com"]);
+        assert!(t.take_due(t0).is_empty(), "in flight");
+        assert!(t.due(t0 + Duration::from_millis(9_999)).is_empty());
+        assert_eq!(
+            t.take_due(t0 + POLICY.min_refresh),
+            ["a.example.com"],
+            "a lookup that never came back is retried"
         );
     }
 

@@ -36,20 +36,26 @@ use ipnet::IpNet;
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{signal, SignalKind},
+    sync::{mpsc, watch},
+    task::JoinSet,
 };
 
 use self::{
     events::{Enricher, EventFormat},
     hosts::{Change, HostTable, RefreshPolicy},
     pins::{HookKind, PinDir},
-    state::State,
+    state::{DnsStats, State},
 };
 use crate::{
     compile,
+    dns::{
+        forwarder::MAX_IN_FLIGHT, learned::LearnedKey, DnsCounters, ForwarderConfig, LearnPolicy,
+        LearnRequest, LearnedTable, Listeners, NameMatcher,
+    },
     loader::{self, OBJECT},
     maps::PolicyMaps,
-    resolve::Resolver,
-    rules::{HostPattern, Rules},
+    resolve::{Answer, Resolver},
+    rules::{HostPattern, Rules, Service},
     table::{AllowTable, Grant, PortSpec},
 };
 
@@ -79,12 +85,26 @@ pub struct RunOptions {
     pub allow_self: bool,
     pub events_per_sec: u32,
     pub event_burst: u32,
+    /// The DNS forwarder, with `--dns-listen`.
+    pub dns: Option<DnsOptions>,
+}
+
+/// `--dns-listen` and the options that go with it.
+#[derive(Clone, Debug)]
+pub struct DnsOptions {
+    pub listen: Vec<SocketAddr>,
+    pub upstream: SocketAddr,
+    pub block_unlisted: bool,
+    pub learn: LearnPolicy,
 }
 
 /// How often the host's own addresses are read again.
 const SELF_ADDRESS_CHECK: Duration = Duration::from_secs(30);
 /// How often suppressed events are reported (when there were any).
 const SUPPRESSED_REPORT: Duration = Duration::from_secs(10);
+/// How often the state file is written when learned addresses or DNS counters changed: often
+/// enough for `stats` and `learned` to be current, rarely enough to cost nothing under load.
+const STATE_SAVE: Duration = Duration::from_secs(1);
 
 /// Runs the filter until SIGINT or SIGTERM.
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
@@ -107,10 +127,15 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let adopting = pins.has_pinned_maps();
     // A stop request while starting (resolution can take seconds) must not leave half a filter
     // behind: a fresh one is removed, an adopted one is left enforcing as it was.
+    // A DNS port in use must fail the start before anything is attached.
+    let listeners = match &opts.dns {
+        Some(dns) => Some(Listeners::bind(&dns.listen).await?),
+        None => None,
+    };
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let started = tokio::select! {
-        started = Daemon::start(opts, rules, pins.clone(), iface_names) => started,
+        started = Daemon::start(opts, rules, pins.clone(), iface_names, listeners) => started,
         _ = term.recv() => Err(anyhow::anyhow!("stopped while starting")),
         _ = int.recv() => Err(anyhow::anyhow!("stopped while starting")),
     };
@@ -140,6 +165,15 @@ struct Daemon {
     mode: Mode,
     maps: PolicyMaps,
     enricher: Arc<RwLock<Enricher>>,
+    /// Which services each DNS name belongs to, for the forwarder and for learning.
+    matcher: watch::Sender<Arc<NameMatcher>>,
+    learned: LearnedTable,
+    /// Bound at start, served once the policy is in place.
+    listeners: Option<Listeners>,
+    dns_counters: Arc<DnsCounters>,
+    /// Learned addresses changed since the state file was written.
+    state_dirty: bool,
+    last_saved_dns: Option<DnsStats>,
     /// Keeps the programs (and with them the links' fds) alive until the daemon stops.
     ebpf: Ebpf,
 }
@@ -152,6 +186,7 @@ impl Daemon {
         rules: Rules,
         pins: PinDir,
         iface_names: std::collections::BTreeMap<u32, String>,
+        listeners: Option<Listeners>,
     ) -> anyhow::Result<Self> {
         let adopting = pins.has_pinned_maps();
         if adopting {
@@ -162,15 +197,35 @@ impl Daemon {
         let now = Instant::now();
         tracing::info!("resolving {} hostnames", rules.exact_hosts().len());
         hosts.set_names(rules.exact_hosts(), now);
+        let matcher = Arc::new(NameMatcher::new(&rules));
+        let mut learned = LearnedTable::new(opts.dns.as_ref().map_or(
+            LearnPolicy {
+                min_ttl: Duration::ZERO,
+                grace: Duration::ZERO,
+                capacity: 0,
+            },
+            |dns| dns.learn,
+        ));
         if adopting {
-            // Keep what the last daemon had resolved until fresh answers replace it.
+            // Keep what the last daemon had resolved and learned until fresh answers replace
+            // it: the pinned maps still allow it, and clients still hold those answers.
             if let Ok(Some(state)) = State::load(&pins.state_file()) {
                 for (name, addrs) in &state.hosts {
                     hosts.seed(name, addrs, now + opts.refresh.grace);
                 }
+                let elapsed = State::now_secs().saturating_sub(state.written_at);
+                for mut view in state.learned {
+                    view.expires_in_secs = view.expires_in_secs.saturating_sub(elapsed);
+                    if view.expires_in_secs > 0
+                        && still_matches(&rules, &matcher, &view.service, &view.name)
+                    {
+                        learned.seed(now, &view);
+                    }
+                }
             }
         }
-        resolve_due(&resolver, &mut hosts).await;
+        let answers = resolve_now(&resolver, &mut hosts, now).await;
+        record_answers(&mut hosts, &answers);
         tracing::info!(
             "{} of {} hostnames have addresses",
             hosts.resolved().len(),
@@ -204,6 +259,12 @@ impl Daemon {
             mode,
             maps,
             enricher,
+            matcher: watch::Sender::new(matcher),
+            learned,
+            listeners,
+            dns_counters: Arc::new(DnsCounters::default()),
+            state_dirty: false,
+            last_saved_dns: None,
             ebpf,
         };
         daemon.apply_policy(true)?;
@@ -211,7 +272,7 @@ impl Daemon {
         Ok(daemon)
     }
 
-    /// Streams events and keeps the policy current until SIGINT or SIGTERM.
+    /// Streams events, answers DNS and keeps the policy current until SIGINT or SIGTERM.
     async fn serve(
         &mut self,
         term: &mut tokio::signal::unix::Signal,
@@ -227,9 +288,15 @@ impl Daemon {
             Arc::clone(&self.enricher),
             self.opts.events,
         ));
+        let (learn_tx, mut learn_rx) = mpsc::channel::<LearnRequest>(MAX_IN_FLIGHT);
+        // Dropping the set (when serve returns) stops the forwarder.
+        let _forwarder = self.start_forwarder(learn_tx);
+        // Lookups run beside the loop, so a slow resolver delays neither DNS answers nor signals.
+        let (resolved_tx, mut resolved_rx) = mpsc::channel(4);
         let mut hup = signal(SignalKind::hangup())?;
         let mut suppressed = SuppressedReporter::new(&self.ebpf);
         let mut report_tick = tokio::time::interval(SUPPRESSED_REPORT);
+        let mut state_tick = tokio::time::interval(STATE_SAVE);
         let mut next_self_check = Instant::now() + SELF_ADDRESS_CHECK;
         tracing::info!(
             "enforcing{}",
@@ -240,62 +307,225 @@ impl Daemon {
             }
         );
         loop {
-            let wake = self
-                .hosts
-                .next_event()
-                .map_or(next_self_check, |t| t.min(next_self_check));
+            let wake = [self.hosts.next_event(), self.learned.next_expiry()]
+                .into_iter()
+                .flatten()
+                .fold(next_self_check, Instant::min);
             let update = tokio::select! {
                 () = tokio::time::sleep_until(wake.into()) => {
-                    let mut changes = resolve_due(&self.resolver, &mut self.hosts).await;
-                    changes.extend(self.hosts.expire(Instant::now()));
-                    let mut full = false;
-                    if Instant::now() >= next_self_check {
-                        next_self_check = Instant::now() + SELF_ADDRESS_CHECK;
-                        full = self.reread_extra()?;
+                    let now = Instant::now();
+                    self.resolve_in_background(&resolved_tx, now);
+                    let hosts_gone = self.hosts.expire(now);
+                    let learned_gone = self.learned.expire(now);
+                    self.state_dirty |= !learned_gone.is_empty();
+                    if now >= next_self_check {
+                        next_self_check = now + SELF_ADDRESS_CHECK;
+                        if self.reread_extra()? {
+                            Update::Full
+                        } else {
+                            self.grant_changes(&hosts_gone, &[], &learned_gone)
+                        }
+                    } else {
+                        self.grant_changes(&hosts_gone, &[], &learned_gone)
                     }
-                    if full { Update::Full } else { Update::Hosts(changes) }
                 }
-                _ = hup.recv() => if self.reload().await? { Update::Full } else { Update::Hosts(Vec::new()) },
+                Some(answers) = resolved_rx.recv() => {
+                    let changes = record_answers(&mut self.hosts, &answers);
+                    self.grant_changes(&changes, &[], &[])
+                }
+                Some(request) = learn_rx.recv() => {
+                    let update = self.learn(&request);
+                    self.apply(update);
+                    // The answer may go to the client now: its addresses are in the maps.
+                    let _ = request.done.send(());
+                    Update::None
+                }
+                _ = hup.recv() => if self.reload() { Update::Full } else { Update::None },
                 _ = term.recv() => break,
                 _ = int.recv() => break,
                 _ = report_tick.tick() => {
                     suppressed.report();
-                    Update::Hosts(Vec::new())
+                    Update::None
+                }
+                _ = state_tick.tick() => {
+                    self.save_state_if_changed();
+                    Update::None
                 }
             };
-            let result = match update {
-                Update::Full => self.apply_policy(false),
-                Update::Hosts(changes) if changes.is_empty() => Ok(()),
-                Update::Hosts(changes) => self.apply_host_changes(&changes).or_else(|err| {
-                    tracing::warn!("in-place update failed ({err:#}); rebuilding the table");
-                    self.apply_policy(false)
-                }),
-            };
-            if let Err(err) = result {
-                tracing::error!("policy not updated, the running policy stays: {err:#}");
-            }
+            self.apply(update);
         }
+        self.save_state();
         reader.abort();
         Ok(())
     }
 
-    /// SIGHUP: reloads the rules; invalid rules leave everything as it is.
-    async fn reload(&mut self) -> anyhow::Result<bool> {
-        match Rules::load(&self.opts.rules) {
-            Ok(rules) => {
-                tracing::info!("reloaded rules: {} services", rules.services.len());
-                self.rules = rules;
-                self.hosts
-                    .set_names(self.rules.exact_hosts(), Instant::now());
-                resolve_due(&self.resolver, &mut self.hosts).await;
-                self.extra = ExtraAllowances::read(&self.opts, self.rules.services.len())?;
-                Ok(true)
+    /// Starts answering DNS, if asked to.
+    fn start_forwarder(&mut self, learn: mpsc::Sender<LearnRequest>) -> Option<JoinSet<()>> {
+        let listeners = self.listeners.take()?;
+        let dns = self.opts.dns.as_ref()?;
+        tracing::info!(
+            "answering DNS on {} (upstream {}{})",
+            listeners
+                .local_addresses()
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+            dns.upstream,
+            if dns.block_unlisted {
+                "; names no rule lists get NXDOMAIN"
+            } else {
+                ""
             }
-            Err(err) => {
-                tracing::error!("reload refused, the running policy stays: {err}");
-                Ok(false)
+        );
+        Some(listeners.serve(
+            ForwarderConfig {
+                upstream: dns.upstream,
+                block_unlisted: dns.block_unlisted,
+            },
+            self.matcher.subscribe(),
+            learn,
+            Arc::clone(&self.dns_counters),
+        ))
+    }
+
+    /// Sends the names that are due to the resolver; their answers come back on `results`.
+    fn resolve_in_background(&mut self, results: &mpsc::Sender<Answers>, now: Instant) {
+        let due = self.hosts.take_due(now);
+        if due.is_empty() {
+            return;
+        }
+        let (resolver, results) = (self.resolver.clone(), results.clone());
+        tokio::spawn(async move {
+            let names: Vec<&str> = due.iter().map(String::as_str).collect();
+            let _ = results.send(resolver.resolve_all(&names).await).await;
+        });
+    }
+
+    /// Takes in a DNS answer the forwarder is about to pass on: every address on it is opened
+    /// for every service a name on its chain belongs to. Returns what the maps need.
+    fn learn(&mut self, request: &LearnRequest) -> Update {
+        let now = Instant::now();
+        let matcher = Arc::clone(&self.matcher.borrow());
+        // Each service once, with the first name of the chain that matched it.
+        let mut services: Vec<(usize, &str)> = Vec::new();
+        for name in &request.learnable.chain {
+            for index in matcher.services(name) {
+                if !services.iter().any(|(i, _)| *i == index) {
+                    services.push((index, name));
+                }
             }
         }
+        let (mut added, mut removed) = (Vec::new(), Vec::new());
+        for (address, ttl) in &request.learnable.addresses {
+            for (index, name) in &services {
+                let key = (*address, self.rules.services[*index].name.clone());
+                let outcome = self.learned.learn(now, key, name, &request.question, *ttl);
+                added.extend(outcome.added);
+                removed.extend(outcome.evicted);
+            }
+        }
+        self.state_dirty = true;
+        self.grant_changes(&[], &added, &removed)
+    }
+
+    /// The grants that resolved or learned addresses add and remove.
+    fn grant_changes(
+        &self,
+        hosts: &[Change],
+        learned_added: &[LearnedKey],
+        learned_removed: &[LearnedKey],
+    ) -> Update {
+        let (mut add, mut remove) = (Vec::new(), Vec::new());
+        for change in hosts {
+            let pattern = HostPattern::Exact(change.name.clone());
+            for service in self
+                .rules
+                .services
+                .iter()
+                .filter(|s| s.hosts.contains(&pattern))
+            {
+                let grant = host_grant(service, change.address);
+                if change.added {
+                    add.push(grant);
+                } else {
+                    remove.push(grant);
+                }
+            }
+        }
+        for (keys, grants) in [(learned_added, &mut add), (learned_removed, &mut remove)] {
+            grants.extend(keys.iter().filter_map(|(address, service)| {
+                Some(host_grant(self.service_named(service)?, *address))
+            }));
+        }
+        if add.is_empty() && remove.is_empty() {
+            Update::None
+        } else {
+            Update::Grants {
+                add,
+                remove,
+                hosts_changed: !hosts.is_empty(),
+            }
+        }
+    }
+
+    fn service_named(&self, name: &str) -> Option<&Service> {
+        self.rules.services.iter().find(|s| s.name == name)
+    }
+
+    /// Writes an update to the maps; on failure the running policy stays and is logged.
+    fn apply(&mut self, update: Update) {
+        let result = match update {
+            Update::None => Ok(()),
+            Update::Full => self.apply_policy(false),
+            Update::Grants {
+                add,
+                remove,
+                hosts_changed,
+            } => self
+                .apply_grants(&add, &remove, hosts_changed)
+                .or_else(|err| {
+                    tracing::warn!("in-place update failed ({err:#}); rebuilding the table");
+                    self.apply_policy(false)
+                }),
+        };
+        if let Err(err) = result {
+            tracing::error!("policy not updated, the running policy stays: {err:#}");
+        }
+    }
+
+    /// SIGHUP: reloads the rules; invalid rules leave everything as it is. Returns whether the
+    /// rules changed. Learned addresses stay for names that still match their service.
+    fn reload(&mut self) -> bool {
+        let rules = match Rules::load(&self.opts.rules) {
+            Ok(rules) => rules,
+            Err(err) => {
+                tracing::error!("reload refused, the running policy stays: {err}");
+                return false;
+            }
+        };
+        let extra = match ExtraAllowances::read(&self.opts, rules.services.len()) {
+            Ok(extra) => extra,
+            Err(err) => {
+                tracing::error!("reload refused, the running policy stays: {err:#}");
+                return false;
+            }
+        };
+        tracing::info!("reloaded rules: {} services", rules.services.len());
+        let matcher = Arc::new(NameMatcher::new(&rules));
+        let forgotten = self
+            .learned
+            .retain(|service, name| still_matches(&rules, &matcher, service, name));
+        if forgotten > 0 {
+            tracing::info!("forgot {forgotten} learned addresses whose names no rule lists now");
+        }
+        // New names are due at once and resolve in the background.
+        self.hosts.set_names(rules.exact_hosts(), Instant::now());
+        self.rules = rules;
+        self.extra = extra;
+        self.matcher.send_replace(matcher);
+        self.state_dirty = true;
+        true
     }
 
     /// Reads the host's addresses again; returns whether they changed.
@@ -309,7 +539,7 @@ impl Daemon {
     /// Compiles the current rules, addresses and allowances and writes what differs.
     /// Logs the result when something changed, or always with `log_always` (at start).
     fn apply_policy(&mut self, log_always: bool) -> anyhow::Result<()> {
-        let table = build_table(&self.rules, &self.hosts, &self.extra)?;
+        let table = build_table(&self.rules, &self.hosts, &self.learned, &self.extra)?;
         let written = self.maps.apply(&table)?;
         if log_always || written != crate::maps::ApplyStats::default() {
             tracing::info!(
@@ -325,55 +555,70 @@ impl Daemon {
             e.table = table;
             e.service_names = service_names(&self.rules);
             e.hosts_by_address = self.hosts.names_by_address();
+            e.learned_names = self
+                .learned
+                .keys()
+                .filter_map(|(address, _)| Some((address, self.learned.names_for(address)?)))
+                .collect();
         }
         self.save_state();
         Ok(())
     }
 
-    /// Resolved addresses that came or went: only their host routes are recompiled and written
+    /// Addresses that came or went: only their host routes are recompiled and written
     /// (`AllowTable::update_hosts`, `PolicyMaps::apply_changes`), not the whole table.
-    fn apply_host_changes(&mut self, changes: &[Change]) -> anyhow::Result<()> {
-        let (mut add, mut remove) = (Vec::new(), Vec::new());
-        for change in changes {
-            let pattern = HostPattern::Exact(change.name.clone());
-            for service in self
-                .rules
-                .services
-                .iter()
-                .filter(|s| s.hosts.contains(&pattern))
-            {
-                let grant = Grant {
-                    prefix: IpNet::from(change.address),
-                    service: service.id,
-                    ports: service.ports.clone(),
-                };
-                if change.added {
-                    add.push(grant);
-                } else {
-                    remove.push(grant);
-                }
-            }
-        }
+    fn apply_grants(
+        &mut self,
+        add: &[Grant],
+        remove: &[Grant],
+        hosts_changed: bool,
+    ) -> anyhow::Result<()> {
         let mut enricher = self
             .enricher
             .write()
             .map_err(|_| anyhow::anyhow!("enricher lock poisoned"))?;
-        let touched = enricher.table.update_hosts(&add, &remove)?;
+        let touched = enricher.table.update_hosts(add, remove)?;
         let written = self.maps.apply_changes(&enricher.table, &touched)?;
-        enricher.hosts_by_address = self.hosts.names_by_address();
+        for grant in add.iter().chain(remove) {
+            let address = grant.prefix.addr();
+            match self.learned.names_for(address) {
+                Some(names) => enricher.learned_names.insert(address, names),
+                None => enricher.learned_names.remove(&address),
+            };
+        }
+        if hosts_changed {
+            enricher.hosts_by_address = self.hosts.names_by_address();
+        }
         drop(enricher);
-        if written != crate::maps::ApplyStats::default() {
+        if hosts_changed && written != crate::maps::ApplyStats::default() {
             tracing::info!(
                 "resolved addresses changed: {} prefixes written, {} removed",
                 written.prefixes_written,
                 written.prefixes_deleted
             );
+            self.save_state();
         }
-        self.save_state();
         Ok(())
     }
 
-    fn save_state(&self) {
+    /// Writes the state file if learned addresses or DNS counters changed since last time.
+    fn save_state_if_changed(&mut self) {
+        let dns = self.dns_stats();
+        if self.state_dirty || dns != self.last_saved_dns {
+            self.save_state();
+        }
+    }
+
+    fn dns_stats(&self) -> Option<DnsStats> {
+        self.opts.dns.as_ref().map(|_| DnsStats {
+            forwarder: self.dns_counters.values(),
+            learning: self.learned.counters(),
+            learned_now: self.learned.len(),
+        })
+    }
+
+    fn save_state(&mut self) {
+        let dns = self.dns_stats();
         let saved = State {
             services: service_names(&self.rules),
             hosts: self.hosts.resolved(),
@@ -383,9 +628,17 @@ impl Daemon {
             } else {
                 "enforce".into()
             },
+            learned: self.learned.views(Instant::now()),
+            dns,
         };
-        if let Err(err) = saved.save(&self.pins.state_file()) {
-            tracing::warn!("cannot save state (stats will lack service names): {err:#}");
+        match saved.save(&self.pins.state_file()) {
+            Ok(()) => {
+                self.state_dirty = false;
+                self.last_saved_dns = dns;
+            }
+            Err(err) => {
+                tracing::warn!("cannot save state (stats will lack service names): {err:#}");
+            }
         }
     }
 }
@@ -507,7 +760,11 @@ impl ExtraAllowances {
             (false, Some(server)) => vec![server.ip()],
             (false, None) => system_resolvers(),
         };
+        if let (false, Some(dns)) = (opts.tc.is_empty(), &opts.dns) {
+            resolvers.push(dns.upstream.ip());
+        }
         resolvers.sort();
+        resolvers.dedup();
         let own_service = u16::try_from(services).context("too many services")?;
         Ok(Self {
             own,
@@ -549,32 +806,65 @@ fn system_resolvers() -> Vec<IpAddr> {
 fn build_table(
     rules: &Rules,
     hosts: &HostTable,
+    learned: &LearnedTable,
     extra: &ExtraAllowances,
 ) -> anyhow::Result<AllowTable> {
     let mut grants = compile::grants(rules, &hosts.resolved());
+    grants.extend(learned.keys().filter_map(|(address, service)| {
+        let service = rules.services.iter().find(|s| s.name == service)?;
+        Some(host_grant(service, address))
+    }));
     grants.extend(extra.grants());
     Ok(AllowTable::build(&grants)?)
 }
 
-/// What a wake-up asks of the maps.
-enum Update {
-    /// Recompile everything (rules or the host's own addresses changed).
-    Full,
-    /// Only these resolved addresses came or went.
-    Hosts(Vec<Change>),
+/// A host route to `address` with `service`'s ports.
+fn host_grant(service: &Service, address: IpAddr) -> Grant {
+    Grant {
+        prefix: IpNet::from(address),
+        service: service.id,
+        ports: service.ports.clone(),
+    }
 }
 
-/// Resolves every name that is due. Returns the addresses that came.
-async fn resolve_due(resolver: &Resolver, hosts: &mut HostTable) -> Vec<Change> {
-    let due = hosts.due(Instant::now());
-    if due.is_empty() {
-        return Vec::new();
-    }
+/// Whether a learned entry may stay under `rules`: its service still exists and its name still
+/// matches that service.
+fn still_matches(rules: &Rules, matcher: &NameMatcher, service: &str, name: &str) -> bool {
+    matcher
+        .services(name)
+        .iter()
+        .any(|i| rules.services[*i].name == service)
+}
+
+/// What a wake-up asks of the maps.
+enum Update {
+    None,
+    /// Recompile everything (rules or the host's own addresses changed).
+    Full,
+    /// Only these host routes came or went.
+    Grants {
+        add: Vec<Grant>,
+        remove: Vec<Grant>,
+        /// Whether polled names changed (their addresses name events).
+        hosts_changed: bool,
+    },
+}
+
+/// A batch of lookups' outcomes, by name.
+type Answers = std::collections::BTreeMap<String, Result<Answer, String>>;
+
+/// Resolves every name that is due, waiting for the answers (at start).
+async fn resolve_now(resolver: &Resolver, hosts: &mut HostTable, now: Instant) -> Answers {
+    let due = hosts.take_due(now);
     let names: Vec<&str> = due.iter().map(String::as_str).collect();
-    let answers = resolver.resolve_all(&names).await;
+    resolver.resolve_all(&names).await
+}
+
+/// Takes in a batch of lookups. Returns the addresses that came.
+fn record_answers(hosts: &mut HostTable, answers: &Answers) -> Vec<Change> {
     let now = Instant::now();
     let mut changed = Vec::new();
-    for (name, answer) in &answers {
+    for (name, answer) in answers {
         changed.extend(hosts.record(name, answer, now));
     }
     let failed: Vec<(&String, &String)> = answers

@@ -11,6 +11,8 @@ use std::{
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
+use crate::dns::{DnsCounterValues, LearnCounters, LearnedView};
+
 #[derive(Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct State {
     /// Service names by id (the index of their kernel counters).
@@ -20,6 +22,22 @@ pub struct State {
     /// Seconds since the epoch when this was written.
     pub written_at: u64,
     pub mode: String,
+    /// What the DNS forwarder learned, as of `written_at` (absent without `--dns-listen`).
+    #[serde(default)]
+    pub learned: Vec<LearnedView>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsStats>,
+}
+
+/// The forwarder's counters and the learned table's, as `stats` shows them.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DnsStats {
+    #[serde(flatten)]
+    pub forwarder: DnsCounterValues,
+    #[serde(flatten)]
+    pub learning: LearnCounters,
+    /// Entries in the learned table now.
+    pub learned_now: usize,
 }
 
 impl State {

@@ -7,7 +7,11 @@ use aya::maps::{Map, MapData, PerCpuArray};
 use filter_common::{maps as names, EventCounter, PacketCount, Reason};
 use serde::Serialize;
 
-use super::{pins::PinDir, state::State};
+use super::{
+    pins::PinDir,
+    state::{DnsStats, State},
+};
+use crate::dns::LearnedView;
 
 #[derive(Debug, Serialize)]
 pub struct Stats {
@@ -15,6 +19,9 @@ pub struct Stats {
     pub reasons: Vec<ReasonStat>,
     pub services: Vec<ServiceStat>,
     pub events: EventStats,
+    /// The DNS forwarder's counters, when it runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsStats>,
 }
 
 #[derive(Debug, Serialize)]
@@ -106,7 +113,35 @@ pub fn read(pins: &PinDir) -> anyhow::Result<Stats> {
             rate_limited: event(EventCounter::RateLimited)?,
             ring_full: event(EventCounter::RingFull)?,
         },
+        dns: state.dns,
     })
+}
+
+/// What the running daemon's forwarder has learned, as of now (the state file is at most a
+/// second old; its ages and expiries are moved on by the time since it was written).
+pub fn learned(pins: &PinDir) -> anyhow::Result<Vec<LearnedView>> {
+    let state = State::load(&pins.state_file())?.with_context(|| {
+        format!(
+            "no filter runs with --pin-path {} (no state file)",
+            pins.root().display()
+        )
+    })?;
+    anyhow::ensure!(
+        state.dns.is_some(),
+        "the filter at {} does not answer DNS (run it with --dns-listen)",
+        pins.root().display()
+    );
+    let elapsed = State::now_secs().saturating_sub(state.written_at);
+    Ok(state
+        .learned
+        .into_iter()
+        .filter(|l| l.expires_in_secs > elapsed)
+        .map(|mut l| {
+            l.age_secs += elapsed;
+            l.expires_in_secs -= elapsed;
+            l
+        })
+        .collect())
 }
 
 impl Stats {
@@ -133,6 +168,27 @@ impl Stats {
             "\nevents: {} sent, {} suppressed by the rate limit, {} lost to a full ring",
             self.events.emitted, self.events.rate_limited, self.events.ring_full
         );
+        if let Some(dns) = &self.dns {
+            let (f, l) = (&dns.forwarder, &dns.learning);
+            let _ = writeln!(
+                out,
+                "\ndns: {} queries answered, {} matched a rule; {} addresses learned, {} renewed, \
+                 {} expired, {} evicted, {} held now",
+                f.queries, f.matched, l.learned, l.renewed, l.expired, l.evicted, dns.learned_now
+            );
+            let _ = writeln!(
+                out,
+                "     {} refused (unlisted), {} malformed, {} upstream failures, {} overloaded, \
+                 {} retried over TCP, {} stray upstream datagrams, {} answered before learning",
+                f.refused,
+                f.malformed,
+                f.servfail,
+                f.overloaded,
+                f.tcp_retries,
+                f.mismatched,
+                f.late
+            );
+        }
         out
     }
 }

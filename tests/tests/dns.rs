@@ -1,0 +1,290 @@
+//! DNS awareness end to end: the client's resolver is the gateway, the gateway's daemon forwards
+//! to a real dnsmasq on the simulated internet and opens what the answers say, before the client
+//! sees them. Needs root and the setup's packages (iproute2, netcat-openbsd, dnsmasq).
+
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use filter_tests::{
+    daemon::{binary, Daemon},
+    dns::DnsServer,
+    lab::{eventually, Lab, RulesDir, DNS_V4, WEB_A_V4, WEB_B_V4},
+};
+
+/// `*.cdn.example.test` (any depth) and one exact name, both on 443.
+const RULES: &str = r#"
+[[service]]
+name = "lab-cdn"
+source = "test"
+hosts = ["*.cdn.example.test"]
+tcp = [443]
+
+[[service]]
+name = "lab-portal"
+source = "test"
+hosts = ["portal.mdm.example.test"]
+tcp = [443]
+"#;
+
+/// The simulated internet's DNS: every name below cdn.example.test is WEB_A (a wildcard), the
+/// portal is a CNAME to a name no rule lists, and tracker.example.net is WEB_B.
+struct Upstream {
+    _server: DnsServer,
+    hosts_file: std::path::PathBuf,
+}
+
+impl Upstream {
+    fn start(lab: &Lab, ttl: u32) -> anyhow::Result<Self> {
+        let hosts_file = std::env::temp_dir().join(format!("ef-dns-hosts-{}", lab.id));
+        std::fs::write(
+            &hosts_file,
+            format!("{WEB_B_V4} edge.unlisted.test\n{WEB_B_V4} tracker.example.net\n"),
+        )?;
+        let server = DnsServer::start_with_options(
+            &hosts_file,
+            ttl,
+            format!("{DNS_V4}:53").parse()?,
+            &lab.inet.name,
+            &[
+                format!("--address=/cdn.example.test/{WEB_A_V4}"),
+                "--cname=portal.mdm.example.test,edge.unlisted.test".into(),
+            ],
+        )?;
+        Ok(Self {
+            _server: server,
+            hosts_file,
+        })
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        let _removed = std::fs::remove_file(&self.hosts_file);
+    }
+}
+
+/// The gateway with XDP on its LAN side answering the LAN's DNS.
+fn gateway(lab: &Lab, rules: &RulesDir, extra: &[&str]) -> anyhow::Result<Daemon> {
+    lab.client.use_resolver("10.77.0.1")?;
+    let upstream = format!("{DNS_V4}:53");
+    let mut args = vec![
+        "--rules",
+        rules.path(),
+        "--xdp",
+        &lab.gw_lan,
+        "--events",
+        "json",
+        "--dns-listen",
+        "10.77.0.1:53",
+        "--dns-upstream",
+        &upstream,
+    ];
+    args.extend_from_slice(extra);
+    let daemon = Daemon::start(&lab.gw.name, &lab.pin_path(), &args)?;
+    daemon.wait_for_log("answering DNS on 10.77.0.1:53", Duration::from_secs(5))?;
+    Ok(daemon)
+}
+
+/// Resolves `name` in the client namespace and connects to it on `port` (IPv4): the name is
+/// looked up through the gateway and the connection starts right after the answer. Returns
+/// whether it connected and how long the whole took.
+fn resolve_and_connect(lab: &Lab, name: &str, port: u16) -> (bool, Duration) {
+    let started = Instant::now();
+    let connected = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.client.name,
+            "nc",
+            "-4",
+            "-z",
+            "-w",
+            "3",
+        ])
+        .args([name, &port.to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    (connected, started.elapsed())
+}
+
+/// The addresses `name` resolves to in the client namespace (empty when it does not resolve).
+fn resolve(lab: &Lab, name: &str) -> Vec<String> {
+    lab.client
+        .exec(&["getent", "ahostsv4", name])
+        .map(|out| {
+            let mut addrs: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+                .collect();
+            addrs.dedup();
+            addrs
+        })
+        .unwrap_or_default()
+}
+
+/// `egress-filter VERB --pin-path PIN --json`, parsed.
+fn query(lab: &Lab, verb: &str) -> anyhow::Result<serde_json::Value> {
+    let out = Command::new(binary()?)
+        .args([verb, "--pin-path", &lab.pin_path(), "--json"])
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{verb}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// Waits (bounded: the state file is written every second) until `learned` lists an entry
+/// `matching`, and returns it.
+fn learned_entry(
+    lab: &Lab,
+    matching: impl Fn(&serde_json::Value) -> bool,
+) -> anyhow::Result<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let learned = query(lab, "learned")?;
+        if let Some(entry) = learned
+            .as_array()
+            .and_then(|a| a.iter().find(|e| matching(e)))
+        {
+            return Ok(entry.clone());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "not learned: {learned}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_wildcard_name_is_learned_before_the_client_connects_and_expires_after_ttl_plus_grace(
+) -> anyhow::Result<()> {
+    let lab = Lab::new(&[443, 8080])?;
+    let _upstream = Upstream::start(&lab, 1)?;
+    let rules = RulesDir::new(&lab, RULES)?;
+    let daemon = gateway(&lab, &rules, &["--dns-min-ttl", "1", "--grace", "2"])?;
+
+    // Two labels below the wildcard's suffix: any depth matches.
+    let name = "device-7.eu.cdn.example.test";
+    let (connected, took) = resolve_and_connect(&lab, name, 443);
+    eprintln!(
+        "resolve through the gateway + TCP connect: {} ms",
+        took.as_millis()
+    );
+    assert!(
+        connected,
+        "the learned address is allowed; logs:\n{}",
+        daemon.logs().join("\n")
+    );
+    // A dropped first SYN is retransmitted after 1 s: well under that, none was dropped.
+    assert!(
+        took < Duration::from_millis(800),
+        "took {took:?}: the first SYN was dropped?"
+    );
+    assert!(
+        !daemon
+            .events()
+            .iter()
+            .any(|e| e.contains(WEB_A_V4) && e.contains("\"dport\":443")),
+        "no drop on the way: {:?}",
+        daemon.events()
+    );
+
+    // What DNS taught is visible, and names the host in drop events.
+    let entry = learned_entry(&lab, |e| e["address"] == WEB_A_V4)?;
+    assert_eq!(entry["service"], "lab-cdn");
+    assert_eq!(entry["name"], name);
+    assert!(
+        !lab.client.connects(WEB_A_V4, 8080, 1),
+        "only the service's port"
+    );
+    let event = daemon.wait_for_event(|l| l.contains("\"dport\":8080"), Duration::from_secs(3))?;
+    let event: serde_json::Value = serde_json::from_str(&event)?;
+    assert_eq!(event["host"], name, "{event}");
+    assert_eq!(event["reason"], "port-not-allowed");
+    let stats = query(&lab, "stats")?;
+    let dns = &stats["dns"];
+    assert!(
+        dns["queries"].as_u64() >= Some(1)
+            && dns["matched"].as_u64() >= Some(1)
+            && dns["learned"].as_u64() >= Some(1),
+        "{stats}"
+    );
+
+    // TTL 1 s + grace 2 s: blocked again soon after.
+    assert!(
+        eventually(Duration::from_secs(8), || !lab
+            .client
+            .connects(WEB_A_V4, 443, 1)),
+        "blocked again after TTL plus grace"
+    );
+    let stats = query(&lab, "stats")?;
+    assert!(stats["dns"]["expired"].as_u64() >= Some(1), "{stats}");
+    Ok(())
+}
+
+#[test]
+fn a_cname_chain_to_an_unlisted_name_is_allowed_because_the_question_matched() -> anyhow::Result<()>
+{
+    let lab = Lab::new(&[443])?;
+    let _upstream = Upstream::start(&lab, 60)?;
+    let rules = RulesDir::new(&lab, RULES)?;
+    let daemon = gateway(&lab, &rules, &[])?;
+    assert!(
+        !lab.client.connects(WEB_B_V4, 443, 1),
+        "not allowed before the name is asked"
+    );
+    let (connected, took) = resolve_and_connect(&lab, "portal.mdm.example.test", 443);
+    assert!(connected && took < Duration::from_millis(800), "{took:?}");
+    let entry = learned_entry(&lab, |e| e["address"] == WEB_B_V4)?;
+    assert_eq!(entry["service"], "lab-portal");
+    assert_eq!(entry["name"], "portal.mdm.example.test");
+
+    // A reload that keeps the name keeps what was learned; one that drops it forgets it.
+    daemon.signal("HUP")?;
+    daemon.wait_for_log("reloaded rules", Duration::from_secs(5))?;
+    assert!(lab.client.connects(WEB_B_V4, 443, 2), "survives SIGHUP");
+    std::fs::write(
+        rules.0.join("lab.toml"),
+        RULES.replace("portal.mdm.example.test", "other.mdm.example.test"),
+    )?;
+    daemon.signal("HUP")?;
+    daemon.wait_for_log("forgot 1 learned addresses", Duration::from_secs(5))?;
+    assert!(
+        eventually(Duration::from_secs(3), || !lab
+            .client
+            .connects(WEB_B_V4, 443, 1)),
+        "a name no rule lists any more is closed"
+    );
+    Ok(())
+}
+
+#[test]
+fn with_block_unlisted_other_names_get_nxdomain_and_stay_blocked() -> anyhow::Result<()> {
+    let lab = Lab::new(&[443])?;
+    let _upstream = Upstream::start(&lab, 60)?;
+    let rules = RulesDir::new(&lab, RULES)?;
+    let daemon = gateway(&lab, &rules, &["--dns-block-unlisted"])?;
+    assert_eq!(
+        resolve(&lab, "tracker.example.net"),
+        Vec::<String>::new(),
+        "refused"
+    );
+    assert!(!lab.client.connects(WEB_B_V4, 443, 1), "and not opened");
+    assert_eq!(
+        resolve(&lab, "a.cdn.example.test"),
+        [WEB_A_V4],
+        "listed names still resolve"
+    );
+    let stats = query(&lab, "stats")?;
+    assert!(stats["dns"]["refused"].as_u64() >= Some(1), "{stats}");
+    drop(daemon);
+
+    // Without the flag the name resolves, and its address is still not opened.
+    let daemon = gateway(&lab, &rules, &[])?;
+    assert_eq!(resolve(&lab, "tracker.example.net"), [WEB_B_V4]);
+    assert!(!lab.client.connects(WEB_B_V4, 443, 1), "unlisted: blocked");
+    drop(daemon);
+    Ok(())
+}
