@@ -379,10 +379,7 @@ impl Daemon {
             }
         );
         Some(listeners.serve(
-            ForwarderConfig {
-                upstream: dns.upstream,
-                block_unlisted: dns.block_unlisted,
-            },
+            ForwarderConfig::new(dns.upstream, dns.block_unlisted),
             self.matcher.subscribe(),
             learn,
             Arc::clone(&self.dns_counters),

@@ -45,12 +45,27 @@ pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(3);
 /// (counted as late): the client's connection may be dropped, but its DNS keeps working.
 pub const LEARN_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Where to listen and whom to ask.
+/// Whom to ask, and how.
 #[derive(Clone, Debug)]
 pub struct ForwarderConfig {
     pub upstream: SocketAddr,
     /// Answer NXDOMAIN to questions no rule's host matches.
     pub block_unlisted: bool,
+    pub upstream_timeout: Duration,
+    pub max_in_flight: usize,
+}
+
+impl ForwarderConfig {
+    /// The defaults: [`UPSTREAM_TIMEOUT`], [`MAX_IN_FLIGHT`].
+    #[must_use]
+    pub fn new(upstream: SocketAddr, block_unlisted: bool) -> Self {
+        Self {
+            upstream,
+            block_unlisted,
+            upstream_timeout: UPSTREAM_TIMEOUT,
+            max_in_flight: MAX_IN_FLIGHT,
+        }
+    }
 }
 
 /// An answer's names and addresses, for the daemon to open before the answer goes out.
@@ -136,16 +151,17 @@ impl Listeners {
         };
         for address in addresses {
             let hint = "is another DNS server (dnsmasq, systemd-resolved) listening there?";
-            listeners.udp.push(
-                UdpSocket::bind(address)
-                    .await
-                    .with_context(|| format!("cannot listen for DNS on udp {address} ({hint})"))?,
-            );
+            let udp = UdpSocket::bind(address)
+                .await
+                .with_context(|| format!("cannot listen for DNS on udp {address} ({hint})"))?;
+            // TCP on the very port UDP got (the same, unless the port asked for was 0).
+            let bound = udp.local_addr()?;
             listeners.tcp.push(
-                TcpListener::bind(address)
+                TcpListener::bind(bound)
                     .await
-                    .with_context(|| format!("cannot listen for DNS on tcp {address} ({hint})"))?,
+                    .with_context(|| format!("cannot listen for DNS on tcp {bound} ({hint})"))?,
             );
+            listeners.udp.push(udp);
         }
         Ok(listeners)
     }
@@ -169,11 +185,11 @@ impl Listeners {
         counters: Arc<DnsCounters>,
     ) -> JoinSet<()> {
         let forwarder = Arc::new(Forwarder {
+            in_flight: Semaphore::new(config.max_in_flight),
             config,
             matcher,
             learn,
             counters,
-            in_flight: Semaphore::new(MAX_IN_FLIGHT),
             tcp_clients: Arc::new(Semaphore::new(MAX_TCP_CLIENTS)),
         });
         let mut tasks = JoinSet::new();
@@ -337,7 +353,7 @@ impl Forwarder {
         let id: u16 = rand::random();
         let wire = query.upstream_bytes(id).map_err(anyhow::Error::msg)?;
         if transport == Transport::Udp {
-            let answer = timeout(UPSTREAM_TIMEOUT, self.ask_udp(query, id, &wire))
+            let answer = timeout(self.config.upstream_timeout, self.ask_udp(query, id, &wire))
                 .await
                 .context("timed out")??;
             if !answer.metadata.truncation {
@@ -345,7 +361,7 @@ impl Forwarder {
             }
             DnsCounters::bump(&self.counters.tcp_retries);
         }
-        timeout(UPSTREAM_TIMEOUT, self.ask_tcp(query, id, &wire))
+        timeout(self.config.upstream_timeout, self.ask_tcp(query, id, &wire))
             .await
             .context("timed out over TCP")?
     }
@@ -404,3 +420,7 @@ fn unspecified(peer: SocketAddr) -> SocketAddr {
         SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
     }
 }
+
+#[cfg(test)]
+#[path = "forwarder_tests.rs"]
+mod tests;
