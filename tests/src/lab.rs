@@ -342,8 +342,8 @@ impl Drop for RulesDir {
 
 /// Polls `check` every 200 ms until it holds or `timeout` passes.
 pub fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = std::time::Instant::now() + timeout;
-    while std::time::Instant::now() < deadline {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
         if check() {
             return true;
         }

@@ -3,23 +3,26 @@
 
 use crate::{cargo, release_binary, run_cmd, workspace_root};
 
-pub fn run() -> anyhow::Result<()> {
+pub fn run(only: Option<&str>) -> anyhow::Result<()> {
     let binary = release_binary()?;
+    let mut cmd = cargo();
+    cmd.args([
+        "run",
+        "--locked",
+        "--release",
+        "--package",
+        "filter-tests",
+        "--bin",
+        "bench",
+        "--",
+    ])
+    .arg("--egress-filter")
+    .arg(&binary);
+    if let Some(part) = only {
+        return run_cmd(cmd.args(["--only", part]));
+    }
     run_cmd(
-        cargo()
-            .args([
-                "run",
-                "--locked",
-                "--release",
-                "--package",
-                "filter-tests",
-                "--bin",
-                "bench",
-                "--",
-            ])
-            .arg("--egress-filter")
-            .arg(&binary)
-            .arg("--out")
+        cmd.arg("--out")
             .arg(workspace_root().join("BENCHMARKS.md"))
             .args(["--command", "cargo xtask bench"]),
     )

@@ -29,7 +29,11 @@ enum Command {
     Demo,
     /// Measure the datapath and the daemon against a trivial program and nftables; writes
     /// BENCHMARKS.md.
-    Bench,
+    Bench {
+        /// Measure only this part and print it, leaving BENCHMARKS.md alone (`dns`).
+        #[arg(long, value_name = "PART")]
+        only: Option<String>,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -37,7 +41,7 @@ fn main() -> std::process::ExitCode {
         Command::Setup => setup::run(),
         Command::Test => setup::run().and_then(|()| test::run()),
         Command::Demo => setup::run().and_then(|()| demo::run()),
-        Command::Bench => setup::run().and_then(|()| bench::run()),
+        Command::Bench { only } => setup::run().and_then(|()| bench::run(only.as_deref())),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

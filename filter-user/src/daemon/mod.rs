@@ -13,7 +13,10 @@ use std::{
     io::Write as _,
     net::{IpAddr, SocketAddr},
     path::PathBuf,
-    sync::{Arc, RwLock},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, RwLock,
+    },
     time::{Duration, Instant},
 };
 
@@ -171,6 +174,8 @@ struct Daemon {
     /// Bound at start, served once the policy is in place.
     listeners: Option<Listeners>,
     dns_counters: Arc<DnsCounters>,
+    /// Bumped whenever learned entries may go before their time (see `dns::forwarder`).
+    learned_epoch: Arc<AtomicU64>,
     /// Learned addresses changed since the state file was written.
     state_dirty: bool,
     last_saved_dns: Option<DnsStats>,
@@ -263,6 +268,7 @@ impl Daemon {
             learned,
             listeners,
             dns_counters: Arc::new(DnsCounters::default()),
+            learned_epoch: Arc::default(),
             state_dirty: false,
             last_saved_dns: None,
             ebpf,
@@ -335,9 +341,9 @@ impl Daemon {
                 }
                 Some(request) = learn_rx.recv() => {
                     let update = self.learn(&request);
-                    self.apply(update);
+                    let written = self.apply(update);
                     // The answer may go to the client now: its addresses are in the maps.
-                    let _ = request.done.send(());
+                    let _ = request.done.send(written);
                     Update::None
                 }
                 _ = hup.recv() => if self.reload() { Update::Full } else { Update::None },
@@ -379,10 +385,15 @@ impl Daemon {
             }
         );
         Some(listeners.serve(
-            ForwarderConfig::new(dns.upstream, dns.block_unlisted),
+            ForwarderConfig {
+                min_ttl: dns.learn.min_ttl,
+                grace: dns.learn.grace,
+                ..ForwarderConfig::new(dns.upstream, dns.block_unlisted)
+            },
             self.matcher.subscribe(),
             learn,
             Arc::clone(&self.dns_counters),
+            Arc::clone(&self.learned_epoch),
         ))
     }
 
@@ -419,7 +430,11 @@ impl Daemon {
                 let key = (*address, self.rules.services[*index].name.clone());
                 let outcome = self.learned.learn(now, key, name, &request.question, *ttl);
                 added.extend(outcome.added);
-                removed.extend(outcome.evicted);
+                if !outcome.evicted.is_empty() {
+                    // Entries went before their time: what the forwarder knows open is void.
+                    self.learned_epoch.fetch_add(1, Ordering::Release);
+                    removed.extend(outcome.evicted);
+                }
             }
         }
         self.state_dirty = true;
@@ -471,7 +486,8 @@ impl Daemon {
     }
 
     /// Writes an update to the maps; on failure the running policy stays and is logged.
-    fn apply(&mut self, update: Update) {
+    /// Returns whether the update is in the maps.
+    fn apply(&mut self, update: Update) -> bool {
         let result = match update {
             Update::None => Ok(()),
             Update::Full => self.apply_policy(false),
@@ -486,9 +502,10 @@ impl Daemon {
                     self.apply_policy(false)
                 }),
         };
-        if let Err(err) = result {
+        if let Err(err) = &result {
             tracing::error!("policy not updated, the running policy stays: {err:#}");
         }
+        result.is_ok()
     }
 
     /// SIGHUP: reloads the rules; invalid rules leave everything as it is. Returns whether the
@@ -513,6 +530,7 @@ impl Daemon {
         let forgotten = self
             .learned
             .retain(|service, name| still_matches(&rules, &matcher, service, name));
+        self.learned_epoch.fetch_add(1, Ordering::Release);
         if forgotten > 0 {
             tracing::info!("forgot {forgotten} learned addresses whose names no rule lists now");
         }

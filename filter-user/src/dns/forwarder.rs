@@ -5,14 +5,23 @@
 //! Bounds: at most [`MAX_IN_FLIGHT`] queries wait on the upstream at once (past that, SERVFAIL
 //! at once rather than queueing), at most [`MAX_TCP_CLIENTS`] TCP connections, each closed
 //! after [`TCP_IDLE`] of silence.
+//!
+//! An answer with listed names waits until the daemon confirms its addresses are in the maps.
+//! Asked again (the common case: devices re-resolve the same few names all day), it need not:
+//! the forwarder remembers, per (question, address), until when the confirmed entry is sure to
+//! stay ([`OpenAddresses`]). If that outlasts the new answer's TTL (the daemon keeps entries a
+//! grace period past it), nothing is to be done; if not, the answer still goes at once and the
+//! daemon is asked to extend the entry. Whatever can remove an entry early (eviction at capacity,
+//! a reload) bumps the daemon's epoch, which voids everything remembered under the old one.
 
 use std::{
-    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
@@ -53,10 +62,14 @@ pub struct ForwarderConfig {
     pub block_unlisted: bool,
     pub upstream_timeout: Duration,
     pub max_in_flight: usize,
+    /// The daemon's floor on learned TTLs (`--dns-min-ttl`).
+    pub min_ttl: Duration,
+    /// How long the daemon keeps learned entries past their TTL (`--grace`).
+    pub grace: Duration,
 }
 
 impl ForwarderConfig {
-    /// The defaults: [`UPSTREAM_TIMEOUT`], [`MAX_IN_FLIGHT`].
+    /// The defaults: [`UPSTREAM_TIMEOUT`], [`MAX_IN_FLIGHT`], no TTL floor.
     #[must_use]
     pub fn new(upstream: SocketAddr, block_unlisted: bool) -> Self {
         Self {
@@ -64,6 +77,8 @@ impl ForwarderConfig {
             block_unlisted,
             upstream_timeout: UPSTREAM_TIMEOUT,
             max_in_flight: MAX_IN_FLIGHT,
+            min_ttl: Duration::ZERO,
+            grace: Duration::ZERO,
         }
     }
 }
@@ -73,8 +88,87 @@ impl ForwarderConfig {
 pub struct LearnRequest {
     pub question: String,
     pub learnable: Learnable,
-    /// Dropped or answered once the maps hold the addresses.
-    pub done: oneshot::Sender<()>,
+    /// Answered `true` once the maps hold the addresses, `false` if writing them failed.
+    pub done: oneshot::Sender<bool>,
+}
+
+/// An entry about to expire is not counted on: the renewal sent with the answer might reach the
+/// daemon after the entry went.
+const RENEWAL_MARGIN: Duration = Duration::from_secs(2);
+
+/// Most (question, address) pairs [`OpenAddresses`] remembers; past it, it starts over.
+const MAX_REMEMBERED: usize = 65_536;
+
+/// Until when each (question, address) the daemon confirmed is sure to stay open, under which
+/// epoch of the daemon.
+#[derive(Debug, Default)]
+struct OpenAddresses {
+    entries: std::sync::Mutex<HashMap<(String, IpAddr), (Instant, u64)>>,
+}
+
+/// What [`OpenAddresses::check`] knows of an answer's addresses.
+#[derive(Debug, PartialEq, Eq)]
+enum Known {
+    /// Open, and staying open at least as long as a client may keep this answer.
+    Covered,
+    /// Open now, but the entries should be extended for this answer.
+    OpenNow,
+    /// Not known open: the daemon must confirm before the answer goes.
+    Unknown,
+}
+
+impl OpenAddresses {
+    /// What is known of `addresses` for `question` at `now` under `epoch`. The daemon keeps
+    /// each entry `grace` past the until remembered here.
+    fn check(
+        &self,
+        question: &str,
+        addresses: &[(IpAddr, u32)],
+        now: Instant,
+        epoch: u64,
+        min_ttl: Duration,
+        grace: Duration,
+    ) -> Known {
+        let Ok(entries) = self.entries.lock() else {
+            return Known::Unknown;
+        };
+        let mut known = Known::Covered;
+        for (address, ttl) in addresses {
+            let Some((until, at)) = entries.get(&(question.to_owned(), *address)) else {
+                return Known::Unknown;
+            };
+            // Open until `until + grace`, less the time a renewal needs to reach the daemon.
+            if *at != epoch || now + RENEWAL_MARGIN >= *until + grace {
+                return Known::Unknown;
+            }
+            if now + Duration::from_secs(u64::from(*ttl)).max(min_ttl) > *until + grace {
+                known = Known::OpenNow;
+            }
+        }
+        known
+    }
+
+    /// Remembers a confirmation the daemon gave for a request sent at `sent`: each entry lives
+    /// at least its TTL raised to `min_ttl` from then, and the daemon's grace beyond.
+    fn confirmed(
+        &self,
+        question: &str,
+        addresses: &[(IpAddr, u32)],
+        sent: Instant,
+        min_ttl: Duration,
+        epoch: u64,
+    ) {
+        let Ok(mut entries) = self.entries.lock() else {
+            return;
+        };
+        if entries.len() + addresses.len() > MAX_REMEMBERED {
+            entries.clear();
+        }
+        for (address, ttl) in addresses {
+            let until = sent + Duration::from_secs(u64::from(*ttl)).max(min_ttl);
+            entries.insert((question.to_owned(), *address), (until, epoch));
+        }
+    }
 }
 
 /// What the forwarder has done since it started.
@@ -89,6 +183,7 @@ pub struct DnsCounters {
     tcp_retries: AtomicU64,
     mismatched: AtomicU64,
     late: AtomicU64,
+    already_open: AtomicU64,
 }
 
 /// [`DnsCounters`] read at one moment, as `stats` shows them.
@@ -112,6 +207,10 @@ pub struct DnsCounterValues {
     pub mismatched: u64,
     /// Answers sent before the daemon confirmed their addresses were in the maps.
     pub late: u64,
+    /// Listed answers whose addresses were known open already (sent without waiting for the
+    /// daemon).
+    #[serde(default)]
+    pub already_open: u64,
 }
 
 impl DnsCounters {
@@ -132,6 +231,7 @@ impl DnsCounters {
             tcp_retries: read(&self.tcp_retries),
             mismatched: read(&self.mismatched),
             late: read(&self.late),
+            already_open: read(&self.already_open),
         }
     }
 }
@@ -175,7 +275,8 @@ impl Listeners {
             .collect()
     }
 
-    /// Serves until the returned set is dropped or aborted.
+    /// Serves until the returned set is dropped or aborted. `epoch` is bumped by the daemon
+    /// whenever learned entries may go before their time (eviction, reload).
     #[must_use]
     pub fn serve(
         self,
@@ -183,8 +284,11 @@ impl Listeners {
         matcher: watch::Receiver<Arc<NameMatcher>>,
         learn: mpsc::Sender<LearnRequest>,
         counters: Arc<DnsCounters>,
+        epoch: Arc<AtomicU64>,
     ) -> JoinSet<()> {
         let forwarder = Arc::new(Forwarder {
+            open: Arc::default(),
+            epoch,
             in_flight: Semaphore::new(config.max_in_flight),
             config,
             matcher,
@@ -210,6 +314,8 @@ enum Transport {
 }
 
 struct Forwarder {
+    open: Arc<OpenAddresses>,
+    epoch: Arc<AtomicU64>,
     config: ForwarderConfig,
     matcher: watch::Receiver<Arc<NameMatcher>>,
     learn: mpsc::Sender<LearnRequest>,
@@ -327,20 +433,57 @@ impl Forwarder {
         )
     }
 
-    /// Hands the answer's addresses to the daemon and waits until they are in the maps.
+    /// Hands the answer's addresses to the daemon and waits until they are in the maps, unless
+    /// the daemon already confirmed them for this question and they are sure to stay open: then
+    /// it only asks the daemon to extend them.
     async fn open_before_answering(&self, question: &str, learnable: Learnable) {
+        let sent = Instant::now();
+        let epoch = self.epoch.load(Ordering::Acquire);
+        let known = self.open.check(
+            question,
+            &learnable.addresses,
+            sent,
+            epoch,
+            self.config.min_ttl,
+            self.config.grace,
+        );
+        if known == Known::Covered {
+            DnsCounters::bump(&self.counters.already_open);
+            return;
+        }
         let (done, confirmed) = oneshot::channel();
+        let addresses = learnable.addresses.clone();
         let request = LearnRequest {
             question: question.to_owned(),
             learnable,
             done,
         };
+        if known == Known::OpenNow {
+            DnsCounters::bump(&self.counters.already_open);
+            // Best effort: a full queue only means the next answer asks again.
+            if self.learn.try_send(request).is_ok() {
+                let (open, question, min_ttl) = (
+                    Arc::clone(&self.open),
+                    question.to_owned(),
+                    self.config.min_ttl,
+                );
+                tokio::spawn(async move {
+                    if let Ok(Ok(true)) = timeout(LEARN_TIMEOUT, confirmed).await {
+                        open.confirmed(&question, &addresses, sent, min_ttl, epoch);
+                    }
+                });
+            }
+            return;
+        }
         let confirmed = timeout(LEARN_TIMEOUT, async {
             self.learn.send(request).await.ok()?;
             confirmed.await.ok()
         })
         .await;
-        if !matches!(confirmed, Ok(Some(()))) {
+        if confirmed == Ok(Some(true)) {
+            self.open
+                .confirmed(question, &addresses, sent, self.config.min_ttl, epoch);
+        } else {
             DnsCounters::bump(&self.counters.late);
         }
     }
@@ -377,7 +520,10 @@ impl Forwarder {
         let socket = UdpSocket::bind(unspecified(self.config.upstream)).await?;
         socket.connect(self.config.upstream).await?;
         socket.send(wire).await?;
-        let mut buffer = vec![0u8; usize::from(u16::MAX)];
+        // The upstream answers within the payload size the query advertises (512 without EDNS),
+        // or sets TC. One byte more shows an answer that broke that rule: it is cut short,
+        // fails to parse, and is ignored like any stray datagram.
+        let mut buffer = vec![0u8; query.udp_limit() + 1];
         loop {
             let len = socket.recv(&mut buffer).await?;
             match query.check_answer(id, &buffer[..len]) {

@@ -106,6 +106,7 @@ type Learned = Arc<Mutex<Vec<(Learnable, Instant)>>>;
 struct Harness {
     addr: SocketAddr,
     counters: Arc<DnsCounters>,
+    epoch: Arc<AtomicU64>,
     learned: Learned,
     _tasks: JoinSet<()>,
     _matcher: watch::Sender<Arc<NameMatcher>>,
@@ -129,7 +130,7 @@ async fn forwarder(config: ForwarderConfig, ack_delay: Duration) -> Harness {
                 .lock()
                 .unwrap()
                 .push((request.learnable, Instant::now()));
-            let _ = request.done.send(());
+            let _ = request.done.send(true);
         }
     });
     let listeners = Listeners::bind(&["127.0.0.1:0".parse().unwrap()])
@@ -137,10 +138,18 @@ async fn forwarder(config: ForwarderConfig, ack_delay: Duration) -> Harness {
         .unwrap();
     let addr = listeners.local_addresses()[0];
     let counters = Arc::new(DnsCounters::default());
-    let tasks = listeners.serve(config, matcher_rx, learn_tx, Arc::clone(&counters));
+    let epoch = Arc::new(AtomicU64::new(0));
+    let tasks = listeners.serve(
+        config,
+        matcher_rx,
+        learn_tx,
+        Arc::clone(&counters),
+        Arc::clone(&epoch),
+    );
     Harness {
         addr,
         counters,
+        epoch,
         learned,
         _tasks: tasks,
         _matcher: matcher,
@@ -211,6 +220,35 @@ async fn listed_answers_reach_the_maps_before_the_client() {
     assert_eq!(f.learned.lock().unwrap().len(), 1, "and teach nothing");
     let counters = f.counters.values();
     assert_eq!((counters.queries, counters.matched), (2, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn addresses_confirmed_open_are_not_waited_for_again_until_the_epoch_moves() {
+    let upstream = stub().await;
+    let delay = Duration::from_millis(300);
+    let f = forwarder(ForwarderConfig::new(upstream.addr, false), delay).await;
+    let timed = |id| async move {
+        let started = Instant::now();
+        ask_udp(f.addr, &query("again.listed.test.", id)).await;
+        started.elapsed()
+    };
+    assert!(
+        timed(1).await >= delay,
+        "the first answer waits for the daemon"
+    );
+    assert!(
+        timed(2).await < delay,
+        "the second does not: the address is open for 60 s"
+    );
+    assert_eq!(f.counters.values().already_open, 1);
+    // The daemon still hears of it, to extend the entry.
+    tokio::time::sleep(delay * 2).await;
+    assert_eq!(f.learned.lock().unwrap().len(), 2);
+    f.epoch.fetch_add(1, Ordering::Release);
+    assert!(
+        timed(3).await >= delay,
+        "after an eviction or reload it waits again"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -332,5 +370,47 @@ async fn random_and_mangled_datagrams_never_stop_the_forwarder() {
         (reply.metadata.id, reply.answers.len()),
         (1, 1),
         "still answering"
+    );
+}
+
+#[test]
+fn what_is_known_open_follows_ttl_grace_and_epoch() {
+    let open = OpenAddresses::default();
+    let t0 = Instant::now();
+    let a: IpAddr = "192.0.2.1".parse().unwrap();
+    let (ttl, min_ttl, grace) = (60, Duration::from_secs(30), Duration::from_mins(2));
+    let check =
+        |now, ttl, epoch| open.check("q.listed.test", &[(a, ttl)], now, epoch, min_ttl, grace);
+    assert_eq!(check(t0, ttl, 0), Known::Unknown, "never confirmed");
+    open.confirmed("q.listed.test", &[(a, ttl)], t0, min_ttl, 0);
+    assert_eq!(
+        check(t0 + Duration::from_secs(100), ttl, 0),
+        Known::Covered,
+        "100 + 60 ≤ 60 + 120"
+    );
+    assert_eq!(
+        check(t0 + Duration::from_secs(121), ttl, 0),
+        Known::OpenNow,
+        "181 > 180: extend"
+    );
+    assert_eq!(
+        check(t0 + Duration::from_secs(10), 0, 0),
+        Known::Covered,
+        "a zero TTL counts as min_ttl"
+    );
+    assert_eq!(
+        check(t0 + Duration::from_secs(179), ttl, 0),
+        Known::Unknown,
+        "too close to its end (until + grace) to count on"
+    );
+    assert_eq!(
+        check(t0 + Duration::from_secs(1), ttl, 1),
+        Known::Unknown,
+        "another epoch"
+    );
+    assert_eq!(
+        open.check("other.listed.test", &[(a, ttl)], t0, 0, min_ttl, grace),
+        Known::Unknown,
+        "per question"
     );
 }

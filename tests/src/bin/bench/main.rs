@@ -5,6 +5,7 @@
     reason = "nanosecond and packet counts become f64 only for reporting ratios and rates"
 )]
 
+mod dns;
 mod per_packet;
 mod prefixes;
 mod throughput;
@@ -45,18 +46,26 @@ struct Args {
     binary: PathBuf,
     out: PathBuf,
     command: String,
+    /// `--only dns`: just the DNS forwarder, printed, BENCHMARKS.md left alone.
+    only_dns: bool,
 }
 
 fn args() -> anyhow::Result<Args> {
     let mut binary = None;
     let mut out = PathBuf::from("BENCHMARKS.md");
     let mut command = "cargo xtask bench".to_owned();
+    let mut only_dns = false;
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--egress-filter" => binary = it.next().map(PathBuf::from),
             "--out" => out = it.next().map(PathBuf::from).context("--out needs a path")?,
             "--command" => command = it.next().context("--command needs text")?,
+            "--only" => {
+                let part = it.next().context("--only needs a part")?;
+                anyhow::ensure!(part == "dns", "--only knows one part: dns");
+                only_dns = true;
+            }
             other => {
                 anyhow::bail!("unknown argument {other}; use --egress-filter PATH [--out FILE]")
             }
@@ -66,11 +75,16 @@ fn args() -> anyhow::Result<Args> {
         binary: binary.context("--egress-filter PATH is required")?,
         out,
         command,
+        only_dns,
     })
 }
 
 fn main() -> anyhow::Result<()> {
     let args = args()?;
+    if args.only_dns {
+        print!("{}", dns::table(&dns::measure(&args.binary)?));
+        return Ok(());
+    }
     let mut report = String::new();
     let _ = writeln!(report, "# Benchmarks\n\n{}\n", machine(&args.command));
 
@@ -108,6 +122,9 @@ fn main() -> anyhow::Result<()> {
     // 3: throughput through a veth pair.
     let throughput = throughput::measure(&args.binary, THROUGHPUT_SECONDS)?;
     let _ = writeln!(report, "{}", throughput_table(&throughput));
+
+    // 4: the DNS forwarder.
+    let _ = writeln!(report, "{}", dns::table(&dns::measure(&args.binary)?));
 
     let _ = writeln!(report, "{GAPS}");
     print!("{report}");

@@ -474,7 +474,7 @@ fn xdp_md(ingress_ifindex: u32, frame_len: usize) -> anyhow::Result<[u8; 24]> {
 }
 
 /// Moves the calling thread (only it) into the network namespace `/run/netns/NAME`.
-fn enter_netns(name: &str) -> anyhow::Result<()> {
+pub fn enter_netns(name: &str) -> anyhow::Result<()> {
     let path = format!("/run/netns/{name}");
     let ns = File::open(&path).with_context(|| format!("cannot open {path}"))?;
     // Safety: `ns` is an open namespace file for the duration of the call; setns changes only
