@@ -1,10 +1,11 @@
 //! `cargo xtask demo`: egress-filter on a gateway in a lab of network namespaces, with the
 //! shipped rules, a real DNS server on the simulated internet, allowed and blocked traffic, the
-//! live drop events and the final counters. Everything it creates is removed at the end, also
-//! when a step fails.
+//! live drop events, a wildcard name learned from the client's own DNS answer, and the final
+//! counters. Everything it creates is removed at the end, also when a step fails.
 //!
 //! ```text
-//!  client ──(lan)── gateway: egress-filter, XDP on lan ──(wan)── internet: dnsmasq + listeners
+//!  client ──(lan)── gateway: egress-filter, XDP on lan, ──(wan)── internet: dnsmasq + listeners
+//!  (resolver: the gateway)   DNS forwarder on 10.77.0.1:53
 //! ```
 
 use std::{
@@ -35,6 +36,14 @@ const ATTEMPTS: &[(&str, &str, u16, bool)] = &[
     ("tracker.example.net", "198.51.100.66", 443, false),
     ("(no name)", "203.0.113.99", 443, false),
 ];
+/// Every name below this (a `*.mzstatic.com` rule in rules/apple.toml) answers this address:
+/// polling cannot know it, the DNS forwarder learns it from the client's own lookup.
+const WILDCARD_DOMAIN: (&str, &str) = ("mzstatic.com", "198.51.100.14");
+/// (name the client resolves through the gateway, port, expected to pass)
+const LOOKUPS: &[(&str, u16, bool)] = &[
+    ("is1-ssl.mzstatic.com", 443, true),
+    ("tracker.example.net", 443, false),
+];
 
 pub fn run() -> anyhow::Result<()> {
     let binary = release_binary()?;
@@ -56,6 +65,10 @@ impl DemoLab {
 
     fn pin_path(&self) -> String {
         format!("/sys/fs/bpf/ef-demo-{}", self.id)
+    }
+
+    fn client_etc(&self) -> std::path::PathBuf {
+        std::path::Path::new("/etc/netns").join(self.ns("client"))
     }
 
     fn exec(&self, role: &str, args: &[&str]) -> anyhow::Result<()> {
@@ -142,6 +155,7 @@ impl DemoLab {
             "198.51.100.11",
             "198.51.100.12",
             "198.51.100.13",
+            "198.51.100.14",
             "198.51.100.66",
             "203.0.113.53",
             "203.0.113.99",
@@ -185,12 +199,27 @@ impl DemoLab {
                 .iter()
                 .map(|(name, addr)| format!("--host-record={name},{addr}")),
         );
+        dnsmasq.push(format!(
+            "--address=/{}/{}",
+            WILDCARD_DOMAIN.0, WILDCARD_DOMAIN.1
+        ));
         let dnsmasq: Vec<&str> = dnsmasq.iter().map(String::as_str).collect();
         self.spawn("inet", &dnsmasq)?;
         for (_, addr, port, _) in ATTEMPTS {
             self.spawn("inet", &["nc", "-lk", "-n", addr, &port.to_string()])?;
         }
-        println!("   the internet side runs dnsmasq on 203.0.113.53 answering {} names, and TCP listeners", DNS_RECORDS.len());
+        self.spawn("inet", &["nc", "-lk", "-n", WILDCARD_DOMAIN.1, "443"])?;
+        println!(
+            "   the internet side runs dnsmasq on 203.0.113.53 answering {} names and everything \
+             under {}, and TCP listeners",
+            DNS_RECORDS.len(),
+            WILDCARD_DOMAIN.0
+        );
+        // `ip netns exec` shows the client this resolv.conf: its resolver is the gateway.
+        let etc = self.client_etc();
+        std::fs::create_dir_all(&etc)?;
+        std::fs::write(etc.join("resolv.conf"), "nameserver 10.77.0.1\n")?;
+        println!("   the client's resolver is the gateway, 10.77.0.1 (as DHCP option 6 would set)");
         Ok(())
     }
 
@@ -209,6 +238,10 @@ impl DemoLab {
                 "--xdp",
                 &lan,
                 "--resolver",
+                "203.0.113.53:53",
+                "--dns-listen",
+                "10.77.0.1:53",
+                "--dns-upstream",
                 "203.0.113.53:53",
                 "--pin-path",
                 &self.pin_path(),
@@ -268,6 +301,11 @@ impl DemoLab {
                 // Let the event line print before the next attempt.
                 std::thread::sleep(Duration::from_millis(300));
             }
+            self.look_up_and_connect(&mut wrong);
+            println!("\n== egress-filter learned (what the client's DNS answers opened)");
+            // The state file behind it is written every second.
+            std::thread::sleep(Duration::from_millis(1_200));
+            run_cmd(Command::new(binary).args(["learned", "--pin-path", &self.pin_path()]))?;
             println!("\n== egress-filter stats");
             run_cmd(Command::new(binary).args(["stats", "--pin-path", &self.pin_path()]))?;
             if !wrong.is_empty() {
@@ -290,6 +328,29 @@ impl DemoLab {
         println!("\n== done: every connection got the verdict the shipped rules give it");
         Ok(())
     }
+
+    /// The client resolves names through the gateway's forwarder and connects at once.
+    fn look_up_and_connect(&self, wrong: &mut Vec<String>) {
+        println!("\n== the client looks names up through the gateway, then connects");
+        for (name, port, expect) in LOOKUPS {
+            let started = Instant::now();
+            let ok = Command::new("ip")
+                .args(["netns", "exec", &self.ns("client"), "nc", "-z", "-w", "2"])
+                .args([*name, &port.to_string()])
+                .status()
+                .is_ok_and(|s| s.success());
+            println!(
+                "   {name:<26} {:>15}:{port:<5} {}  ({} ms, lookup included)",
+                "(via DNS)",
+                if ok { "connected" } else { "blocked  " },
+                started.elapsed().as_millis()
+            );
+            if ok != *expect {
+                wrong.push(format!("{name}:{port} (looked up)"));
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
 }
 
 impl Drop for DemoLab {
@@ -298,6 +359,7 @@ impl Drop for DemoLab {
             let _killed = child.kill();
             let _reaped = child.wait();
         }
+        let _removed = std::fs::remove_dir_all(self.client_etc());
         for role in ["client", "gw", "inet"] {
             let _deleted = Command::new("ip")
                 .args(["netns", "del", &self.ns(role)])
