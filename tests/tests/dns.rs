@@ -281,10 +281,15 @@ fn with_block_unlisted_other_names_get_nxdomain_and_stay_blocked() -> anyhow::Re
     assert!(stats["dns"]["refused"].as_u64() >= Some(1), "{stats}");
     drop(daemon);
 
-    // Without the flag the name resolves, and its address is still not opened.
+    // Without the flag the name resolves, and its address is still not opened; the drop event
+    // says which name the device looked up.
     let daemon = gateway(&lab, &rules, &[])?;
     assert_eq!(resolve(&lab, "tracker.example.net"), [WEB_B_V4]);
     assert!(!lab.client.connects(WEB_B_V4, 443, 1), "unlisted: blocked");
+    let event = daemon.wait_for_event(|l| l.contains(WEB_B_V4), Duration::from_secs(3))?;
+    let event: serde_json::Value = serde_json::from_str(&event)?;
+    assert_eq!(event["host"], "tracker.example.net", "{event}");
+    assert_eq!(event["reason"], "no-service");
     drop(daemon);
     Ok(())
 }

@@ -4,13 +4,14 @@ use std::{
     collections::{BTreeMap, HashMap},
     fmt::Write as _,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
 use filter_common::{event::Action, DropEvent, Hook, Reason};
 use serde::Serialize;
 
-use crate::table::AllowTable;
+use crate::{dns::SeenNames, table::AllowTable};
 
 /// How events are printed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -53,6 +54,8 @@ pub struct Enricher {
     pub hosts_by_address: BTreeMap<IpAddr, Vec<String>>,
     /// Names clients' DNS answers were learned from, by address.
     pub learned_names: HashMap<IpAddr, String>,
+    /// Names clients looked up through the forwarder, listed or not, by address.
+    pub seen: Arc<SeenNames>,
     pub iface_names: BTreeMap<u32, String>,
 }
 
@@ -86,7 +89,11 @@ impl Enricher {
                 .map(String::as_str)
                 .collect();
             names.extend(self.learned_names.get(&d).map(String::as_str));
-            (!names.is_empty()).then(|| names.join(","))
+            if names.is_empty() {
+                // Not a listed name's address: still say what the device looked up.
+                return self.seen.name(d);
+            }
+            Some(names.join(","))
         });
         let ts = boot_time + Duration::from_nanos(event.timestamp_ns);
         EventRecord {

@@ -384,17 +384,23 @@ impl Daemon {
                 ""
             }
         );
-        Some(listeners.serve(
-            ForwarderConfig {
-                min_ttl: dns.learn.min_ttl,
-                grace: dns.learn.grace,
-                ..ForwarderConfig::new(dns.upstream, dns.block_unlisted)
-            },
-            self.matcher.subscribe(),
-            learn,
-            Arc::clone(&self.dns_counters),
-            Arc::clone(&self.learned_epoch),
-        ))
+        Some(
+            listeners.serve(
+                ForwarderConfig {
+                    min_ttl: dns.learn.min_ttl,
+                    grace: dns.learn.grace,
+                    ..ForwarderConfig::new(dns.upstream, dns.block_unlisted)
+                },
+                self.matcher.subscribe(),
+                learn,
+                Arc::clone(&self.dns_counters),
+                Arc::clone(&self.learned_epoch),
+                self.enricher
+                    .read()
+                    .map(|e| Arc::clone(&e.seen))
+                    .unwrap_or_default(),
+            ),
+        )
     }
 
     /// Sends the names that are due to the resolver; their answers come back on `results`.

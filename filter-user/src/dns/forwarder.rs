@@ -38,6 +38,7 @@ use tokio::{
 use super::{
     message::{self, Incoming, Learnable},
     names::NameMatcher,
+    seen::SeenNames,
 };
 
 /// Queries waiting on the upstream at once.
@@ -285,8 +286,10 @@ impl Listeners {
         learn: mpsc::Sender<LearnRequest>,
         counters: Arc<DnsCounters>,
         epoch: Arc<AtomicU64>,
+        seen: Arc<SeenNames>,
     ) -> JoinSet<()> {
         let forwarder = Arc::new(Forwarder {
+            seen,
             open: Arc::default(),
             epoch,
             in_flight: Semaphore::new(config.max_in_flight),
@@ -314,6 +317,7 @@ enum Transport {
 }
 
 struct Forwarder {
+    seen: Arc<SeenNames>,
     open: Arc<OpenAddresses>,
     epoch: Arc<AtomicU64>,
     config: ForwarderConfig,
@@ -416,6 +420,8 @@ impl Forwarder {
             }
         };
         let learnable = message::learnable(&query, &answer);
+        self.seen
+            .record(&query.name, learnable.addresses.iter().map(|(a, _)| *a));
         if learnable.chain.iter().any(|name| matcher.matches_any(name)) {
             DnsCounters::bump(&self.counters.matched);
             if !learnable.addresses.is_empty() {

@@ -145,6 +145,7 @@ async fn forwarder(config: ForwarderConfig, ack_delay: Duration) -> Harness {
         learn_tx,
         Arc::clone(&counters),
         Arc::clone(&epoch),
+        Arc::default(),
     );
     Harness {
         addr,

@@ -9,15 +9,18 @@
 //! - [`names`]: which services a name belongs to (exact, expansions, `*.` at any depth);
 //! - [`message`]: message handling without sockets (checks, chains, replies), via hickory-proto;
 //! - [`learned`]: the bounded table of learned addresses and their expiry;
-//! - [`forwarder`]: the UDP and TCP listeners and the upstream queries.
+//! - [`forwarder`]: the UDP and TCP listeners and the upstream queries;
+//! - [`seen`]: the names clients looked up, by address, to name the host in drop events.
 
 pub mod forwarder;
 pub mod learned;
 pub mod message;
 pub mod names;
+pub mod seen;
 
 pub use self::{
     forwarder::{DnsCounterValues, DnsCounters, ForwarderConfig, LearnRequest, Listeners},
     learned::{LearnCounters, LearnPolicy, LearnedTable, LearnedView},
     names::NameMatcher,
+    seen::SeenNames,
 };
