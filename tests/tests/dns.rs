@@ -240,6 +240,25 @@ fn a_cname_chain_to_an_unlisted_name_is_allowed_because_the_question_matched() -
     let entry = learned_entry(&lab, |e| e["address"] == WEB_B_V4)?;
     assert_eq!(entry["service"], "lab-portal");
     assert_eq!(entry["name"], "portal.mdm.example.test");
+    // `show --resolve` lists it too, beside what polling resolves.
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", lab.gw.name))
+        .arg(binary()?)
+        .args(["show", "--rules", rules.path(), "--resolve", "--json"])
+        .args([
+            "--resolver",
+            &format!("{DNS_V4}:53"),
+            "--pin-path",
+            &lab.pin_path(),
+        ])
+        .output()?;
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert!(
+        shown["learned"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|e| e["address"] == WEB_B_V4)),
+        "{shown}"
+    );
 
     // A reload that keeps the name keeps what was learned; one that drops it forgets it.
     daemon.signal("HUP")?;
