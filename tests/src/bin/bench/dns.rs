@@ -318,21 +318,9 @@ impl Setup {
             .stderr(Stdio::piped())
             .spawn()
             .context("cannot start egress-filter")?;
-        let stderr = child.stderr.take().context("stderr")?;
+        let ready = crate::stderr_line(&mut child, "answering DNS")?;
         setup.daemon = Some(child);
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead as _;
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if line.contains("answering DNS") {
-                    let _sent = tx.send(());
-                }
-            }
-        });
-        if rx.recv_timeout(Duration::from_secs(30)).is_err() {
+        if ready.recv_timeout(Duration::from_secs(30)).is_err() {
             bail!("the daemon did not start answering DNS");
         }
         // The forwarder starts with the serve loop, a moment after the log line.

@@ -140,6 +140,31 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Reads a child's stderr on a thread; the receiver gets a message when a line contains
+/// `needle` (the daemon's "enforcing", "answering DNS").
+fn stderr_line(
+    child: &mut std::process::Child,
+    needle: &'static str,
+) -> anyhow::Result<std::sync::mpsc::Receiver<()>> {
+    use std::io::BufRead as _;
+    let stderr = child
+        .stderr
+        .take()
+        .context("the child's stderr is not piped")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains(needle) {
+                let _sent = tx.send(());
+            }
+        }
+    });
+    Ok(rx)
+}
+
 fn machine(command: &str) -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()

@@ -136,20 +136,7 @@ pub fn daemon_memory(binary: &Path, count: usize) -> anyhow::Result<(u64, u64)> 
         .stderr(Stdio::piped())
         .spawn()
         .context("cannot start egress-filter")?;
-    let stderr = child.stderr.take().context("stderr")?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead as _;
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if line.contains("enforcing") {
-                let _sent = tx.send(());
-            }
-        }
-    });
-    let ready = rx.recv_timeout(Duration::from_mins(2));
+    let ready = crate::stderr_line(&mut child, "enforcing")?.recv_timeout(Duration::from_mins(2));
     let status =
         std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
     let _term = Command::new("kill")
