@@ -13,7 +13,7 @@ use filter_tests::{
     lab::{eventually, Lab, RulesDir, DNS_V4, WEB_A_V4, WEB_B_V4},
 };
 
-/// `*.cdn.example.test` (any depth) and one exact name, both on 443.
+/// Two wildcards, both on 443: polling resolves neither, only answers teach them.
 const RULES: &str = r#"
 [[service]]
 name = "lab-cdn"
@@ -24,7 +24,7 @@ tcp = [443]
 [[service]]
 name = "lab-portal"
 source = "test"
-hosts = ["portal.mdm.example.test"]
+hosts = ["*.mdm.example.test"]
 tcp = [443]
 "#;
 
@@ -79,6 +79,9 @@ fn gateway(lab: &Lab, rules: &RulesDir, extra: &[&str]) -> anyhow::Result<Daemon
         "--dns-listen",
         "10.77.0.1:53",
         "--dns-upstream",
+        &upstream,
+        // Polling asks the same server (else the host's resolver, unreachable from the lab).
+        "--resolver",
         &upstream,
     ];
     args.extend_from_slice(extra);
@@ -260,13 +263,30 @@ fn a_cname_chain_to_an_unlisted_name_is_allowed_because_the_question_matched() -
         "{shown}"
     );
 
+    // kill -9 keeps it open (the pinned maps enforce on); a restart adopts the maps and takes
+    // back what was learned from the state file, so it removes nothing.
+    daemon.signal("KILL")?;
+    daemon.wait_exit(Duration::from_secs(5))?;
+    assert!(lab.client.connects(WEB_B_V4, 443, 2), "open after kill -9");
+    let daemon = gateway(&lab, &rules, &[])?;
+    assert!(
+        daemon.logs().iter().any(|l| l.contains("0 removed)")),
+        "{:?}",
+        daemon.logs()
+    );
+    assert!(
+        lab.client.connects(WEB_B_V4, 443, 2),
+        "open after the restart"
+    );
+    learned_entry(&lab, |e| e["address"] == WEB_B_V4)?;
+
     // A reload that keeps the name keeps what was learned; one that drops it forgets it.
     daemon.signal("HUP")?;
     daemon.wait_for_log("reloaded rules", Duration::from_secs(5))?;
     assert!(lab.client.connects(WEB_B_V4, 443, 2), "survives SIGHUP");
     std::fs::write(
         rules.0.join("lab.toml"),
-        RULES.replace("portal.mdm.example.test", "other.mdm.example.test"),
+        RULES.replace("*.mdm.example.test", "other.mdm.example.test"),
     )?;
     daemon.signal("HUP")?;
     daemon.wait_for_log("forgot 1 learned addresses", Duration::from_secs(5))?;

@@ -219,7 +219,8 @@ impl Daemon {
                     hosts.seed(name, addrs, now + opts.refresh.grace);
                 }
                 let elapsed = State::now_secs().saturating_sub(state.written_at);
-                for mut view in state.learned {
+                let learning = opts.dns.is_some();
+                for mut view in state.learned.into_iter().filter(|_| learning) {
                     view.expires_in_secs = view.expires_in_secs.saturating_sub(elapsed);
                     if view.expires_in_secs > 0
                         && still_matches(&rules, &matcher, &view.service, &view.name)
