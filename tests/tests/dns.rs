@@ -29,7 +29,8 @@ tcp = [443]
 "#;
 
 /// The simulated internet's DNS: every name below cdn.example.test is WEB_A (a wildcard), the
-/// portal is a CNAME to a name no rule lists, and tracker.example.net is WEB_B.
+/// portal is a CNAME to a name no rule lists, tracker.example.net is WEB_B, and one and two
+/// below mdm.example.test are WEB_A and WEB_B.
 struct Upstream {
     _server: DnsServer,
     hosts_file: std::path::PathBuf,
@@ -40,7 +41,10 @@ impl Upstream {
         let hosts_file = std::env::temp_dir().join(format!("ef-dns-hosts-{}", lab.id));
         std::fs::write(
             &hosts_file,
-            format!("{WEB_B_V4} edge.unlisted.test\n{WEB_B_V4} tracker.example.net\n"),
+            format!(
+                "{WEB_B_V4} edge.unlisted.test\n{WEB_B_V4} tracker.example.net\n\
+                 {WEB_A_V4} one.mdm.example.test\n{WEB_B_V4} two.mdm.example.test\n"
+            ),
         )?;
         let server = DnsServer::start_with_options(
             &hosts_file,
@@ -330,5 +334,25 @@ fn with_block_unlisted_other_names_get_nxdomain_and_stay_blocked() -> anyhow::Re
     assert_eq!(event["host"], "tracker.example.net", "{event}");
     assert_eq!(event["reason"], "no-service");
     drop(daemon);
+    Ok(())
+}
+
+#[test]
+fn past_its_bound_the_learned_table_closes_the_oldest_address_first() -> anyhow::Result<()> {
+    let lab = Lab::new(&[443])?;
+    let _upstream = Upstream::start(&lab, 60)?;
+    let rules = RulesDir::new(&lab, RULES)?;
+    let _daemon = gateway(&lab, &rules, &["--dns-max-learned", "1"])?;
+    assert!(resolve_and_connect(&lab, "one.mdm.example.test", 443).0);
+    assert!(resolve_and_connect(&lab, "two.mdm.example.test", 443).0);
+    assert!(
+        !lab.client.connects(WEB_A_V4, 443, 1),
+        "the first learned address was evicted, and closed"
+    );
+    assert!(lab.client.connects(WEB_B_V4, 443, 2), "the newest stays");
+    learned_entry(&lab, |e| e["address"] == WEB_B_V4)?;
+    let stats = query(&lab, "stats")?;
+    assert_eq!(stats["dns"]["evicted"], 1, "{stats}");
+    assert_eq!(stats["dns"]["learned_now"], 1, "{stats}");
     Ok(())
 }
