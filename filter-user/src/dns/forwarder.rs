@@ -36,6 +36,7 @@ use tokio::{
 };
 
 use super::{
+    learned::ttl_hold,
     message::{self, Incoming, Learnable},
     names::NameMatcher,
     seen::SeenNames,
@@ -142,7 +143,7 @@ impl OpenAddresses {
             if *at != epoch || now + RENEWAL_MARGIN >= *until + grace {
                 return Known::Unknown;
             }
-            if now + Duration::from_secs(u64::from(*ttl)).max(min_ttl) > *until + grace {
+            if now + ttl_hold(*ttl, min_ttl) > *until + grace {
                 known = Known::OpenNow;
             }
         }
@@ -166,7 +167,7 @@ impl OpenAddresses {
             entries.clear();
         }
         for (address, ttl) in addresses {
-            let until = sent + Duration::from_secs(u64::from(*ttl)).max(min_ttl);
+            let until = sent + ttl_hold(*ttl, min_ttl);
             entries.insert((question.to_owned(), *address), (until, epoch));
         }
     }

@@ -25,6 +25,17 @@ pub struct LearnPolicy {
     pub capacity: usize,
 }
 
+/// TTLs above this count as this: like a caching resolver's cap, it keeps a broken or hostile
+/// upstream's TTL of years from opening an address for years.
+pub const MAX_TTL: Duration = Duration::from_hours(24);
+
+/// How long an answer with `ttl` keeps its addresses, before the grace period: the TTL within
+/// `min_ttl` and [`MAX_TTL`].
+#[must_use]
+pub fn ttl_hold(ttl: u32, min_ttl: Duration) -> Duration {
+    Duration::from_secs(u64::from(ttl)).clamp(min_ttl.min(MAX_TTL), MAX_TTL)
+}
+
 /// One address a service is open to because a name of its answered with it.
 pub type LearnedKey = (IpAddr, String);
 
@@ -104,7 +115,7 @@ impl LearnedTable {
         question: &str,
         ttl: u32,
     ) -> LearnOutcome {
-        let hold = Duration::from_secs(u64::from(ttl)).max(self.policy.min_ttl) + self.policy.grace;
+        let hold = ttl_hold(ttl, self.policy.min_ttl) + self.policy.grace;
         self.insert(key, name, question, now, now + hold)
     }
 
@@ -322,6 +333,14 @@ mod tests {
         let mut t = LearnedTable::new(POLICY);
         t.learn(t0, key("192.0.2.1", "mdm"), "n", "n", 0);
         assert_eq!(t.next_expiry(), Some(t0 + secs(30 + 60)));
+    }
+
+    #[test]
+    fn a_ttl_of_years_counts_as_a_day() {
+        let t0 = Instant::now();
+        let mut t = LearnedTable::new(POLICY);
+        t.learn(t0, key("192.0.2.1", "mdm"), "n", "n", u32::MAX);
+        assert_eq!(t.next_expiry(), Some(t0 + MAX_TTL + POLICY.grace));
     }
 
     #[test]
