@@ -268,6 +268,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Raises the soft limit on open files to the hard one: the forwarder holds a socket per query
+/// in flight (up to 1,024) besides the maps, links and listeners, past the usual soft 1,024.
+fn raise_file_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(err) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!("cannot raise the open-file limit from {soft} to {hard}: {err}");
+            }
+        }
+        Ok(_) => {}
+        Err(err) => tracing::warn!("cannot read the open-file limit: {err}"),
+    }
+}
+
+/// The longest refresh, grace or TTL floor `run` takes, in seconds.
+const WEEK: u64 = 7 * 24 * 3600;
+
 /// `run`: checks the options, then runs the daemon until it is stopped.
 fn run_daemon(args: RunArgs) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -289,6 +307,18 @@ fn run_daemon(args: RunArgs) -> anyhow::Result<()> {
         args.dns_max_learned >= 1,
         "--dns-max-learned must be at least 1"
     );
+    // Bounds that keep every deadline the daemon computes far from overflowing.
+    for (flag, value) in [
+        ("--max-refresh", args.max_refresh),
+        ("--grace", args.grace),
+        ("--dns-min-ttl", args.dns_min_ttl),
+    ] {
+        anyhow::ensure!(
+            value <= WEEK,
+            "{flag} must be at most a week ({WEEK} seconds)"
+        );
+    }
+    raise_file_limit();
     let opts = RunOptions {
         rules: args.rules,
         xdp: args.xdp,

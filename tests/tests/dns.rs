@@ -164,6 +164,20 @@ fn learned_entry(
     }
 }
 
+/// Waits (bounded: counters alone reach the state file every 5 s) until `stats` shows DNS
+/// counters that satisfy `check`.
+fn dns_stats_until(lab: &Lab, check: impl Fn(&serde_json::Value) -> bool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(8);
+    loop {
+        let stats = query(lab, "stats")?;
+        if check(&stats["dns"]) {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "stats never showed it: {stats}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
 #[test]
 fn a_wildcard_name_is_learned_before_the_client_connects_and_expires_after_ttl_plus_grace(
 ) -> anyhow::Result<()> {
@@ -210,14 +224,11 @@ fn a_wildcard_name_is_learned_before_the_client_connects_and_expires_after_ttl_p
     let event: serde_json::Value = serde_json::from_str(&event)?;
     assert_eq!(event["host"], name, "{event}");
     assert_eq!(event["reason"], "port-not-allowed");
-    let stats = query(&lab, "stats")?;
-    let dns = &stats["dns"];
-    assert!(
+    dns_stats_until(&lab, |dns| {
         dns["queries"].as_u64() >= Some(1)
             && dns["matched"].as_u64() >= Some(1)
-            && dns["learned"].as_u64() >= Some(1),
-        "{stats}"
-    );
+            && dns["learned"].as_u64() >= Some(1)
+    })?;
 
     // TTL 1 s + grace 2 s: blocked again soon after.
     assert!(
@@ -226,8 +237,7 @@ fn a_wildcard_name_is_learned_before_the_client_connects_and_expires_after_ttl_p
             .connects(WEB_A_V4, 443, 1)),
         "blocked again after TTL plus grace"
     );
-    let stats = query(&lab, "stats")?;
-    assert!(stats["dns"]["expired"].as_u64() >= Some(1), "{stats}");
+    dns_stats_until(&lab, |dns| dns["expired"].as_u64() >= Some(1))?;
     Ok(())
 }
 
@@ -320,8 +330,7 @@ fn with_block_unlisted_other_names_get_nxdomain_and_stay_blocked() -> anyhow::Re
         [WEB_A_V4],
         "listed names still resolve"
     );
-    let stats = query(&lab, "stats")?;
-    assert!(stats["dns"]["refused"].as_u64() >= Some(1), "{stats}");
+    dns_stats_until(&lab, |dns| dns["refused"].as_u64() >= Some(1))?;
     drop(daemon);
 
     // Without the flag the name resolves, and its address is still not opened; the drop event
@@ -351,8 +360,6 @@ fn past_its_bound_the_learned_table_closes_the_oldest_address_first() -> anyhow:
     );
     assert!(lab.client.connects(WEB_B_V4, 443, 2), "the newest stays");
     learned_entry(&lab, |e| e["address"] == WEB_B_V4)?;
-    let stats = query(&lab, "stats")?;
-    assert_eq!(stats["dns"]["evicted"], 1, "{stats}");
-    assert_eq!(stats["dns"]["learned_now"], 1, "{stats}");
+    dns_stats_until(&lab, |dns| dns["evicted"] == 1 && dns["learned_now"] == 1)?;
     Ok(())
 }

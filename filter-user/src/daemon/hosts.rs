@@ -39,6 +39,9 @@ struct HostState {
     /// Address → until when it stays allowed.
     addresses: BTreeMap<IpAddr, Instant>,
     next_refresh: Instant,
+    /// A lookup was started and has not reported back: its addresses do not expire meanwhile
+    /// (a slow or dead resolver must not empty the list while it keeps us waiting).
+    in_flight: bool,
     /// Consecutive failed lookups, for logs.
     failures: u32,
     last_error: Option<String>,
@@ -71,6 +74,7 @@ impl HostTable {
                 .or_insert_with(|| HostState {
                     addresses: BTreeMap::new(),
                     next_refresh: now,
+                    in_flight: false,
                     failures: 0,
                     last_error: None,
                 });
@@ -107,17 +111,21 @@ impl HostTable {
             .filter(|(_, s)| s.next_refresh <= now)
             .map(|(name, state)| {
                 state.next_refresh = retry;
+                state.in_flight = true;
                 name.clone()
             })
             .collect()
     }
 
-    /// The next moment something happens: a refresh or an expiry.
+    /// The next moment something happens: a refresh or an expiry (none while in flight).
     #[must_use]
     pub fn next_event(&self) -> Option<Instant> {
         self.hosts
             .values()
-            .flat_map(|s| std::iter::once(s.next_refresh).chain(s.addresses.values().copied()))
+            .flat_map(|s| {
+                let expiries = s.addresses.values().copied().filter(|_| !s.in_flight);
+                std::iter::once(s.next_refresh).chain(expiries)
+            })
             .min()
     }
 
@@ -133,6 +141,7 @@ impl HostTable {
         let Some(state) = self.hosts.get_mut(name) else {
             return Vec::new();
         };
+        state.in_flight = false;
         match answer {
             Ok(answer) => {
                 let wait = answer.ttl.clamp(policy.min_refresh, policy.max_refresh);
@@ -169,7 +178,7 @@ impl HostTable {
     /// Drops addresses whose time is up. Returns the ones that went.
     pub fn expire(&mut self, now: Instant) -> Vec<Change> {
         let mut removed = Vec::new();
-        for (name, state) in &mut self.hosts {
+        for (name, state) in self.hosts.iter_mut().filter(|(_, s)| !s.in_flight) {
             state.addresses.retain(|address, until| {
                 let keep = *until > now;
                 if !keep {
@@ -333,6 +342,24 @@ mod tests {
             1,
             "retried after the minimum refresh"
         );
+    }
+
+    #[test]
+    fn addresses_wait_for_a_lookup_in_flight_however_slow() {
+        let t0 = Instant::now();
+        let mut t = table(t0);
+        t.record("a.example.com", &answer(&["192.0.2.1"], 10), t0);
+        let due = t0 + Duration::from_secs(10);
+        assert_eq!(t.take_due(due), ["a.example.com"]);
+        let late = due + POLICY.grace + Duration::from_secs(5);
+        assert!(t.expire(late).is_empty(), "kept while the lookup is out");
+        assert!(
+            t.next_event().is_some_and(|e| e > due),
+            "and no wake-up for an expiry that cannot happen yet"
+        );
+        t.record("a.example.com", &Err("timed out".into()), late);
+        assert!(t.expire(late).is_empty(), "a failure holds it further");
+        assert_eq!(addrs(&t), ["192.0.2.1"]);
     }
 
     #[test]

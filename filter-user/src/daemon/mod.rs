@@ -108,6 +108,8 @@ const SUPPRESSED_REPORT: Duration = Duration::from_secs(10);
 /// How often the state file is written when learned addresses or DNS counters changed: often
 /// enough for `stats` and `learned` to be current, rarely enough to cost nothing under load.
 const STATE_SAVE: Duration = Duration::from_secs(1);
+/// How often the state file is written when only the DNS counters changed.
+const COUNTERS_SAVE: Duration = Duration::from_secs(5);
 
 /// Runs the filter until SIGINT or SIGTERM.
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
@@ -178,7 +180,10 @@ struct Daemon {
     learned_epoch: Arc<AtomicU64>,
     /// Learned addresses changed since the state file was written.
     state_dirty: bool,
+    /// The last write to the maps failed: they may hold less, or more, than the tables say.
+    maps_stale: bool,
     last_saved_dns: Option<DnsStats>,
+    last_saved: Instant,
     /// Keeps the programs (and with them the links' fds) alive until the daemon stops.
     ebpf: Ebpf,
 }
@@ -271,7 +276,9 @@ impl Daemon {
             dns_counters: Arc::new(DnsCounters::default()),
             learned_epoch: Arc::default(),
             state_dirty: false,
+            maps_stale: false,
             last_saved_dns: None,
+            last_saved: Instant::now(),
             ebpf,
         };
         daemon.apply_policy(true)?;
@@ -341,10 +348,16 @@ impl Daemon {
                     self.grant_changes(&changes, &[], &[])
                 }
                 Some(request) = learn_rx.recv() => {
-                    let update = self.learn(&request);
-                    let written = self.apply(update);
+                    let learning = self.learn(&request);
+                    let written = self.apply(learning.update);
+                    if !written {
+                        // Not in the maps: not learned either, so the next answer tries again.
+                        for key in &learning.added {
+                            self.learned.forget(key);
+                        }
+                    }
                     // The answer may go to the client now: its addresses are in the maps.
-                    let _ = request.done.send(written);
+                    let _ = request.done.send(written && learning.complete);
                     Update::None
                 }
                 _ = hup.recv() => if self.reload() { Update::Full } else { Update::None },
@@ -356,7 +369,8 @@ impl Daemon {
                 }
                 _ = state_tick.tick() => {
                     self.save_state_if_changed();
-                    Update::None
+                    // A write that failed left the maps behind the tables: catch them up.
+                    if self.maps_stale { Update::Full } else { Update::None }
                 }
             };
             self.apply(update);
@@ -419,7 +433,7 @@ impl Daemon {
 
     /// Takes in a DNS answer the forwarder is about to pass on: every address on it is opened
     /// for every service a name on its chain belongs to. Returns what the maps need.
-    fn learn(&mut self, request: &LearnRequest) -> Update {
+    fn learn(&mut self, request: &LearnRequest) -> Learning {
         let now = Instant::now();
         let matcher = Arc::clone(&self.matcher.borrow());
         // Each service once, with the first name of the chain that matched it.
@@ -444,8 +458,13 @@ impl Daemon {
                 }
             }
         }
-        self.state_dirty = true;
-        self.grant_changes(&[], &added, &removed)
+        self.state_dirty |= !added.is_empty() || !removed.is_empty();
+        Learning {
+            update: self.grant_changes(&[], &added, &removed),
+            // An answer with more addresses than the table holds pushes out its own.
+            complete: !added.iter().any(|key| removed.contains(key)),
+            added,
+        }
     }
 
     /// The grants that resolved or learned addresses add and remove.
@@ -495,6 +514,7 @@ impl Daemon {
     /// Writes an update to the maps; on failure the running policy stays and is logged.
     /// Returns whether the update is in the maps.
     fn apply(&mut self, update: Update) -> bool {
+        let full = matches!(update, Update::Full);
         let result = match update {
             Update::None => Ok(()),
             Update::Full => self.apply_policy(false),
@@ -511,6 +531,11 @@ impl Daemon {
         };
         if let Err(err) = &result {
             tracing::error!("policy not updated, the running policy stays: {err:#}");
+        }
+        if result.is_err() {
+            self.maps_stale = true;
+        } else if full {
+            self.maps_stale = false;
         }
         result.is_ok()
     }
@@ -624,9 +649,12 @@ impl Daemon {
     }
 
     /// Writes the state file if learned addresses or DNS counters changed since last time.
+    /// Learned entries that came or went are written within a second (a restart takes them
+    /// back from here); counters alone, every few seconds.
     fn save_state_if_changed(&mut self) {
-        let dns = self.dns_stats();
-        if self.state_dirty || dns != self.last_saved_dns {
+        let counters_due =
+            self.dns_stats() != self.last_saved_dns && self.last_saved.elapsed() >= COUNTERS_SAVE;
+        if self.state_dirty || counters_due {
             self.save_state();
         }
     }
@@ -657,6 +685,7 @@ impl Daemon {
             Ok(()) => {
                 self.state_dirty = false;
                 self.last_saved_dns = dns;
+                self.last_saved = Instant::now();
             }
             Err(err) => {
                 tracing::warn!("cannot save state (stats will lack service names): {err:#}");
@@ -856,6 +885,15 @@ fn still_matches(rules: &Rules, matcher: &NameMatcher, service: &str, name: &str
         .services(name)
         .iter()
         .any(|i| rules.services[*i].name == service)
+}
+
+/// What taking in one DNS answer did.
+struct Learning {
+    update: Update,
+    /// (address, service) entries new to the table.
+    added: Vec<LearnedKey>,
+    /// Whether every entry the answer asks for is in the table.
+    complete: bool,
 }
 
 /// What a wake-up asks of the maps.

@@ -46,8 +46,13 @@ use super::{
 pub const MAX_IN_FLIGHT: usize = 1024;
 /// TCP client connections at once.
 pub const MAX_TCP_CLIENTS: usize = 64;
-/// A TCP client silent this long is disconnected.
+/// A TCP client silent this long, or not reading its answer this long, is disconnected.
 pub const TCP_IDLE: Duration = Duration::from_secs(10);
+/// No TCP connection lasts longer than this: 64 slow clients cannot hold every slot for ever.
+pub const TCP_LIFETIME: Duration = Duration::from_mins(1);
+/// After a failed receive or accept (out of file descriptors, say), wait this long before the
+/// next: an error that persists must not spin a core.
+const ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// How long the upstream has to answer one query. Stub resolvers retry after a few seconds;
 /// answering SERVFAIL before they do lets them move on.
 pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(3);
@@ -98,11 +103,12 @@ pub struct LearnRequest {
 /// daemon after the entry went.
 const RENEWAL_MARGIN: Duration = Duration::from_secs(2);
 
-/// Most (question, address) pairs [`OpenAddresses`] remembers; past it, it starts over.
+/// Most (chain, address) pairs [`OpenAddresses`] remembers; past it, it starts over.
 const MAX_REMEMBERED: usize = 65_536;
 
-/// Until when each (question, address) the daemon confirmed is sure to stay open, under which
-/// epoch of the daemon.
+/// Until when each address the daemon confirmed for an answer's chain of names (the question
+/// and its CNAMEs, which decide the services) is sure to stay open, under which epoch of the
+/// daemon. The daemon keeps each entry its grace period past that.
 #[derive(Debug, Default)]
 struct OpenAddresses {
     entries: std::sync::Mutex<HashMap<(String, IpAddr), (Instant, u64)>>,
@@ -111,20 +117,20 @@ struct OpenAddresses {
 /// What [`OpenAddresses::check`] knows of an answer's addresses.
 #[derive(Debug, PartialEq, Eq)]
 enum Known {
-    /// Open, and staying open at least as long as a client may keep this answer.
+    /// Open, and staying open, grace included, as long as for a fresh confirmation: the
+    /// earlier answer outlasts this one.
     Covered,
-    /// Open now, but the entries should be extended for this answer.
+    /// Open now, but the entries must be extended for this answer.
     OpenNow,
     /// Not known open: the daemon must confirm before the answer goes.
     Unknown,
 }
 
 impl OpenAddresses {
-    /// What is known of `addresses` for `question` at `now` under `epoch`. The daemon keeps
-    /// each entry `grace` past the until remembered here.
+    /// What is known of `addresses` answered for `chain` at `now` under `epoch`.
     fn check(
         &self,
-        question: &str,
+        chain: &str,
         addresses: &[(IpAddr, u32)],
         now: Instant,
         epoch: u64,
@@ -136,14 +142,14 @@ impl OpenAddresses {
         };
         let mut known = Known::Covered;
         for (address, ttl) in addresses {
-            let Some((until, at)) = entries.get(&(question.to_owned(), *address)) else {
+            let Some((until, at)) = entries.get(&(chain.to_owned(), *address)) else {
                 return Known::Unknown;
             };
             // Open until `until + grace`, less the time a renewal needs to reach the daemon.
             if *at != epoch || now + RENEWAL_MARGIN >= *until + grace {
                 return Known::Unknown;
             }
-            if now + ttl_hold(*ttl, min_ttl) > *until + grace {
+            if now + ttl_hold(*ttl, min_ttl) > *until {
                 known = Known::OpenNow;
             }
         }
@@ -151,10 +157,10 @@ impl OpenAddresses {
     }
 
     /// Remembers a confirmation the daemon gave for a request sent at `sent`: each entry lives
-    /// at least its TTL raised to `min_ttl` from then, and the daemon's grace beyond.
+    /// at least its TTL (within the daemon's bounds) from then, and the daemon's grace beyond.
     fn confirmed(
         &self,
-        question: &str,
+        chain: &str,
         addresses: &[(IpAddr, u32)],
         sent: Instant,
         min_ttl: Duration,
@@ -168,7 +174,14 @@ impl OpenAddresses {
         }
         for (address, ttl) in addresses {
             let until = sent + ttl_hold(*ttl, min_ttl);
-            entries.insert((question.to_owned(), *address), (until, epoch));
+            let entry = entries
+                .entry((chain.to_owned(), *address))
+                .or_insert((until, epoch));
+            *entry = if entry.1 == epoch {
+                (entry.0.max(until), epoch)
+            } else {
+                (until, epoch)
+            };
         }
     }
 }
@@ -337,6 +350,7 @@ impl Forwarder {
                 Ok(received) => received,
                 Err(err) => {
                     tracing::debug!("DNS receive failed: {err}");
+                    tokio::time::sleep(ERROR_PAUSE).await;
                     continue;
                 }
             };
@@ -357,7 +371,8 @@ impl Forwarder {
             let (stream, client) = match listener.accept().await {
                 Ok(accepted) => accepted,
                 Err(err) => {
-                    tracing::debug!("DNS accept failed: {err}");
+                    tracing::warn!("DNS over TCP: cannot accept ({err})");
+                    tokio::time::sleep(ERROR_PAUSE).await;
                     continue;
                 }
             };
@@ -376,16 +391,18 @@ impl Forwarder {
     }
 
     async fn serve_tcp_client(&self, mut stream: TcpStream) -> anyhow::Result<()> {
-        loop {
+        let opened = Instant::now();
+        while opened.elapsed() < TCP_LIFETIME {
             let Ok(Ok(len)) = timeout(TCP_IDLE, stream.read_u16()).await else {
                 return Ok(());
             };
             let mut bytes = vec![0u8; usize::from(len)];
             timeout(TCP_IDLE, stream.read_exact(&mut bytes)).await??;
             if let Some(reply) = self.answer(&bytes, Transport::Tcp).await {
-                stream.write_all(&frame(&reply)?).await?;
+                timeout(TCP_IDLE, stream.write_all(&frame(&reply)?)).await??;
             }
         }
+        Ok(())
     }
 
     /// The reply to one client message, if it gets one.
@@ -446,41 +463,40 @@ impl Forwarder {
     async fn open_before_answering(&self, question: &str, learnable: Learnable) {
         let sent = Instant::now();
         let epoch = self.epoch.load(Ordering::Acquire);
-        let known = self.open.check(
-            question,
-            &learnable.addresses,
-            sent,
-            epoch,
-            self.config.min_ttl,
-            self.config.grace,
-        );
+        let chain = learnable.chain.join(" ");
+        let (min_ttl, grace) = (self.config.min_ttl, self.config.grace);
+        let known = self
+            .open
+            .check(&chain, &learnable.addresses, sent, epoch, min_ttl, grace);
         if known == Known::Covered {
             DnsCounters::bump(&self.counters.already_open);
             return;
         }
         let (done, confirmed) = oneshot::channel();
         let addresses = learnable.addresses.clone();
-        let request = LearnRequest {
+        let mut request = LearnRequest {
             question: question.to_owned(),
             learnable,
             done,
         };
         if known == Known::OpenNow {
-            DnsCounters::bump(&self.counters.already_open);
-            // Best effort: a full queue only means the next answer asks again.
-            if self.learn.try_send(request).is_ok() {
-                let (open, question, min_ttl) = (
-                    Arc::clone(&self.open),
-                    question.to_owned(),
-                    self.config.min_ttl,
-                );
-                tokio::spawn(async move {
-                    if let Ok(Ok(true)) = timeout(LEARN_TIMEOUT, confirmed).await {
-                        open.confirmed(&question, &addresses, sent, min_ttl, epoch);
-                    }
-                });
+            // Open for a while yet: answer at once, and have the entries extended beside.
+            match self.learn.try_send(request) {
+                Ok(()) => {
+                    DnsCounters::bump(&self.counters.already_open);
+                    let open = Arc::clone(&self.open);
+                    tokio::spawn(async move {
+                        if let Ok(Ok(true)) = timeout(LEARN_TIMEOUT, confirmed).await {
+                            open.confirmed(&chain, &addresses, sent, min_ttl, epoch);
+                        }
+                    });
+                    return;
+                }
+                // A full queue: wait like a first answer, or the entry could close early.
+                Err(
+                    mpsc::error::TrySendError::Full(back) | mpsc::error::TrySendError::Closed(back),
+                ) => request = back,
             }
-            return;
         }
         let confirmed = timeout(LEARN_TIMEOUT, async {
             self.learn.send(request).await.ok()?;
@@ -489,7 +505,7 @@ impl Forwarder {
         .await;
         if confirmed == Ok(Some(true)) {
             self.open
-                .confirmed(question, &addresses, sent, self.config.min_ttl, epoch);
+                .confirmed(&chain, &addresses, sent, min_ttl, epoch);
         } else {
             DnsCounters::bump(&self.counters.late);
         }

@@ -379,39 +379,57 @@ fn what_is_known_open_follows_ttl_grace_and_epoch() {
     let open = OpenAddresses::default();
     let t0 = Instant::now();
     let a: IpAddr = "192.0.2.1".parse().unwrap();
-    let (ttl, min_ttl, grace) = (60, Duration::from_secs(30), Duration::from_mins(2));
-    let check =
-        |now, ttl, epoch| open.check("q.listed.test", &[(a, ttl)], now, epoch, min_ttl, grace);
-    assert_eq!(check(t0, ttl, 0), Known::Unknown, "never confirmed");
-    open.confirmed("q.listed.test", &[(a, ttl)], t0, min_ttl, 0);
+    let (min_ttl, grace) = (Duration::from_secs(30), Duration::from_mins(2));
+    let chain = "q.listed.test";
+    let check = |secs, ttl, epoch| {
+        open.check(
+            chain,
+            &[(a, ttl)],
+            t0 + Duration::from_secs(secs),
+            epoch,
+            min_ttl,
+            grace,
+        )
+    };
+    assert_eq!(check(0, 60, 0), Known::Unknown, "never confirmed");
+    open.confirmed(chain, &[(a, 60)], t0, min_ttl, 0);
+    assert_eq!(check(0, 60, 0), Known::Covered);
     assert_eq!(
-        check(t0 + Duration::from_secs(100), ttl, 0),
+        check(10, 50, 0),
         Known::Covered,
-        "100 + 60 ≤ 60 + 120"
+        "a cache counting the TTL down"
     );
     assert_eq!(
-        check(t0 + Duration::from_secs(121), ttl, 0),
+        check(10, 0, 0),
+        Known::Covered,
+        "a zero TTL counts as min_ttl: 40 ≤ 60"
+    );
+    assert_eq!(
+        check(10, 60, 0),
         Known::OpenNow,
-        "181 > 180: extend"
+        "70 > 60: this answer needs its own grace"
     );
     assert_eq!(
-        check(t0 + Duration::from_secs(10), 0, 0),
-        Known::Covered,
-        "a zero TTL counts as min_ttl"
+        check(177, 60, 0),
+        Known::OpenNow,
+        "open until 60 + 120, less the margin"
     );
     assert_eq!(
-        check(t0 + Duration::from_secs(179), ttl, 0),
+        check(178, 60, 0),
         Known::Unknown,
-        "too close to its end (until + grace) to count on"
+        "too close to the end to count on"
     );
+    assert_eq!(check(1, 60, 1), Known::Unknown, "another epoch");
     assert_eq!(
-        check(t0 + Duration::from_secs(1), ttl, 1),
+        open.check(
+            "q.listed.test other.cdn.test",
+            &[(a, 60)],
+            t0,
+            0,
+            min_ttl,
+            grace
+        ),
         Known::Unknown,
-        "another epoch"
-    );
-    assert_eq!(
-        open.check("other.listed.test", &[(a, ttl)], t0, 0, min_ttl, grace),
-        Known::Unknown,
-        "per question"
+        "another chain may match other services"
     );
 }

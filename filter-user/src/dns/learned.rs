@@ -30,9 +30,10 @@ pub struct LearnPolicy {
 pub const MAX_TTL: Duration = Duration::from_hours(24);
 
 /// How long an answer with `ttl` keeps its addresses, before the grace period: the TTL within
-/// `min_ttl` and [`MAX_TTL`].
+/// `min_ttl` and [`MAX_TTL`]. A TTL with its top bit set counts as zero (RFC 2181, 8).
 #[must_use]
 pub fn ttl_hold(ttl: u32, min_ttl: Duration) -> Duration {
+    let ttl = if ttl > i32::MAX as u32 { 0 } else { ttl };
     Duration::from_secs(u64::from(ttl)).clamp(min_ttl.min(MAX_TTL), MAX_TTL)
 }
 
@@ -189,6 +190,15 @@ impl LearnedTable {
         }
     }
 
+    /// Takes back an entry just learned (its map write failed). Counts nothing.
+    pub fn forget(&mut self, key: &LearnedKey) -> bool {
+        let forgotten = self.remove(key).is_some();
+        if forgotten {
+            self.counters.learned = self.counters.learned.saturating_sub(1);
+        }
+        forgotten
+    }
+
     fn remove(&mut self, key: &LearnedKey) -> Option<Entry> {
         let services = self.entries.get_mut(&key.0)?;
         let entry = services.remove(&key.1)?;
@@ -336,11 +346,12 @@ mod tests {
     }
 
     #[test]
-    fn a_ttl_of_years_counts_as_a_day() {
+    fn a_ttl_of_years_counts_as_a_day_and_one_with_the_top_bit_as_zero() {
         let t0 = Instant::now();
         let mut t = LearnedTable::new(POLICY);
-        t.learn(t0, key("192.0.2.1", "mdm"), "n", "n", u32::MAX);
+        t.learn(t0, key("192.0.2.1", "mdm"), "n", "n", i32::MAX as u32);
         assert_eq!(t.next_expiry(), Some(t0 + MAX_TTL + POLICY.grace));
+        assert_eq!(ttl_hold(u32::MAX, POLICY.min_ttl), POLICY.min_ttl);
     }
 
     #[test]
