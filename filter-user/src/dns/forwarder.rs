@@ -9,9 +9,9 @@
 //! An answer with listed names waits until the daemon confirms its addresses are in the maps.
 //! Asked again (the common case: devices re-resolve the same few names all day), it need not:
 //! the forwarder remembers, per (question, address), until when the confirmed entry is sure to
-//! stay ([`OpenAddresses`]). If that outlasts the new answer's TTL (the daemon keeps entries a
-//! grace period past it), nothing is to be done; if not, the answer still goes at once and the
-//! daemon is asked to extend the entry. Whatever can remove an entry early (eviction at capacity,
+//! stay ([`OpenAddresses`]). If that outlasts the new answer's TTL by half the grace period or
+//! more, nothing is to be done; if not, the answer still goes at once and the daemon is asked to
+//! extend the entry. Whatever can remove an entry early (eviction at capacity,
 //! a reload) bumps the daemon's epoch, which voids everything remembered under the old one.
 
 use std::{
@@ -117,8 +117,7 @@ struct OpenAddresses {
 /// What [`OpenAddresses::check`] knows of an answer's addresses.
 #[derive(Debug, PartialEq, Eq)]
 enum Known {
-    /// Open, and staying open, grace included, as long as for a fresh confirmation: the
-    /// earlier answer outlasts this one.
+    /// Open, and staying open at least half the grace period past this answer's TTL.
     Covered,
     /// Open now, but the entries must be extended for this answer.
     OpenNow,
@@ -149,7 +148,10 @@ impl OpenAddresses {
             if *at != epoch || now + RENEWAL_MARGIN >= *until + grace {
                 return Known::Unknown;
             }
-            if now + ttl_hold(*ttl, min_ttl) > *until {
+            // Covered if the entry outlasts this answer's TTL by half the grace or more: every
+            // answer gets at least that, and a name asked all day is renewed only every
+            // half-grace, not on every answer.
+            if now + ttl_hold(*ttl, min_ttl) > *until + grace / 2 {
                 known = Known::OpenNow;
             }
         }

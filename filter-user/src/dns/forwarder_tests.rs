@@ -404,10 +404,11 @@ fn what_is_known_open_follows_ttl_grace_and_epoch() {
         Known::Covered,
         "a zero TTL counts as min_ttl: 40 ≤ 60"
     );
+    assert_eq!(check(10, 60, 0), Known::Covered, "70 ≤ 60 + half the grace");
     assert_eq!(
-        check(10, 60, 0),
+        check(61, 60, 0),
         Known::OpenNow,
-        "70 > 60: this answer needs its own grace"
+        "121 > 120: extend, for this answer's grace"
     );
     assert_eq!(
         check(177, 60, 0),
