@@ -363,3 +363,33 @@ fn past_its_bound_the_learned_table_closes_the_oldest_address_first() -> anyhow:
     dns_stats_until(&lab, |dns| dns["evicted"] == 1 && dns["learned_now"] == 1)?;
     Ok(())
 }
+
+#[test]
+fn an_address_the_maps_cannot_take_is_neither_confirmed_nor_kept() -> anyhow::Result<()> {
+    // 32 port rules cover WEB_A's /24 already, the most one prefix holds: the learned host
+    // route (which inherits them, plus 443) cannot be written.
+    let ports: Vec<String> = (0..32).map(|i| (2 * i + 1).to_string()).collect();
+    let rules = format!(
+        "{RULES}\n[[service]]\nname = \"wide\"\ncidrs = [\"198.51.100.0/24\"]\ntcp = [{}]\n",
+        ports.join(", ")
+    );
+    let lab = Lab::new(&[443])?;
+    let _upstream = Upstream::start(&lab, 60)?;
+    let rules = RulesDir::new(&lab, &rules)?;
+    let daemon = gateway(&lab, &rules, &[])?;
+    let (connected, _) = resolve_and_connect(&lab, "full.cdn.example.test", 443);
+    assert!(!connected, "not in the maps, so not open");
+    // The answer went without a confirmation (late), nothing stays learned, and the maps are
+    // rebuilt to match on the next tick.
+    dns_stats_until(&lab, |dns| {
+        dns["late"].as_u64() >= Some(1) && dns["learned_now"] == 0
+    })?;
+    daemon.wait_for_log("policy written again", Duration::from_secs(5))?;
+    let failures = daemon
+        .logs()
+        .iter()
+        .filter(|l| l.contains("policy not updated"))
+        .count();
+    assert_eq!(failures, 1, "said once: {:?}", daemon.logs());
+    Ok(())
+}

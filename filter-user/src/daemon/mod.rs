@@ -108,6 +108,8 @@ const SUPPRESSED_REPORT: Duration = Duration::from_secs(10);
 /// How often the state file is written when learned addresses or DNS counters changed: often
 /// enough for `stats` and `learned` to be current, rarely enough to cost nothing under load.
 const STATE_SAVE: Duration = Duration::from_secs(1);
+/// The longest wait between rebuilds while writing the maps keeps failing.
+const MAX_STALE_RETRY: Duration = Duration::from_mins(1);
 /// How often the state file is written when only the DNS counters changed.
 const COUNTERS_SAVE: Duration = Duration::from_secs(5);
 
@@ -182,6 +184,11 @@ struct Daemon {
     state_dirty: bool,
     /// The last write to the maps failed: they may hold less, or more, than the tables say.
     maps_stale: bool,
+    /// When to try the full rebuild again, and the wait that doubles while it keeps failing.
+    stale_retry_at: Instant,
+    stale_retry: Duration,
+    /// The last failure logged, so a repeating one is logged once.
+    last_apply_error: Option<String>,
     last_saved_dns: Option<DnsStats>,
     last_saved: Instant,
     /// Keeps the programs (and with them the links' fds) alive until the daemon stops.
@@ -277,6 +284,9 @@ impl Daemon {
             learned_epoch: Arc::default(),
             state_dirty: false,
             maps_stale: false,
+            stale_retry_at: Instant::now(),
+            stale_retry: Duration::ZERO,
+            last_apply_error: None,
             last_saved_dns: None,
             last_saved: Instant::now(),
             ebpf,
@@ -369,8 +379,13 @@ impl Daemon {
                 }
                 _ = state_tick.tick() => {
                     self.save_state_if_changed();
-                    // A write that failed left the maps behind the tables: catch them up.
-                    if self.maps_stale { Update::Full } else { Update::None }
+                    // A write that failed left the maps behind the tables: catch them up, less
+                    // often while it keeps failing.
+                    if self.maps_stale && Instant::now() >= self.stale_retry_at {
+                        Update::Full
+                    } else {
+                        Update::None
+                    }
                 }
             };
             self.apply(update);
@@ -445,10 +460,11 @@ impl Daemon {
                 }
             }
         }
-        let (mut added, mut removed) = (Vec::new(), Vec::new());
+        let (mut added, mut removed, mut touched) = (Vec::new(), Vec::new(), Vec::new());
         for (address, ttl) in &request.learnable.addresses {
             for (index, name) in &services {
                 let key = (*address, self.rules.services[*index].name.clone());
+                touched.push(key.clone());
                 let outcome = self.learned.learn(now, key, name, &request.question, *ttl);
                 added.extend(outcome.added);
                 if !outcome.evicted.is_empty() {
@@ -462,7 +478,7 @@ impl Daemon {
         Learning {
             update: self.grant_changes(&[], &added, &removed),
             // An answer with more addresses than the table holds pushes out its own.
-            complete: !added.iter().any(|key| removed.contains(key)),
+            complete: !touched.iter().any(|key| removed.contains(key)),
             added,
         }
     }
@@ -514,28 +530,48 @@ impl Daemon {
     /// Writes an update to the maps; on failure the running policy stays and is logged.
     /// Returns whether the update is in the maps.
     fn apply(&mut self, update: Update) -> bool {
-        let full = matches!(update, Update::Full);
-        let result = match update {
-            Update::None => Ok(()),
-            Update::Full => self.apply_policy(false),
+        // After a failed write the in-memory table may be ahead of the maps: only a full
+        // rebuild, diffed against what was really written, brings them together again.
+        let update = match update {
+            Update::Grants { .. } if self.maps_stale => Update::Full,
+            other => other,
+        };
+        let (result, rebuilt) = match update {
+            Update::None => (Ok(()), false),
+            Update::Full => (self.apply_policy(false), true),
             Update::Grants {
                 add,
                 remove,
                 hosts_changed,
-            } => self
-                .apply_grants(&add, &remove, hosts_changed)
-                .or_else(|err| {
+            } => match self.apply_grants(&add, &remove, hosts_changed) {
+                Ok(()) => (Ok(()), false),
+                Err(err) => {
                     tracing::warn!("in-place update failed ({err:#}); rebuilding the table");
-                    self.apply_policy(false)
-                }),
+                    (self.apply_policy(false), true)
+                }
+            },
         };
-        if let Err(err) = &result {
-            tracing::error!("policy not updated, the running policy stays: {err:#}");
-        }
-        if result.is_err() {
-            self.maps_stale = true;
-        } else if full {
-            self.maps_stale = false;
+        match &result {
+            Err(err) => {
+                // The same failure every second would drown the log: say each one once.
+                let message = format!("{err:#}");
+                if self.last_apply_error.as_deref() != Some(message.as_str()) {
+                    tracing::error!("policy not updated, the running policy stays: {message}");
+                    self.last_apply_error = Some(message);
+                }
+                self.maps_stale = true;
+                self.stale_retry = (self.stale_retry * 2).clamp(STATE_SAVE, MAX_STALE_RETRY);
+                self.stale_retry_at = Instant::now() + self.stale_retry;
+            }
+            Ok(()) if rebuilt => {
+                if self.maps_stale {
+                    tracing::info!("policy written again after an earlier failure");
+                }
+                self.maps_stale = false;
+                self.last_apply_error = None;
+                self.stale_retry = Duration::ZERO;
+            }
+            Ok(()) => {}
         }
         result.is_ok()
     }

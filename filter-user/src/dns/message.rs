@@ -10,7 +10,7 @@ use hickory_proto::{
     serialize::binary::{BinDecodable as _, BinDecoder},
 };
 
-use super::names::normalize;
+use super::{learned::MAX_TTL, names::normalize};
 
 /// Longest CNAME chain followed. Resolvers give up around 8-16 hops; a longer chain in one
 /// answer is broken or hostile, and the names past it are not learned.
@@ -146,11 +146,30 @@ impl ClientQuery {
     /// `limit` bytes, truncated (TC set, question only) so the client asks again over TCP.
     pub fn reply(&self, mut answer: Message, limit: usize) -> Result<Vec<u8>, String> {
         answer.metadata.id = self.message.metadata.id;
+        // Clients keep an answer no longer than its learned addresses stay open.
+        for record in answer
+            .answers
+            .iter_mut()
+            .chain(&mut answer.authorities)
+            .chain(&mut answer.additionals)
+        {
+            record.ttl = capped_ttl(record.ttl);
+        }
         let bytes = answer.to_vec().map_err(|e| e.to_string())?;
         if bytes.len() <= limit {
             return Ok(bytes);
         }
         answer.truncate().to_vec().map_err(|e| e.to_string())
+    }
+}
+
+/// A TTL as passed on: at most [`MAX_TTL`], zero if its top bit is set (RFC 2181, 8).
+fn capped_ttl(ttl: u32) -> u32 {
+    let cap = u32::try_from(MAX_TTL.as_secs()).unwrap_or(u32::MAX);
+    if ttl > i32::MAX as u32 {
+        0
+    } else {
+        ttl.min(cap)
     }
 }
 
@@ -462,6 +481,23 @@ mod tests {
             !full.metadata.truncation && full.answers.len() == 50,
             "over TCP it all goes"
         );
+    }
+
+    #[test]
+    fn ttls_passed_on_are_capped_like_the_learned_entries() {
+        let q = client_query("a.example.com.");
+        let answer = answer_to(
+            &q,
+            1,
+            vec![
+                a("a.example.com.", 7 * 86_400, "192.0.2.1"),
+                a("a.example.com.", u32::MAX, "192.0.2.2"),
+                a("a.example.com.", 300, "192.0.2.3"),
+            ],
+        );
+        let reply = Message::from_vec(&q.reply(answer, 512).unwrap()).unwrap();
+        let ttls: Vec<u32> = reply.answers.iter().map(|r| r.ttl).collect();
+        assert_eq!(ttls, [86_400, 0, 300]);
     }
 
     #[test]
