@@ -10,7 +10,7 @@ use std::{
 use filter_tests::{
     daemon::{binary, Daemon},
     dns::DnsServer,
-    lab::{eventually, Lab, RulesDir, DNS_V4, WEB_A_V4, WEB_B_V4},
+    lab::{eventually, Lab, RulesDir, DNS_V4, WEB_A_V4, WEB_A_V6, WEB_B_V4},
 };
 
 /// Two wildcards, both on 443: polling resolves neither, only answers teach them.
@@ -28,7 +28,8 @@ hosts = ["*.mdm.example.test"]
 tcp = [443]
 "#;
 
-/// The simulated internet's DNS: every name below cdn.example.test is WEB_A (a wildcard), the
+/// The simulated internet's DNS: every name below cdn.example.test is WEB_A, v4 and v6 (a
+/// wildcard), the
 /// portal is a CNAME to a name no rule lists, tracker.example.net is WEB_B, and one and two
 /// below mdm.example.test are WEB_A and WEB_B.
 struct Upstream {
@@ -53,6 +54,7 @@ impl Upstream {
             &lab.inet.name,
             &[
                 format!("--address=/cdn.example.test/{WEB_A_V4}"),
+                format!("--address=/cdn.example.test/{WEB_A_V6}"),
                 "--cname=portal.mdm.example.test,edge.unlisted.test".into(),
             ],
         )?;
@@ -391,5 +393,36 @@ fn an_address_the_maps_cannot_take_is_neither_confirmed_nor_kept() -> anyhow::Re
         .filter(|l| l.contains("policy not updated"))
         .count();
     assert_eq!(failures, 1, "said once: {:?}", daemon.logs());
+    Ok(())
+}
+
+#[test]
+fn over_ipv6_an_aaaa_answer_opens_the_ipv6_address() -> anyhow::Result<()> {
+    let lab = Lab::new(&[443])?;
+    let _upstream = Upstream::start(&lab, 60)?;
+    let rules = RulesDir::new(&lab, RULES)?;
+    let daemon = gateway(&lab, &rules, &["--dns-listen", "[fd00:77::1]:53"])?;
+    daemon.wait_for_log("[fd00:77::1]:53", Duration::from_secs(1))?;
+    // The client asks the gateway over IPv6 and connects over IPv6.
+    lab.client.use_resolver("fd00:77::1")?;
+    let started = Instant::now();
+    let connected = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.client.name,
+            "nc",
+            "-6",
+            "-z",
+            "-w",
+            "3",
+        ])
+        .args(["v6.cdn.example.test", "443"])
+        .status()
+        .is_ok_and(|s| s.success());
+    let took = started.elapsed();
+    assert!(connected && took < Duration::from_millis(800), "{took:?}");
+    let entry = learned_entry(&lab, |e| e["address"] == WEB_A_V6)?;
+    assert_eq!(entry["service"], "lab-cdn");
     Ok(())
 }
