@@ -426,3 +426,44 @@ fn over_ipv6_an_aaaa_answer_opens_the_ipv6_address() -> anyhow::Result<()> {
     assert_eq!(entry["service"], "lab-cdn");
     Ok(())
 }
+
+#[test]
+fn on_a_host_with_tc_its_own_lookups_through_loopback_open_the_way() -> anyhow::Result<()> {
+    let lab = Lab::new(&[443])?;
+    let _upstream = Upstream::start(&lab, 60)?;
+    let rules = RulesDir::new(&lab, RULES)?;
+    let upstream = format!("{DNS_V4}:53");
+    let daemon = Daemon::start(
+        &lab.gw.name,
+        &lab.pin_path(),
+        &[
+            "--rules",
+            rules.path(),
+            "--tc",
+            &lab.gw_wan,
+            "--dns-listen",
+            "127.0.0.1:53",
+            "--dns-upstream",
+            &upstream,
+            "--resolver",
+            &upstream,
+        ],
+    )?;
+    daemon.wait_for_log("answering DNS on 127.0.0.1:53", Duration::from_secs(5))?;
+    // The host's own programs resolve through the forwarder on loopback; the forwarder's
+    // queries to the upstream pass TC (its port 53 is allowed), the learned address opens.
+    lab.gw.use_resolver("127.0.0.1")?;
+    let started = Instant::now();
+    let connected = Command::new("ip")
+        .args(["netns", "exec", &lab.gw.name, "nc", "-4", "-z", "-w", "3"])
+        .args(["host.cdn.example.test", "443"])
+        .status()
+        .is_ok_and(|s| s.success());
+    let took = started.elapsed();
+    assert!(connected && took < Duration::from_millis(800), "{took:?}");
+    assert!(
+        !lab.gw.connects(WEB_B_V4, 443, 1),
+        "an unlisted address stays closed"
+    );
+    Ok(())
+}
