@@ -10,7 +10,7 @@ use std::{
 use filter_tests::{
     daemon::{binary, Daemon},
     dns::DnsServer,
-    lab::{eventually, Lab, RulesDir, DNS_V4, WEB_A_V4, WEB_A_V6, WEB_B_V4},
+    lab::{eventually, Lab, Netns, RulesDir, DNS_V4, WEB_A_V4, WEB_A_V6, WEB_B_V4},
 };
 
 /// Two wildcards, both on 443: polling resolves neither, only answers teach them.
@@ -100,18 +100,14 @@ fn gateway(lab: &Lab, rules: &RulesDir, extra: &[&str]) -> anyhow::Result<Daemon
 /// looked up through the gateway and the connection starts right after the answer. Returns
 /// whether it connected and how long the whole took.
 fn resolve_and_connect(lab: &Lab, name: &str, port: u16) -> (bool, Duration) {
+    look_up_and_connect(&lab.client, "-4", name, port)
+}
+
+/// The same from any namespace, over `family` ("-4" or "-6").
+fn look_up_and_connect(ns: &Netns, family: &str, name: &str, port: u16) -> (bool, Duration) {
     let started = Instant::now();
     let connected = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &lab.client.name,
-            "nc",
-            "-4",
-            "-z",
-            "-w",
-            "3",
-        ])
+        .args(["netns", "exec", &ns.name, "nc", family, "-z", "-w", "3"])
         .args([name, &port.to_string()])
         .status()
         .is_ok_and(|s| s.success());
@@ -405,22 +401,7 @@ fn over_ipv6_an_aaaa_answer_opens_the_ipv6_address() -> anyhow::Result<()> {
     daemon.wait_for_log("[fd00:77::1]:53", Duration::from_secs(1))?;
     // The client asks the gateway over IPv6 and connects over IPv6.
     lab.client.use_resolver("fd00:77::1")?;
-    let started = Instant::now();
-    let connected = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &lab.client.name,
-            "nc",
-            "-6",
-            "-z",
-            "-w",
-            "3",
-        ])
-        .args(["v6.cdn.example.test", "443"])
-        .status()
-        .is_ok_and(|s| s.success());
-    let took = started.elapsed();
+    let (connected, took) = look_up_and_connect(&lab.client, "-6", "v6.cdn.example.test", 443);
     assert!(connected && took < Duration::from_millis(800), "{took:?}");
     let entry = learned_entry(&lab, |e| e["address"] == WEB_A_V6)?;
     assert_eq!(entry["service"], "lab-cdn");
@@ -453,13 +434,7 @@ fn on_a_host_with_tc_its_own_lookups_through_loopback_open_the_way() -> anyhow::
     // The host's own programs resolve through the forwarder on loopback; the forwarder's
     // queries to the upstream pass TC (its port 53 is allowed), the learned address opens.
     lab.gw.use_resolver("127.0.0.1")?;
-    let started = Instant::now();
-    let connected = Command::new("ip")
-        .args(["netns", "exec", &lab.gw.name, "nc", "-4", "-z", "-w", "3"])
-        .args(["host.cdn.example.test", "443"])
-        .status()
-        .is_ok_and(|s| s.success());
-    let took = started.elapsed();
+    let (connected, took) = look_up_and_connect(&lab.gw, "-4", "host.cdn.example.test", 443);
     assert!(connected && took < Duration::from_millis(800), "{took:?}");
     assert!(
         !lab.gw.connects(WEB_B_V4, 443, 1),
