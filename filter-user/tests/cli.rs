@@ -87,3 +87,49 @@ fn imports_are_accepted_by_check() {
     std::fs::remove_file(&file).unwrap();
     assert_eq!(code, 0, "{stderr}");
 }
+
+#[test]
+fn dns_options_go_together_and_are_bounded() {
+    let (code, _, stderr) = egress_filter(&[
+        "run",
+        "--rules",
+        "rules/",
+        "--xdp",
+        // No such interface: whatever happens, nothing is attached.
+        "ef-no-such-if",
+        "--dns-listen",
+        "127.0.0.1:5353",
+    ]);
+    assert_eq!(code, 2, "clap refuses: {stderr}");
+    assert!(stderr.contains("--dns-upstream"), "{stderr}");
+    let (code, _, stderr) = egress_filter(&[
+        "run",
+        "--rules",
+        "rules/",
+        "--xdp",
+        "ef-no-such-if",
+        "--dns-listen",
+        "127.0.0.1:5353",
+        "--dns-upstream",
+        "127.0.0.1:53",
+        "--dns-min-ttl",
+        "99999999",
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("--dns-min-ttl must be at most a week"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn learned_without_a_running_filter_says_so() {
+    let (code, stdout, stderr) =
+        egress_filter(&["learned", "--pin-path", "/nonexistent/egress-filter"]);
+    assert_eq!(code, 1);
+    assert!(stdout.is_empty());
+    assert!(
+        stderr.contains("no filter runs with --pin-path /nonexistent/egress-filter"),
+        "{stderr}"
+    );
+}
