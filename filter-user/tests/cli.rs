@@ -90,31 +90,30 @@ fn imports_are_accepted_by_check() {
 
 #[test]
 fn dns_options_go_together_and_are_bounded() {
-    let (code, _, stderr) = egress_filter(&[
+    // No such interface: whatever happens, nothing is attached.
+    let run = [
         "run",
         "--rules",
         "rules/",
         "--xdp",
-        // No such interface: whatever happens, nothing is attached.
         "ef-no-such-if",
         "--dns-listen",
         "127.0.0.1:5353",
-    ]);
+    ];
+    let (code, _, stderr) = egress_filter(&run);
     assert_eq!(code, 2, "clap refuses: {stderr}");
     assert!(stderr.contains("--dns-upstream"), "{stderr}");
-    let (code, _, stderr) = egress_filter(&[
-        "run",
-        "--rules",
-        "rules/",
-        "--xdp",
-        "ef-no-such-if",
-        "--dns-listen",
-        "127.0.0.1:5353",
-        "--dns-upstream",
-        "127.0.0.1:53",
-        "--dns-min-ttl",
-        "99999999",
-    ]);
+    let bounded = [
+        &run[..],
+        &[
+            "--dns-upstream",
+            "127.0.0.1:53",
+            "--dns-min-ttl",
+            "99999999",
+        ],
+    ]
+    .concat();
+    let (code, _, stderr) = egress_filter(&bounded);
     assert_eq!(code, 1);
     assert!(
         stderr.contains("--dns-min-ttl must be at most a week"),
