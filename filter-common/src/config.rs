@@ -23,7 +23,8 @@ pub struct Config {
     pub events_per_sec: u32,
     /// Events each CPU may emit back to back.
     pub event_burst: u32,
-    pub _pad: u32,
+    /// [`Config::CHECK_SOURCES`] and future switches, one bit each.
+    pub flags: u32,
 }
 const _: () = assert!(size_of::<Config>() == 16);
 
@@ -38,8 +39,18 @@ impl Config {
             mode: mode as u32,
             events_per_sec: Self::DEFAULT_EVENTS_PER_SEC,
             event_burst: Self::DEFAULT_EVENT_BURST,
-            _pad: 0,
+            flags: 0,
         }
+    }
+
+    /// XDP drops packets whose source address has no entry for the ingress interface in
+    /// `SOURCES_V4`/`SOURCES_V6` (anti-spoofing). Off in an unwritten config: the daemon turns
+    /// it on once it has written the interfaces' source prefixes, never before.
+    pub const CHECK_SOURCES: u32 = 1;
+
+    #[must_use]
+    pub const fn checks_sources(&self) -> bool {
+        self.flags & Self::CHECK_SOURCES != 0
     }
 
     #[must_use]

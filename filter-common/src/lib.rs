@@ -15,6 +15,7 @@ pub mod event;
 pub mod maps;
 pub mod policy;
 pub mod reason;
+pub mod sources;
 
 pub use config::{Config, Mode};
 pub use event::{DropEvent, EventCounter, Hook};

@@ -9,6 +9,11 @@ pub const ALLOW_V4: &str = "ALLOW_V4";
 /// LPM trie, IPv6 destination prefix → [`crate::PolicyId`]. Written by the daemon, read by the
 /// programs.
 pub const ALLOW_V6: &str = "ALLOW_V6";
+/// LPM trie, (interface, IPv4 source prefix) → reserved `u32`: the sources that belong on each
+/// XDP interface (see `filter_common::sources`). Written by the daemon, read by XDP.
+pub const SOURCES_V4: &str = "SOURCES_V4";
+/// LPM trie, (interface, IPv6 source prefix) → reserved `u32`. Written by the daemon, read by XDP.
+pub const SOURCES_V6: &str = "SOURCES_V6";
 /// Array, [`crate::PolicyId`] → [`crate::Policy`] (the protocols and ports allowed). Written by
 /// the daemon, read by the programs.
 pub const POLICIES: &str = "POLICIES";
@@ -31,11 +36,18 @@ pub const EVENTS: &str = "EVENTS";
 pub const PROG_XDP: &str = "egress_xdp";
 /// The TC classifier, for a host's uplink (egress direction).
 pub const PROG_TC: &str = "egress_tc";
+/// The XDP program for layer-3 devices (TUN, WireGuard, PPP, IP tunnels): frames start at the IP
+/// header. Runs in generic mode.
+pub const PROG_XDP_L3: &str = "egress_xdp_l3";
+/// The TC classifier for layer-3 devices.
+pub const PROG_TC_L3: &str = "egress_tc_l3";
 
 /// Every map the object must contain.
-pub const ALL_MAPS: [&str; 9] = [
+pub const ALL_MAPS: [&str; 11] = [
     ALLOW_V4,
     ALLOW_V6,
+    SOURCES_V4,
+    SOURCES_V6,
     POLICIES,
     CONFIG,
     REASON_STATS,
@@ -45,11 +57,13 @@ pub const ALL_MAPS: [&str; 9] = [
     EVENTS,
 ];
 /// Every program the object must contain.
-pub const ALL_PROGRAMS: [&str; 2] = [PROG_XDP, PROG_TC];
+pub const ALL_PROGRAMS: [&str; 4] = [PROG_XDP, PROG_TC, PROG_XDP_L3, PROG_TC_L3];
 
 /// Capacity of each LPM trie. Tries are `BPF_F_NO_PREALLOC` (the kernel requires it), so an
 /// unused entry costs no memory.
 pub const MAX_PREFIXES: u32 = 1 << 21;
+/// Capacity of each source trie: prefixes routed out of the XDP interfaces, all together.
+pub const MAX_SOURCE_PREFIXES: u32 = 1 << 16;
 /// Capacity of [`POLICIES`]: the number of distinct port sets after deduplication.
 pub const MAX_POLICIES: u32 = 4096;
 /// Capacity of [`SERVICE_STATS`]: service ids run from 0 to this minus one.

@@ -68,14 +68,19 @@ reasons! {
     /// ARP. Open: never routed, and without it nothing on the link works.
     Arp = 3, Pass, "arp";
     /// ICMPv6 neighbour discovery with hop limit 255 (RFC 4861) or multicast listener messages
-    /// with hop limit 1 (RFC 3810). Open: IPv6's ARP; those hop limits keep them on the link.
+    /// with hop limit 1 (RFC 3810), to a link-local or link-scope multicast destination (fe80::/10,
+    /// ff02::/16). Open: IPv6's ARP. The destination is what keeps them on the link: a router
+    /// forwards an ND message to a global address like any packet, payload and all.
     NeighborDiscovery = 4, Pass, "neighbor-discovery";
     /// DHCP (UDP 68→67) to the limited broadcast address or DHCPv6 (UDP 546→547) to a link-scope
     /// multicast group. Open: a client needs an address before it can be filtered by one.
     /// Unicast renewals are judged by policy like any other packet.
     Dhcp = 5, Pass, "dhcp";
-    /// A destination no router forwards: IPv4 limited broadcast, 224.0.0.0/24 (RFC 5771),
-    /// 169.254.0.0/16 (RFC 3927); IPv6 fe80::/10 and ff02::/16. Open: it cannot leave the link.
+    /// A destination no router forwards: IPv4 limited broadcast and 224.0.0.0/24 (RFC 5771); IPv6
+    /// fe80::/10 and ff02::/16. Open: it cannot leave the link. Not 169.254.0.0/16: Linux routes
+    /// it like any address (and clouds serve credentials there). Tunnel protocols (IP-in-IP,
+    /// GRE, …) to these destinations, and the filtering host's own link-local addresses, are
+    /// judged by policy: a tunnel endpoint or service on the host could carry them further.
     LinkScoped = 6, Pass, "link-scoped";
     /// A frame that carries no IP (LLDP, STP, PPPoE discovery, …). Open: it cannot leave the link
     /// through a router. Encapsulations that do carry IP have their own closed reason.
@@ -113,6 +118,17 @@ reasons! {
     /// The destination's prefix names a policy slot that does not exist. The daemon writes a
     /// policy before any prefix points at it, so this means a damaged map. Closed.
     PolicyMissing = 21, Drop, "policy-missing";
+    /// An IPv4 packet with a loose or strict source-route option, or an IPv6 packet with a
+    /// routing header that still has segments left. Closed: its real destination is not the
+    /// one in the header, and a host that honours the route would send it there.
+    SourceRouted = 22, Drop, "source-routed";
+    /// The source address does not belong on the interface the packet came in on (no route to
+    /// it goes out that interface; BCP 38). Closed: a spoofed source is how a LAN client would
+    /// forge a DNS answer or hide behind another device. Checked by XDP only.
+    SpoofedSource = 23, Drop, "spoofed-source";
+    /// On a layer-3 device (TUN, WireGuard, PPP, IP tunnels) a packet whose version field is
+    /// neither 4 nor 6. Closed.
+    NotIpOnL3Device = 24, Drop, "not-ip-on-l3-device";
 }
 
 impl Reason {
@@ -171,6 +187,9 @@ mod tests {
             Reason::HeadersTooLong,
             Reason::TruncatedL4,
             Reason::Encapsulated,
+            Reason::SourceRouted,
+            Reason::SpoofedSource,
+            Reason::NotIpOnL3Device,
         ] {
             assert_eq!(reason.stance(), Stance::Drop, "{reason:?} must fail closed");
         }

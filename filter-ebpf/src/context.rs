@@ -7,6 +7,9 @@ use filter_common::Hook;
 pub trait PacketContext {
     /// Which hook this is, for drop events.
     const HOOK: Hook;
+    /// Whether this hook checks that sources belong on their interface: XDP sees what clients
+    /// send into the gateway; TC egress sees what the host itself sends, whose source it chose.
+    const CHECKS_SOURCES: bool;
     /// Address of the first byte of the frame (Ethernet header).
     fn data(&self) -> usize;
     /// Address one past the last byte the program may read directly.
@@ -19,6 +22,7 @@ pub trait PacketContext {
 
 impl PacketContext for XdpContext {
     const HOOK: Hook = Hook::Xdp;
+    const CHECKS_SOURCES: bool = true;
 
     #[inline(always)]
     fn data(&self) -> usize {
@@ -44,6 +48,7 @@ impl PacketContext for XdpContext {
 
 impl PacketContext for TcContext {
     const HOOK: Hook = Hook::Tc;
+    const CHECKS_SOURCES: bool = false;
 
     #[inline(always)]
     fn data(&self) -> usize {

@@ -2,8 +2,12 @@
 //!
 //! `egress_xdp` runs on a gateway's LAN-facing interface (every frame the clients send), and
 //! `egress_tc` on a host's uplink in the egress direction. Both hand the frame to [`process`],
-//! which parses it, judges it, counts it and, when it is dropped, reports it; the hooks only
-//! translate the [`Verdict`] into their return codes.
+//! which parses it, checks its source (XDP), judges it, counts it and, when it is dropped,
+//! reports it; the hooks only translate the [`Verdict`] into their return codes.
+//!
+//! Layer-3 devices (TUN, WireGuard, PPP, IP tunnels) have no Ethernet header: `egress_xdp_l3`
+//! and `egress_tc_l3` are the same two hooks with the parser told so at compile time. The
+//! daemon picks the variant from the device's link type.
 #![no_std]
 #![no_main]
 
@@ -19,7 +23,7 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use filter_common::Reason;
+use filter_common::{Config, Reason};
 
 use crate::{
     context::PacketContext,
@@ -28,6 +32,7 @@ use crate::{
 };
 
 /// What a hook does with the frame.
+#[derive(Clone, Copy)]
 enum Verdict {
     Pass,
     Drop,
@@ -39,7 +44,22 @@ enum Verdict {
     reason = "aya's macros hand the context over by value"
 )]
 pub fn egress_xdp(ctx: XdpContext) -> u32 {
-    match process(&ctx) {
+    xdp_verdict(process::<_, true>(&ctx))
+}
+
+/// XDP on a layer-3 device (TUN, WireGuard, PPP, IP tunnels; generic mode): no link header.
+#[xdp]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "aya's macros hand the context over by value"
+)]
+pub fn egress_xdp_l3(ctx: XdpContext) -> u32 {
+    xdp_verdict(process::<_, false>(&ctx))
+}
+
+#[inline(always)]
+fn xdp_verdict(verdict: Verdict) -> u32 {
+    match verdict {
         Verdict::Pass => xdp_action::XDP_PASS,
         Verdict::Drop => xdp_action::XDP_DROP,
     }
@@ -54,6 +74,21 @@ const TC_PULL_LEN: u32 = (MAX_L4_OFFSET + 64) as u32;
     reason = "aya's macros hand the context over by value"
 )]
 pub fn egress_tc(ctx: TcContext) -> i32 {
+    tc_verdict::<true>(&ctx)
+}
+
+/// TC on a layer-3 device: the skb starts at the IP header.
+#[classifier]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "aya's macros hand the context over by value"
+)]
+pub fn egress_tc_l3(ctx: TcContext) -> i32 {
+    tc_verdict::<false>(&ctx)
+}
+
+#[inline(always)]
+fn tc_verdict<const ETHERNET: bool>(ctx: &TcContext) -> i32 {
     // Direct packet access only reaches the linear part of an skb; headers of locally generated
     // packets usually are linear, but GSO and tunnels can leave them in fragments.
     let wanted = ctx.len().min(TC_PULL_LEN);
@@ -61,7 +96,7 @@ pub fn egress_tc(ctx: TcContext) -> i32 {
         // A failed pull leaves the frame as it was; the parser then fails closed on it.
         let _pulled = ctx.pull_data(wanted);
     }
-    match process(&ctx) {
+    match process::<_, ETHERNET>(ctx) {
         // TC_ACT_UNSPEC (TCX_NEXT) lets programs after ours, such as a CNI's, still run; with
         // none left the packet passes.
         Verdict::Pass => TC_ACT_UNSPEC,
@@ -69,12 +104,27 @@ pub fn egress_tc(ctx: TcContext) -> i32 {
     }
 }
 
-/// Parse, judge, count, report: everything both hooks share.
+/// Parse, check the source, judge, count, report: everything the hooks share.
 #[inline(always)]
-fn process<C: PacketContext>(ctx: &C) -> Verdict {
+fn process<C: PacketContext, const ETHERNET: bool>(ctx: &C) -> Verdict {
     let mut packet = Packet::EMPTY;
-    let Judgement { reason, service_id } = match parse::parse(ctx, &mut packet) {
-        Ok(Frame::Ip) => verdict::judge(&packet),
+    // Only a hook that checks sources needs the config before the verdict; the others read it
+    // on the drop path alone.
+    let early_config = if C::CHECKS_SOURCES {
+        Some(read_config())
+    } else {
+        None
+    };
+    let Judgement { reason, service_id } = match parse::parse::<C, ETHERNET>(ctx, &mut packet) {
+        Ok(Frame::Ip) => {
+            let spoofed = early_config.is_some_and(|c| c.checks_sources())
+                && !verdict::source_belongs(ctx.ifindex(), &packet);
+            if spoofed {
+                Reason::SpoofedSource.into()
+            } else {
+                verdict::judge(&packet)
+            }
+        }
         Ok(Frame::Arp) => Reason::Arp.into(),
         Ok(Frame::NotIp) => Reason::NotIp.into(),
         Err(reason) => reason.into(),
@@ -83,12 +133,17 @@ fn process<C: PacketContext>(ctx: &C) -> Verdict {
     if reason.passes() {
         return Verdict::Pass;
     }
-    // An unwritten config is all zeroes: enforce, no events.
-    let config = maps::CONFIG.get(0).copied().unwrap_or_default();
+    let config = early_config.unwrap_or_else(read_config);
     report::report(ctx, &packet, reason, &config);
     if config.is_audit() {
         Verdict::Pass
     } else {
         Verdict::Drop
     }
+}
+
+/// An unwritten config is all zeroes: enforce, no events, no source check.
+#[inline(always)]
+fn read_config() -> Config {
+    maps::CONFIG.get(0).copied().unwrap_or_default()
 }

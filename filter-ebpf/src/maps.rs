@@ -6,8 +6,10 @@ use aya_ebpf::{
     maps::{Array, LpmTrie, PerCpuArray, RingBuf},
 };
 use filter_common::{
-    event::RateLimitState, maps as names, Config, EventCounter, Ipv4KeyBytes, Ipv6KeyBytes,
-    PacketCount, Policy, PolicyId, Reason,
+    event::RateLimitState,
+    maps as names,
+    sources::{SourceKeyV4, SourceKeyV6},
+    Config, EventCounter, Ipv4KeyBytes, Ipv6KeyBytes, PacketCount, Policy, PolicyId, Reason,
 };
 
 /// IPv4 destination prefix → policy. LPM tries must be `BPF_F_NO_PREALLOC` (aya adds it).
@@ -19,6 +21,16 @@ pub static ALLOW_V4: LpmTrie<Ipv4KeyBytes, PolicyId> =
 #[map(name = "ALLOW_V6")]
 pub static ALLOW_V6: LpmTrie<Ipv6KeyBytes, PolicyId> =
     LpmTrie::with_max_entries(names::MAX_PREFIXES, 0);
+
+/// (interface, IPv4 source prefix) → reserved: the sources that belong on each XDP interface.
+#[map(name = "SOURCES_V4")]
+pub static SOURCES_V4: LpmTrie<SourceKeyV4, u32> =
+    LpmTrie::with_max_entries(names::MAX_SOURCE_PREFIXES, 0);
+
+/// (interface, IPv6 source prefix) → reserved.
+#[map(name = "SOURCES_V6")]
+pub static SOURCES_V6: LpmTrie<SourceKeyV6, u32> =
+    LpmTrie::with_max_entries(names::MAX_SOURCE_PREFIXES, 0);
 
 /// Policy id → the rules allowed under every prefix that names it.
 #[map(name = "POLICIES")]

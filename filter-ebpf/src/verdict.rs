@@ -6,10 +6,14 @@
 //! `filter_common::policy`).
 
 use aya_ebpf::maps::lpm_trie::Key;
-use filter_common::{policy::MAX_RULES_PER_POLICY, Policy, Reason, RuleProto};
+use filter_common::{
+    policy::MAX_RULES_PER_POLICY,
+    sources::{SourceKeyV4, SourceKeyV6, IFINDEX_BITS},
+    Policy, Reason, RuleProto,
+};
 
 use crate::{
-    maps::{ALLOW_V4, ALLOW_V6, POLICIES},
+    maps::{ALLOW_V4, ALLOW_V6, POLICIES, SOURCES_V4, SOURCES_V6},
     parse::{ipproto, Packet},
 };
 
@@ -32,8 +36,11 @@ impl From<Reason> for Judgement {
 /// Judges an IP packet.
 #[inline(always)]
 pub fn judge(packet: &Packet) -> Judgement {
-    if let Some(reason) = link_local_reason(packet) {
-        return reason.into();
+    let link_local = link_local_reason(packet);
+    if let Some(reason) = link_local {
+        if !matches!(reason, Reason::LinkScoped) || !is_link_local_unicast(packet) {
+            return reason.into();
+        }
     }
     let policy_id = if packet.family == 4 {
         ALLOW_V4.get(Key::new(32, packet.dst_v4()))
@@ -41,8 +48,12 @@ pub fn judge(packet: &Packet) -> Judgement {
         ALLOW_V6.get(Key::new(128, packet.dst))
     };
     let Some(&policy_id) = policy_id else {
-        return Reason::NoService.into();
+        // A link-local unicast address the table does not list is a neighbour's: the packet
+        // stays on the link.
+        return link_local.unwrap_or(Reason::NoService).into();
     };
+    // Listed link-local unicast addresses are the filtering host's own (the daemon adds them
+    // with its failsafe ports): a service there could relay further, so policy decides.
     if packet.non_first_fragment {
         return Reason::AllowedFragment.into();
     }
@@ -55,6 +66,24 @@ pub fn judge(packet: &Packet) -> Judgement {
     match_rules(policy, packet.rule_proto, packet.dport)
 }
 
+/// Whether the packet's source belongs on `ifindex`: some prefix routed out of that interface
+/// covers it (see `filter_common::sources`).
+#[inline(always)]
+pub fn source_belongs(ifindex: u32, packet: &Packet) -> bool {
+    let index = ifindex.to_be_bytes();
+    let src = &packet.src;
+    if packet.family == 4 {
+        let key: SourceKeyV4 = [
+            index[0], index[1], index[2], index[3], src[0], src[1], src[2], src[3],
+        ];
+        SOURCES_V4.get(Key::new(IFINDEX_BITS + 32, key)).is_some()
+    } else {
+        let mut key: SourceKeyV6 = [0; 20];
+        key[..4].copy_from_slice(&index);
+        key[4..].copy_from_slice(src);
+        SOURCES_V6.get(Key::new(IFINDEX_BITS + 128, key)).is_some()
+    }
+}
 /// Scans a policy's rules for one that allows `rule_proto` to `port`.
 #[inline(always)]
 fn match_rules(policy: &Policy, rule_proto: u8, port: u16) -> Judgement {
@@ -83,35 +112,51 @@ fn match_rules(policy: &Policy, rule_proto: u8, port: u16) -> Judgement {
 
 /// Traffic that never leaves the link and that the network needs: DHCP, neighbour discovery,
 /// link-scoped destinations. `None` when the packet must be judged by policy.
+///
+/// Each pass here is judged by where the packet can go, not by what it claims to be: every case
+/// requires a destination no router forwards (a Linux router forwards an ND message or a TCP
+/// segment to 169.254.169.254 like any other packet).
 #[inline(always)]
 fn link_local_reason(packet: &Packet) -> Option<Reason> {
     let dst = &packet.dst;
     let (link_scoped, dhcp_ports) = if packet.family == 4 {
         let limited_broadcast = dst[0] == 255 && dst[1] == 255 && dst[2] == 255 && dst[3] == 255;
-        // 224.0.0.0/24 (local network control) and 169.254.0.0/16 (link-local).
+        // 224.0.0.0/24, local network control (RFC 5771): multicast routers never forward it.
         let local_multicast = dst[0] == 224 && dst[1] == 0 && dst[2] == 0;
-        let link_local = dst[0] == 169 && dst[1] == 254;
-        (limited_broadcast || local_multicast || link_local, (68, 67))
+        (limited_broadcast || local_multicast, (68, 67))
     } else {
-        // fe80::/10 (link-local unicast) and ff02::/16 (link-local scope multicast).
-        let link_local = dst[0] == 0xfe && dst[1] & 0xc0 == 0x80;
+        // ff02::/16, link-local scope multicast.
         let multicast_link = dst[0] == 0xff && dst[1] == 0x02;
-        (link_local || multicast_link, (546, 547))
+        (multicast_link || is_link_local_unicast(packet), (546, 547))
     };
-    if packet.rule_proto == RuleProto::Udp as u8
-        && (packet.sport, packet.dport) == dhcp_ports
-        && link_scoped
-    {
+    if !link_scoped {
+        return None;
+    }
+    if packet.rule_proto == RuleProto::Udp as u8 && (packet.sport, packet.dport) == dhcp_ports {
         return Some(Reason::Dhcp);
     }
     if packet.family == 6 && packet.proto == ipproto::ICMPV6 && is_neighbor_discovery(packet) {
         return Some(Reason::NeighborDiscovery);
     }
-    link_scoped.then_some(Reason::LinkScoped)
+    // A tunnel endpoint on the receiving host could unwrap the inner packet and route it on.
+    (!is_tunnel(packet.proto)).then_some(Reason::LinkScoped)
+}
+
+/// fe80::/10, link-local unicast.
+#[inline(always)]
+fn is_link_local_unicast(packet: &Packet) -> bool {
+    packet.family == 6 && packet.dst[0] == 0xfe && packet.dst[1] & 0xc0 == 0x80
+}
+
+/// IP protocols that carry another packet: IP-in-IP, IPv6-in-IP, GRE, EtherIP, ENCAP, L2TPv3,
+/// MPLS-in-IP.
+#[inline(always)]
+const fn is_tunnel(proto: u8) -> bool {
+    matches!(proto, 4 | 41 | 47 | 97 | 98 | 115 | 137)
 }
 
 /// RFC 4861 ND messages must arrive with hop limit 255 and RFC 3810 MLD messages with hop limit
-/// 1; with those hop limits neither can have crossed, or cross, a router.
+/// 1. Only called for link-scoped destinations, which with those hop limits stay on the link.
 #[inline(always)]
 fn is_neighbor_discovery(packet: &Packet) -> bool {
     match packet.icmp_type {

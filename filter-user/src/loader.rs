@@ -4,7 +4,7 @@ use aya::{
     programs::{ProgramError, SchedClassifier, Xdp},
     Ebpf, EbpfError, EbpfLoader,
 };
-use filter_common::maps::{PROG_TC, PROG_XDP};
+use filter_common::maps::{PROG_TC, PROG_TC_L3, PROG_XDP, PROG_XDP_L3};
 
 /// The object `build.rs` compiled from filter-ebpf: both programs and every map.
 pub const OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/egress-filter"));
@@ -38,18 +38,19 @@ pub fn open() -> Result<Ebpf, LoadError> {
     EbpfLoader::new().load(OBJECT).map_err(LoadError::Object)
 }
 
-/// Runs both programs through the verifier, ready to attach or test-run.
+/// Runs every program (both hooks, for Ethernet and for layer-3 devices) through the verifier,
+/// ready to attach or test-run.
 pub fn load_programs(ebpf: &mut Ebpf) -> Result<(), LoadError> {
-    let xdp: &mut Xdp = program(ebpf, PROG_XDP)?;
-    xdp.load().map_err(|source| LoadError::Program {
-        name: PROG_XDP,
-        source,
-    })?;
-    let tc: &mut SchedClassifier = program(ebpf, PROG_TC)?;
-    tc.load().map_err(|source| LoadError::Program {
-        name: PROG_TC,
-        source,
-    })?;
+    for name in [PROG_XDP, PROG_XDP_L3] {
+        let xdp: &mut Xdp = program(ebpf, name)?;
+        xdp.load()
+            .map_err(|source| LoadError::Program { name, source })?;
+    }
+    for name in [PROG_TC, PROG_TC_L3] {
+        let tc: &mut SchedClassifier = program(ebpf, name)?;
+        tc.load()
+            .map_err(|source| LoadError::Program { name, source })?;
+    }
     Ok(())
 }
 
