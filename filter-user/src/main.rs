@@ -12,6 +12,7 @@ use filter_user::{
         RunOptions, XdpModeArg,
     },
     dns::LearnPolicy,
+    table::PortSpec,
 };
 
 /// An eBPF egress allow-list for networks of managed devices.
@@ -95,6 +96,10 @@ enum Command {
 }
 
 #[derive(clap::Args)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "each is an independent command-line switch"
+)]
 struct RunArgs {
     /// A rules file, or a directory whose *.toml files are loaded. Repeatable.
     #[arg(long = "rules", required = true, value_name = "PATH")]
@@ -130,9 +135,24 @@ struct RunArgs {
     #[arg(long, default_value = DEFAULT_PIN_PATH, value_name = "DIR")]
     pin_path: PathBuf,
     /// Do not allow traffic to this host's own addresses (by default a gateway stays reachable
-    /// from the LAN it filters).
+    /// from the LAN it filters on --self-ports).
     #[arg(long)]
     no_self_allow: bool,
+    /// What stays open to this host's own addresses through XDP, so that no operator locks
+    /// themselves out: tcp/PORT, udp/PORT (or LO-HI ranges) and icmp, comma-separated. The
+    /// --dns-listen ports are added. Other ports on the host need a rule like any destination.
+    #[arg(
+        long,
+        value_name = "LIST",
+        value_delimiter = ',',
+        default_value = "tcp/22,udp/53,tcp/53,udp/67,udp/547,icmp"
+    )]
+    self_ports: Vec<PortSpec>,
+    /// Do not drop packets whose source address does not belong on the XDP interface they came
+    /// in on (by default: no route to it goes out that interface). Turn off only for asymmetric
+    /// routing that strict reverse-path filtering would break too.
+    #[arg(long)]
+    no_source_check: bool,
     /// Drop events each CPU may report per second after its burst.
     #[arg(long, default_value_t = filter_common::Config::DEFAULT_EVENTS_PER_SEC)]
     event_rate: u32,
@@ -334,6 +354,8 @@ fn run_daemon(args: RunArgs) -> anyhow::Result<()> {
         },
         pin_path: args.pin_path,
         allow_self: !args.no_self_allow,
+        self_ports: args.self_ports,
+        check_sources: !args.no_source_check,
         events_per_sec: args.event_rate,
         event_burst: args.event_burst,
         dns: args.dns_upstream.map(|upstream| DnsOptions {

@@ -12,7 +12,7 @@
 //! in step with the kernel, so the next `apply` can retry from there.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     hash::Hash,
 };
 
@@ -22,6 +22,7 @@ use aya::{
 };
 use filter_common::{
     maps::{self as names, MAX_POLICIES},
+    sources::{source_key, SourceKeyV4, SourceKeyV6, IFINDEX_BITS},
     Config, Ipv4KeyBytes, Ipv6KeyBytes, Policy, PolicyId,
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -116,7 +117,7 @@ impl PolicyMaps {
                 self.written_v6.insert(net, id);
             }
         }
-        let ids: std::collections::BTreeSet<PolicyId> = self
+        let ids: BTreeSet<PolicyId> = self
             .written_v4
             .values()
             .chain(self.written_v6.values())
@@ -373,6 +374,129 @@ fn key_v4(net: Ipv4Net) -> Key<Ipv4KeyBytes> {
 
 fn key_v6(net: Ipv6Net) -> Key<Ipv6KeyBytes> {
     Key::new(u32::from(net.prefix_len()), net.network().octets())
+}
+
+/// The anti-spoofing tries: which source prefixes belong on which XDP interface.
+pub struct SourceMaps {
+    sources_v4: LpmTrie<MapData, SourceKeyV4, u32>,
+    sources_v6: LpmTrie<MapData, SourceKeyV6, u32>,
+}
+
+/// One source prefix allowed on one interface.
+pub type InterfaceSource = (u32, IpNet);
+
+impl SourceMaps {
+    /// Takes the source tries out of a loaded object.
+    pub fn take_from(ebpf: &mut Ebpf) -> Result<Self, MapWriteError> {
+        let mut take = |name: &'static str| {
+            let map = ebpf.take_map(name).ok_or(MapWriteError::Missing(name))?;
+            Ok::<_, MapWriteError>((map, name))
+        };
+        let (v4, v4_name) = take(names::SOURCES_V4)?;
+        let (v6, v6_name) = take(names::SOURCES_V6)?;
+        Ok(Self {
+            sources_v4: LpmTrie::try_from(v4).map_err(|source| MapWriteError::Layout {
+                name: v4_name,
+                source,
+            })?,
+            sources_v6: LpmTrie::try_from(v6).map_err(|source| MapWriteError::Layout {
+                name: v6_name,
+                source,
+            })?,
+        })
+    }
+
+    /// Makes the tries hold exactly `wanted`: new entries first, then the ones gone, so a
+    /// client whose prefix merely changed form is never refused in between.
+    pub fn set(&mut self, wanted: &BTreeSet<InterfaceSource>) -> Result<(), MapWriteError> {
+        let present = self.read()?;
+        for (ifindex, prefix) in wanted.difference(&present) {
+            let (name, result) = match prefix {
+                IpNet::V4(net) => (
+                    names::SOURCES_V4,
+                    self.sources_v4.insert(&source_key_v4(*ifindex, *net), 0, 0),
+                ),
+                IpNet::V6(net) => (
+                    names::SOURCES_V6,
+                    self.sources_v6.insert(&source_key_v6(*ifindex, *net), 0, 0),
+                ),
+            };
+            result.map_err(|source| MapWriteError::Write {
+                name,
+                what: format!("source {prefix} on interface {ifindex}"),
+                source,
+            })?;
+        }
+        for (ifindex, prefix) in present.difference(wanted) {
+            let (name, result) = match prefix {
+                IpNet::V4(net) => (
+                    names::SOURCES_V4,
+                    self.sources_v4.remove(&source_key_v4(*ifindex, *net)),
+                ),
+                IpNet::V6(net) => (
+                    names::SOURCES_V6,
+                    self.sources_v6.remove(&source_key_v6(*ifindex, *net)),
+                ),
+            };
+            result.map_err(|source| MapWriteError::Write {
+                name,
+                what: format!("removing source {prefix} on interface {ifindex}"),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// What the tries hold now (a previous daemon's entries, when adopted).
+    fn read(&self) -> Result<BTreeSet<InterfaceSource>, MapWriteError> {
+        let read_err = |name: &'static str| {
+            move |source| MapWriteError::Write {
+                name,
+                what: "a read".into(),
+                source,
+            }
+        };
+        let mut present = BTreeSet::new();
+        for key in self.sources_v4.keys() {
+            let key = key.map_err(read_err(names::SOURCES_V4))?;
+            let (ifindex, address) = split_source_key::<4>(&key.data());
+            let length = key.prefix_len().saturating_sub(IFINDEX_BITS) as u8;
+            if let Ok(net) = Ipv4Net::new(address.into(), length) {
+                present.insert((ifindex, IpNet::V4(net)));
+            }
+        }
+        for key in self.sources_v6.keys() {
+            let key = key.map_err(read_err(names::SOURCES_V6))?;
+            let (ifindex, address) = split_source_key::<16>(&key.data());
+            let length = key.prefix_len().saturating_sub(IFINDEX_BITS) as u8;
+            if let Ok(net) = Ipv6Net::new(address.into(), length) {
+                present.insert((ifindex, IpNet::V6(net)));
+            }
+        }
+        Ok(present)
+    }
+}
+
+fn source_key_v4(ifindex: u32, net: Ipv4Net) -> Key<SourceKeyV4> {
+    Key::new(
+        IFINDEX_BITS + u32::from(net.prefix_len()),
+        source_key(ifindex, &net.network().octets()),
+    )
+}
+
+fn source_key_v6(ifindex: u32, net: Ipv6Net) -> Key<SourceKeyV6> {
+    Key::new(
+        IFINDEX_BITS + u32::from(net.prefix_len()),
+        source_key(ifindex, &net.network().octets()),
+    )
+}
+
+/// The interface index and address bytes of a source key.
+fn split_source_key<const A: usize>(key: &[u8]) -> (u32, [u8; A]) {
+    let ifindex = u32::from_be_bytes([key[0], key[1], key[2], key[3]]);
+    let mut address = [0; A];
+    address.copy_from_slice(&key[4..4 + A]);
+    (ifindex, address)
 }
 
 fn to_policy(rules: &RuleSet) -> Policy {

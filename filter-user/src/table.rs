@@ -43,6 +43,54 @@ pub enum PortSpec {
     Icmp,
 }
 
+impl std::str::FromStr for PortSpec {
+    type Err = String;
+
+    /// `tcp/PORT`, `tcp/LO-HI`, the same with `udp/`, or `icmp`.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let text = text.trim().to_ascii_lowercase();
+        if text == "icmp" {
+            return Ok(Self::Icmp);
+        }
+        let (proto, ports) = text
+            .split_once('/')
+            .ok_or_else(|| format!("{text:?} is not tcp/PORT, udp/PORT or icmp"))?;
+        let port = |p: &str| {
+            p.parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| format!("{p:?} in {text:?} is not a port (1-65535)"))
+        };
+        let range = match ports.split_once('-') {
+            Some((lo, hi)) => port(lo)?..=port(hi)?,
+            None => port(ports)?..=port(ports)?,
+        };
+        if range.is_empty() {
+            return Err(format!("{text:?} is a reversed range"));
+        }
+        match proto {
+            "tcp" => Ok(Self::Tcp(range)),
+            "udp" => Ok(Self::Udp(range)),
+            other => Err(format!("{other:?} in {text:?} is not tcp, udp or icmp")),
+        }
+    }
+}
+
+impl fmt::Display for PortSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (proto, ports) = match self {
+            Self::Icmp => return f.write_str("icmp"),
+            Self::Tcp(ports) => ("tcp", ports),
+            Self::Udp(ports) => ("udp", ports),
+        };
+        if ports.start() == ports.end() {
+            write!(f, "{proto}/{}", ports.start())
+        } else {
+            write!(f, "{proto}/{}-{}", ports.start(), ports.end())
+        }
+    }
+}
+
 impl PortSpec {
     fn to_rule(&self, service: ServiceId) -> PortRule {
         match self {
@@ -410,6 +458,19 @@ mod tests {
             prefix: prefix.parse().expect("test prefix"),
             service,
             ports: ports.to_vec(),
+        }
+    }
+
+    #[test]
+    fn port_specs_read_and_print_alike() {
+        for text in ["tcp/22", "udp/5000-5010", "icmp"] {
+            let spec: PortSpec = text.parse().expect("a valid spec");
+            assert_eq!(spec.to_string(), text);
+        }
+        assert_eq!("TCP/443".parse(), Ok(PortSpec::Tcp(443..=443)));
+        for bad in ["tcp", "tcp/0", "tcp/70000", "udp/9-3", "sctp/1", "tcp/x"] {
+            let err = bad.parse::<PortSpec>().expect_err(bad);
+            assert!(err.contains(bad) || err.contains("sctp"), "{bad}: {err}");
         }
     }
 

@@ -4,6 +4,7 @@
 
 pub mod events;
 pub mod hosts;
+pub mod interfaces;
 pub mod pins;
 pub mod state;
 pub mod stats;
@@ -46,6 +47,7 @@ use tokio::{
 use self::{
     events::{Enricher, EventFormat},
     hosts::{Change, HostTable, RefreshPolicy},
+    interfaces::LinkLayer,
     pins::{HookKind, PinDir},
     state::{DnsStats, State},
 };
@@ -56,7 +58,7 @@ use crate::{
         LearnRequest, LearnedTable, Listeners, NameMatcher,
     },
     loader::{self, OBJECT},
-    maps::PolicyMaps,
+    maps::{InterfaceSource, PolicyMaps, SourceMaps},
     resolve::{Answer, Resolver},
     rules::{HostPattern, Rules, Service},
     table::{AllowTable, Grant, PortSpec},
@@ -86,6 +88,10 @@ pub struct RunOptions {
     pub refresh: RefreshPolicy,
     pub pin_path: PathBuf,
     pub allow_self: bool,
+    /// What stays open to the host's own addresses (with `allow_self`).
+    pub self_ports: Vec<PortSpec>,
+    /// XDP drops sources that do not belong on their interface.
+    pub check_sources: bool,
     pub events_per_sec: u32,
     pub event_burst: u32,
     /// The DNS forwarder, with `--dns-listen`.
@@ -126,6 +132,14 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         let index = nix::net::if_::if_nametoindex(iface.as_str())
             .with_context(|| format!("no interface named {iface}"))?;
         iface_names.insert(index, iface.clone());
+        // A device the programs cannot parse is refused here, never attached blindly.
+        let layer = LinkLayer::of(iface)?;
+        ensure!(
+            !(layer == LinkLayer::Ip
+                && opts.xdp_mode == XdpModeArg::Native
+                && opts.xdp.contains(iface)),
+            "{iface} is a layer-3 device: XDP runs on it in generic mode only (drop --xdp-mode native)"
+        );
     }
 
     let pins = PinDir::new(&opts.pin_path);
@@ -171,6 +185,9 @@ struct Daemon {
     extra: ExtraAllowances,
     mode: Mode,
     maps: PolicyMaps,
+    sources: SourceMaps,
+    /// What `sources` holds: the source prefixes routed out of each XDP interface.
+    written_sources: BTreeSet<InterfaceSource>,
     enricher: Arc<RwLock<Enricher>>,
     /// Which services each DNS name belongs to, for the forwarder and for learning.
     matcher: watch::Sender<Arc<NameMatcher>>,
@@ -252,16 +269,8 @@ impl Daemon {
 
         let mut ebpf = load_with_pins(&pins)?;
         let mut maps = PolicyMaps::take_from(&mut ebpf)?;
-        let mode = if opts.audit {
-            Mode::Audit
-        } else {
-            Mode::Enforce
-        };
-        maps.set_config(Config {
-            events_per_sec: opts.events_per_sec,
-            event_burst: opts.event_burst,
-            ..Config::new(mode)
-        })?;
+        let mut sources = SourceMaps::take_from(&mut ebpf)?;
+        let (mode, written_sources) = configure(&mut maps, &mut sources, &opts)?;
         let extra = ExtraAllowances::read(&opts, rules.services.len())?;
         let enricher = Arc::new(RwLock::new(Enricher {
             iface_names,
@@ -276,6 +285,8 @@ impl Daemon {
             extra,
             mode,
             maps,
+            sources,
+            written_sources,
             enricher,
             matcher: watch::Sender::new(matcher),
             learned,
@@ -344,6 +355,7 @@ impl Daemon {
                     self.state_dirty |= !learned_gone.is_empty();
                     if now >= next_self_check {
                         next_self_check = now + SELF_ADDRESS_CHECK;
+                        self.reread_sources();
                         if self.reread_extra()? {
                             Update::Full
                         } else {
@@ -611,6 +623,28 @@ impl Daemon {
         true
     }
 
+    /// Reads the routes out of the XDP interfaces again and writes what changed. On failure the
+    /// tries keep what they hold: a client is never refused because a read went wrong.
+    fn reread_sources(&mut self) {
+        if !self.opts.check_sources {
+            return;
+        }
+        let result = xdp_sources(&self.opts.xdp).and_then(|wanted| {
+            if wanted != self.written_sources {
+                self.sources.set(&wanted)?;
+                tracing::info!(
+                    "source prefixes of the XDP interfaces changed: {} now",
+                    wanted.len()
+                );
+                self.written_sources = wanted;
+            }
+            Ok(())
+        });
+        if let Err(err) = result {
+            tracing::warn!("cannot update the source prefixes, the old ones stay: {err:#}");
+        }
+    }
+
     /// Reads the host's addresses again; returns whether they changed.
     fn reread_extra(&mut self) -> anyhow::Result<bool> {
         let fresh = ExtraAllowances::read(&self.opts, self.rules.services.len())?;
@@ -730,6 +764,39 @@ impl Daemon {
     }
 }
 
+/// Fills the source tries, then writes the config (mode, event budget, source check). The tries
+/// are written before the config asks XDP to check them, so no client is refused for a prefix
+/// not yet written. Returns the mode and the sources written.
+fn configure(
+    maps: &mut PolicyMaps,
+    sources: &mut SourceMaps,
+    opts: &RunOptions,
+) -> anyhow::Result<(Mode, BTreeSet<InterfaceSource>)> {
+    let mode = if opts.audit {
+        Mode::Audit
+    } else {
+        Mode::Enforce
+    };
+    let written_sources = if opts.check_sources {
+        let wanted = xdp_sources(&opts.xdp)?;
+        sources.set(&wanted)?;
+        wanted
+    } else {
+        BTreeSet::new()
+    };
+    maps.set_config(Config {
+        events_per_sec: opts.events_per_sec,
+        event_burst: opts.event_burst,
+        flags: if opts.check_sources {
+            Config::CHECK_SOURCES
+        } else {
+            0
+        },
+        ..Config::new(mode)
+    })?;
+    Ok((mode, written_sources))
+}
+
 /// Loads the object with every map pinned under the pin path (reused when already there).
 fn load_with_pins(pins: &PinDir) -> anyhow::Result<Ebpf> {
     let mut loader = EbpfLoader::new();
@@ -751,7 +818,14 @@ fn attach_all(ebpf: &mut Ebpf, pins: &PinDir, opts: &RunOptions) -> anyhow::Resu
     for iface in &opts.xdp {
         let path = pins.link_path(HookKind::Xdp, iface);
         wanted.insert(path.clone());
-        let program: &mut Xdp = loader::program(ebpf, names::PROG_XDP)?;
+        let layer = LinkLayer::of(iface)?;
+        let program: &mut Xdp = loader::program(
+            ebpf,
+            match layer {
+                LinkLayer::Ethernet => names::PROG_XDP,
+                LinkLayer::Ip => names::PROG_XDP_L3,
+            },
+        )?;
         if let Ok(old) = PinnedLink::from_pin(&path) {
             program
                 .attach_to_link(XdpLink::try_from(FdLink::from(old))?)
@@ -759,24 +833,35 @@ fn attach_all(ebpf: &mut Ebpf, pins: &PinDir, opts: &RunOptions) -> anyhow::Resu
             tracing::info!("XDP on {iface}: adopted the pinned link");
             continue;
         }
-        let id = match opts.xdp_mode {
-            XdpModeArg::Native => program.attach(iface, XdpMode::Driver),
-            XdpModeArg::Generic => program.attach(iface, XdpMode::Skb),
-            XdpModeArg::Auto => program.attach(iface, XdpMode::Driver).or_else(|err| {
-                tracing::info!(
-                    "XDP driver mode unavailable on {iface} ({err}); using generic mode"
-                );
-                program.attach(iface, XdpMode::Skb)
-            }),
+        let id = match (opts.xdp_mode, layer) {
+            // A TUN device accepts a driver-mode program but runs it only on TAP frames: on a
+            // layer-3 device only generic mode sees every packet.
+            (XdpModeArg::Generic, _) | (_, LinkLayer::Ip) => program.attach(iface, XdpMode::Skb),
+            (XdpModeArg::Native, LinkLayer::Ethernet) => program.attach(iface, XdpMode::Driver),
+            (XdpModeArg::Auto, LinkLayer::Ethernet) => {
+                program.attach(iface, XdpMode::Driver).or_else(|err| {
+                    tracing::info!(
+                        "XDP driver mode unavailable on {iface} ({err}); using generic mode"
+                    );
+                    program.attach(iface, XdpMode::Skb)
+                })
+            }
         }
         .with_context(|| format!("cannot attach XDP to {iface}"))?;
         pin_link(program.take_link(id)?, &path, "XDP (kernel < 5.9?)")?;
-        tracing::info!("XDP attached to {iface}");
+        tracing::info!("XDP attached to {iface}{}", layer_note(layer));
     }
     for iface in &opts.tc {
         let path = pins.link_path(HookKind::Tc, iface);
         wanted.insert(path.clone());
-        let program: &mut SchedClassifier = loader::program(ebpf, names::PROG_TC)?;
+        let layer = LinkLayer::of(iface)?;
+        let program: &mut SchedClassifier = loader::program(
+            ebpf,
+            match layer {
+                LinkLayer::Ethernet => names::PROG_TC,
+                LinkLayer::Ip => names::PROG_TC_L3,
+            },
+        )?;
         if let Ok(old) = PinnedLink::from_pin(&path) {
             program
                 .attach_to_link(SchedClassifierLink::try_from(FdLink::from(old))?)
@@ -789,7 +874,7 @@ fn attach_all(ebpf: &mut Ebpf, pins: &PinDir, opts: &RunOptions) -> anyhow::Resu
             .attach(iface, TcAttachType::Egress)
             .with_context(|| format!("cannot attach TC egress to {iface}"))?;
         pin_link(program.take_link(id)?, &path, "TC (kernel < 6.6?)")?;
-        tracing::info!("TC egress attached to {iface}");
+        tracing::info!("TC egress attached to {iface}{}", layer_note(layer));
     }
     for (_, iface, path) in pins.pinned_links() {
         if !wanted.contains(&path) {
@@ -799,6 +884,26 @@ fn attach_all(ebpf: &mut Ebpf, pins: &PinDir, opts: &RunOptions) -> anyhow::Resu
         }
     }
     Ok(())
+}
+
+fn layer_note(layer: LinkLayer) -> &'static str {
+    match layer {
+        LinkLayer::Ethernet => "",
+        LinkLayer::Ip => " (a layer-3 device: parsed from the IP header)",
+    }
+}
+
+/// The source prefixes routed out of each XDP interface (see [`interfaces::source_prefixes`]).
+fn xdp_sources(xdp: &[String]) -> anyhow::Result<BTreeSet<InterfaceSource>> {
+    let mut sources = BTreeSet::new();
+    for iface in xdp {
+        let index = nix::net::if_::if_nametoindex(iface.as_str())
+            .with_context(|| format!("no interface named {iface}"))?;
+        for prefix in interfaces::source_prefixes(iface)? {
+            sources.insert((index, prefix));
+        }
+    }
+    Ok(sources)
 }
 
 /// Pins a freshly attached link so it outlives the daemon. Only bpf_links can be pinned; a
@@ -814,12 +919,14 @@ where
     Ok(())
 }
 
-/// Allowances the daemon adds on top of the rules: the host's own addresses (so a gateway stays
-/// reachable from the LAN it filters) and the resolvers it asks (so TC on an uplink does not cut
-/// off its own lookups).
+/// Allowances the daemon adds on top of the rules: the host's own addresses on the failsafe ports
+/// (so a gateway stays reachable from the LAN it filters, but a service on it cannot relay
+/// further) and the resolvers it asks (so TC on an uplink does not cut off its own lookups).
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct ExtraAllowances {
     own: Vec<IpAddr>,
+    /// What stays open to `own`: the failsafe ports and the forwarder's.
+    own_ports: Vec<PortSpec>,
     resolvers: Vec<IpAddr>,
     own_service: u16,
     resolver_service: u16,
@@ -840,6 +947,11 @@ impl ExtraAllowances {
         }
         own.sort();
         own.dedup();
+        let mut own_ports = opts.self_ports.clone();
+        for listen in opts.dns.iter().flat_map(|dns| &dns.listen) {
+            let port = listen.port();
+            own_ports.extend([PortSpec::Udp(port..=port), PortSpec::Tcp(port..=port)]);
+        }
         // Only TC on an uplink sees the daemon's own lookups; on an XDP gateway this would
         // merely open the resolver to the LAN.
         let mut resolvers = match (opts.tc.is_empty(), opts.resolver) {
@@ -855,6 +967,7 @@ impl ExtraAllowances {
         let own_service = u16::try_from(services).context("too many services")?;
         Ok(Self {
             own,
+            own_ports,
             resolvers,
             own_service,
             resolver_service: own_service + 1,
@@ -862,15 +975,10 @@ impl ExtraAllowances {
     }
 
     fn grants(&self) -> impl Iterator<Item = Grant> + '_ {
-        let all = vec![
-            PortSpec::Tcp(0..=u16::MAX),
-            PortSpec::Udp(0..=u16::MAX),
-            PortSpec::Icmp,
-        ];
         let own = self.own.iter().map(move |a| Grant {
             prefix: IpNet::from(*a),
             service: self.own_service,
-            ports: all.clone(),
+            ports: self.own_ports.clone(),
         });
         let dns = self.resolvers.iter().map(|a| Grant {
             prefix: IpNet::from(*a),
