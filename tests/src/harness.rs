@@ -11,7 +11,7 @@ use aya::{
 use filter_common::{maps as names, Config, DropEvent, EventCounter, PacketCount, Reason};
 use filter_user::{
     loader,
-    maps::PolicyMaps,
+    maps::{PolicyMaps, SourceMaps},
     table::{AllowTable, Grant},
 };
 
@@ -20,6 +20,10 @@ use filter_user::{
 pub enum Hook {
     Xdp,
     Tc,
+    /// XDP for layer-3 devices: the frame starts at the IP header. (Its TC twin cannot be test-run:
+    /// the kernel's skb test run always reads an Ethernet header first. End-to-end tests on a TUN
+    /// device cover it.)
+    XdpL3,
 }
 
 impl Hook {
@@ -43,6 +47,7 @@ const TC_ACT_SHOT: u32 = 2;
 pub struct Filter {
     ebpf: Ebpf,
     pub maps: PolicyMaps,
+    pub sources: SourceMaps,
     /// A second handle on the IPv4 trie, for writing what the daemon never would.
     raw_allow_v4: LpmTrie<MapData, [u8; 4], u32>,
 }
@@ -73,10 +78,12 @@ impl Filter {
             _ => anyhow::bail!("ALLOW_V4 is missing or not an LPM trie"),
         };
         let mut maps = PolicyMaps::take_from(&mut ebpf)?;
+        let sources = SourceMaps::take_from(&mut ebpf)?;
         maps.set_config(Config::new(filter_common::Mode::Enforce))?;
         Ok(Self {
             ebpf,
             maps,
+            sources,
             raw_allow_v4,
         })
     }
@@ -85,8 +92,8 @@ impl Filter {
     pub fn run(&mut self, hook: Hook, frame: &[u8]) -> anyhow::Result<Outcome> {
         let (raw, _) = self.run_repeated(hook, frame, 1)?;
         match (hook, raw) {
-            (Hook::Xdp, XDP_PASS) | (Hook::Tc, TC_ACT_UNSPEC) => Ok(Outcome::Pass),
-            (Hook::Xdp, XDP_DROP) | (Hook::Tc, TC_ACT_SHOT) => Ok(Outcome::Drop),
+            (Hook::Xdp | Hook::XdpL3, XDP_PASS) | (Hook::Tc, TC_ACT_UNSPEC) => Ok(Outcome::Pass),
+            (Hook::Xdp | Hook::XdpL3, XDP_DROP) | (Hook::Tc, TC_ACT_SHOT) => Ok(Outcome::Drop),
             _ => anyhow::bail!("{hook:?} returned unexpected code {raw}"),
         }
     }
@@ -112,6 +119,10 @@ impl Filter {
             Hook::Tc => {
                 let program: &mut SchedClassifier =
                     loader::program(&mut self.ebpf, names::PROG_TC)?;
+                program.test_run(opts)
+            }
+            Hook::XdpL3 => {
+                let program: &mut Xdp = loader::program(&mut self.ebpf, names::PROG_XDP_L3)?;
                 program.test_run(opts)
             }
         }

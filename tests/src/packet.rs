@@ -16,8 +16,11 @@ pub enum Ext {
     HopByHop {
         units: u8,
     },
+    /// Routing header of `routing_type` (0: RH0, 4: segment routing) with `segments_left`.
     Routing {
         units: u8,
+        routing_type: u8,
+        segments_left: u8,
     },
     DestinationOptions {
         units: u8,
@@ -46,9 +49,16 @@ impl Ext {
 
     fn write(self, next: u8, out: &mut Vec<u8>) {
         match self {
-            Self::HopByHop { units }
-            | Self::Routing { units }
-            | Self::DestinationOptions { units } => {
+            Self::Routing {
+                units,
+                routing_type,
+                segments_left,
+            } => {
+                out.extend([next, units, routing_type, segments_left]);
+                // Reserved word, then the addresses: zeros are as good as any here.
+                out.extend(std::iter::repeat_n(0, 4 + 8 * usize::from(units)));
+            }
+            Self::HopByHop { units } | Self::DestinationOptions { units } => {
                 out.extend([next, units]);
                 // PadN option filling the rest: type 1, length.
                 let rest = 6 + 8 * usize::from(units);

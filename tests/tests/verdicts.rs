@@ -40,6 +40,13 @@ fn grants() -> Vec<Grant> {
             &[PortSpec::Tcp(443..=443), PortSpec::Udp(5000..=5010)],
         ),
         g("2001:db8:1:2::/64", 5, &[PortSpec::Tcp(8443..=8443)]),
+        // A metadata service one host is allowed to reach: 169.254/16 is policy's to decide.
+        g("169.254.169.254/32", 6, &[PortSpec::Tcp(80..=80)]),
+        // The filtering host's own link-local address, as the daemon lists it with its
+        // failsafe ports.
+        g("fe80::1/128", 7, &[PortSpec::Tcp(22..=22), PortSpec::Icmp]),
+        // A covered IPv6 destination where ICMP is allowed (for ND judged by policy).
+        g("2001:db8:3::/48", 8, &[PortSpec::Icmp]),
     ]
 }
 
@@ -279,9 +286,44 @@ fn cases() -> Vec<(&'static str, Vec<u8>, Reason)> {
             LinkScoped,
         ),
         (
-            "v4 link-local 169.254/16",
+            "v4 169.254/16 is routed like any address: TCP",
             v4("169.254.10.1").tcp(80).build(),
+            NoService,
+        ),
+        (
+            "v4 169.254/16: UDP",
+            v4("169.254.10.1").udp(1000, 53).build(),
+            NoService,
+        ),
+        (
+            "v4 169.254/16: IP-in-IP",
+            v4("169.254.7.7").proto(4).build(),
+            NoService,
+        ),
+        (
+            "v4 metadata service a rule allows",
+            v4("169.254.169.254").tcp(80).build(),
+            Allowed,
+        ),
+        (
+            "v4 metadata service, another port",
+            v4("169.254.169.254").tcp(443).build(),
+            PortNotAllowed,
+        ),
+        (
+            "v4 OSPF to 224.0.0.5",
+            v4("224.0.0.5").proto(89).build(),
             LinkScoped,
+        ),
+        (
+            "v4 IP-in-IP to 224.0.0.5",
+            v4("224.0.0.5").proto(4).build(),
+            NoService,
+        ),
+        (
+            "v4 GRE to the limited broadcast",
+            v4("255.255.255.255").proto(47).build(),
+            NoService,
         ),
         (
             "DHCPv6 solicit",
@@ -289,9 +331,96 @@ fn cases() -> Vec<(&'static str, Vec<u8>, Reason)> {
             Dhcp,
         ),
         (
+            "neighbour solicitation to a solicited-node group",
+            v6("ff02::1:ff00:1").icmp(135).hop_limit(255).build(),
+            NeighborDiscovery,
+        ),
+        (
+            "neighbour solicitation to a link-local address",
+            v6("fe80::2").icmp(135).hop_limit(255).build(),
+            NeighborDiscovery,
+        ),
+        (
+            "neighbour advertisement to a link-local address",
+            v6("fe80::2").icmp(136).hop_limit(255).build(),
+            NeighborDiscovery,
+        ),
+        (
+            "router solicitation to all routers",
+            v6("ff02::2").icmp(133).hop_limit(255).build(),
+            NeighborDiscovery,
+        ),
+        (
+            "router advertisement to all nodes",
+            v6("ff02::1").icmp(134).hop_limit(255).build(),
+            NeighborDiscovery,
+        ),
+        (
+            "neighbour solicitation after a hop-by-hop header, to a group",
+            v6("ff02::1:ff00:1")
+                .ext(Ext::HopByHop { units: 0 })
+                .icmp(135)
+                .hop_limit(255)
+                .build(),
+            NeighborDiscovery,
+        ),
+        (
             "neighbour solicitation to a global address",
             v6(UNLISTED6).icmp(135).hop_limit(255).build(),
-            NeighborDiscovery,
+            NoService,
+        ),
+        (
+            "neighbour advertisement to a global address",
+            v6(UNLISTED6).icmp(136).hop_limit(255).build(),
+            NoService,
+        ),
+        (
+            "router solicitation to a global address",
+            v6(UNLISTED6).icmp(133).hop_limit(255).build(),
+            NoService,
+        ),
+        (
+            "router advertisement to a global address",
+            v6(UNLISTED6).icmp(134).hop_limit(255).build(),
+            NoService,
+        ),
+        (
+            "redirect to a global address",
+            v6(UNLISTED6).icmp(137).hop_limit(255).build(),
+            NoService,
+        ),
+        (
+            "neighbour solicitation after a hop-by-hop header, to a global address",
+            v6(UNLISTED6)
+                .ext(Ext::HopByHop { units: 0 })
+                .icmp(135)
+                .hop_limit(255)
+                .build(),
+            NoService,
+        ),
+        (
+            "neighbour solicitation after destination options, to a global address",
+            v6(UNLISTED6)
+                .ext(Ext::DestinationOptions { units: 1 })
+                .icmp(135)
+                .hop_limit(255)
+                .build(),
+            NoService,
+        ),
+        (
+            "neighbour solicitation to a covered address without ICMP",
+            v6(ALLOWED6).icmp(135).hop_limit(255).build(),
+            ProtocolNotAllowed,
+        ),
+        (
+            "neighbour solicitation to a covered address with ICMP",
+            v6("2001:db8:3::1").icmp(135).hop_limit(255).build(),
+            Allowed,
+        ),
+        (
+            "MLD report to a global address",
+            v6(UNLISTED6).icmp(131).hop_limit(1).build(),
+            NoService,
         ),
         (
             "NS-looking ICMPv6 with a routed hop limit",
@@ -308,7 +437,115 @@ fn cases() -> Vec<(&'static str, Vec<u8>, Reason)> {
             v6("ff02::1").icmp(128).build(),
             LinkScoped,
         ),
-        ("TCP to fe80::1", v6("fe80::1").tcp(22).build(), LinkScoped),
+        (
+            "TCP to a neighbour's link-local address",
+            v6("fe80::2").tcp(8080).build(),
+            LinkScoped,
+        ),
+        (
+            "TCP to the host's own link-local address, failsafe port",
+            v6("fe80::1").tcp(22).build(),
+            Allowed,
+        ),
+        (
+            "TCP to the host's own link-local address, another port",
+            v6("fe80::1").tcp(8080).build(),
+            PortNotAllowed,
+        ),
+        (
+            "IPv6-in-IPv6 to a link-local address",
+            v6("fe80::2").proto(41).build(),
+            NoService,
+        ),
+        ("GRE to ff02::1", v6("ff02::1").proto(47).build(), NoService),
+        // --- source routing ---------------------------------------------------------------------
+        (
+            "v4 loose source route",
+            v4(ALLOWED4)
+                .ipv4_options(&[131, 7, 4, 192, 0, 2, 99, 0])
+                .build(),
+            SourceRouted,
+        ),
+        (
+            "v4 strict source route",
+            v4(ALLOWED4)
+                .ipv4_options(&[137, 7, 4, 192, 0, 2, 99, 0])
+                .build(),
+            SourceRouted,
+        ),
+        (
+            "v4 loose source route after NOPs",
+            v4(UNLISTED4)
+                .ipv4_options(&[1, 1, 1, 131, 7, 4, 203, 0, 113, 9, 0, 0])
+                .build(),
+            SourceRouted,
+        ),
+        (
+            "v4 loose source route, non-first fragment",
+            v4(ALLOWED4)
+                .ipv4_options(&[131, 7, 4, 192, 0, 2, 99, 0])
+                .ipv4_fragment(100, false)
+                .proto(6)
+                .build(),
+            SourceRouted,
+        ),
+        (
+            "v4 record route (zero-filled) is no source route",
+            v4(ALLOWED4)
+                .ipv4_options(&[7, 11, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0])
+                .build(),
+            Allowed,
+        ),
+        (
+            "v4 router alert",
+            v4(ALLOWED4).ipv4_options(&[148, 4, 0, 0]).build(),
+            Allowed,
+        ),
+        (
+            "RH0 with a segment left",
+            v6(ALLOWED6)
+                .ext(Ext::Routing {
+                    units: 2,
+                    routing_type: 0,
+                    segments_left: 1,
+                })
+                .build(),
+            SourceRouted,
+        ),
+        (
+            "segment routing header with a segment left",
+            v6(ALLOWED6)
+                .ext(Ext::Routing {
+                    units: 2,
+                    routing_type: 4,
+                    segments_left: 1,
+                })
+                .build(),
+            SourceRouted,
+        ),
+        (
+            "segment routing header, no segment left",
+            v6(ALLOWED6)
+                .ext(Ext::Routing {
+                    units: 2,
+                    routing_type: 4,
+                    segments_left: 0,
+                })
+                .build(),
+            Allowed,
+        ),
+        (
+            "routing header after hop-by-hop, to an unlisted address",
+            v6(UNLISTED6)
+                .ext(Ext::HopByHop { units: 0 })
+                .ext(Ext::Routing {
+                    units: 4,
+                    routing_type: 4,
+                    segments_left: 2,
+                })
+                .build(),
+            SourceRouted,
+        ),
         // --- IPv6 policy and extension headers -----------------------------------------------
         ("v6 tcp/443 listed", v6(ALLOWED6).tcp(443).build(), Allowed),
         (
@@ -355,7 +592,13 @@ fn cases() -> Vec<(&'static str, Vec<u8>, Reason)> {
         ),
         (
             "routing",
-            v6(ALLOWED6).ext(Ext::Routing { units: 2 }).build(),
+            v6(ALLOWED6)
+                .ext(Ext::Routing {
+                    units: 2,
+                    routing_type: 0,
+                    segments_left: 0,
+                })
+                .build(),
             Allowed,
         ),
         (
@@ -419,7 +662,11 @@ fn cases() -> Vec<(&'static str, Vec<u8>, Reason)> {
             v6(ALLOWED6)
                 .ext(Ext::HopByHop { units: 0 })
                 .ext(Ext::DestinationOptions { units: 1 })
-                .ext(Ext::Routing { units: 0 })
+                .ext(Ext::Routing {
+                    units: 0,
+                    routing_type: 4,
+                    segments_left: 0,
+                })
                 .ext(Ext::Fragment {
                     offset: 0,
                     more: true,
@@ -544,7 +791,13 @@ fn cases() -> Vec<(&'static str, Vec<u8>, Reason)> {
         (
             "cut before the extension header",
             cut(
-                v6(ALLOWED6).ext(Ext::Routing { units: 0 }).build(),
+                v6(ALLOWED6)
+                    .ext(Ext::Routing {
+                        units: 0,
+                        routing_type: 4,
+                        segments_left: 0,
+                    })
+                    .build(),
                 14 + 40 + 2,
             ),
             TruncatedIpv6Ext,
@@ -552,7 +805,13 @@ fn cases() -> Vec<(&'static str, Vec<u8>, Reason)> {
         (
             "cut inside TCP after extensions",
             cut(
-                v6(ALLOWED6).ext(Ext::Routing { units: 0 }).build(),
+                v6(ALLOWED6)
+                    .ext(Ext::Routing {
+                        units: 0,
+                        routing_type: 4,
+                        segments_left: 0,
+                    })
+                    .build(),
                 14 + 40 + 8 + 6,
             ),
             TruncatedL4,
@@ -611,15 +870,165 @@ fn every_case_gets_its_reason_and_verdict_on_both_hooks() -> anyhow::Result<()> 
         failures.join("\n")
     );
     // Every reason the datapath can reach from a frame has a case. PolicyMissing needs a damaged
-    // map and has its own test below.
+    // map, SpoofedSource the source check and NotIpOnL3Device the layer-3 program: each has its
+    // own test below.
     for reason in Reason::ALL {
-        if reason != Reason::PolicyMissing {
+        if ![
+            Reason::PolicyMissing,
+            Reason::SpoofedSource,
+            Reason::NotIpOnL3Device,
+        ]
+        .contains(&reason)
+        {
             assert!(
                 cases.iter().any(|(_, _, r)| *r == reason),
                 "no case for {reason:?}"
             );
         }
     }
+    Ok(())
+}
+
+/// The IP packet inside an untagged Ethernet frame whose ethertype agrees with its version, as a
+/// layer-3 device would carry it.
+fn as_layer3(frame: &[u8]) -> Option<Vec<u8>> {
+    let ether_type = u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]);
+    let version = frame.get(14)? >> 4;
+    let matches =
+        (ether_type == ETH_IPV4 && version == 4) || (ether_type == ETH_IPV6 && version == 6);
+    // The kernel's XDP test run refuses frames shorter than an Ethernet header.
+    (matches && frame.len() >= 28).then(|| frame[14..].to_vec())
+}
+
+#[test]
+fn the_layer3_program_gives_every_ip_case_the_same_reason() -> anyhow::Result<()> {
+    let mut filter = Filter::new(&grants())?;
+    let mut failures = Vec::new();
+    let mut tried = 0;
+    for (name, frame, expected) in cases() {
+        let Some(packet) = as_layer3(&frame) else {
+            continue;
+        };
+        tried += 1;
+        match filter.judge(Hook::XdpL3, &packet) {
+            Ok((_, reason)) if reason == expected => {}
+            Ok(got) => failures.push(format!("{name}: expected {expected:?}, got {got:?}")),
+            Err(err) => failures.push(format!("{name}: {err:#}")),
+        }
+    }
+    assert!(tried > 80, "only {tried} cases are IP without tags");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // What only a layer-3 device can carry: a version that is neither 4 nor 6.
+    let mut not_ip = v4(ALLOWED4).build()[14..].to_vec();
+    not_ip[0] = 0x55;
+    assert_eq!(
+        filter.judge(Hook::XdpL3, &not_ip)?,
+        (Outcome::Drop, Reason::NotIpOnL3Device)
+    );
+    // And an Ethernet frame handed to it is not IP either: its first byte is a MAC address's.
+    assert_eq!(
+        filter.judge(Hook::XdpL3, &v4(ALLOWED4).build())?,
+        (Outcome::Drop, Reason::NotIpOnL3Device)
+    );
+    Ok(())
+}
+
+/// The interface the kernel's XDP test run says a frame came in on: the loopback device.
+const TEST_RUN_IFINDEX: u32 = 1;
+
+#[test]
+fn xdp_drops_sources_that_do_not_belong_on_the_interface() -> anyhow::Result<()> {
+    let mut filter = Filter::new(&grants())?;
+    let foreign = Pkt::ip("203.0.113.9", ALLOWED4).build();
+    let own_lan = v4(ALLOWED4).build();
+    // Off (an unwritten flag): no source is checked.
+    assert_eq!(
+        filter.judge(Hook::Xdp, &foreign)?,
+        (Outcome::Pass, Reason::Allowed)
+    );
+
+    let sources: std::collections::BTreeSet<_> = [
+        "192.0.2.0/24",
+        "2001:db8:ff::/64",
+        "0.0.0.0/32",
+        "::/128",
+        "fe80::/10",
+    ]
+    .iter()
+    .map(|p| (TEST_RUN_IFINDEX, p.parse().expect("test prefix")))
+    .collect();
+    filter.sources.set(&sources)?;
+    filter.maps.set_config(Config {
+        flags: Config::CHECK_SOURCES,
+        ..Config::new(Mode::Enforce)
+    })?;
+    for (name, frame, want) in [
+        ("a LAN client", own_lan.clone(), Reason::Allowed),
+        (
+            "a source from elsewhere",
+            foreign.clone(),
+            Reason::SpoofedSource,
+        ),
+        (
+            "a forged DNS answer from an upstream's address",
+            Pkt::ip("198.51.100.53", ALLOWED4).udp(53, 40000).build(),
+            Reason::SpoofedSource,
+        ),
+        (
+            "DHCP discover from 0.0.0.0",
+            Pkt::ip("0.0.0.0", "255.255.255.255").udp(68, 67).build(),
+            Reason::Dhcp,
+        ),
+        ("an IPv6 LAN client", v6(ALLOWED6).build(), Reason::Allowed),
+        (
+            "an IPv6 source from elsewhere",
+            Pkt::ip("2001:db8:2::9", ALLOWED6).build(),
+            Reason::SpoofedSource,
+        ),
+        (
+            "duplicate address detection from ::",
+            Pkt::ip("::", "ff02::1:ff00:1")
+                .icmp(135)
+                .hop_limit(255)
+                .build(),
+            Reason::NeighborDiscovery,
+        ),
+        (
+            "a link-local source",
+            Pkt::ip("fe80::9", "ff02::2")
+                .icmp(133)
+                .hop_limit(255)
+                .build(),
+            Reason::NeighborDiscovery,
+        ),
+    ] {
+        let want_outcome = if want.passes() {
+            Outcome::Pass
+        } else {
+            Outcome::Drop
+        };
+        assert_eq!(
+            filter.judge(Hook::Xdp, &frame)?,
+            (want_outcome, want),
+            "{name}"
+        );
+    }
+    // TC egress sees what the host itself sends and does not check sources.
+    assert_eq!(
+        filter.judge(Hook::Tc, &foreign)?,
+        (Outcome::Pass, Reason::Allowed)
+    );
+
+    // The same prefixes on another interface do not count here.
+    let elsewhere = sources
+        .iter()
+        .map(|(_, p)| (TEST_RUN_IFINDEX + 1, *p))
+        .collect();
+    filter.sources.set(&elsewhere)?;
+    assert_eq!(
+        filter.judge(Hook::Xdp, &own_lan)?,
+        (Outcome::Drop, Reason::SpoofedSource)
+    );
     Ok(())
 }
 
