@@ -57,7 +57,8 @@ pub struct Netns {
 }
 
 impl Netns {
-    fn create(name: String) -> anyhow::Result<Self> {
+    /// A fresh namespace with loopback up.
+    pub fn create(name: String) -> anyhow::Result<Self> {
         sh(&["ip", "netns", "add", &name])?;
         let ns = Self { name };
         ns.exec(&["ip", "link", "set", "lo", "up"])?;
@@ -118,6 +119,53 @@ impl Netns {
             .stderr(Stdio::null())
             .status()
             .is_ok_and(|s| s.success())
+    }
+}
+
+/// The crafted-packet tool (`tests/tools/packets.py`), run with Debian's python3, which has
+/// scapy (`cargo xtask setup` installs python3-scapy).
+#[must_use]
+pub fn packet_tool() -> String {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/tools/packets.py").to_owned()
+}
+
+impl Netns {
+    /// Runs the crafted-packet tool inside the namespace (see its module docs for commands).
+    pub fn craft(&self, args: &[&str]) -> anyhow::Result<Output> {
+        let tool = packet_tool();
+        let mut all = vec!["/usr/bin/python3", tool.as_str()];
+        all.extend_from_slice(args);
+        self.exec(&all)
+    }
+
+    /// Starts counting, at the earliest hook of this namespace, the packets each named nftables
+    /// match selects (e.g. `ip saddr 10.77.0.2 tcp dport 8080`). The table goes with the
+    /// namespace.
+    pub fn count_arrivals(&self, counters: &[(&str, &str)]) -> anyhow::Result<()> {
+        let mut ruleset = String::from("table inet arrivals {\n");
+        for (name, _) in counters {
+            ruleset.push_str(&format!("  counter {name} {{}}\n"));
+        }
+        ruleset.push_str("  chain prerouting {\n    type filter hook prerouting priority -400;\n");
+        for (name, rule) in counters {
+            ruleset.push_str(&format!("    {rule} counter name {name}\n"));
+        }
+        ruleset.push_str("  }\n}\n");
+        let file = std::env::temp_dir().join(format!("ef-nft-{}.nft", self.name));
+        std::fs::write(&file, ruleset)?;
+        let loaded = self.exec(&["nft", "-f", file.to_str().context("UTF-8 temp dir")?]);
+        let _removed = std::fs::remove_file(&file);
+        loaded.map(|_| ())
+    }
+
+    /// Packets a counter of [`Netns::count_arrivals`] has seen so far.
+    pub fn arrivals(&self, name: &str) -> anyhow::Result<u64> {
+        let out = self.exec(&["nft", "-j", "list", "counter", "inet", "arrivals", name])?;
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        json["nftables"]
+            .as_array()
+            .and_then(|items| items.iter().find_map(|i| i["counter"]["packets"].as_u64()))
+            .with_context(|| format!("no counter {name} in {json}"))
     }
 }
 

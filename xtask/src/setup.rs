@@ -11,8 +11,9 @@ use anyhow::Context as _;
 use crate::run_cmd;
 
 /// Debian packages: LLVM 22 for bpf-linker; iproute2 and friends for the network-namespace
-/// tests; dnsmasq for a real DNS server in the lab; nftables for the comparison; bpftool for
-/// inspecting what is loaded.
+/// tests; dnsmasq for a real DNS server in the lab; nftables for the comparison and for counting
+/// what arrives in the lab; bpftool for inspecting what is loaded; python3-scapy for the crafted
+/// attack packets of the end-to-end tests (`tests/tools/packets.py`).
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -24,6 +25,7 @@ const APT_PACKAGES: &[&str] = &[
     "dnsmasq-base",
     "nftables",
     "bpftool",
+    "python3-scapy",
 ];
 const NIGHTLY: &str = "nightly";
 const BPF_LINKER_VERSION: &str = "0.13.0";
