@@ -142,15 +142,18 @@ impl Netns {
     /// match selects (e.g. `ip saddr 10.77.0.2 tcp dport 8080`). The table goes with the
     /// namespace.
     pub fn count_arrivals(&self, counters: &[(&str, &str)]) -> anyhow::Result<()> {
-        let mut ruleset = String::from("table inet arrivals {\n");
-        for (name, _) in counters {
-            ruleset.push_str(&format!("  counter {name} {{}}\n"));
-        }
-        ruleset.push_str("  chain prerouting {\n    type filter hook prerouting priority -400;\n");
-        for (name, rule) in counters {
-            ruleset.push_str(&format!("    {rule} counter name {name}\n"));
-        }
-        ruleset.push_str("  }\n}\n");
+        let declarations: String = counters
+            .iter()
+            .map(|(name, _)| format!("  counter {name} {{}}\n"))
+            .collect();
+        let rules: String = counters
+            .iter()
+            .map(|(name, rule)| format!("    {rule} counter name {name}\n"))
+            .collect();
+        let ruleset = format!(
+            "table inet arrivals {{\n{declarations}  chain prerouting {{\n    \
+             type filter hook prerouting priority -400;\n{rules}  }}\n}}\n"
+        );
         let file = std::env::temp_dir().join(format!("ef-nft-{}.nft", self.name));
         std::fs::write(&file, ruleset)?;
         let loaded = self.exec(&["nft", "-f", file.to_str().context("UTF-8 temp dir")?]);
