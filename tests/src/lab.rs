@@ -8,6 +8,7 @@
 //! ```
 
 use std::{
+    fmt::Write as _,
     process::{Child, Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
@@ -142,14 +143,11 @@ impl Netns {
     /// match selects (e.g. `ip saddr 10.77.0.2 tcp dport 8080`). The table goes with the
     /// namespace.
     pub fn count_arrivals(&self, counters: &[(&str, &str)]) -> anyhow::Result<()> {
-        let declarations: String = counters
-            .iter()
-            .map(|(name, _)| format!("  counter {name} {{}}\n"))
-            .collect();
-        let rules: String = counters
-            .iter()
-            .map(|(name, rule)| format!("    {rule} counter name {name}\n"))
-            .collect();
+        let (mut declarations, mut rules) = (String::new(), String::new());
+        for (name, rule) in counters {
+            writeln!(declarations, "  counter {name} {{}}")?;
+            writeln!(rules, "    {rule} counter name {name}")?;
+        }
         let ruleset = format!(
             "table inet arrivals {{\n{declarations}  chain prerouting {{\n    \
              type filter hook prerouting priority -400;\n{rules}  }}\n}}\n"
