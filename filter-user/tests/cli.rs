@@ -132,3 +132,41 @@ fn learned_without_a_running_filter_says_so() {
         "{stderr}"
     );
 }
+
+#[test]
+fn run_refuses_a_device_it_cannot_parse_before_touching_anything() {
+    // Loopback frames carry a zeroed Ethernet header the programs would misread: refused by its
+    // link type, before any map or program exists.
+    let (code, _, stderr) = egress_filter(&[
+        "run",
+        "--rules",
+        "rules/apple.toml",
+        "--xdp",
+        "lo",
+        "--pin-path",
+        "/nonexistent/egress-filter-cli",
+    ]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("lo has link type 772 (ARPHRD), which egress-filter does not parse"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn run_refuses_a_malformed_failsafe_port_naming_it() {
+    let (code, _, stderr) = egress_filter(&[
+        "run",
+        "--rules",
+        "rules/apple.toml",
+        "--xdp",
+        "lo",
+        "--self-ports",
+        "tcp/22,tcp/99999",
+    ]);
+    assert_eq!(code, 2, "clap's usage error: {stderr}");
+    assert!(
+        stderr.contains("\"99999\" in \"tcp/99999\" is not a port"),
+        "{stderr}"
+    );
+}

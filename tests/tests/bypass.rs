@@ -220,6 +220,71 @@ fn the_gateway_itself_is_open_only_on_its_failsafe_ports() -> anyhow::Result<()>
     Ok(())
 }
 
+/// The question behind every `link-scoped` pass: does a Linux router forward packets to these
+/// destinations? Asked of the kernel with no filter at all: each is sent in a frame addressed to
+/// the gateway's own MAC, the strongest invitation to route it, and must not reach the far side.
+#[test]
+fn a_linux_router_does_not_forward_link_scoped_destinations() -> anyhow::Result<()> {
+    let lab = Lab::new(&[443])?;
+    let json = lab
+        .gw
+        .exec(&["ip", "-j", "link", "show", "dev", &lab.gw_lan])?;
+    let link: serde_json::Value = serde_json::from_slice(&json.stdout)?;
+    let gw_mac = link[0]["address"]
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("no MAC in {link}"))?
+        .to_owned();
+    let inet_dev = format!("e{}i", lab.id);
+    let json = lab.inet.exec(&[
+        "ip", "-j", "-6", "addr", "show", "dev", &inet_dev, "scope", "link",
+    ])?;
+    let addrs: serde_json::Value = serde_json::from_slice(&json.stdout)?;
+    let inet_link_local = addrs[0]["addr_info"]
+        .as_array()
+        .and_then(|infos| infos.iter().find_map(|info| info["local"].as_str()))
+        .ok_or_else(|| anyhow::anyhow!("no link-local address in {addrs}"))?
+        .to_owned();
+    lab.inet.count_arrivals(&[
+        ("v4", "ip saddr 10.77.0.2 tcp dport 9"),
+        ("v6", "ip6 saddr fd00:77::2 tcp dport 9"),
+        ("control", "ip saddr 10.77.0.2 tcp dport 443"),
+    ])?;
+    let client_dev = format!("e{}c", lab.id);
+    for dst in [
+        "255.255.255.255",
+        "224.0.0.5",
+        "224.0.0.251",
+        "ff02::1",
+        "ff02::1:2",
+        inet_link_local.as_str(),
+    ] {
+        let src = if dst.contains(':') {
+            CLIENT_V6
+        } else {
+            CLIENT_V4
+        };
+        lab.client
+            .craft(&["l2syn", &client_dev, &gw_mac, src, dst, "9"])?;
+    }
+    lab.client
+        .craft(&["l2syn", &client_dev, &gw_mac, CLIENT_V4, WEB_A_V4, "443"])?;
+    assert!(
+        settled(&lab.inet, "control")? >= 1,
+        "the crafted frames reach the gateway"
+    );
+    assert_eq!(
+        lab.inet.arrivals("v4")?,
+        0,
+        "an IPv4 link-scoped destination was routed"
+    );
+    assert_eq!(
+        lab.inet.arrivals("v6")?,
+        0,
+        "an IPv6 link-scoped destination was routed"
+    );
+    Ok(())
+}
+
 /// A persistent TUN device in `ns`, up, with `address`.
 fn tun_device(ns: &Netns, name: &str, address: &str) -> anyhow::Result<()> {
     ns.exec(&["ip", "tuntap", "add", "dev", name, "mode", "tun"])?;

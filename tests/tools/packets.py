@@ -11,6 +11,7 @@ without a limit. Addresses come from the test, which only uses documentation and
   packets.py nd TYPE SRC DST                   ICMPv6 ND message TYPE (133-137), hop limit 255
   packets.py syn SRC DST PORT                  a plain TCP SYN (the control packet)
   packets.py ipip SRC DST INNER_DST PORT       IPv4-in-IPv4 to DST carrying a SYN to INNER_DST
+  packets.py l2syn IFACE MAC SRC DST PORT       a TCP SYN in an Ethernet frame to MAC, sent on IFACE
   packets.py tun-write DEV SRC DST:PORT...     attach to TUN device DEV, write a SYN per DST:PORT
   packets.py tun-read DEV SECONDS              attach to TUN device DEV, print "DST PORT" for each
                                                TCP packet the host sends into it, for SECONDS
@@ -24,7 +25,7 @@ import sys
 import time
 
 from scapy.all import IP, IPv6, TCP, ICMPv6ND_NS, ICMPv6ND_NA, ICMPv6ND_RA, ICMPv6ND_RS
-from scapy.all import ICMPv6ND_Redirect, IPOption_LSRR, IPOption_SSRR, conf, send
+from scapy.all import ICMPv6ND_Redirect, IPOption_LSRR, IPOption_SSRR, Ether, conf, send, sendp
 from scapy.layers.inet6 import IPv6ExtHdrSegmentRouting
 
 conf.verb = 0
@@ -72,6 +73,10 @@ def main(argv):
     elif command == "ipip":
         src, dst, inner, port = args
         send(IP(src=src, dst=dst, proto=4) / IP(src=src, dst=inner) / syn(port))
+    elif command == "l2syn":
+        iface, mac, src, dst, port = args
+        packet = IPv6(src=src, dst=dst) if ":" in dst else IP(src=src, dst=dst)
+        sendp(Ether(dst=mac) / packet / syn(port), iface=iface)
     elif command == "tun-write":
         dev, src, targets = args[0], args[1], args[2:]
         fd = open_tun(dev)
