@@ -285,6 +285,82 @@ fn a_linux_router_does_not_forward_link_scoped_destinations() -> anyhow::Result<
     Ok(())
 }
 
+/// Anti-spoofing on the usual gateway layout: the LAN address sits on a bridge, XDP on its port.
+/// The bridge's subnet must count as the port's, and only it.
+#[test]
+fn a_lan_client_cannot_send_from_a_source_that_is_not_its_lans() -> anyhow::Result<()> {
+    let lab = Lab::new(&[443])?;
+    let bridge = format!("b{}", unique_id());
+    for args in [
+        vec!["ip", "link", "add", &bridge, "type", "bridge"],
+        vec!["ip", "link", "set", &lab.gw_lan, "master", &bridge],
+        vec!["ip", "addr", "flush", "dev", &lab.gw_lan],
+        vec!["ip", "addr", "add", "10.77.0.1/24", "dev", &bridge],
+        vec![
+            "ip",
+            "addr",
+            "add",
+            "fd00:77::1/64",
+            "dev",
+            &bridge,
+            "nodad",
+        ],
+        vec!["ip", "link", "set", &bridge, "up"],
+        vec!["sysctl", "-q", "-w", "net.ipv4.conf.all.rp_filter=0"],
+        vec![
+            "sysctl",
+            "-q",
+            "-w",
+            &format!("net.ipv4.conf.{bridge}.rp_filter=0"),
+        ],
+    ] {
+        lab.gw.exec(&args)?;
+    }
+    lab.inet.count_arrivals(&[
+        ("spoofed", "ip saddr 203.0.113.77 tcp dport 443"),
+        ("spoofed_v6", "ip6 saddr 2001:db8:77::9 tcp dport 443"),
+    ])?;
+    let spoof = || -> anyhow::Result<()> {
+        lab.client
+            .craft(&["syn", "203.0.113.77", WEB_A_V4, "443"])?;
+        lab.client
+            .craft(&["syn", "2001:db8:77::9", WEB_A_V6, "443"])?;
+        Ok(())
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || lab
+            .client
+            .connects(WEB_A_V4, 443, 1)),
+        "the bridged lab works without the filter"
+    );
+    spoof()?;
+    let open = (
+        settled(&lab.inet, "spoofed")?,
+        lab.inet.arrivals("spoofed_v6")?,
+    );
+    assert_eq!(
+        open,
+        (1, 1),
+        "without the filter spoofed sources are forwarded"
+    );
+
+    let rules = RulesDir::new(&lab, WEB_A_443)?;
+    let daemon = gateway(&lab, &rules, &[&lab.gw_lan])?;
+    assert!(lab.client.connects(WEB_A_V4, 443, 2), "a LAN client, IPv4");
+    assert!(lab.client.connects(WEB_A_V6, 443, 2), "a LAN client, IPv6");
+    spoof()?;
+    assert_eq!(
+        (
+            settled(&lab.inet, "spoofed")?,
+            lab.inet.arrivals("spoofed_v6")?
+        ),
+        open,
+        "a spoofed source got out"
+    );
+    daemon.wait_for_event(|l| l.contains("spoofed-source"), Duration::from_secs(5))?;
+    Ok(())
+}
+
 /// A persistent TUN device in `ns`, up, with `address`.
 fn tun_device(ns: &Netns, name: &str, address: &str) -> anyhow::Result<()> {
     ns.exec(&["ip", "tuntap", "add", "dev", name, "mode", "tun"])?;

@@ -1,8 +1,8 @@
 //! What the daemon must know about an interface before attaching to it: whether its frames carry
 //! an Ethernet header, and which source addresses belong on it.
 //!
-//! Both are read from the daemon's own network namespace (an ioctl and `/proc/self/net`), never
-//! from `/sys/class/net`, which shows the namespace of whoever mounted sysfs.
+//! Both are read from the daemon's own network namespace (an ioctl and rtnetlink), never from
+//! `/sys/class/net`, which shows the namespace of whoever mounted sysfs.
 
 use std::{collections::BTreeSet, net::Ipv4Addr, net::Ipv6Addr};
 
@@ -97,64 +97,154 @@ fn link_type(iface: &str) -> anyhow::Result<u16> {
     Ok(unsafe { request.ifr_ifru.ifru_hwaddr.sa_family })
 }
 
-/// The source prefixes that belong on `iface`: every route out of it in the main tables (as
-/// strict reverse-path filtering would see it), plus what a client sends before it has an
-/// address: 0.0.0.0 (DHCP), :: (duplicate address detection) and fe80::/10.
-pub fn source_prefixes(iface: &str) -> anyhow::Result<BTreeSet<IpNet>> {
-    let v4 = std::fs::read_to_string("/proc/self/net/route")
-        .context("cannot read /proc/self/net/route")?;
-    // A kernel without IPv6 has no such file: IPv4 sources alone, then.
-    let v6 = std::fs::read_to_string("/proc/self/net/ipv6_route").unwrap_or_default();
-    let mut prefixes = routes_v4(&v4, iface);
-    prefixes.extend(routes_v6(&v6, iface));
-    prefixes.insert(IpNet::V4(Ipv4Net::from(Ipv4Addr::UNSPECIFIED)));
-    prefixes.insert(IpNet::V6(Ipv6Net::from(Ipv6Addr::UNSPECIFIED)));
-    prefixes.insert("fe80::/10".parse().expect("a valid prefix"));
-    Ok(prefixes)
+/// One interface as the source check sees it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    /// The bridge or bond it is a port of (`IFLA_MASTER`).
+    pub master: Option<u32>,
+    /// The device it is stacked on in this namespace (`IFLA_LINK`: a VLAN's or macvlan's parent).
+    pub parent: Option<u32>,
 }
 
-/// Routes out of `iface` in `/proc/net/route`: columns Iface, Destination, Gateway, Flags,
-/// RefCnt, Use, Metric, Mask…, addresses in hex as the kernel holds them (network order read as
-/// a little-endian number).
-fn routes_v4(table: &str, iface: &str) -> BTreeSet<IpNet> {
-    table
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            if fields.len() < 8 || fields[0] != iface {
-                return None;
-            }
-            let destination = u32::from_str_radix(fields[1], 16).ok()?;
-            let mask = u32::from_str_radix(fields[7], 16).ok()?;
-            let address = Ipv4Addr::from(destination.to_le_bytes());
-            let length = u32::from_be_bytes(mask.to_le_bytes()).leading_ones();
-            Ipv4Net::new(address, length as u8).ok().map(IpNet::V4)
-        })
-        .collect()
+/// One unicast route: its destination and the interfaces it leaves through.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub destination: IpNet,
+    pub out: Vec<u32>,
 }
 
-/// Routes out of `iface` in `/proc/net/ipv6_route`: columns destination (32 hex digits), prefix
-/// length (hex), source, source length, next hop, metric, refcount, use, flags, device.
-fn routes_v6(table: &str, iface: &str) -> BTreeSet<IpNet> {
-    table
-        .lines()
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            if fields.len() < 10 || fields[9] != iface {
-                return None;
+/// What every client sends from before it has an address, on any link: 0.0.0.0 (DHCP), ::
+/// (duplicate address detection) and fe80::/10.
+fn unaddressed_sources() -> [IpNet; 3] {
+    [
+        IpNet::V4(Ipv4Net::from(Ipv4Addr::UNSPECIFIED)),
+        IpNet::V6(Ipv6Net::from(Ipv6Addr::UNSPECIFIED)),
+        IpNet::V6(Ipv6Net::new(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 10).expect("/10")),
+    ]
+}
+
+/// The source prefixes that belong on each interface of `xdp`, as strict reverse-path
+/// filtering would see them: every unicast route (in any table) out of the interface, out of the
+/// bridge or bond it is a port of (a LAN's addresses usually sit on the bridge), or out of a
+/// VLAN or macvlan stacked on it (XDP on a trunk sees every VLAN's clients); plus
+/// [`unaddressed_sources`].
+#[must_use]
+pub fn sources_of(xdp: &[u32], links: &[Link], routes: &[Route]) -> BTreeSet<(u32, IpNet)> {
+    let mut sources = BTreeSet::new();
+    for &index in xdp {
+        let related = related_links(index, links);
+        for route in routes {
+            if route.out.iter().any(|out| related.contains(out)) {
+                sources.insert((index, route.destination));
             }
-            let address = Ipv6Addr::from(u128::from_str_radix(fields[0], 16).ok()?);
-            let length = u8::from_str_radix(fields[1], 16).ok()?;
-            // Multicast routes (ff00::/8 on every interface) name destinations, never sources.
-            if address.is_multicast() {
-                return None;
+        }
+        sources.extend(unaddressed_sources().map(|prefix| (index, prefix)));
+    }
+    sources
+}
+
+/// `index`, its masters up the chain, and the devices stacked on it (and their masters).
+fn related_links(index: u32, links: &[Link]) -> BTreeSet<u32> {
+    let master_of = |i: u32| links.iter().find(|l| l.index == i).and_then(|l| l.master);
+    let mut related = BTreeSet::new();
+    let mut pending = vec![index];
+    while let Some(link) = pending.pop() {
+        if !related.insert(link) {
+            continue;
+        }
+        pending.extend(master_of(link));
+        if link == index {
+            pending.extend(
+                links
+                    .iter()
+                    .filter(|l| l.parent == Some(index))
+                    .map(|l| l.index),
+            );
+        }
+    }
+    related
+}
+
+/// Reads the links and the unicast routes of the daemon's namespace over rtnetlink.
+pub async fn read_links_and_routes() -> anyhow::Result<(Vec<Link>, Vec<Route>)> {
+    use futures::TryStreamExt as _;
+    use rtnetlink::packet_route::{
+        link::LinkAttribute,
+        route::{RouteAddress, RouteAttribute, RouteType},
+    };
+
+    let (connection, handle, _) =
+        rtnetlink::new_connection().context("cannot open an rtnetlink socket")?;
+    let connection = tokio::spawn(connection);
+    let result = async {
+        let mut links = Vec::new();
+        let mut dump = handle.link().get().execute();
+        while let Some(message) = dump.try_next().await? {
+            let mut link = Link {
+                index: message.header.index,
+                ..Link::default()
+            };
+            // A peer in another namespace (a veth's) is not stacked on anything here.
+            let elsewhere = message
+                .attributes
+                .iter()
+                .any(|a| matches!(a, LinkAttribute::LinkNetNsId(_)));
+            for attribute in &message.attributes {
+                match attribute {
+                    LinkAttribute::Controller(master) => link.master = Some(*master),
+                    LinkAttribute::Link(parent) if !elsewhere => link.parent = Some(*parent),
+                    _ => {}
+                }
             }
-            Ipv6Net::new(address, length)
-                .ok()
-                .map(|net| IpNet::V6(net.trunc()))
-        })
-        .collect()
+            links.push(link);
+        }
+        let mut routes = Vec::new();
+        for query in [
+            rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new().build(),
+            rtnetlink::RouteMessageBuilder::<Ipv6Addr>::new().build(),
+        ] {
+            let mut dump = handle.route().get(query).execute();
+            while let Some(message) = dump.try_next().await? {
+                if message.header.kind != RouteType::Unicast {
+                    continue;
+                }
+                let length = message.header.destination_prefix_length;
+                let mut destination = None;
+                let mut out = Vec::new();
+                for attribute in &message.attributes {
+                    match attribute {
+                        RouteAttribute::Destination(RouteAddress::Inet(a)) => {
+                            destination = Ipv4Net::new(*a, length).ok().map(IpNet::V4);
+                        }
+                        RouteAttribute::Destination(RouteAddress::Inet6(a)) => {
+                            destination = Ipv6Net::new(*a, length).ok().map(IpNet::V6);
+                        }
+                        RouteAttribute::Oif(index) => out.push(*index),
+                        RouteAttribute::MultiPath(hops) => {
+                            out.extend(hops.iter().map(|hop| hop.interface_index));
+                        }
+                        _ => {}
+                    }
+                }
+                // No destination attribute: the default route of its family.
+                let destination = destination.unwrap_or(match message.header.address_family {
+                    rtnetlink::packet_route::AddressFamily::Inet6 => IpNet::V6(Ipv6Net::default()),
+                    _ => IpNet::V4(Ipv4Net::default()),
+                });
+                if !destination.addr().is_multicast() {
+                    routes.push(Route {
+                        destination: destination.trunc(),
+                        out,
+                    });
+                }
+            }
+        }
+        Ok::<_, rtnetlink::Error>((links, routes))
+    }
+    .await;
+    connection.abort();
+    result.context("cannot read links and routes over rtnetlink")
 }
 
 #[cfg(test)]
@@ -184,35 +274,95 @@ mod tests {
         assert!(loopback.contains("lo has link type 772"), "{loopback}");
     }
 
-    #[test]
-    fn ipv4_routes_of_one_interface() {
-        let table =
-            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
-            wan0\t00000000\t0102000A\t0003\t0\t0\t0\t00000000\t0\t0\t0\n\
-            lan0\t0000000A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
-            lan0\t0000A8C0\t0200000A\t0003\t0\t0\t0\t0000FFFF\t0\t0\t0\n";
-        let routes: Vec<String> = routes_v4(table, "lan0")
+    fn route(destination: &str, out: &[u32]) -> Route {
+        Route {
+            destination: destination.parse().expect("test prefix"),
+            out: out.to_vec(),
+        }
+    }
+
+    fn prefixes(sources: &BTreeSet<(u32, IpNet)>, index: u32) -> Vec<String> {
+        sources
             .iter()
-            .map(ToString::to_string)
-            .collect();
-        assert_eq!(routes, ["10.0.0.0/24", "192.168.0.0/16"]);
-        let wan: Vec<String> = routes_v4(table, "wan0")
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-        assert_eq!(wan, ["0.0.0.0/0"]);
+            .filter(|(i, _)| *i == index)
+            .map(|(_, p)| p.to_string())
+            .collect()
     }
 
     #[test]
-    fn ipv6_routes_of_one_interface_without_multicast() {
-        let table = "20010db8000000010000000000000000 40 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000001 00000000 00000001     lan0\n\
-            fe800000000000000000000000000000 40 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000001 00000000 00000001     lan0\n\
-            ff000000000000000000000000000000 08 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000001 00000000 00000001     lan0\n\
-            20010db8000000020000000000000000 40 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000001 00000000 00000001     wan0\n";
-        let routes: Vec<String> = routes_v6(table, "lan0")
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-        assert_eq!(routes, ["2001:db8:0:1::/64", "fe80::/64"]);
+    fn sources_are_the_routes_out_of_the_interface() {
+        let links = [
+            Link {
+                index: 2,
+                ..Link::default()
+            },
+            Link {
+                index: 3,
+                ..Link::default()
+            },
+        ];
+        let routes = [
+            route("10.0.0.0/24", &[2]),
+            route("192.168.0.0/16", &[2]),
+            route("0.0.0.0/0", &[3]),
+            route("2001:db8:0:1::/64", &[2]),
+            route("2001:db8:0:2::/64", &[3]),
+        ];
+        assert_eq!(
+            prefixes(&sources_of(&[2], &links, &routes), 2),
+            [
+                "0.0.0.0/32",
+                "10.0.0.0/24",
+                "192.168.0.0/16",
+                "::/128",
+                "2001:db8:0:1::/64",
+                "fe80::/10"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_bridge_port_takes_the_bridge_routes_and_a_trunk_its_vlans() {
+        let links = [
+            // 2: a bridge port of bridge 4; 5: VLAN on trunk 6; 7: an unrelated device.
+            Link {
+                index: 2,
+                master: Some(4),
+                parent: None,
+            },
+            Link {
+                index: 4,
+                ..Link::default()
+            },
+            Link {
+                index: 5,
+                master: None,
+                parent: Some(6),
+            },
+            Link {
+                index: 6,
+                ..Link::default()
+            },
+            Link {
+                index: 7,
+                ..Link::default()
+            },
+        ];
+        let routes = [
+            route("10.1.0.0/24", &[4]),
+            route("10.2.0.0/24", &[5]),
+            route("10.3.0.0/24", &[7]),
+            route("10.4.0.0/24", &[7, 6]),
+        ];
+        let sources = sources_of(&[2, 6], &links, &routes);
+        assert!(prefixes(&sources, 2).contains(&"10.1.0.0/24".to_owned()));
+        assert!(!prefixes(&sources, 2).contains(&"10.2.0.0/24".to_owned()));
+        let trunk = prefixes(&sources, 6);
+        assert!(trunk.contains(&"10.2.0.0/24".to_owned()), "{trunk:?}");
+        assert!(
+            trunk.contains(&"10.4.0.0/24".to_owned()),
+            "multipath: {trunk:?}"
+        );
+        assert!(!trunk.contains(&"10.3.0.0/24".to_owned()), "{trunk:?}");
     }
 }

@@ -270,7 +270,7 @@ impl Daemon {
         let mut ebpf = load_with_pins(&pins)?;
         let mut maps = PolicyMaps::take_from(&mut ebpf)?;
         let mut sources = SourceMaps::take_from(&mut ebpf)?;
-        let (mode, written_sources) = configure(&mut maps, &mut sources, &opts)?;
+        let (mode, written_sources) = configure(&mut maps, &mut sources, &opts).await?;
         let extra = ExtraAllowances::read(&opts, rules.services.len())?;
         let enricher = Arc::new(RwLock::new(Enricher {
             iface_names,
@@ -355,7 +355,7 @@ impl Daemon {
                     self.state_dirty |= !learned_gone.is_empty();
                     if now >= next_self_check {
                         next_self_check = now + SELF_ADDRESS_CHECK;
-                        self.reread_sources();
+                        self.reread_sources().await;
                         if self.reread_extra()? {
                             Update::Full
                         } else {
@@ -625,11 +625,11 @@ impl Daemon {
 
     /// Reads the routes out of the XDP interfaces again and writes what changed. On failure the
     /// tries keep what they hold: a client is never refused because a read went wrong.
-    fn reread_sources(&mut self) {
+    async fn reread_sources(&mut self) {
         if !self.opts.check_sources {
             return;
         }
-        let result = xdp_sources(&self.opts.xdp).and_then(|wanted| {
+        let result = xdp_sources(&self.opts.xdp).await.and_then(|wanted| {
             if wanted != self.written_sources {
                 self.sources.set(&wanted)?;
                 tracing::info!(
@@ -767,7 +767,7 @@ impl Daemon {
 /// Fills the source tries, then writes the config (mode, event budget, source check). The tries
 /// are written before the config asks XDP to check them, so no client is refused for a prefix
 /// not yet written. Returns the mode and the sources written.
-fn configure(
+async fn configure(
     maps: &mut PolicyMaps,
     sources: &mut SourceMaps,
     opts: &RunOptions,
@@ -778,7 +778,7 @@ fn configure(
         Mode::Enforce
     };
     let written_sources = if opts.check_sources {
-        let wanted = xdp_sources(&opts.xdp)?;
+        let wanted = xdp_sources(&opts.xdp).await?;
         sources.set(&wanted)?;
         wanted
     } else {
@@ -893,17 +893,17 @@ fn layer_note(layer: LinkLayer) -> &'static str {
     }
 }
 
-/// The source prefixes routed out of each XDP interface (see [`interfaces::source_prefixes`]).
-fn xdp_sources(xdp: &[String]) -> anyhow::Result<BTreeSet<InterfaceSource>> {
-    let mut sources = BTreeSet::new();
-    for iface in xdp {
-        let index = nix::net::if_::if_nametoindex(iface.as_str())
-            .with_context(|| format!("no interface named {iface}"))?;
-        for prefix in interfaces::source_prefixes(iface)? {
-            sources.insert((index, prefix));
-        }
-    }
-    Ok(sources)
+/// The source prefixes that belong on each XDP interface (see [`interfaces::sources_of`]).
+async fn xdp_sources(xdp: &[String]) -> anyhow::Result<BTreeSet<InterfaceSource>> {
+    let indices = xdp
+        .iter()
+        .map(|iface| {
+            nix::net::if_::if_nametoindex(iface.as_str())
+                .with_context(|| format!("no interface named {iface}"))
+        })
+        .collect::<anyhow::Result<Vec<u32>>>()?;
+    let (links, routes) = interfaces::read_links_and_routes().await?;
+    Ok(interfaces::sources_of(&indices, &links, &routes))
 }
 
 /// Pins a freshly attached link so it outlives the daemon. Only bpf_links can be pinned; a
