@@ -695,6 +695,22 @@ async fn random_and_mangled_datagrams_never_stop_the_forwarder() {
 }
 
 #[test]
+fn counters_from_an_older_state_file_read_as_zero() {
+    let older = r#"{"queries": 5, "matched": 1, "refused": 0, "malformed": 0, "servfail": 2,
+        "overloaded": 0, "tcp_retries": 0, "mismatched": 3, "late": 0}"#;
+    let values: DnsCounterValues = serde_json::from_str(older).unwrap();
+    assert_eq!(
+        (
+            values.queries,
+            values.mismatched,
+            values.client_limited,
+            values.merged
+        ),
+        (5, 3, 0, 0)
+    );
+}
+
+#[test]
 fn what_is_known_open_follows_ttl_grace_and_epoch() {
     let open = OpenAddresses::default();
     let t0 = Instant::now();
