@@ -6,7 +6,7 @@
 //! source port (from the kernel), a random ID, and its name's letters in random case (0x20,
 //! which the answer must echo exactly; see [`message::UpstreamQuery`]); datagrams that miss are
 //! counted (`mismatched`) and the real answer is still waited for. Identical questions in flight
-//! share one upstream query ([`Pending`]), so flooding the forwarder with a question does not
+//! share one upstream query (`Pending`), so flooding the forwarder with a question does not
 //! buy the attacker more races. Answers above [`message::UPSTREAM_UDP_PAYLOAD`] come over TCP,
 //! never in IP fragments.
 //!
@@ -37,7 +37,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc, Mutex,
+        Arc, Mutex, PoisonError,
     },
     time::{Duration, Instant},
 };
@@ -405,7 +405,7 @@ enum Joined {
 impl Pending {
     fn join(self: &Arc<Self>, question: &Question) -> Joined {
         let (sender, receiver) = oneshot::channel();
-        let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(others) = waiting.get_mut(question) {
             others.push(sender);
             return Joined::Merged(receiver);
@@ -433,7 +433,7 @@ impl Asking {
             .pending
             .waiting
             .lock()
-            .unwrap_or_else(|e| e.into_inner());
+            .unwrap_or_else(PoisonError::into_inner);
         waiting.remove(&self.question).unwrap_or_default()
     }
 
@@ -466,7 +466,7 @@ struct ClientSlot<'a> {
 impl PerClient {
     /// A place for one more query from `client`, unless it has `bound` waiting already.
     fn take(&self, client: IpAddr, bound: usize) -> Option<ClientSlot<'_>> {
-        let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
         if waiting.get(&client).is_some_and(|count| *count >= bound) || bound == 0 {
             return None;
         }
@@ -484,7 +484,7 @@ impl Drop for ClientSlot<'_> {
             .per_client
             .waiting
             .lock()
-            .unwrap_or_else(|e| e.into_inner());
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some(count) = waiting.get_mut(&self.client) {
             *count -= 1;
             if *count == 0 {
