@@ -414,40 +414,40 @@ impl Pending {
         let asking = Asking {
             pending: Arc::clone(self),
             question: question.clone(),
+            outcome: None,
         };
         Joined::First(receiver, asking)
     }
 }
 
 /// The one upstream query under way for a question. However it ends (an answer, a failure, a
-/// panic), the question leaves [`Pending`]: its clients get the outcome, or SERVFAIL when the
-/// senders are dropped unsent, and the next client asking starts afresh.
+/// panic), the question leaves [`Pending`] and its clients get the outcome (SERVFAIL unless
+/// [`Self::finish`] gave one); the next client asking starts afresh.
 struct Asking {
     pending: Arc<Pending>,
     question: Question,
+    outcome: Outcome,
 }
 
 impl Asking {
-    fn take_waiting(&self) -> Vec<oneshot::Sender<Outcome>> {
-        let mut waiting = self
-            .pending
-            .waiting
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        waiting.remove(&self.question).unwrap_or_default()
-    }
-
-    fn finish(self, outcome: &Outcome) {
-        for client in self.take_waiting() {
-            // A client gone (its task ended) needs nothing.
-            let _ = client.send(outcome.clone());
-        }
+    fn finish(mut self, outcome: Outcome) {
+        self.outcome = outcome;
     }
 }
 
 impl Drop for Asking {
     fn drop(&mut self) {
-        self.take_waiting();
+        let waiting = self
+            .pending
+            .waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.question)
+            .unwrap_or_default();
+        for client in waiting {
+            // A client gone (its task ended) needs nothing.
+            let _ = client.send(self.outcome.clone());
+        }
     }
 }
 
@@ -467,7 +467,7 @@ impl PerClient {
     /// A place for one more query from `client`, unless it has `bound` waiting already.
     fn take(&self, client: IpAddr, bound: usize) -> Option<ClientSlot<'_>> {
         let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
-        if waiting.get(&client).is_some_and(|count| *count >= bound) || bound == 0 {
+        if bound == 0 || waiting.get(&client).is_some_and(|count| *count >= bound) {
             return None;
         }
         *waiting.entry(client).or_default() += 1;
@@ -638,7 +638,7 @@ impl Forwarder {
                 None
             }
         };
-        asking.finish(&outcome);
+        asking.finish(outcome);
     }
 
     /// Records what `answer` teaches and, if a rule's host is on its chain, opens its

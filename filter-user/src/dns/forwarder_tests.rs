@@ -694,6 +694,24 @@ async fn random_and_mangled_datagrams_never_stop_the_forwarder() {
     );
 }
 
+#[tokio::test]
+async fn a_query_that_ends_without_an_answer_fails_its_clients_and_the_next_asks_afresh() {
+    let Incoming::Query(client) = message::read_query(&query("a.listed.test.", 1)) else {
+        panic!("a query")
+    };
+    let (pending, question) = (Arc::new(Pending::default()), client.question());
+    let Joined::First(first, asking) = pending.join(&question) else {
+        panic!("the first asks")
+    };
+    let Joined::Merged(second) = pending.join(&question) else {
+        panic!("the second waits")
+    };
+    // As when the asking task panics.
+    drop(asking);
+    assert!(first.await.unwrap().is_none() && second.await.unwrap().is_none());
+    assert!(matches!(pending.join(&question), Joined::First(..)));
+}
+
 #[test]
 fn counters_from_an_older_state_file_read_as_zero() {
     let older = r#"{"queries": 5, "matched": 1, "refused": 0, "malformed": 0, "servfail": 2,
