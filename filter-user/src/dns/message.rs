@@ -37,7 +37,10 @@ pub struct ClientQuery {
 }
 
 /// Everything of a client's query that shapes the upstream's answer. Clients asking the same
-/// share one upstream query: spoofing a name then takes one race, not one per client.
+/// share one upstream query: spoofing a name then takes one race, not one per client. The
+/// upstream query is built from this alone: a client's other EDNS options (its cookie, padding,
+/// client subnet) are meant for the forwarder, not passed on, and its UDP size is not the
+/// upstream's business ([`UPSTREAM_UDP_PAYLOAD`]).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Question {
     /// In lower case; each upstream query spells it in a random case of its own (0x20).
@@ -53,8 +56,8 @@ pub struct Question {
 
 /// One query sent upstream for a [`Question`]: a random ID, and the name with the case of its
 /// letters randomised (0x20, draft-vixie-dnsext-dns0x20), which the answer must echo exactly.
-/// Over the random source port, that makes a blind forgery guess 16 bits more plus one per
-/// letter of the name.
+/// Beside the random source port, a blind forger must guess the 16 bits of the ID and one bit
+/// per letter of the name.
 #[derive(Clone, Debug)]
 pub struct UpstreamQuery {
     message: Message,
