@@ -13,11 +13,11 @@
 //! Not done, and why: DNS cookies (RFC 7873) protect only against an upstream that supports
 //! them, and only once the forwarder remembers that it does (else an attacker just leaves the
 //! cookie out); hickory-proto 0.26 has no cookie type (the option is opaque bytes), and the
-//! usual upstreams here (dnsmasq, systemd-resolved) send none. Always asking over TCP would
-//! stop off-path forgery outright, but costs a handshake per query (no connection reuse here),
-//! and small upstreams cap TCP clients (dnsmasq: 20); with the guards above, a forgery is as
-//! hard to land as against a resolver that uses them. The upstream must itself be a validating
-//! recursive resolver that checks bailiwick: what it believes, the forwarder believes.
+//! small upstreams often used here send none (dnsmasq 2.90 does not). Always asking over TCP
+//! would stop off-path forgery outright, but costs a handshake per query (no connection reuse
+//! here), and small upstreams cap TCP clients (dnsmasq: 20); with the guards above, a forgery is
+//! as hard to land as against a resolver that uses them. The upstream must itself be a
+//! validating recursive resolver that checks bailiwick: what it believes, the forwarder believes.
 //!
 //! Bounds: at most [`MAX_IN_FLIGHT`] queries wait on the upstream at once, and at most
 //! [`MAX_QUERIES_PER_CLIENT`] from one client address (past either, SERVFAIL at once rather
