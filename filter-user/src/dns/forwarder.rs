@@ -1,10 +1,28 @@
 //! The forwarder's sockets: UDP and TCP listeners on the addresses given, one fresh upstream
-//! socket per query (a random source port from the kernel, a random ID), TCP when an answer
-//! comes back truncated.
+//! socket per query, TCP when an answer comes back truncated.
 //!
-//! Bounds: at most [`MAX_IN_FLIGHT`] queries wait on the upstream at once (past that, SERVFAIL
-//! at once rather than queueing), at most [`MAX_TCP_CLIENTS`] TCP connections, each closed
-//! after [`TCP_IDLE`] of silence.
+//! Forged answers: an off-path attacker who wants an address opened must land a datagram that
+//! matches the upstream query before the real answer does. Each upstream query has a random
+//! source port (from the kernel), a random ID, and its name's letters in random case (0x20,
+//! which the answer must echo exactly; see [`message::UpstreamQuery`]); datagrams that miss are
+//! counted (`mismatched`) and the real answer is still waited for. Identical questions in flight
+//! share one upstream query (`Pending`), so flooding the forwarder with a question does not
+//! buy the attacker more races. Answers above [`message::UPSTREAM_UDP_PAYLOAD`] come over TCP,
+//! never in IP fragments.
+//!
+//! Not done, and why: DNS cookies (RFC 7873) protect only against an upstream that supports
+//! them, and only once the forwarder remembers that it does (else an attacker just leaves the
+//! cookie out); hickory-proto 0.26 has no cookie type (the option is opaque bytes), and the
+//! small upstreams often used here send none (dnsmasq 2.90 does not). Always asking over TCP
+//! would stop off-path forgery outright, but costs a handshake per query (no connection reuse
+//! here), and small upstreams cap TCP clients (dnsmasq: 20); with the guards above, a forgery is
+//! as hard to land as against a resolver that uses them. The upstream must itself be a
+//! validating recursive resolver that checks bailiwick: what it believes, the forwarder believes.
+//!
+//! Bounds: at most [`MAX_IN_FLIGHT`] queries wait on the upstream at once, and at most
+//! [`MAX_QUERIES_PER_CLIENT`] from one client address (past either, SERVFAIL at once rather
+//! than queueing); at most [`MAX_TCP_CLIENTS`] TCP connections, each closed after [`TCP_IDLE`]
+//! of silence.
 //!
 //! An answer with listed names waits until the daemon confirms its addresses are in the maps.
 //! Asked again (the common case: devices re-resolve the same few names all day), it need not:
@@ -19,7 +37,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc,
+        Arc, Mutex, PoisonError,
     },
     time::{Duration, Instant},
 };
@@ -37,13 +55,17 @@ use tokio::{
 
 use super::{
     learned::ttl_hold,
-    message::{self, Incoming, Learnable},
+    message::{self, Incoming, Learnable, Question, UpstreamQuery},
     names::NameMatcher,
     seen::SeenNames,
 };
 
 /// Queries waiting on the upstream at once.
 pub const MAX_IN_FLIGHT: usize = 1024;
+/// Queries one client address may have waiting at once. A stub resolver has a handful out at
+/// a time; one that keeps more is looping or flooding, and must not take every slot of
+/// [`MAX_IN_FLIGHT`] from the other clients.
+pub const MAX_QUERIES_PER_CLIENT: usize = 32;
 /// TCP client connections at once.
 pub const MAX_TCP_CLIENTS: usize = 64;
 /// A TCP client silent this long, or not reading its answer this long, is disconnected.
@@ -69,6 +91,7 @@ pub struct ForwarderConfig {
     pub block_unlisted: bool,
     pub upstream_timeout: Duration,
     pub max_in_flight: usize,
+    pub max_queries_per_client: usize,
     /// The daemon's floor on learned TTLs (`--dns-min-ttl`).
     pub min_ttl: Duration,
     /// How long the daemon keeps learned entries past their TTL (`--grace`).
@@ -76,7 +99,8 @@ pub struct ForwarderConfig {
 }
 
 impl ForwarderConfig {
-    /// The defaults: [`UPSTREAM_TIMEOUT`], [`MAX_IN_FLIGHT`], no TTL floor.
+    /// The defaults: [`UPSTREAM_TIMEOUT`], [`MAX_IN_FLIGHT`], [`MAX_QUERIES_PER_CLIENT`], no
+    /// TTL floor.
     #[must_use]
     pub fn new(upstream: SocketAddr, block_unlisted: bool) -> Self {
         Self {
@@ -84,6 +108,7 @@ impl ForwarderConfig {
             block_unlisted,
             upstream_timeout: UPSTREAM_TIMEOUT,
             max_in_flight: MAX_IN_FLIGHT,
+            max_queries_per_client: MAX_QUERIES_PER_CLIENT,
             min_ttl: Duration::ZERO,
             grace: Duration::ZERO,
         }
@@ -111,7 +136,7 @@ const MAX_REMEMBERED: usize = 65_536;
 /// daemon. The daemon keeps each entry its grace period past that.
 #[derive(Debug, Default)]
 struct OpenAddresses {
-    entries: std::sync::Mutex<HashMap<(String, IpAddr), (Instant, u64)>>,
+    entries: Mutex<HashMap<(String, IpAddr), (Instant, u64)>>,
 }
 
 /// What [`OpenAddresses::check`] knows of an answer's addresses.
@@ -197,6 +222,8 @@ pub struct DnsCounters {
     malformed: AtomicU64,
     servfail: AtomicU64,
     overloaded: AtomicU64,
+    client_limited: AtomicU64,
+    merged: AtomicU64,
     tcp_retries: AtomicU64,
     mismatched: AtomicU64,
     late: AtomicU64,
@@ -218,9 +245,17 @@ pub struct DnsCounterValues {
     pub servfail: u64,
     /// Queries answered SERVFAIL because too many were in flight.
     pub overloaded: u64,
+    /// Queries answered SERVFAIL because their client had [`MAX_QUERIES_PER_CLIENT`] in
+    /// flight already.
+    #[serde(default)]
+    pub client_limited: u64,
+    /// Queries answered from the upstream query of an identical question already in flight.
+    #[serde(default)]
+    pub merged: u64,
     /// Truncated UDP answers asked again over TCP.
     pub tcp_retries: u64,
-    /// Upstream datagrams ignored for not answering the query.
+    /// Upstream datagrams ignored for not answering the query (ID, question, or the case of
+    /// its name).
     pub mismatched: u64,
     /// Answers sent before the daemon confirmed their addresses were in the maps.
     pub late: u64,
@@ -245,6 +280,8 @@ impl DnsCounters {
             malformed: read(&self.malformed),
             servfail: read(&self.servfail),
             overloaded: read(&self.overloaded),
+            client_limited: read(&self.client_limited),
+            merged: read(&self.merged),
             tcp_retries: read(&self.tcp_retries),
             mismatched: read(&self.mismatched),
             late: read(&self.late),
@@ -309,6 +346,8 @@ impl Listeners {
             open: Arc::default(),
             epoch,
             in_flight: Semaphore::new(config.max_in_flight),
+            pending: Arc::default(),
+            per_client: PerClient::default(),
             config,
             matcher,
             learn,
@@ -341,7 +380,119 @@ struct Forwarder {
     learn: mpsc::Sender<LearnRequest>,
     counters: Arc<DnsCounters>,
     in_flight: Semaphore,
+    pending: Arc<Pending>,
+    per_client: PerClient,
     tcp_clients: Arc<Semaphore>,
+}
+
+/// What the clients of one upstream query get: the checked answer, or `None` for SERVFAIL.
+type Outcome = Option<Arc<Message>>;
+
+/// Upstream queries in flight, by question, with the clients waiting on each.
+#[derive(Debug, Default)]
+struct Pending {
+    waiting: Mutex<HashMap<Question, Vec<oneshot::Sender<Outcome>>>>,
+}
+
+/// How a client joins the upstream query for its question.
+enum Joined {
+    /// Another client's identical question is in flight: wait for its answer.
+    Merged(oneshot::Receiver<Outcome>),
+    /// None is: this client's query asks, and hands the answer to whoever joins meanwhile.
+    First(oneshot::Receiver<Outcome>, Asking),
+}
+
+impl Pending {
+    fn join(self: &Arc<Self>, question: &Question) -> Joined {
+        let (sender, receiver) = oneshot::channel();
+        let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(others) = waiting.get_mut(question) {
+            others.push(sender);
+            return Joined::Merged(receiver);
+        }
+        waiting.insert(question.clone(), vec![sender]);
+        let asking = Asking {
+            pending: Arc::clone(self),
+            question: question.clone(),
+            outcome: None,
+        };
+        Joined::First(receiver, asking)
+    }
+}
+
+/// The one upstream query under way for a question. However it ends (an answer, a failure, a
+/// panic), the question leaves [`Pending`] and its clients get the outcome (SERVFAIL unless
+/// [`Self::finish`] gave one); the next client asking starts afresh.
+struct Asking {
+    pending: Arc<Pending>,
+    question: Question,
+    outcome: Outcome,
+}
+
+impl Asking {
+    fn finish(mut self, outcome: Outcome) {
+        self.outcome = outcome;
+    }
+}
+
+impl Drop for Asking {
+    fn drop(&mut self) {
+        let waiting = self
+            .pending
+            .waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.question)
+            .unwrap_or_default();
+        for client in waiting {
+            // A client gone (its task ended) needs nothing.
+            let _ = client.send(self.outcome.clone());
+        }
+    }
+}
+
+/// Queries waiting, by client address.
+#[derive(Debug, Default)]
+struct PerClient {
+    waiting: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One of a client's waiting queries; its place is given back when dropped.
+struct ClientSlot<'a> {
+    per_client: &'a PerClient,
+    client: IpAddr,
+}
+
+impl PerClient {
+    /// A place for one more query from `client`, unless it has `bound` waiting already.
+    fn take(&self, client: IpAddr, bound: usize) -> Option<ClientSlot<'_>> {
+        let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+        if bound == 0 || waiting.get(&client).is_some_and(|count| *count >= bound) {
+            return None;
+        }
+        *waiting.entry(client).or_default() += 1;
+        Some(ClientSlot {
+            per_client: self,
+            client,
+        })
+    }
+}
+
+impl Drop for ClientSlot<'_> {
+    fn drop(&mut self) {
+        let mut waiting = self
+            .per_client
+            .waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = waiting.get_mut(&self.client) {
+            *count -= 1;
+            if *count == 0 {
+                // Only clients with queries waiting take room.
+                waiting.remove(&self.client);
+            }
+        }
+    }
 }
 
 impl Forwarder {
@@ -359,7 +510,8 @@ impl Forwarder {
             let bytes = buffer[..len].to_vec();
             let (forwarder, socket) = (Arc::clone(&self), Arc::clone(&socket));
             tokio::spawn(async move {
-                if let Some(reply) = forwarder.answer(&bytes, Transport::Udp).await {
+                let reply = forwarder.answer(&bytes, Transport::Udp, client.ip()).await;
+                if let Some(reply) = reply {
                     if let Err(err) = socket.send_to(&reply, client).await {
                         tracing::debug!("cannot send a DNS reply to {client}: {err}");
                     }
@@ -384,7 +536,7 @@ impl Forwarder {
             };
             let forwarder = Arc::clone(&self);
             tokio::spawn(async move {
-                if let Err(err) = forwarder.serve_tcp_client(stream).await {
+                if let Err(err) = forwarder.serve_tcp_client(stream, client.ip()).await {
                     tracing::debug!("DNS over TCP from {client}: {err}");
                 }
                 drop(permit);
@@ -392,7 +544,11 @@ impl Forwarder {
         }
     }
 
-    async fn serve_tcp_client(&self, mut stream: TcpStream) -> anyhow::Result<()> {
+    async fn serve_tcp_client(
+        self: &Arc<Self>,
+        mut stream: TcpStream,
+        client: IpAddr,
+    ) -> anyhow::Result<()> {
         let opened = Instant::now();
         while opened.elapsed() < TCP_LIFETIME {
             let Ok(Ok(len)) = timeout(TCP_IDLE, stream.read_u16()).await else {
@@ -400,7 +556,7 @@ impl Forwarder {
             };
             let mut bytes = vec![0u8; usize::from(len)];
             timeout(TCP_IDLE, stream.read_exact(&mut bytes)).await??;
-            if let Some(reply) = self.answer(&bytes, Transport::Tcp).await {
+            if let Some(reply) = self.answer(&bytes, Transport::Tcp, client).await {
                 timeout(TCP_IDLE, stream.write_all(&frame(&reply)?)).await??;
             }
         }
@@ -408,7 +564,12 @@ impl Forwarder {
     }
 
     /// The reply to one client message, if it gets one.
-    async fn answer(&self, bytes: &[u8], transport: Transport) -> Option<Vec<u8>> {
+    async fn answer(
+        self: &Arc<Self>,
+        bytes: &[u8],
+        transport: Transport,
+        client: IpAddr,
+    ) -> Option<Vec<u8>> {
         let query = match message::read_query(bytes) {
             Incoming::Query(query) => query,
             Incoming::Reply(reply) => {
@@ -418,45 +579,82 @@ impl Forwarder {
             Incoming::Ignore => return None,
         };
         DnsCounters::bump(&self.counters.queries);
-        let matcher = Arc::clone(&self.matcher.borrow());
-        if self.config.block_unlisted && !matcher.matches_any(&query.name) {
+        if self.config.block_unlisted && !self.matcher.borrow().matches_any(&query.name) {
             DnsCounters::bump(&self.counters.refused);
             return Some(query.nxdomain());
         }
+        let Some(_slot) = self
+            .per_client
+            .take(client, self.config.max_queries_per_client)
+        else {
+            DnsCounters::bump(&self.counters.client_limited);
+            return Some(query.servfail());
+        };
         let Ok(_permit) = self.in_flight.try_acquire() else {
             DnsCounters::bump(&self.counters.overloaded);
             return Some(query.servfail());
         };
-        let answer = match self.ask_upstream(&query, transport).await {
-            Ok(answer) => answer,
-            Err(err) => {
-                DnsCounters::bump(&self.counters.servfail);
-                tracing::debug!(
-                    "no answer from {} for {}: {err:#}",
-                    self.config.upstream,
-                    query.name
-                );
-                return Some(query.servfail());
+        let outcome = match self.pending.join(&query.question()) {
+            Joined::Merged(outcome) => {
+                DnsCounters::bump(&self.counters.merged);
+                outcome.await
+            }
+            Joined::First(outcome, asking) => {
+                tokio::spawn(Arc::clone(self).ask_for_all(asking, transport));
+                outcome.await
             }
         };
-        let learnable = message::learnable(&query, &answer);
-        self.seen
-            .record(&query.name, learnable.addresses.iter().map(|(a, _)| *a));
-        if learnable.chain.iter().any(|name| matcher.matches_any(name)) {
-            DnsCounters::bump(&self.counters.matched);
-            if !learnable.addresses.is_empty() {
-                self.open_before_answering(&query.name, learnable).await;
-            }
-        }
+        let Ok(Some(answer)) = outcome else {
+            DnsCounters::bump(&self.counters.servfail);
+            return Some(query.servfail());
+        };
         let limit = match transport {
             Transport::Udp => query.udp_limit(),
             Transport::Tcp => usize::from(u16::MAX),
         };
         Some(
             query
-                .reply(answer, limit)
+                .reply(&answer, limit)
                 .unwrap_or_else(|_| query.servfail()),
         )
+    }
+
+    /// Asks the upstream once for every client waiting on `asking`'s question, and opens what
+    /// the answer teaches before any of them gets it. A task of its own: the answer is for
+    /// every waiting client, whatever becomes of the first.
+    async fn ask_for_all(self: Arc<Self>, asking: Asking, transport: Transport) {
+        let question = &asking.question;
+        let outcome = match self.ask_upstream(question, transport).await {
+            Ok(answer) => {
+                self.learn_from(question, &answer).await;
+                Some(Arc::new(answer))
+            }
+            Err(err) => {
+                tracing::debug!(
+                    "no answer from {} for {}: {err:#}",
+                    self.config.upstream,
+                    question.name()
+                );
+                None
+            }
+        };
+        asking.finish(outcome);
+    }
+
+    /// Records what `answer` teaches and, if a rule's host is on its chain, opens its
+    /// addresses.
+    async fn learn_from(&self, question: &Question, answer: &Message) {
+        let learnable = message::learnable(question, answer);
+        let name = question.name();
+        self.seen
+            .record(&name, learnable.addresses.iter().map(|(a, _)| *a));
+        let matcher = Arc::clone(&self.matcher.borrow());
+        if learnable.chain.iter().any(|name| matcher.matches_any(name)) {
+            DnsCounters::bump(&self.counters.matched);
+            if !learnable.addresses.is_empty() {
+                self.open_before_answering(&name, learnable).await;
+            }
+        }
     }
 
     /// Hands the answer's addresses to the daemon and waits until they are in the maps, unless
@@ -515,13 +713,13 @@ impl Forwarder {
 
     async fn ask_upstream(
         &self,
-        query: &message::ClientQuery,
+        question: &Question,
         transport: Transport,
     ) -> anyhow::Result<Message> {
-        let id: u16 = rand::random();
-        let wire = query.upstream_bytes(id).map_err(anyhow::Error::msg)?;
+        let query = UpstreamQuery::new(question);
+        let wire = query.to_bytes().map_err(anyhow::Error::msg)?;
         if transport == Transport::Udp {
-            let answer = timeout(self.config.upstream_timeout, self.ask_udp(query, id, &wire))
+            let answer = timeout(self.config.upstream_timeout, self.ask_udp(&query, &wire))
                 .await
                 .context("timed out")??;
             if !answer.metadata.truncation {
@@ -529,17 +727,12 @@ impl Forwarder {
             }
             DnsCounters::bump(&self.counters.tcp_retries);
         }
-        timeout(self.config.upstream_timeout, self.ask_tcp(query, id, &wire))
+        timeout(self.config.upstream_timeout, self.ask_tcp(&query, &wire))
             .await
             .context("timed out over TCP")?
     }
 
-    async fn ask_udp(
-        &self,
-        query: &message::ClientQuery,
-        id: u16,
-        wire: &[u8],
-    ) -> anyhow::Result<Message> {
+    async fn ask_udp(&self, query: &UpstreamQuery, wire: &[u8]) -> anyhow::Result<Message> {
         // Port 0: the kernel picks a random ephemeral port, new for every query. Connecting
         // makes the kernel drop datagrams from anyone but the upstream.
         let socket = UdpSocket::bind(unspecified(self.config.upstream)).await?;
@@ -551,9 +744,10 @@ impl Forwarder {
         let mut buffer = vec![0u8; query.udp_limit() + 1];
         loop {
             let len = socket.recv(&mut buffer).await?;
-            match query.check_answer(id, &buffer[..len]) {
+            match query.check_answer(&buffer[..len]) {
                 Ok(answer) => return Ok(answer),
                 Err(err) => {
+                    // Maybe a forgery: keep waiting for the real answer, until the timeout.
                     DnsCounters::bump(&self.counters.mismatched);
                     tracing::debug!("ignored a datagram from {}: {err}", self.config.upstream);
                 }
@@ -561,18 +755,13 @@ impl Forwarder {
         }
     }
 
-    async fn ask_tcp(
-        &self,
-        query: &message::ClientQuery,
-        id: u16,
-        wire: &[u8],
-    ) -> anyhow::Result<Message> {
+    async fn ask_tcp(&self, query: &UpstreamQuery, wire: &[u8]) -> anyhow::Result<Message> {
         let mut stream = TcpStream::connect(self.config.upstream).await?;
         stream.write_all(&frame(wire)?).await?;
         let len = stream.read_u16().await?;
         let mut bytes = vec![0u8; usize::from(len)];
         stream.read_exact(&mut bytes).await?;
-        Ok(query.check_answer(id, &bytes)?)
+        Ok(query.check_answer(&bytes)?)
     }
 }
 

@@ -2,14 +2,29 @@
 //!
 //! Polling cannot resolve `*.` names, and CDN names move faster than any poll. So the daemon
 //! forwards its clients' queries and reads the answers on the way back: when the question or a
-//! name on its CNAME chain matches a rule's host, the answered addresses are opened with that
-//! service's ports *before* the client gets the answer, and closed again after the record's TTL
-//! plus a grace period. The contract is DESIGN.md's "DNS awareness".
+//! name on its CNAME chain matches a rule's host, the addresses that answer the question are
+//! opened with that service's ports *before* the client gets the answer, and closed again after
+//! the record's TTL plus a grace period. The contract is DESIGN.md's "DNS awareness".
+//!
+//! An answer opens addresses, so what it may teach is narrow, and forging one is made as hard as
+//! against a well-defended resolver:
+//! - only records of the asked type (A or AAAA), class IN, owned by the end of the CNAME chain
+//!   that starts at the question ([`message::learnable`]);
+//! - names match rules label by label, and a label no rule can spell matches nothing
+//!   ([`names`]); [`names::normalize`] is the one way a name is written down (chains, learned
+//!   entries, seen names, events);
+//! - upstream queries carry a random source port, a random ID and the name in random case
+//!   (0x20), answers must echo all three; identical questions in flight share one upstream
+//!   query; each client address has a bounded number of queries in flight ([`forwarder`]).
+//!
+//! It trusts its upstream to be an honest, validating recursive resolver: what the upstream
+//! believes, the forwarder opens (README, "DNS awareness").
 //!
 //! - [`names`]: which services a name belongs to (exact, expansions, `*.` at any depth);
-//! - [`message`]: message handling without sockets (checks, chains, replies), via hickory-proto;
+//! - [`message`]: message handling without sockets (checks, questions, chains, replies), via
+//!   hickory-proto;
 //! - [`learned`]: the bounded table of learned addresses and their expiry;
-//! - [`forwarder`]: the UDP and TCP listeners and the upstream queries;
+//! - [`forwarder`]: the UDP and TCP listeners, the upstream queries and their guards;
 //! - [`seen`]: the names clients looked up, by address, to name the host in drop events.
 
 pub mod forwarder;

@@ -1,12 +1,20 @@
 //! Which services a DNS name belongs to: exact names, `{a..b}` expansions (already exact names
-//! by now) and `*.` wildcards at any depth.
+//! by now) and `*.` wildcards at any depth; and the one way the forwarder writes a name down.
+//!
+//! Matching works on a name's labels, never on its text: a label may hold any byte, a dot
+//! included (`e7\.wild.example.net` is the label `e7.wild` under `example.net`), so splitting
+//! text on dots would let one label pass for two. A rule's host is made of letters, digits, `-`
+//! and `_`; a name with any other byte in a label can match no rule, and matches nothing.
 //!
 //! The forwarder asks this for every question and every name of a CNAME chain, so it is a hash
 //! lookup per label rather than a scan over every pattern: `a.b.example.com` is looked up as an
 //! exact name, then as a wildcard suffix `b.example.com`, `example.com` and `com`. It must agree
-//! with [`HostPattern::matches`], the definition; a property test checks that it does.
+//! with [`HostPattern::matches`], the definition, on every name that can match; a property test
+//! checks that it does.
 
 use std::collections::HashMap;
+
+use hickory_proto::rr::Name;
 
 use crate::rules::{HostPattern, Rules};
 
@@ -36,15 +44,28 @@ impl NameMatcher {
         matcher
     }
 
-    /// The services whose hosts match `name` (any case, with or without the trailing dot),
-    /// in rule order, each once.
+    /// The services whose hosts match `name`, in rule order, each once. `name` is in
+    /// presentation form, as [`normalize`] writes it (any case, with or without the trailing
+    /// dot, `\.` a dot inside a label); text that is no name matches nothing.
     #[must_use]
     pub fn services(&self, name: &str) -> Vec<usize> {
-        let name = normalize(name);
-        let mut found: Vec<usize> = self.exact.get(&name).cloned().unwrap_or_default();
-        // Every proper suffix that starts after a dot: `*.x` matches names below x, not x.
-        for (dot, _) in name.match_indices('.') {
-            if let Some(services) = self.wildcard.get(&name[dot + 1..]) {
+        Name::from_ascii(name).map_or_else(|_| Vec::new(), |name| self.services_of(&name))
+    }
+
+    /// The services whose hosts match `name`, by its labels, in rule order, each once.
+    #[must_use]
+    pub fn services_of(&self, name: &Name) -> Vec<usize> {
+        let Some(labels) = rule_labels(name) else {
+            return Vec::new();
+        };
+        let mut found: Vec<usize> = self
+            .exact
+            .get(&labels.join("."))
+            .cloned()
+            .unwrap_or_default();
+        // Every proper suffix: `*.x` matches names below x, not x.
+        for start in 1..labels.len() {
+            if let Some(services) = self.wildcard.get(&labels[start..].join(".")) {
                 found.extend(services);
             }
         }
@@ -53,7 +74,7 @@ impl NameMatcher {
         found
     }
 
-    /// Whether any service claims `name`.
+    /// Whether any service claims `name` (presentation form, as for [`Self::services`]).
     #[must_use]
     pub fn matches_any(&self, name: &str) -> bool {
         !self.services(name).is_empty()
@@ -65,10 +86,30 @@ impl NameMatcher {
     }
 }
 
-/// A DNS name as rules spell it: lower case, no trailing dot.
+/// `name`'s labels in lower case, if every byte of every label is one a rule's host may hold.
+fn rule_labels(name: &Name) -> Option<Vec<String>> {
+    name.iter()
+        .map(|label| {
+            label
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+                .then(|| String::from_utf8_lossy(label).to_ascii_lowercase())
+        })
+        .collect()
+}
+
+/// A DNS name as the forwarder records it (learned entries, seen names, events): presentation
+/// form in lower case, no trailing dot. hickory escapes any byte that is not plain (a dot
+/// inside a label is `\.`), so the text stands for exactly one name and [`NameMatcher::services`]
+/// reads it back label for label.
 #[must_use]
-pub fn normalize(name: &str) -> String {
-    name.trim_end_matches('.').to_ascii_lowercase()
+pub fn normalize(name: &Name) -> String {
+    let mut name = name.to_lowercase();
+    // Written fully qualified, the last dot is the root's and never an escaped one.
+    name.set_fqdn(true);
+    let mut text = name.to_ascii();
+    text.pop();
+    text
 }
 
 #[cfg(test)]
@@ -147,10 +188,50 @@ mod tests {
         assert!(!m.matches_any("."));
     }
 
+    #[test]
+    fn a_dot_inside_a_label_is_not_a_label_boundary() {
+        let m = NameMatcher::new(&rules(
+            "[[service]]\nname = \"wild\"\nhosts = [\"*.wild.example.net\", \"e7.example.net\"]\ntcp = [443]\n",
+        ));
+        // One label `e7.wild` under example.net: a sibling of wild.example.net, not below it.
+        let attack = Name::from_labels([&b"e7.wild"[..], b"example", b"net"]).unwrap();
+        assert_eq!(normalize(&attack), "e7\\.wild.example.net");
+        assert!(m.services_of(&attack).is_empty());
+        assert!(!m.matches_any(&normalize(&attack)), "nor once written down");
+        let plain = Name::from_labels([&b"e7"[..], b"wild", b"example", b"net"]).unwrap();
+        assert_eq!(m.services_of(&plain), [0], "two labels do match");
+    }
+
+    #[test]
+    fn labels_with_bytes_no_rule_can_hold_match_nothing() {
+        let m = NameMatcher::new(&rules(
+            "[[service]]\nname = \"wild\"\nhosts = [\"*.wild.example.net\"]\ntcp = [443]\n",
+        ));
+        for odd in [&b"a b"[..], b"a\xff", b"a*", b"a/b", b"e7\x00"] {
+            let name = Name::from_labels([odd, b"wild", b"example", b"net"]).unwrap();
+            assert!(m.services_of(&name).is_empty(), "{name:?}");
+            assert!(!m.matches_any(&normalize(&name)), "{}", normalize(&name));
+        }
+    }
+
+    #[test]
+    fn normalize_is_lower_case_without_the_root_dot() {
+        for (text, normal) in [
+            (
+                "Device.Manage.Microsoft.COM.",
+                "device.manage.microsoft.com",
+            ),
+            ("relative.Example.net", "relative.example.net"),
+            (".", ""),
+        ] {
+            assert_eq!(normalize(&Name::from_ascii(text).unwrap()), normal);
+        }
+    }
+
     proptest! {
         #[test]
         fn agrees_with_the_pattern_definition(
-            labels in prop::collection::vec(prop::sample::select(vec!["a", "B", "cdn", "x1", "com", "net"]), 0..6),
+            labels in prop::collection::vec(prop::sample::select(vec!["a", "B", "cdn", "x1", "com", "net", "a\\.cdn", "b\\032cdn"]), 0..6),
             dot in any::<bool>(),
         ) {
             let rules = rules(
@@ -160,8 +241,11 @@ mod tests {
             );
             let m = NameMatcher::new(&rules);
             let name = format!("{}{}", labels.join("."), if dot { "." } else { "" });
+            // A label no rule can spell (an escaped dot or space) matches nothing, though the
+            // text-based definition would see `a\\.cdn.com` as below `cdn.com`.
+            let can_match = labels.iter().all(|label| !label.contains('\\'));
             let naive: Vec<usize> = rules.services.iter().enumerate()
-                .filter(|(_, s)| s.hosts.iter().any(|h| h.matches(&name)))
+                .filter(|(_, s)| can_match && s.hosts.iter().any(|h| h.matches(&name)))
                 .map(|(i, _)| i)
                 .collect();
             prop_assert_eq!(m.services(&name), naive, "{}", name);

@@ -2,6 +2,8 @@
 //! event to an address a device just resolved says which name it was after (`host`). That is
 //! what an operator needs to decide whether a rule is missing.
 //!
+//! Names come as [`super::names::normalize`] wrote them, like every name the forwarder records.
+//!
 //! Bounded: past [`CAPACITY`] addresses the one recorded longest ago is forgotten.
 
 use std::{
