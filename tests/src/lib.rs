@@ -3,6 +3,7 @@
 
 pub mod daemon;
 pub mod dns;
+pub mod flood;
 pub mod harness;
 pub mod lab;
 pub mod packet;
