@@ -328,9 +328,9 @@ fn a_lan_client_cannot_send_from_a_source_that_is_not_its_lans() -> anyhow::Resu
         Ok(())
     };
     assert!(
-        eventually(Duration::from_secs(5), || lab
-            .client
-            .connects(WEB_A_V4, 443, 1)),
+        eventually(Duration::from_secs(5), || {
+            lab.client.connects(WEB_A_V4, 443, 1) && lab.client.connects(WEB_A_V6, 443, 1)
+        }),
         "the bridged lab works without the filter"
     );
     spoof()?;
