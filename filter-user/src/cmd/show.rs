@@ -81,59 +81,6 @@ pub async fn run(
     Ok(report(&rules, &table, resolve.then_some(&answers)))
 }
 
-/// The learned-address listing `show --resolve` and `learned` print.
-#[must_use]
-pub fn learned_text(learned: &[LearnedView]) -> String {
-    let mut out = format!("{} addresses learned from DNS answers:\n", learned.len());
-    if learned.is_empty() {
-        return out;
-    }
-    let rows: Vec<[String; 5]> = learned
-        .iter()
-        .map(|l| {
-            let name = if l.name == l.question {
-                l.name.clone()
-            } else {
-                format!("{} ({})", l.name, l.question)
-            };
-            [
-                l.address.to_string(),
-                l.service.clone(),
-                name,
-                format!("{}s", l.age_secs),
-                format!("{}s", l.expires_in_secs),
-            ]
-        })
-        .collect();
-    let header = ["ADDRESS", "SERVICE", "NAME (QUESTION)", "AGE", "EXPIRES IN"].map(str::to_owned);
-    let widths: Vec<usize> = (0..5)
-        .map(|c| {
-            rows.iter()
-                .chain([&header])
-                .map(|r| r[c].len())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    for row in std::iter::once(&header).chain(&rows) {
-        let _ = writeln!(
-            out,
-            "  {:w0$}  {:w1$}  {:w2$}  {:>w3$}  {:>w4$}",
-            row[0],
-            row[1],
-            row[2],
-            row[3],
-            row[4],
-            w0 = widths[0],
-            w1 = widths[1],
-            w2 = widths[2],
-            w3 = widths[3],
-            w4 = widths[4],
-        );
-    }
-    out
-}
-
 fn report(
     rules: &Rules,
     table: &AllowTable,
@@ -311,7 +258,7 @@ impl Report {
         }
         if !self.learned.is_empty() {
             out.push('\n');
-            out.push_str(&learned_text(&self.learned));
+            out.push_str(&super::learned::to_text(&self.learned));
         }
         out
     }
@@ -322,39 +269,6 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-
-    #[test]
-    fn learned_addresses_line_up_under_their_headings() {
-        let view = |address: &str, service: &str, name: &str, question: &str| LearnedView {
-            address: address.parse().unwrap(),
-            service: service.into(),
-            name: name.into(),
-            question: question.into(),
-            age_secs: 3,
-            expires_in_secs: 956,
-        };
-        let text = learned_text(&[
-            view(
-                "198.51.100.14",
-                "apple-intune-dependencies",
-                "a.mzstatic.com",
-                "a.mzstatic.com",
-            ),
-            view("2001:db8::1", "cdn", "edge.cdn.example", "app.example.com"),
-        ]);
-        let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines[0], "2 addresses learned from DNS answers:");
-        let column = lines[1].find("NAME (QUESTION)").unwrap();
-        assert_eq!(lines[2].find("a.mzstatic.com"), Some(column));
-        assert_eq!(
-            lines[3].find("edge.cdn.example (app.example.com)"),
-            Some(column)
-        );
-        assert!(
-            lines.iter().skip(1).all(|l| l.len() == lines[1].len()),
-            "{text}"
-        );
-    }
 
     fn sample() -> Report {
         let rules = Rules::parse_sources(&[(

@@ -7,7 +7,6 @@ pub mod hosts;
 pub mod interfaces;
 pub mod pins;
 pub mod state;
-pub mod stats;
 
 use std::{
     collections::BTreeSet,
@@ -1171,22 +1170,4 @@ impl SuppressedReporter {
         }
         self.last = now;
     }
-}
-
-/// `egress-filter detach`: removes a filter left pinned (a crashed or killed daemon's).
-pub fn detach(pin_path: &std::path::Path) -> anyhow::Result<String> {
-    let pins = PinDir::new(pin_path);
-    let _lock = pins.lock()?;
-    let links = pins.pinned_links();
-    ensure!(
-        !links.is_empty() || pins.has_pinned_maps(),
-        "nothing is pinned at {}",
-        pin_path.display()
-    );
-    pins.remove_all()?;
-    Ok(format!(
-        "detached {} attachment(s) and removed the maps pinned at {}",
-        links.len(),
-        pin_path.display()
-    ))
 }

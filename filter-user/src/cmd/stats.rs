@@ -1,4 +1,6 @@
 //! `egress-filter stats`: the counters of a running (or left-behind) filter, read from its pins.
+//!
+//! Example: `egress-filter stats --json`
 
 use std::fmt::Write as _;
 
@@ -7,11 +9,31 @@ use aya::maps::{Map, MapData, PerCpuArray};
 use filter_common::{maps as names, EventCounter, PacketCount, Reason};
 use serde::Serialize;
 
-use super::{
-    pins::PinDir,
+use crate::daemon::{
+    pins::{PinDir, DEFAULT_PIN_PATH},
     state::{DnsStats, State},
 };
-use crate::dns::LearnedView;
+
+/// `stats`: print the counters of the running filter: per service, per reason, events.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Where the filter's programs and maps are pinned.
+    #[arg(long, default_value = DEFAULT_PIN_PATH, value_name = "DIR")]
+    pub pin_path: std::path::PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Reads the counters and renders them as asked.
+pub fn run(args: &Args) -> anyhow::Result<String> {
+    let stats = read(&PinDir::new(&args.pin_path))?;
+    Ok(if args.json {
+        serde_json::to_string_pretty(&stats)? + "\n"
+    } else {
+        stats.to_text()
+    })
+}
 
 #[derive(Debug, Serialize)]
 pub struct Stats {
@@ -115,33 +137,6 @@ pub fn read(pins: &PinDir) -> anyhow::Result<Stats> {
         },
         dns: state.dns,
     })
-}
-
-/// What the running daemon's forwarder has learned, as of now (the state file is at most a
-/// second old; its ages and expiries are moved on by the time since it was written).
-pub fn learned(pins: &PinDir) -> anyhow::Result<Vec<LearnedView>> {
-    let state = State::load(&pins.state_file())?.with_context(|| {
-        format!(
-            "no filter runs with --pin-path {} (no state file)",
-            pins.root().display()
-        )
-    })?;
-    anyhow::ensure!(
-        state.dns.is_some(),
-        "the filter at {} does not answer DNS (run it with --dns-listen)",
-        pins.root().display()
-    );
-    let elapsed = State::now_secs().saturating_sub(state.written_at);
-    Ok(state
-        .learned
-        .into_iter()
-        .filter(|l| l.expires_in_secs > elapsed)
-        .map(|mut l| {
-            l.age_secs += elapsed;
-            l.expires_in_secs -= elapsed;
-            l
-        })
-        .collect())
 }
 
 impl Stats {

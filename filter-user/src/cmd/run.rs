@@ -1,0 +1,266 @@
+//! `egress-filter run`: the command line of the daemon and the checks on it. The daemon itself is
+//! `crate::daemon`.
+//!
+//! Example: `egress-filter run --rules rules/ --xdp lan0 --events json`
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use anyhow::Context as _;
+
+use crate::{
+    daemon::{
+        self, events::EventFormat, hosts::RefreshPolicy, pins::DEFAULT_PIN_PATH, DnsOptions,
+        RunOptions, XdpModeArg,
+    },
+    dns::LearnPolicy,
+    table::PortSpec,
+};
+
+/// `run`: enforce the rules: attach the filter, keep hostnames resolved, stream drop events to
+/// stdout. Stops (detaching cleanly) on SIGINT/SIGTERM; SIGHUP reloads the rules.
+#[derive(clap::Args)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "each is an independent command-line switch"
+)]
+pub struct Args {
+    /// A rules file, or a directory whose *.toml files are loaded. Repeatable.
+    #[arg(long = "rules", required = true, value_name = "PATH")]
+    pub rules: Vec<PathBuf>,
+    /// Attach XDP here: a gateway's LAN-facing interface. Repeatable.
+    #[arg(long, value_name = "IFACE")]
+    pub xdp: Vec<String>,
+    /// Attach TC egress here: a host's uplink. Repeatable.
+    #[arg(long, value_name = "IFACE")]
+    pub tc: Vec<String>,
+    /// XDP attach mode.
+    #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
+    pub xdp_mode: XdpModeArg,
+    /// Drop nothing; report what enforcement would drop with action "audit".
+    #[arg(long)]
+    pub audit: bool,
+    /// Event output on stdout: one line of text or one JSON object per event.
+    #[arg(long, value_enum, default_value_t = EventFormat::Text)]
+    pub events: EventFormat,
+    /// The DNS server to ask, instead of the system's (/etc/resolv.conf).
+    #[arg(long, value_name = "IP:PORT")]
+    pub resolver: Option<SocketAddr>,
+    /// Never resolve a name again sooner than this, whatever its TTL.
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    pub min_refresh: u64,
+    /// Resolve every name again at least this often, whatever its TTL.
+    #[arg(long, default_value_t = 3600, value_name = "SECS")]
+    pub max_refresh: u64,
+    /// Keep an address allowed this long after it vanished from answers.
+    #[arg(long, default_value_t = 900, value_name = "SECS")]
+    pub grace: u64,
+    /// Where programs (links) and maps are pinned.
+    #[arg(long, default_value = DEFAULT_PIN_PATH, value_name = "DIR")]
+    pub pin_path: PathBuf,
+    /// Do not allow traffic to this host's own addresses (by default a gateway stays reachable
+    /// from the LAN it filters on --self-ports).
+    #[arg(long)]
+    pub no_self_allow: bool,
+    /// What stays open to this host's own addresses through XDP, so that no operator locks
+    /// themselves out: tcp/PORT, udp/PORT (or LO-HI ranges) and icmp, comma-separated. The
+    /// --dns-listen ports are added. Other ports on the host need a rule like any destination.
+    #[arg(
+        long,
+        value_name = "LIST",
+        value_delimiter = ',',
+        default_value = "tcp/22,udp/53,tcp/53,udp/67,udp/547,icmp"
+    )]
+    pub self_ports: Vec<PortSpec>,
+    /// Do not drop packets whose source address does not belong on the XDP interface they came
+    /// in on (by default: no route to it goes out that interface). Turn off only for asymmetric
+    /// routing that strict reverse-path filtering would break too.
+    #[arg(long)]
+    pub no_source_check: bool,
+    /// Drop events each CPU may report per second after its burst.
+    #[arg(long, default_value_t = filter_common::Config::DEFAULT_EVENTS_PER_SEC)]
+    pub event_rate: u32,
+    /// Drop events each CPU may report back to back.
+    #[arg(long, default_value_t = filter_common::Config::DEFAULT_EVENT_BURST)]
+    pub event_burst: u32,
+    /// Answer the clients' DNS here (UDP and TCP), learning the addresses of listed names from
+    /// the answers before passing them on. Repeatable. Give the address clients reach, e.g.
+    /// the gateway's LAN address, never a public one.
+    #[arg(long, value_name = "ADDR:PORT", requires = "dns_upstream")]
+    pub dns_listen: Vec<SocketAddr>,
+    /// The DNS server the forwarder asks.
+    #[arg(long, value_name = "IP:PORT", requires = "dns_listen")]
+    pub dns_upstream: Option<SocketAddr>,
+    /// Answer NXDOMAIN to questions no rule's host matches (lab isolation).
+    #[arg(long, requires = "dns_listen")]
+    pub dns_block_unlisted: bool,
+    /// Learned addresses stay allowed for at least this long plus --grace, whatever the
+    /// record's TTL: a zero TTL must not fail the device's next connection.
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    pub dns_min_ttl: u64,
+    /// Most learned (address, service) entries kept; past it the oldest go first.
+    #[arg(long, default_value_t = 65_536, value_name = "N")]
+    pub dns_max_learned: usize,
+}
+
+/// Raises the soft limit on open files to the hard one: the forwarder holds a socket per query
+/// in flight (up to 1,024) besides the maps, links and listeners, past the usual soft 1,024.
+fn raise_file_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(err) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!("cannot raise the open-file limit from {soft} to {hard}: {err}");
+            }
+        }
+        Ok(_) => {}
+        Err(err) => tracing::warn!("cannot read the open-file limit: {err}"),
+    }
+}
+
+/// The longest refresh, grace or TTL floor `run` takes, in seconds.
+const WEEK: u64 = 7 * 24 * 3600;
+
+/// `run`: checks the options, then runs the daemon until it is stopped.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let opts = args.into_options()?;
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    raise_file_limit();
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(daemon::run(opts))
+}
+
+impl Args {
+    /// The options the daemon runs with, or which of them is out of bounds.
+    pub fn into_options(self) -> anyhow::Result<RunOptions> {
+        let args = self;
+        anyhow::ensure!(
+            args.min_refresh >= 1,
+            "--min-refresh must be at least 1 second"
+        );
+        anyhow::ensure!(
+            args.max_refresh >= args.min_refresh,
+            "--max-refresh must not be below --min-refresh"
+        );
+        anyhow::ensure!(
+            args.dns_max_learned >= 1,
+            "--dns-max-learned must be at least 1"
+        );
+        // Bounds that keep every deadline the daemon computes far from overflowing.
+        for (flag, value) in [
+            ("--max-refresh", args.max_refresh),
+            ("--grace", args.grace),
+            ("--dns-min-ttl", args.dns_min_ttl),
+        ] {
+            anyhow::ensure!(
+                value <= WEEK,
+                "{flag} must be at most a week ({WEEK} seconds)"
+            );
+        }
+        Ok(RunOptions {
+            rules: args.rules,
+            xdp: args.xdp,
+            tc: args.tc,
+            xdp_mode: args.xdp_mode,
+            audit: args.audit,
+            events: args.events,
+            resolver: args.resolver,
+            refresh: RefreshPolicy {
+                min_refresh: Duration::from_secs(args.min_refresh),
+                max_refresh: Duration::from_secs(args.max_refresh),
+                grace: Duration::from_secs(args.grace),
+            },
+            pin_path: args.pin_path,
+            allow_self: !args.no_self_allow,
+            self_ports: args.self_ports,
+            check_sources: !args.no_source_check,
+            events_per_sec: args.event_rate,
+            event_burst: args.event_burst,
+            dns: args.dns_upstream.map(|upstream| DnsOptions {
+                listen: args.dns_listen,
+                upstream,
+                block_unlisted: args.dns_block_unlisted,
+                learn: LearnPolicy {
+                    min_ttl: Duration::from_secs(args.dns_min_ttl),
+                    grace: Duration::from_secs(args.grace),
+                    capacity: args.dns_max_learned,
+                },
+            }),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct CommandLine {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn options(extra: &[&str]) -> anyhow::Result<RunOptions> {
+        let mut argv = vec!["run", "--rules", "rules/", "--xdp", "lan0"];
+        argv.extend_from_slice(extra);
+        CommandLine::try_parse_from(argv)?.args.into_options()
+    }
+
+    #[test]
+    fn defaults_enforce_with_failsafe_ports_and_source_checks() {
+        let opts = options(&[]).expect("defaults are valid");
+        assert!(opts.allow_self && opts.check_sources && !opts.audit);
+        let ports: Vec<String> = opts.self_ports.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            ports,
+            ["tcp/22", "udp/53", "tcp/53", "udp/67", "udp/547", "icmp"]
+        );
+        assert!(opts.dns.is_none());
+    }
+
+    #[test]
+    fn dns_options_carry_the_grace_into_learning() {
+        let opts = options(&[
+            "--dns-listen",
+            "10.0.0.1:53",
+            "--dns-upstream",
+            "192.0.2.53:53",
+            "--grace",
+            "60",
+            "--dns-min-ttl",
+            "5",
+        ])
+        .expect("valid");
+        let dns = opts.dns.expect("DNS options");
+        assert_eq!(dns.learn.grace, Duration::from_mins(1));
+        assert_eq!(dns.learn.min_ttl, Duration::from_secs(5));
+        assert_eq!(opts.refresh.grace, Duration::from_mins(1));
+    }
+
+    #[test]
+    fn out_of_bounds_options_name_the_flag() {
+        for (flag, value, message) in [
+            (
+                "--min-refresh",
+                "0",
+                "--min-refresh must be at least 1 second",
+            ),
+            (
+                "--max-refresh",
+                "5",
+                "--max-refresh must not be below --min-refresh",
+            ),
+            ("--grace", "999999999", "--grace must be at most a week"),
+        ] {
+            let err = options(&[flag, value]).expect_err(flag).to_string();
+            assert!(err.contains(message), "{flag}: {err}");
+        }
+    }
+}
