@@ -1,66 +1,69 @@
 //! `egress-filter run`: the daemon. It compiles the rules, loads and attaches the programs with
-//! pinned maps and links, keeps hostname-derived addresses fresh, streams drop events, and reloads
-//! on SIGHUP. See DESIGN.md ("run behaviour users rely on") for the contract.
+//! pinned maps and links, keeps hostname-derived addresses fresh, learns from the DNS answers it
+//! forwards, streams drop events, and reloads on SIGHUP. ARCHITECTURE.md draws the parts and
+//! the data flow; this module is the loop that wires them:
+//!
+//! - [`attach`]: loading with pinned maps (adopting a previous daemon's), attaching, pinning;
+//! - [`settings`]: mode, event budget and the XDP interfaces' source prefixes in the kernel;
+//! - [`policy`]: keeping the maps equal to the allow table through failures;
+//! - [`grants`]: what the rules, addresses and allowances put in the table;
+//! - [`allowances`]: the host's own addresses on the failsafe ports, the resolvers on 53;
+//! - [`hosts`]: hostname refresh with TTLs and grace; [`learning`]: what DNS answers open;
+//! - [`event_stream`] and [`events`]: drop events to stdout;
+//! - [`state`]: the state file `stats`, `learned` and a restart read; [`pins`]: the pin path;
+//! - [`interfaces`]: link types and the source prefixes routed out of an interface.
 
+pub mod allowances;
+pub mod attach;
+pub mod event_stream;
 pub mod events;
+pub mod grants;
 pub mod hosts;
 pub mod interfaces;
+pub mod learning;
 pub mod pins;
+pub mod policy;
+pub mod settings;
 pub mod state;
 
 use std::{
-    collections::BTreeSet,
-    io::Write as _,
-    net::{IpAddr, SocketAddr},
+    collections::BTreeMap,
+    net::SocketAddr,
     path::PathBuf,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc, RwLock,
-    },
+    sync::{Arc, RwLock},
     time::{Duration, Instant},
 };
 
 use anyhow::{ensure, Context as _};
-use aya::{
-    maps::{MapData, RingBuf},
-    programs::{
-        links::{FdLink, PinnedLink},
-        tc::SchedClassifierLink,
-        xdp::XdpLink,
-        SchedClassifier, TcAttachType, Xdp, XdpMode,
-    },
-    Ebpf, EbpfLoader,
-};
-use filter_common::{
-    maps::{self as names, ALL_MAPS},
-    Config, DropEvent, EventCounter, Mode,
-};
-use ipnet::IpNet;
+use aya::{maps::RingBuf, Ebpf};
+use filter_common::{maps as names, Mode};
 use tokio::{
-    io::unix::AsyncFd,
     signal::unix::{signal, SignalKind},
     sync::{mpsc, watch},
     task::JoinSet,
 };
 
 use self::{
+    allowances::Allowances,
+    event_stream::{stream_events, SuppressedReporter, SUPPRESSED_REPORT},
     events::{Enricher, EventFormat},
     hosts::{Change, HostTable, RefreshPolicy},
     interfaces::LinkLayer,
-    pins::{HookKind, PinDir},
+    learning::Learner,
+    pins::PinDir,
+    policy::{PolicySync, Update, Written},
+    settings::Settings,
     state::{DnsStats, State},
 };
 use crate::{
-    compile,
     dns::{
-        forwarder::MAX_IN_FLIGHT, learned::LearnedKey, DnsCounters, ForwarderConfig, LearnPolicy,
-        LearnRequest, LearnedTable, Listeners, NameMatcher,
+        forwarder::MAX_IN_FLIGHT, DnsCounters, ForwarderConfig, LearnPolicy, LearnRequest,
+        Listeners, NameMatcher,
     },
-    loader::{self, OBJECT},
-    maps::{InterfaceSource, PolicyMaps, SourceMaps},
+    maps::{ApplyStats, PolicyMaps, SourceMaps},
     resolve::{Answer, Resolver},
-    rules::{HostPattern, Rules, Service},
-    table::{AllowTable, Grant, PortSpec},
+    rules::Rules,
+    table::PortSpec,
 };
 
 /// How XDP is attached.
@@ -106,15 +109,11 @@ pub struct DnsOptions {
     pub learn: LearnPolicy,
 }
 
-/// How often the host's own addresses are read again.
+/// How often the host's own addresses and the XDP interfaces' routes are read again.
 const SELF_ADDRESS_CHECK: Duration = Duration::from_secs(30);
-/// How often suppressed events are reported (when there were any).
-const SUPPRESSED_REPORT: Duration = Duration::from_secs(10);
 /// How often the state file is written when learned addresses or DNS counters changed: often
 /// enough for `stats` and `learned` to be current, rarely enough to cost nothing under load.
 const STATE_SAVE: Duration = Duration::from_secs(1);
-/// The longest wait between rebuilds while writing the maps keeps failing.
-const MAX_STALE_RETRY: Duration = Duration::from_mins(1);
 /// How often the state file is written when only the DNS counters changed.
 const COUNTERS_SAVE: Duration = Duration::from_secs(5);
 
@@ -126,7 +125,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     );
     // Bad rules or interfaces: fail before anything is attached or pinned.
     let rules = Rules::load(&opts.rules)?;
-    let mut iface_names = std::collections::BTreeMap::new();
+    let mut iface_names = BTreeMap::new();
     for iface in opts.xdp.iter().chain(&opts.tc) {
         let index = nix::net::if_::if_nametoindex(iface.as_str())
             .with_context(|| format!("no interface named {iface}"))?;
@@ -174,39 +173,25 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     result
 }
 
-/// A running filter: its rules, hostnames, maps and the allowances it adds.
+/// A running filter: its rules and what it knows, and the parts that keep the kernel in step.
 struct Daemon {
     opts: RunOptions,
     rules: Rules,
     pins: PinDir,
     resolver: Resolver,
     hosts: HostTable,
-    extra: ExtraAllowances,
-    mode: Mode,
-    maps: PolicyMaps,
-    sources: SourceMaps,
-    /// What `sources` holds: the source prefixes routed out of each XDP interface.
-    written_sources: BTreeSet<InterfaceSource>,
+    allowances: Allowances,
+    settings: Settings,
+    policy: PolicySync<PolicyMaps>,
+    /// What drop events are enriched with; holds the allow table the maps mirror.
     enricher: Arc<RwLock<Enricher>>,
     /// Which services each DNS name belongs to, for the forwarder and for learning.
     matcher: watch::Sender<Arc<NameMatcher>>,
-    learned: LearnedTable,
+    learner: Learner,
     /// Bound at start, served once the policy is in place.
     listeners: Option<Listeners>,
     dns_counters: Arc<DnsCounters>,
-    /// Bumped whenever learned entries may go before their time (see `dns::forwarder`).
-    learned_epoch: Arc<AtomicU64>,
-    /// Learned addresses changed since the state file was written.
-    state_dirty: bool,
-    /// The last write to the maps failed: they may hold less, or more, than the tables say.
-    maps_stale: bool,
-    /// When to try the full rebuild again, and the wait that doubles while it keeps failing.
-    stale_retry_at: Instant,
-    stale_retry: Duration,
-    /// The last failure logged, so a repeating one is logged once.
-    last_apply_error: Option<String>,
-    last_saved_dns: Option<DnsStats>,
-    last_saved: Instant,
+    saver: StateSaver,
     /// Keeps the programs (and with them the links' fds) alive until the daemon stops.
     ebpf: Ebpf,
 }
@@ -218,7 +203,7 @@ impl Daemon {
         opts: RunOptions,
         rules: Rules,
         pins: PinDir,
-        iface_names: std::collections::BTreeMap<u32, String>,
+        iface_names: BTreeMap<u32, String>,
         listeners: Option<Listeners>,
     ) -> anyhow::Result<Self> {
         let adopting = pins.has_pinned_maps();
@@ -231,7 +216,7 @@ impl Daemon {
         tracing::info!("resolving {} hostnames", rules.exact_hosts().len());
         hosts.set_names(rules.exact_hosts(), now);
         let matcher = Arc::new(NameMatcher::new(&rules));
-        let mut learned = LearnedTable::new(opts.dns.as_ref().map_or(
+        let mut learner = Learner::new(opts.dns.as_ref().map_or(
             LearnPolicy {
                 min_ttl: Duration::ZERO,
                 grace: Duration::ZERO,
@@ -247,15 +232,12 @@ impl Daemon {
                     hosts.seed(name, addrs, now + opts.refresh.grace);
                 }
                 let elapsed = State::now_secs().saturating_sub(state.written_at);
-                let learning = opts.dns.is_some();
-                for mut view in state.learned.into_iter().filter(|_| learning) {
+                let views = state.learned.into_iter().filter(|_| opts.dns.is_some());
+                let views = views.map(|mut view| {
                     view.expires_in_secs = view.expires_in_secs.saturating_sub(elapsed);
-                    if view.expires_in_secs > 0
-                        && still_matches(&rules, &matcher, &view.service, &view.name)
-                    {
-                        learned.seed(now, &view);
-                    }
-                }
+                    view
+                });
+                learner.seed(&rules, &matcher, views, now);
             }
         }
         let answers = resolve_now(&resolver, &mut hosts, now).await;
@@ -266,11 +248,11 @@ impl Daemon {
             rules.exact_hosts().len()
         );
 
-        let mut ebpf = load_with_pins(&pins)?;
+        let mut ebpf = attach::load_with_pins(&pins)?;
         let mut maps = PolicyMaps::take_from(&mut ebpf)?;
-        let mut sources = SourceMaps::take_from(&mut ebpf)?;
-        let (mode, written_sources) = configure(&mut maps, &mut sources, &opts).await?;
-        let extra = ExtraAllowances::read(&opts, rules.services.len())?;
+        let sources = SourceMaps::take_from(&mut ebpf)?;
+        let settings = Settings::write(&mut maps, sources, &opts).await?;
+        let allowances = Allowances::read(&opts, rules.services.len())?;
         let enricher = Arc::new(RwLock::new(Enricher {
             iface_names,
             ..Enricher::default()
@@ -281,28 +263,19 @@ impl Daemon {
             pins,
             resolver,
             hosts,
-            extra,
-            mode,
-            maps,
-            sources,
-            written_sources,
+            allowances,
+            settings,
+            policy: PolicySync::new(maps),
             enricher,
             matcher: watch::Sender::new(matcher),
-            learned,
+            learner,
             listeners,
             dns_counters: Arc::new(DnsCounters::default()),
-            learned_epoch: Arc::default(),
-            state_dirty: false,
-            maps_stale: false,
-            stale_retry_at: Instant::now(),
-            stale_retry: Duration::ZERO,
-            last_apply_error: None,
-            last_saved_dns: None,
-            last_saved: Instant::now(),
+            saver: StateSaver::default(),
             ebpf,
         };
-        daemon.apply_policy(true)?;
-        attach_all(&mut daemon.ebpf, &daemon.pins, &daemon.opts)?;
+        daemon.apply(Update::Full, true)?;
+        attach::attach_all(&mut daemon.ebpf, &daemon.pins, &daemon.opts)?;
         Ok(daemon)
     }
 
@@ -341,7 +314,7 @@ impl Daemon {
             }
         );
         loop {
-            let wake = [self.hosts.next_event(), self.learned.next_expiry()]
+            let wake = [self.hosts.next_event(), self.learner.table().next_expiry()]
                 .into_iter()
                 .flatten()
                 .fold(next_self_check, Instant::min);
@@ -350,35 +323,24 @@ impl Daemon {
                     let now = Instant::now();
                     self.resolve_in_background(&resolved_tx, now);
                     let hosts_gone = self.hosts.expire(now);
-                    let learned_gone = self.learned.expire(now);
-                    self.state_dirty |= !learned_gone.is_empty();
+                    let learned_gone = self.learner.expire(now);
+                    self.saver.dirty |= !learned_gone.is_empty();
+                    let mut update = grants::changes(&self.rules, &hosts_gone, &[], &learned_gone);
                     if now >= next_self_check {
                         next_self_check = now + SELF_ADDRESS_CHECK;
-                        self.reread_sources().await;
-                        if self.reread_extra()? {
-                            Update::Full
-                        } else {
-                            self.grant_changes(&hosts_gone, &[], &learned_gone)
+                        self.settings.reread_sources(&self.opts).await;
+                        if self.reread_allowances() {
+                            update = Update::Full;
                         }
-                    } else {
-                        self.grant_changes(&hosts_gone, &[], &learned_gone)
                     }
+                    update
                 }
                 Some(answers) = resolved_rx.recv() => {
                     let changes = record_answers(&mut self.hosts, &answers);
-                    self.grant_changes(&changes, &[], &[])
+                    grants::changes(&self.rules, &changes, &[], &[])
                 }
                 Some(request) = learn_rx.recv() => {
-                    let learning = self.learn(&request);
-                    let written = self.apply(learning.update);
-                    if !written {
-                        // Not in the maps: not learned either, so the next answer tries again.
-                        for key in &learning.added {
-                            self.learned.forget(key);
-                        }
-                    }
-                    // The answer may go to the client now: its addresses are in the maps.
-                    let _ = request.done.send(written && learning.complete);
+                    self.learn(request);
                     Update::None
                 }
                 _ = hup.recv() => if self.reload() { Update::Full } else { Update::None },
@@ -392,14 +354,15 @@ impl Daemon {
                     self.save_state_if_changed();
                     // A write that failed left the maps behind the tables: catch them up, less
                     // often while it keeps failing.
-                    if self.maps_stale && Instant::now() >= self.stale_retry_at {
+                    if self.policy.retry_due(Instant::now()) {
                         Update::Full
                     } else {
                         Update::None
                     }
                 }
             };
-            self.apply(update);
+            // A failure is logged and retried by `PolicySync`; the running policy stays.
+            let _written = self.apply(update, false);
         }
         self.save_state();
         reader.abort();
@@ -435,7 +398,7 @@ impl Daemon {
                 self.matcher.subscribe(),
                 learn,
                 Arc::clone(&self.dns_counters),
-                Arc::clone(&self.learned_epoch),
+                self.learner.epoch(),
                 self.enricher
                     .read()
                     .map(|e| Arc::clone(&e.seen))
@@ -457,134 +420,103 @@ impl Daemon {
         });
     }
 
-    /// Takes in a DNS answer the forwarder is about to pass on: every address on it is opened
-    /// for every service a name on its chain belongs to. Returns what the maps need.
-    fn learn(&mut self, request: &LearnRequest) -> Learning {
-        let now = Instant::now();
+    /// Takes in a DNS answer the forwarder is about to pass on, writes what it opens, then lets
+    /// the answer go: confirmed only if every address it asks for is in the maps.
+    fn learn(&mut self, request: LearnRequest) {
         let matcher = Arc::clone(&self.matcher.borrow());
-        // Each service once, with the first name of the chain that matched it.
-        let mut services: Vec<(usize, &str)> = Vec::new();
-        for name in &request.learnable.chain {
-            for index in matcher.services(name) {
-                if !services.iter().any(|(i, _)| *i == index) {
-                    services.push((index, name));
-                }
-            }
+        let learned = self.learner.learn(
+            &self.rules,
+            &matcher,
+            &request.question,
+            &request.learnable,
+            Instant::now(),
+        );
+        self.saver.dirty |= !learned.added.is_empty() || !learned.evicted.is_empty();
+        let update = grants::changes(&self.rules, &[], &learned.added, &learned.evicted);
+        let written = self.apply(update, false).is_ok();
+        if !written {
+            // Not in the maps: not learned either, so the next answer tries again.
+            self.learner.forget(&learned.added);
         }
-        let (mut added, mut removed, mut touched) = (Vec::new(), Vec::new(), Vec::new());
-        for (address, ttl) in &request.learnable.addresses {
-            for (index, name) in &services {
-                let key = (*address, self.rules.services[*index].name.clone());
-                touched.push(key.clone());
-                let outcome = self.learned.learn(now, key, name, &request.question, *ttl);
-                added.extend(outcome.added);
-                if !outcome.evicted.is_empty() {
-                    // Entries went before their time: what the forwarder knows open is void.
-                    self.learned_epoch.fetch_add(1, Ordering::Release);
-                    removed.extend(outcome.evicted);
-                }
-            }
-        }
-        self.state_dirty |= !added.is_empty() || !removed.is_empty();
-        Learning {
-            update: self.grant_changes(&[], &added, &removed),
-            // An answer with more addresses than the table holds pushes out its own.
-            complete: !touched.iter().any(|key| removed.contains(key)),
-            added,
-        }
+        // The answer may go to the client now: its addresses are in the maps.
+        let _ = request.done.send(written && learned.complete);
     }
 
-    /// The grants that resolved or learned addresses add and remove.
-    fn grant_changes(
-        &self,
-        hosts: &[Change],
-        learned_added: &[LearnedKey],
-        learned_removed: &[LearnedKey],
-    ) -> Update {
-        let (mut add, mut remove) = (Vec::new(), Vec::new());
-        for change in hosts {
-            let pattern = HostPattern::Exact(change.name.clone());
-            for service in self
-                .rules
-                .services
-                .iter()
-                .filter(|s| s.hosts.contains(&pattern))
-            {
-                let grant = host_grant(service, change.address);
-                if change.added {
-                    add.push(grant);
-                } else {
-                    remove.push(grant);
-                }
+    /// Writes an update to the maps (see [`PolicySync::apply`]) and brings what drop events are
+    /// enriched with along. Logs the policy's size when a rebuild changed something, or always
+    /// with `log_always` (at start).
+    fn apply(&mut self, update: Update, log_always: bool) -> anyhow::Result<()> {
+        let touched: Vec<std::net::IpAddr> = match &update {
+            Update::Grants { add, remove, .. } => {
+                add.iter().chain(remove).map(|g| g.prefix.addr()).collect()
             }
-        }
-        for (keys, grants) in [(learned_added, &mut add), (learned_removed, &mut remove)] {
-            grants.extend(keys.iter().filter_map(|(address, service)| {
-                Some(host_grant(self.service_named(service)?, *address))
-            }));
-        }
-        if add.is_empty() && remove.is_empty() {
-            Update::None
-        } else {
-            Update::Grants {
-                add,
-                remove,
-                hosts_changed: !hosts.is_empty(),
-            }
-        }
-    }
-
-    fn service_named(&self, name: &str) -> Option<&Service> {
-        self.rules.services.iter().find(|s| s.name == name)
-    }
-
-    /// Writes an update to the maps; on failure the running policy stays and is logged.
-    /// Returns whether the update is in the maps.
-    fn apply(&mut self, update: Update) -> bool {
-        // After a failed write the in-memory table may be ahead of the maps: only a full
-        // rebuild, diffed against what was really written, brings them together again.
-        let update = match update {
-            Update::Grants { .. } if self.maps_stale => Update::Full,
-            other => other,
+            _ => Vec::new(),
         };
-        let (result, rebuilt) = match update {
-            Update::None => (Ok(()), false),
-            Update::Full => (self.apply_policy(false), true),
+        let hosts_changed = matches!(
+            update,
             Update::Grants {
-                add,
-                remove,
-                hosts_changed,
-            } => match self.apply_grants(&add, &remove, hosts_changed) {
-                Ok(()) => (Ok(()), false),
-                Err(err) => {
-                    tracing::warn!("in-place update failed ({err:#}); rebuilding the table");
-                    (self.apply_policy(false), true)
-                }
-            },
-        };
-        match &result {
-            Err(err) => {
-                // The same failure every second would drown the log: say each one once.
-                let message = format!("{err:#}");
-                if self.last_apply_error.as_deref() != Some(message.as_str()) {
-                    tracing::error!("policy not updated, the running policy stays: {message}");
-                    self.last_apply_error = Some(message);
-                }
-                self.maps_stale = true;
-                self.stale_retry = (self.stale_retry * 2).clamp(STATE_SAVE, MAX_STALE_RETRY);
-                self.stale_retry_at = Instant::now() + self.stale_retry;
+                hosts_changed: true,
+                ..
             }
-            Ok(()) if rebuilt => {
-                if self.maps_stale {
-                    tracing::info!("policy written again after an earlier failure");
+        );
+        let mut enricher = self
+            .enricher
+            .write()
+            .map_err(|_| anyhow::anyhow!("enricher lock poisoned"))?;
+        let (rules, hosts, learner, allowances) =
+            (&self.rules, &self.hosts, &self.learner, &self.allowances);
+        let written = self.policy.apply(
+            update,
+            &mut enricher.table,
+            || grants::build_table(rules, hosts, learner.table(), allowances),
+            Instant::now(),
+        )?;
+        match written {
+            Written::Nothing => {}
+            Written::Rebuilt(stats) => {
+                enricher.service_names = service_names(&self.rules);
+                enricher.hosts_by_address = self.hosts.names_by_address();
+                enricher.learned_names = self
+                    .learner
+                    .table()
+                    .keys()
+                    .filter_map(|(address, _)| Some((address, self.learner.names_for(address)?)))
+                    .collect();
+                if log_always || stats != ApplyStats::default() {
+                    tracing::info!(
+                        "policy: {} services, {} IPv4 and {} IPv6 prefixes ({} written, {} removed)",
+                        self.rules.services.len(),
+                        enricher.table.v4.len(),
+                        enricher.table.v6.len(),
+                        stats.prefixes_written,
+                        stats.prefixes_deleted
+                    );
                 }
-                self.maps_stale = false;
-                self.last_apply_error = None;
-                self.stale_retry = Duration::ZERO;
+                drop(enricher);
+                self.save_state();
             }
-            Ok(()) => {}
+            Written::Changed(stats) => {
+                for address in touched {
+                    match self.learner.names_for(address) {
+                        Some(names) => enricher.learned_names.insert(address, names),
+                        None => enricher.learned_names.remove(&address),
+                    };
+                }
+                if hosts_changed {
+                    enricher.hosts_by_address = self.hosts.names_by_address();
+                }
+                drop(enricher);
+                if hosts_changed && stats != ApplyStats::default() {
+                    tracing::info!(
+                        "resolved addresses changed: {} prefixes written, {} removed",
+                        stats.prefixes_written,
+                        stats.prefixes_deleted
+                    );
+                    self.save_state();
+                }
+            }
         }
-        result.is_ok()
+        Ok(())
     }
 
     /// SIGHUP: reloads the rules; invalid rules leave everything as it is. Returns whether the
@@ -597,8 +529,8 @@ impl Daemon {
                 return false;
             }
         };
-        let extra = match ExtraAllowances::read(&self.opts, rules.services.len()) {
-            Ok(extra) => extra,
+        let allowances = match Allowances::read(&self.opts, rules.services.len()) {
+            Ok(allowances) => allowances,
             Err(err) => {
                 tracing::error!("reload refused, the running policy stays: {err:#}");
                 return false;
@@ -606,124 +538,42 @@ impl Daemon {
         };
         tracing::info!("reloaded rules: {} services", rules.services.len());
         let matcher = Arc::new(NameMatcher::new(&rules));
-        let forgotten = self
-            .learned
-            .retain(|service, name| still_matches(&rules, &matcher, service, name));
-        self.learned_epoch.fetch_add(1, Ordering::Release);
+        let forgotten = self.learner.keep_matching(&rules, &matcher);
         if forgotten > 0 {
             tracing::info!("forgot {forgotten} learned addresses whose names no rule lists now");
         }
         // New names are due at once and resolve in the background.
         self.hosts.set_names(rules.exact_hosts(), Instant::now());
         self.rules = rules;
-        self.extra = extra;
+        self.allowances = allowances;
         self.matcher.send_replace(matcher);
-        self.state_dirty = true;
+        self.saver.dirty = true;
         true
     }
 
-    /// Reads the routes out of the XDP interfaces again and writes what changed. On failure the
-    /// tries keep what they hold: a client is never refused because a read went wrong.
-    async fn reread_sources(&mut self) {
-        if !self.opts.check_sources {
-            return;
-        }
-        let result = xdp_sources(&self.opts.xdp).await.and_then(|wanted| {
-            if wanted != self.written_sources {
-                self.sources.set(&wanted)?;
-                tracing::info!(
-                    "source prefixes of the XDP interfaces changed: {} now",
-                    wanted.len()
-                );
-                self.written_sources = wanted;
+    /// Reads the host's addresses again; returns whether they changed. A failed read keeps the
+    /// allowances as they are.
+    fn reread_allowances(&mut self) -> bool {
+        match Allowances::read(&self.opts, self.rules.services.len()) {
+            Ok(fresh) if fresh != self.allowances => {
+                self.allowances = fresh;
+                true
             }
-            Ok(())
-        });
-        if let Err(err) = result {
-            tracing::warn!("cannot update the source prefixes, the old ones stay: {err:#}");
+            Ok(_) => false,
+            Err(err) => {
+                tracing::warn!("cannot read the host's addresses, the old ones stay: {err:#}");
+                false
+            }
         }
-    }
-
-    /// Reads the host's addresses again; returns whether they changed.
-    fn reread_extra(&mut self) -> anyhow::Result<bool> {
-        let fresh = ExtraAllowances::read(&self.opts, self.rules.services.len())?;
-        let changed = fresh != self.extra;
-        self.extra = fresh;
-        Ok(changed)
-    }
-
-    /// Compiles the current rules, addresses and allowances and writes what differs.
-    /// Logs the result when something changed, or always with `log_always` (at start).
-    fn apply_policy(&mut self, log_always: bool) -> anyhow::Result<()> {
-        let table = build_table(&self.rules, &self.hosts, &self.learned, &self.extra)?;
-        let written = self.maps.apply(&table)?;
-        if log_always || written != crate::maps::ApplyStats::default() {
-            tracing::info!(
-                "policy: {} services, {} IPv4 and {} IPv6 prefixes ({} written, {} removed)",
-                self.rules.services.len(),
-                table.v4.len(),
-                table.v6.len(),
-                written.prefixes_written,
-                written.prefixes_deleted
-            );
-        }
-        if let Ok(mut e) = self.enricher.write() {
-            e.table = table;
-            e.service_names = service_names(&self.rules);
-            e.hosts_by_address = self.hosts.names_by_address();
-            e.learned_names = self
-                .learned
-                .keys()
-                .filter_map(|(address, _)| Some((address, self.learned.names_for(address)?)))
-                .collect();
-        }
-        self.save_state();
-        Ok(())
-    }
-
-    /// Addresses that came or went: only their host routes are recompiled and written
-    /// (`AllowTable::update_hosts`, `PolicyMaps::apply_changes`), not the whole table.
-    fn apply_grants(
-        &mut self,
-        add: &[Grant],
-        remove: &[Grant],
-        hosts_changed: bool,
-    ) -> anyhow::Result<()> {
-        let mut enricher = self
-            .enricher
-            .write()
-            .map_err(|_| anyhow::anyhow!("enricher lock poisoned"))?;
-        let touched = enricher.table.update_hosts(add, remove)?;
-        let written = self.maps.apply_changes(&enricher.table, &touched)?;
-        for grant in add.iter().chain(remove) {
-            let address = grant.prefix.addr();
-            match self.learned.names_for(address) {
-                Some(names) => enricher.learned_names.insert(address, names),
-                None => enricher.learned_names.remove(&address),
-            };
-        }
-        if hosts_changed {
-            enricher.hosts_by_address = self.hosts.names_by_address();
-        }
-        drop(enricher);
-        if hosts_changed && written != crate::maps::ApplyStats::default() {
-            tracing::info!(
-                "resolved addresses changed: {} prefixes written, {} removed",
-                written.prefixes_written,
-                written.prefixes_deleted
-            );
-            self.save_state();
-        }
-        Ok(())
     }
 
     /// Writes the state file if learned addresses or DNS counters changed since last time.
     /// Learned entries that came or went are written within a second (a restart takes them
     /// back from here); counters alone, every few seconds.
     fn save_state_if_changed(&mut self) {
-        let counters_due =
-            self.dns_stats() != self.last_saved_dns && self.last_saved.elapsed() >= COUNTERS_SAVE;
-        if self.state_dirty || counters_due {
+        let counters_due = self.dns_stats() != self.saver.last_dns
+            && self.saver.last_saved.elapsed() >= COUNTERS_SAVE;
+        if self.saver.dirty || counters_due {
             self.save_state();
         }
     }
@@ -731,8 +581,8 @@ impl Daemon {
     fn dns_stats(&self) -> Option<DnsStats> {
         self.opts.dns.as_ref().map(|_| DnsStats {
             forwarder: self.dns_counters.values(),
-            learning: self.learned.counters(),
-            learned_now: self.learned.len(),
+            learning: self.learner.table().counters(),
+            learned_now: self.learner.table().len(),
         })
     }
 
@@ -742,19 +592,21 @@ impl Daemon {
             services: service_names(&self.rules),
             hosts: self.hosts.resolved(),
             written_at: State::now_secs(),
-            mode: if self.mode == Mode::Audit {
+            mode: if self.settings.mode == Mode::Audit {
                 "audit".into()
             } else {
                 "enforce".into()
             },
-            learned: self.learned.views(Instant::now()),
+            learned: self.learner.table().views(Instant::now()),
             dns,
         };
         match saved.save(&self.pins.state_file()) {
             Ok(()) => {
-                self.state_dirty = false;
-                self.last_saved_dns = dns;
-                self.last_saved = Instant::now();
+                self.saver = StateSaver {
+                    dirty: false,
+                    last_dns: dns,
+                    last_saved: Instant::now(),
+                };
             }
             Err(err) => {
                 tracing::warn!("cannot save state (stats will lack service names): {err:#}");
@@ -763,298 +615,27 @@ impl Daemon {
     }
 }
 
-/// Fills the source tries, then writes the config (mode, event budget, source check). The tries
-/// are written before the config asks XDP to check them, so no client is refused for a prefix
-/// not yet written. Returns the mode and the sources written.
-async fn configure(
-    maps: &mut PolicyMaps,
-    sources: &mut SourceMaps,
-    opts: &RunOptions,
-) -> anyhow::Result<(Mode, BTreeSet<InterfaceSource>)> {
-    let mode = if opts.audit {
-        Mode::Audit
-    } else {
-        Mode::Enforce
-    };
-    let written_sources = if opts.check_sources {
-        let wanted = xdp_sources(&opts.xdp).await?;
-        sources.set(&wanted)?;
-        wanted
-    } else {
-        BTreeSet::new()
-    };
-    maps.set_config(Config {
-        events_per_sec: opts.events_per_sec,
-        event_burst: opts.event_burst,
-        flags: if opts.check_sources {
-            Config::CHECK_SOURCES
-        } else {
-            0
-        },
-        ..Config::new(mode)
-    })?;
-    Ok((mode, written_sources))
+/// When the state file was last written, and whether what it holds is behind.
+#[derive(Debug)]
+struct StateSaver {
+    /// Learned addresses changed since the state file was written.
+    dirty: bool,
+    last_dns: Option<DnsStats>,
+    last_saved: Instant,
 }
 
-/// Loads the object with every map pinned under the pin path (reused when already there).
-fn load_with_pins(pins: &PinDir) -> anyhow::Result<Ebpf> {
-    let mut loader = EbpfLoader::new();
-    let paths: Vec<(&str, PathBuf)> = ALL_MAPS.iter().map(|m| (*m, pins.map_path(m))).collect();
-    for (map, path) in &paths {
-        loader.map_pin_path(map, path.as_path());
-    }
-    let mut ebpf = loader
-        .load(OBJECT)
-        .context("cannot create or adopt the pinned maps")?;
-    loader::load_programs(&mut ebpf)?;
-    Ok(ebpf)
-}
-
-/// Attaches every requested hook, adopting pinned links (atomically swapping in the new program)
-/// and pinning new ones; then removes pinned links nobody asked for.
-fn attach_all(ebpf: &mut Ebpf, pins: &PinDir, opts: &RunOptions) -> anyhow::Result<()> {
-    let mut wanted = BTreeSet::new();
-    for iface in &opts.xdp {
-        let path = pins.link_path(HookKind::Xdp, iface);
-        wanted.insert(path.clone());
-        let layer = LinkLayer::of(iface)?;
-        let program: &mut Xdp = loader::program(
-            ebpf,
-            match layer {
-                LinkLayer::Ethernet => names::PROG_XDP,
-                LinkLayer::Ip => names::PROG_XDP_L3,
-            },
-        )?;
-        if let Ok(old) = PinnedLink::from_pin(&path) {
-            program
-                .attach_to_link(XdpLink::try_from(FdLink::from(old))?)
-                .with_context(|| format!("cannot update XDP on {iface}"))?;
-            tracing::info!("XDP on {iface}: adopted the pinned link");
-            continue;
-        }
-        let id = match (opts.xdp_mode, layer) {
-            // A TUN device accepts a driver-mode program but runs it only on TAP frames: on a
-            // layer-3 device only generic mode sees every packet.
-            (XdpModeArg::Generic, _) | (_, LinkLayer::Ip) => program.attach(iface, XdpMode::Skb),
-            (XdpModeArg::Native, LinkLayer::Ethernet) => program.attach(iface, XdpMode::Driver),
-            (XdpModeArg::Auto, LinkLayer::Ethernet) => {
-                program.attach(iface, XdpMode::Driver).or_else(|err| {
-                    tracing::info!(
-                        "XDP driver mode unavailable on {iface} ({err}); using generic mode"
-                    );
-                    program.attach(iface, XdpMode::Skb)
-                })
-            }
-        }
-        .with_context(|| format!("cannot attach XDP to {iface}"))?;
-        pin_link(program.take_link(id)?, &path, "XDP (kernel < 5.9?)")?;
-        tracing::info!("XDP attached to {iface}{}", layer_note(layer));
-    }
-    for iface in &opts.tc {
-        let path = pins.link_path(HookKind::Tc, iface);
-        wanted.insert(path.clone());
-        let layer = LinkLayer::of(iface)?;
-        let program: &mut SchedClassifier = loader::program(
-            ebpf,
-            match layer {
-                LinkLayer::Ethernet => names::PROG_TC,
-                LinkLayer::Ip => names::PROG_TC_L3,
-            },
-        )?;
-        if let Ok(old) = PinnedLink::from_pin(&path) {
-            program
-                .attach_to_link(SchedClassifierLink::try_from(FdLink::from(old))?)
-                .with_context(|| format!("cannot update TC on {iface}"))?;
-            tracing::info!("TC egress on {iface}: adopted the pinned link");
-            continue;
-        }
-        // aya picks TCX on kernels ≥ 6.6 (a pinnable bpf_link) and clsact before that.
-        let id = program
-            .attach(iface, TcAttachType::Egress)
-            .with_context(|| format!("cannot attach TC egress to {iface}"))?;
-        pin_link(program.take_link(id)?, &path, "TC (kernel < 6.6?)")?;
-        tracing::info!("TC egress attached to {iface}{}", layer_note(layer));
-    }
-    for (_, iface, path) in pins.pinned_links() {
-        if !wanted.contains(&path) {
-            std::fs::remove_file(&path)
-                .with_context(|| format!("cannot unpin {}", path.display()))?;
-            tracing::info!("detached the leftover filter on {iface}");
+impl Default for StateSaver {
+    fn default() -> Self {
+        Self {
+            dirty: false,
+            last_dns: None,
+            last_saved: Instant::now(),
         }
     }
-    Ok(())
-}
-
-fn layer_note(layer: LinkLayer) -> &'static str {
-    match layer {
-        LinkLayer::Ethernet => "",
-        LinkLayer::Ip => " (a layer-3 device: parsed from the IP header)",
-    }
-}
-
-/// The source prefixes that belong on each XDP interface (see [`interfaces::sources_of`]).
-async fn xdp_sources(xdp: &[String]) -> anyhow::Result<BTreeSet<InterfaceSource>> {
-    let indices = xdp
-        .iter()
-        .map(|iface| {
-            nix::net::if_::if_nametoindex(iface.as_str())
-                .with_context(|| format!("no interface named {iface}"))
-        })
-        .collect::<anyhow::Result<Vec<u32>>>()?;
-    let (links, routes) = interfaces::read_links_and_routes().await?;
-    Ok(interfaces::sources_of(&indices, &links, &routes))
-}
-
-/// Pins a freshly attached link so it outlives the daemon. Only bpf_links can be pinned; a
-/// netlink attachment (old kernels) is refused, since it could not be adopted or detached later.
-fn pin_link<L>(link: L, path: &std::path::Path, what: &str) -> anyhow::Result<()>
-where
-    FdLink: TryFrom<L, Error = aya::programs::links::LinkError>,
-{
-    let link =
-        FdLink::try_from(link).with_context(|| format!("{what} attached without a bpf_link"))?;
-    link.pin(path)
-        .with_context(|| format!("cannot pin {}", path.display()))?;
-    Ok(())
-}
-
-/// Allowances the daemon adds on top of the rules: the host's own addresses on the failsafe ports
-/// (so a gateway stays reachable from the LAN it filters, but a service on it cannot relay
-/// further) and the resolvers it asks (so TC on an uplink does not cut off its own lookups).
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct ExtraAllowances {
-    own: Vec<IpAddr>,
-    /// What stays open to `own`: the failsafe ports and the forwarder's.
-    own_ports: Vec<PortSpec>,
-    resolvers: Vec<IpAddr>,
-    own_service: u16,
-    resolver_service: u16,
-}
-
-impl ExtraAllowances {
-    fn read(opts: &RunOptions, services: usize) -> anyhow::Result<Self> {
-        let mut own = Vec::new();
-        if opts.allow_self {
-            for ifaddr in nix::ifaddrs::getifaddrs().context("cannot list the host's addresses")? {
-                let Some(addr) = ifaddr.address else { continue };
-                if let Some(v4) = addr.as_sockaddr_in() {
-                    own.push(IpAddr::V4(v4.ip()));
-                } else if let Some(v6) = addr.as_sockaddr_in6() {
-                    own.push(IpAddr::V6(v6.ip()));
-                }
-            }
-        }
-        own.sort();
-        own.dedup();
-        let mut own_ports = opts.self_ports.clone();
-        for listen in opts.dns.iter().flat_map(|dns| &dns.listen) {
-            let port = listen.port();
-            own_ports.extend([PortSpec::Udp(port..=port), PortSpec::Tcp(port..=port)]);
-        }
-        // Only TC on an uplink sees the daemon's own lookups; on an XDP gateway this would
-        // merely open the resolver to the LAN.
-        let mut resolvers = match (opts.tc.is_empty(), opts.resolver) {
-            (true, _) => Vec::new(),
-            (false, Some(server)) => vec![server.ip()],
-            (false, None) => system_resolvers(),
-        };
-        if let (false, Some(dns)) = (opts.tc.is_empty(), &opts.dns) {
-            resolvers.push(dns.upstream.ip());
-        }
-        resolvers.sort();
-        resolvers.dedup();
-        let own_service = u16::try_from(services).context("too many services")?;
-        Ok(Self {
-            own,
-            own_ports,
-            resolvers,
-            own_service,
-            resolver_service: own_service + 1,
-        })
-    }
-
-    fn grants(&self) -> impl Iterator<Item = Grant> + '_ {
-        let own = self.own.iter().map(move |a| Grant {
-            prefix: IpNet::from(*a),
-            service: self.own_service,
-            ports: self.own_ports.clone(),
-        });
-        let dns = self.resolvers.iter().map(|a| Grant {
-            prefix: IpNet::from(*a),
-            service: self.resolver_service,
-            ports: vec![PortSpec::Udp(53..=53), PortSpec::Tcp(53..=53)],
-        });
-        own.chain(dns)
-    }
-}
-
-fn system_resolvers() -> Vec<IpAddr> {
-    std::fs::read_to_string("/etc/resolv.conf")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("nameserver"))
-        .filter_map(|a| a.trim().parse().ok())
-        .collect()
-}
-
-fn build_table(
-    rules: &Rules,
-    hosts: &HostTable,
-    learned: &LearnedTable,
-    extra: &ExtraAllowances,
-) -> anyhow::Result<AllowTable> {
-    let mut grants = compile::grants(rules, &hosts.resolved());
-    grants.extend(learned.keys().filter_map(|(address, service)| {
-        let service = rules.services.iter().find(|s| s.name == service)?;
-        Some(host_grant(service, address))
-    }));
-    grants.extend(extra.grants());
-    Ok(AllowTable::build(&grants)?)
-}
-
-/// A host route to `address` with `service`'s ports.
-fn host_grant(service: &Service, address: IpAddr) -> Grant {
-    Grant {
-        prefix: IpNet::from(address),
-        service: service.id,
-        ports: service.ports.clone(),
-    }
-}
-
-/// Whether a learned entry may stay under `rules`: its service still exists and its name still
-/// matches that service.
-fn still_matches(rules: &Rules, matcher: &NameMatcher, service: &str, name: &str) -> bool {
-    matcher
-        .services(name)
-        .iter()
-        .any(|i| rules.services[*i].name == service)
-}
-
-/// What taking in one DNS answer did.
-struct Learning {
-    update: Update,
-    /// (address, service) entries new to the table.
-    added: Vec<LearnedKey>,
-    /// Whether every entry the answer asks for is in the table.
-    complete: bool,
-}
-
-/// What a wake-up asks of the maps.
-enum Update {
-    None,
-    /// Recompile everything (rules or the host's own addresses changed).
-    Full,
-    /// Only these host routes came or went.
-    Grants {
-        add: Vec<Grant>,
-        remove: Vec<Grant>,
-        /// Whether polled names changed (their addresses name events).
-        hosts_changed: bool,
-    },
 }
 
 /// A batch of lookups' outcomes, by name.
-type Answers = std::collections::BTreeMap<String, Result<Answer, String>>;
+type Answers = BTreeMap<String, Result<Answer, String>>;
 
 /// Resolves every name that is due, waiting for the answers (at start).
 async fn resolve_now(resolver: &Resolver, hosts: &mut HostTable, now: Instant) -> Answers {
@@ -1092,82 +673,6 @@ fn record_answers(hosts: &mut HostTable, answers: &Answers) -> Vec<Change> {
 
 fn service_names(rules: &Rules) -> Vec<String> {
     let mut names: Vec<String> = rules.services.iter().map(|s| s.name.clone()).collect();
-    names.push("(this host)".into());
-    names.push("(resolver)".into());
+    names.extend(allowances::SERVICE_NAMES.map(str::to_owned));
     names
-}
-
-/// Reads the ring buffer as it fills and prints one line per event.
-async fn stream_events(
-    ring: RingBuf<MapData>,
-    enricher: Arc<RwLock<Enricher>>,
-    format: EventFormat,
-) -> anyhow::Result<()> {
-    let boot = events::boot_time();
-    // Safety: the ring buffer owns its map fd and keeps it open, unchanged, for as long as the
-    // AsyncFd holds the ring.
-    let mut fd = unsafe { AsyncFd::register(ring)? };
-    loop {
-        let mut guard = fd.readable_mut().await?;
-        let ring = guard.get_inner_mut();
-        let stdout = std::io::stdout();
-        let mut out = stdout.lock();
-        while let Some(item) = ring.next() {
-            if item.len() < size_of::<DropEvent>() {
-                continue;
-            }
-            // Safety: the kernel wrote a whole DropEvent (checked length); it is plain data.
-            let event: DropEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-            let record = match enricher.read() {
-                Ok(e) => e.record(&event, boot),
-                Err(_) => continue,
-            };
-            let line = match format {
-                EventFormat::Text => record.to_text(),
-                EventFormat::Json => serde_json::to_string(&record)?,
-            };
-            writeln!(out, "{line}")?;
-        }
-        out.flush()?;
-        guard.clear_ready();
-    }
-}
-
-/// Reports events the kernel held back, so none is lost silently.
-struct SuppressedReporter {
-    map: Option<aya::maps::PerCpuArray<MapData, u64>>,
-    last: (u64, u64),
-}
-
-impl SuppressedReporter {
-    fn new(ebpf: &Ebpf) -> Self {
-        let map = ebpf.map(names::EVENT_STATS).and_then(|m| match m {
-            aya::maps::Map::PerCpuArray(data) => {
-                let fd = std::os::fd::AsFd::as_fd(data.fd())
-                    .try_clone_to_owned()
-                    .ok()?;
-                let data = MapData::from_fd(fd).ok()?;
-                aya::maps::PerCpuArray::try_from(aya::maps::Map::from_map_data(data).ok()?).ok()
-            }
-            _ => None,
-        });
-        Self { map, last: (0, 0) }
-    }
-
-    fn report(&mut self) {
-        let Some(map) = &self.map else { return };
-        let read = |c: EventCounter| map.get(&(c as u32), 0).map_or(0, |v| v.iter().sum::<u64>());
-        let now = (
-            read(EventCounter::RateLimited),
-            read(EventCounter::RingFull),
-        );
-        let (limited, full) = (
-            now.0.saturating_sub(self.last.0),
-            now.1.saturating_sub(self.last.1),
-        );
-        if limited + full > 0 {
-            tracing::warn!("{limited} drop events suppressed by the rate limit and {full} lost to a full ring in the last {}s (stats has the totals)", SUPPRESSED_REPORT.as_secs());
-        }
-        self.last = now;
-    }
 }

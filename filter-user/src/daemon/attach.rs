@@ -1,0 +1,133 @@
+//! Bringing the programs into the kernel and onto the interfaces: loading the object with its
+//! maps pinned (adopting a previous daemon's), attaching each hook with the program built for
+//! the interface's link layer, and pinning the links so the filter outlives the daemon.
+
+use std::{collections::BTreeSet, path::PathBuf};
+
+use anyhow::Context as _;
+use aya::{
+    programs::{
+        links::{FdLink, PinnedLink},
+        tc::SchedClassifierLink,
+        xdp::XdpLink,
+        SchedClassifier, TcAttachType, Xdp, XdpMode,
+    },
+    Ebpf, EbpfLoader,
+};
+use filter_common::maps::{self as names, ALL_MAPS};
+
+use super::{
+    interfaces::LinkLayer,
+    pins::{HookKind, PinDir},
+    RunOptions, XdpModeArg,
+};
+use crate::loader::{self, OBJECT};
+
+/// Loads the object with every map pinned under the pin path (reused when already there).
+pub fn load_with_pins(pins: &PinDir) -> anyhow::Result<Ebpf> {
+    let mut loader = EbpfLoader::new();
+    let paths: Vec<(&str, PathBuf)> = ALL_MAPS.iter().map(|m| (*m, pins.map_path(m))).collect();
+    for (map, path) in &paths {
+        loader.map_pin_path(map, path.as_path());
+    }
+    let mut ebpf = loader
+        .load(OBJECT)
+        .context("cannot create or adopt the pinned maps")?;
+    loader::load_programs(&mut ebpf)?;
+    Ok(ebpf)
+}
+
+/// Attaches every requested hook, adopting pinned links (atomically swapping in the new program)
+/// and pinning new ones; then removes pinned links nobody asked for.
+pub fn attach_all(ebpf: &mut Ebpf, pins: &PinDir, opts: &RunOptions) -> anyhow::Result<()> {
+    let mut wanted = BTreeSet::new();
+    for iface in &opts.xdp {
+        let path = pins.link_path(HookKind::Xdp, iface);
+        wanted.insert(path.clone());
+        let layer = LinkLayer::of(iface)?;
+        let program: &mut Xdp = loader::program(
+            ebpf,
+            match layer {
+                LinkLayer::Ethernet => names::PROG_XDP,
+                LinkLayer::Ip => names::PROG_XDP_L3,
+            },
+        )?;
+        if let Ok(old) = PinnedLink::from_pin(&path) {
+            program
+                .attach_to_link(XdpLink::try_from(FdLink::from(old))?)
+                .with_context(|| format!("cannot update XDP on {iface}"))?;
+            tracing::info!("XDP on {iface}: adopted the pinned link");
+            continue;
+        }
+        let id = match (opts.xdp_mode, layer) {
+            // A TUN device accepts a driver-mode program but runs it only on TAP frames: on a
+            // layer-3 device only generic mode sees every packet.
+            (XdpModeArg::Generic, _) | (_, LinkLayer::Ip) => program.attach(iface, XdpMode::Skb),
+            (XdpModeArg::Native, LinkLayer::Ethernet) => program.attach(iface, XdpMode::Driver),
+            (XdpModeArg::Auto, LinkLayer::Ethernet) => {
+                program.attach(iface, XdpMode::Driver).or_else(|err| {
+                    tracing::info!(
+                        "XDP driver mode unavailable on {iface} ({err}); using generic mode"
+                    );
+                    program.attach(iface, XdpMode::Skb)
+                })
+            }
+        }
+        .with_context(|| format!("cannot attach XDP to {iface}"))?;
+        pin_link(program.take_link(id)?, &path, "XDP (kernel < 5.9?)")?;
+        tracing::info!("XDP attached to {iface}{}", layer_note(layer));
+    }
+    for iface in &opts.tc {
+        let path = pins.link_path(HookKind::Tc, iface);
+        wanted.insert(path.clone());
+        let layer = LinkLayer::of(iface)?;
+        let program: &mut SchedClassifier = loader::program(
+            ebpf,
+            match layer {
+                LinkLayer::Ethernet => names::PROG_TC,
+                LinkLayer::Ip => names::PROG_TC_L3,
+            },
+        )?;
+        if let Ok(old) = PinnedLink::from_pin(&path) {
+            program
+                .attach_to_link(SchedClassifierLink::try_from(FdLink::from(old))?)
+                .with_context(|| format!("cannot update TC on {iface}"))?;
+            tracing::info!("TC egress on {iface}: adopted the pinned link");
+            continue;
+        }
+        // aya picks TCX on kernels ≥ 6.6 (a pinnable bpf_link) and clsact before that.
+        let id = program
+            .attach(iface, TcAttachType::Egress)
+            .with_context(|| format!("cannot attach TC egress to {iface}"))?;
+        pin_link(program.take_link(id)?, &path, "TC (kernel < 6.6?)")?;
+        tracing::info!("TC egress attached to {iface}{}", layer_note(layer));
+    }
+    for (_, iface, path) in pins.pinned_links() {
+        if !wanted.contains(&path) {
+            std::fs::remove_file(&path)
+                .with_context(|| format!("cannot unpin {}", path.display()))?;
+            tracing::info!("detached the leftover filter on {iface}");
+        }
+    }
+    Ok(())
+}
+
+fn layer_note(layer: LinkLayer) -> &'static str {
+    match layer {
+        LinkLayer::Ethernet => "",
+        LinkLayer::Ip => " (a layer-3 device: parsed from the IP header)",
+    }
+}
+
+/// Pins a freshly attached link so it outlives the daemon. Only bpf_links can be pinned; a
+/// netlink attachment (old kernels) is refused, since it could not be adopted or detached later.
+fn pin_link<L>(link: L, path: &std::path::Path, what: &str) -> anyhow::Result<()>
+where
+    FdLink: TryFrom<L, Error = aya::programs::links::LinkError>,
+{
+    let link =
+        FdLink::try_from(link).with_context(|| format!("{what} attached without a bpf_link"))?;
+    link.pin(path)
+        .with_context(|| format!("cannot pin {}", path.display()))?;
+    Ok(())
+}
