@@ -16,7 +16,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{compile::Resolved, resolve::Answer};
+use crate::{
+    compile::Resolved,
+    resolve::{Answer, Resolver},
+};
 
 /// An address a name gained or lost.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -224,6 +227,43 @@ impl HostTable {
         }
         out
     }
+}
+
+/// A batch of lookups' outcomes, by name.
+pub type Answers = BTreeMap<String, Result<Answer, String>>;
+
+/// Resolves every name that is due, waiting for the answers (at start).
+pub async fn resolve_now(resolver: &Resolver, hosts: &mut HostTable, now: Instant) -> Answers {
+    let due = hosts.take_due(now);
+    let names: Vec<&str> = due.iter().map(String::as_str).collect();
+    resolver.resolve_all(&names).await
+}
+
+/// Takes in a batch of lookups. Returns the addresses that came.
+pub fn record_answers(hosts: &mut HostTable, answers: &Answers) -> Vec<Change> {
+    let now = Instant::now();
+    let mut changed = Vec::new();
+    for (name, answer) in answers {
+        changed.extend(hosts.record(name, answer, now));
+    }
+    let failed: Vec<(&String, &String)> = answers
+        .iter()
+        .filter_map(|(n, a)| Some((n, a.as_ref().err()?)))
+        .collect();
+    if let Some((_, error)) = failed.first() {
+        let names: Vec<&str> = failed.iter().take(5).map(|(n, _)| n.as_str()).collect();
+        tracing::warn!(
+            "cannot resolve {} name(s) ({}{}): {error}; their last addresses stay allowed",
+            failed.len(),
+            names.join(", "),
+            if failed.len() > names.len() {
+                ", …"
+            } else {
+                ""
+            }
+        );
+    }
+    changed
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ pub mod grants;
 pub mod hosts;
 pub mod interfaces;
 pub mod learning;
+pub mod options;
 pub mod pins;
 pub mod policy;
 pub mod settings;
@@ -28,8 +29,6 @@ pub mod state;
 
 use std::{
     collections::BTreeMap,
-    net::SocketAddr,
-    path::PathBuf,
     sync::{Arc, RwLock},
     time::{Duration, Instant},
 };
@@ -43,17 +42,18 @@ use tokio::{
     task::JoinSet,
 };
 
+pub use self::options::{DnsOptions, RunOptions, XdpModeArg};
 use self::{
     allowances::Allowances,
     event_stream::{stream_events, SuppressedReporter, SUPPRESSED_REPORT},
-    events::{Enricher, EventFormat},
-    hosts::{Change, HostTable, RefreshPolicy},
+    events::Enricher,
+    hosts::{record_answers, resolve_now, Answers, HostTable},
     interfaces::LinkLayer,
     learning::Learner,
     pins::PinDir,
     policy::{PolicySync, Update, Written},
     settings::Settings,
-    state::{DnsStats, State},
+    state::{DnsStats, State, StateSaver},
 };
 use crate::{
     dns::{
@@ -61,61 +61,15 @@ use crate::{
         Listeners, NameMatcher,
     },
     maps::{ApplyStats, PolicyMaps, SourceMaps},
-    resolve::{Answer, Resolver},
+    resolve::Resolver,
     rules::Rules,
-    table::PortSpec,
 };
-
-/// How XDP is attached.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum XdpModeArg {
-    /// Driver (native) mode where the device supports it, generic otherwise.
-    Auto,
-    /// Driver mode only; fail if the device lacks it.
-    Native,
-    /// Generic (skb) mode: works on every device, slower.
-    Generic,
-}
-
-/// Everything `run` is told on the command line.
-#[derive(Clone, Debug)]
-pub struct RunOptions {
-    pub rules: Vec<PathBuf>,
-    pub xdp: Vec<String>,
-    pub tc: Vec<String>,
-    pub xdp_mode: XdpModeArg,
-    pub audit: bool,
-    pub events: EventFormat,
-    pub resolver: Option<SocketAddr>,
-    pub refresh: RefreshPolicy,
-    pub pin_path: PathBuf,
-    pub allow_self: bool,
-    /// What stays open to the host's own addresses (with `allow_self`).
-    pub self_ports: Vec<PortSpec>,
-    /// XDP drops sources that do not belong on their interface.
-    pub check_sources: bool,
-    pub events_per_sec: u32,
-    pub event_burst: u32,
-    /// The DNS forwarder, with `--dns-listen`.
-    pub dns: Option<DnsOptions>,
-}
-
-/// `--dns-listen` and the options that go with it.
-#[derive(Clone, Debug)]
-pub struct DnsOptions {
-    pub listen: Vec<SocketAddr>,
-    pub upstream: SocketAddr,
-    pub block_unlisted: bool,
-    pub learn: LearnPolicy,
-}
 
 /// How often the host's own addresses and the XDP interfaces' routes are read again.
 const SELF_ADDRESS_CHECK: Duration = Duration::from_secs(30);
 /// How often the state file is written when learned addresses or DNS counters changed: often
 /// enough for `stats` and `learned` to be current, rarely enough to cost nothing under load.
 const STATE_SAVE: Duration = Duration::from_secs(1);
-/// How often the state file is written when only the DNS counters changed.
-const COUNTERS_SAVE: Duration = Duration::from_secs(5);
 
 /// Runs the filter until SIGINT or SIGTERM.
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
@@ -271,7 +225,7 @@ impl Daemon {
             learner,
             listeners,
             dns_counters: Arc::new(DnsCounters::default()),
-            saver: StateSaver::default(),
+            saver: StateSaver::new(Instant::now()),
             ebpf,
         };
         daemon.apply(Update::Full, true)?;
@@ -568,12 +522,8 @@ impl Daemon {
     }
 
     /// Writes the state file if learned addresses or DNS counters changed since last time.
-    /// Learned entries that came or went are written within a second (a restart takes them
-    /// back from here); counters alone, every few seconds.
     fn save_state_if_changed(&mut self) {
-        let counters_due = self.dns_stats() != self.saver.last_dns
-            && self.saver.last_saved.elapsed() >= COUNTERS_SAVE;
-        if self.saver.dirty || counters_due {
+        if self.saver.due(self.dns_stats().as_ref(), Instant::now()) {
             self.save_state();
         }
     }
@@ -587,8 +537,7 @@ impl Daemon {
     }
 
     fn save_state(&mut self) {
-        let dns = self.dns_stats();
-        let saved = State {
+        let state = State {
             services: service_names(&self.rules),
             hosts: self.hosts.resolved(),
             written_at: State::now_secs(),
@@ -598,77 +547,10 @@ impl Daemon {
                 "enforce".into()
             },
             learned: self.learner.table().views(Instant::now()),
-            dns,
+            dns: self.dns_stats(),
         };
-        match saved.save(&self.pins.state_file()) {
-            Ok(()) => {
-                self.saver = StateSaver {
-                    dirty: false,
-                    last_dns: dns,
-                    last_saved: Instant::now(),
-                };
-            }
-            Err(err) => {
-                tracing::warn!("cannot save state (stats will lack service names): {err:#}");
-            }
-        }
+        self.saver.save(&self.pins.state_file(), &state);
     }
-}
-
-/// When the state file was last written, and whether what it holds is behind.
-#[derive(Debug)]
-struct StateSaver {
-    /// Learned addresses changed since the state file was written.
-    dirty: bool,
-    last_dns: Option<DnsStats>,
-    last_saved: Instant,
-}
-
-impl Default for StateSaver {
-    fn default() -> Self {
-        Self {
-            dirty: false,
-            last_dns: None,
-            last_saved: Instant::now(),
-        }
-    }
-}
-
-/// A batch of lookups' outcomes, by name.
-type Answers = BTreeMap<String, Result<Answer, String>>;
-
-/// Resolves every name that is due, waiting for the answers (at start).
-async fn resolve_now(resolver: &Resolver, hosts: &mut HostTable, now: Instant) -> Answers {
-    let due = hosts.take_due(now);
-    let names: Vec<&str> = due.iter().map(String::as_str).collect();
-    resolver.resolve_all(&names).await
-}
-
-/// Takes in a batch of lookups. Returns the addresses that came.
-fn record_answers(hosts: &mut HostTable, answers: &Answers) -> Vec<Change> {
-    let now = Instant::now();
-    let mut changed = Vec::new();
-    for (name, answer) in answers {
-        changed.extend(hosts.record(name, answer, now));
-    }
-    let failed: Vec<(&String, &String)> = answers
-        .iter()
-        .filter_map(|(n, a)| Some((n, a.as_ref().err()?)))
-        .collect();
-    if let Some((_, error)) = failed.first() {
-        let names: Vec<&str> = failed.iter().take(5).map(|(n, _)| n.as_str()).collect();
-        tracing::warn!(
-            "cannot resolve {} name(s) ({}{}): {error}; their last addresses stay allowed",
-            failed.len(),
-            names.join(", "),
-            if failed.len() > names.len() {
-                ", …"
-            } else {
-                ""
-            }
-        );
-    }
-    changed
 }
 
 fn service_names(rules: &Rules) -> Vec<String> {

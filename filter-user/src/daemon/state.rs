@@ -5,7 +5,7 @@ use std::{
     collections::BTreeMap,
     net::IpAddr,
     path::Path,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::Context as _;
@@ -68,5 +68,88 @@ impl State {
             .duration_since(UNIX_EPOCH)
             .unwrap_or(Duration::ZERO)
             .as_secs()
+    }
+}
+
+/// How often the state file is written when only the DNS counters changed.
+const COUNTERS_SAVE: Duration = Duration::from_secs(5);
+
+/// When the state file was last written, and whether what it holds is behind. Learned entries
+/// that came or went are written within a second (a restart takes them back from there);
+/// counters alone, every few seconds.
+#[derive(Debug)]
+pub struct StateSaver {
+    /// Learned addresses changed since the state file was written.
+    pub dirty: bool,
+    last_dns: Option<DnsStats>,
+    last_saved: Instant,
+}
+
+impl StateSaver {
+    #[must_use]
+    pub fn new(now: Instant) -> Self {
+        Self {
+            dirty: false,
+            last_dns: None,
+            last_saved: now,
+        }
+    }
+
+    /// Whether the file is behind enough to write it again, with the counters `dns` now.
+    #[must_use]
+    pub fn due(&self, dns: Option<&DnsStats>, now: Instant) -> bool {
+        let counters_due = dns != self.last_dns.as_ref()
+            && now.saturating_duration_since(self.last_saved) >= COUNTERS_SAVE;
+        self.dirty || counters_due
+    }
+
+    /// Writes `state`; a failure is logged and the next chance tries again.
+    pub fn save(&mut self, path: &Path, state: &State) {
+        match state.save(path) {
+            Ok(()) => {
+                self.dirty = false;
+                self.last_dns = state.dns;
+                self.last_saved = Instant::now();
+            }
+            Err(err) => {
+                tracing::warn!("cannot save state (stats will lack service names): {err:#}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn learned_changes_are_due_at_once_counters_alone_after_a_few_seconds() {
+        let t0 = Instant::now();
+        let mut saver = StateSaver::new(t0);
+        assert!(!saver.due(None, t0), "nothing changed");
+        let counters = DnsStats {
+            learned_now: 3,
+            ..DnsStats::default()
+        };
+        assert!(!saver.due(Some(&counters), t0 + Duration::from_secs(1)));
+        assert!(saver.due(Some(&counters), t0 + COUNTERS_SAVE));
+        saver.dirty = true;
+        assert!(saver.due(None, t0), "learned entries came or went");
+
+        let dir = std::env::temp_dir().join(format!("ef-state-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("state.json");
+        let state = State {
+            dns: Some(counters),
+            ..State::default()
+        };
+        saver.save(&path, &state);
+        let read = State::load(&path).expect("readable").expect("present");
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+        assert_eq!(read, state);
+        assert!(
+            !saver.due(Some(&counters), Instant::now() + COUNTERS_SAVE),
+            "saved: the same counters are not due again"
+        );
     }
 }

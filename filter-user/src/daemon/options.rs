@@ -1,0 +1,50 @@
+//! Everything `run` is told: the options of the command line as the daemon takes them
+//! (`cmd::run` parses and checks them).
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use super::{events::EventFormat, hosts::RefreshPolicy};
+use crate::{dns::LearnPolicy, table::PortSpec};
+
+/// How XDP is attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum XdpModeArg {
+    /// Driver (native) mode where the device supports it, generic otherwise.
+    Auto,
+    /// Driver mode only; fail if the device lacks it.
+    Native,
+    /// Generic (skb) mode: works on every device, slower.
+    Generic,
+}
+
+/// Everything `run` is told on the command line.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub rules: Vec<PathBuf>,
+    pub xdp: Vec<String>,
+    pub tc: Vec<String>,
+    pub xdp_mode: XdpModeArg,
+    pub audit: bool,
+    pub events: EventFormat,
+    pub resolver: Option<SocketAddr>,
+    pub refresh: RefreshPolicy,
+    pub pin_path: PathBuf,
+    pub allow_self: bool,
+    /// What stays open to the host's own addresses (with `allow_self`).
+    pub self_ports: Vec<PortSpec>,
+    /// XDP drops sources that do not belong on their interface.
+    pub check_sources: bool,
+    pub events_per_sec: u32,
+    pub event_burst: u32,
+    /// The DNS forwarder, with `--dns-listen`.
+    pub dns: Option<DnsOptions>,
+}
+
+/// `--dns-listen` and the options that go with it.
+#[derive(Clone, Debug)]
+pub struct DnsOptions {
+    pub listen: Vec<SocketAddr>,
+    pub upstream: SocketAddr,
+    pub block_unlisted: bool,
+    pub learn: LearnPolicy,
+}
