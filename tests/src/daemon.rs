@@ -1,7 +1,7 @@
 //! The `egress-filter` binary run as a daemon inside a lab namespace.
 //!
 //! Started with `nsenter --net=…` rather than `ip netns exec`: the latter gives its process a
-//! fresh /sys without bpffs, so pins would vanish with the process (DESIGN.md).
+//! fresh /sys without bpffs, so pins would vanish with the process.
 
 use std::{
     io::{BufRead as _, BufReader},

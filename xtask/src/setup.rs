@@ -1,6 +1,6 @@
 //! Installs what the project needs on a fresh Debian 12 machine, and nothing twice.
 //!
-//! The toolchain facts behind these steps were measured on this machine kind (DESIGN.md):
+//! The toolchain facts behind these steps were measured on this machine kind:
 //! bpf-linker must be built against LLVM 22, the LLVM of the nightly rustc, and cannot find it
 //! without `LLVM_PREFIX`.
 

@@ -20,7 +20,8 @@ pub enum EventFormat {
     Json,
 }
 
-/// One event as users see it (the JSON fields are the contract of DESIGN.md).
+/// One event as users see it. The JSON field names are a contract (README, "Running it"):
+/// programs parse them.
 #[derive(Debug, Serialize, PartialEq, Eq)]
 pub struct EventRecord {
     /// RFC 3339, UTC.

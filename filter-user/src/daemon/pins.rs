@@ -21,7 +21,7 @@ use anyhow::{bail, Context as _};
 use filter_common::maps::ALL_MAPS;
 use nix::fcntl::{Flock, FlockArg};
 
-/// Default pin path (DESIGN.md).
+/// Default pin path: one directory per filter under the bpffs mount.
 pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/egress-filter";
 const RUN_DIR: &str = "/run/egress-filter";
 /// `statfs` magic of bpffs (linux/magic.h BPF_FS_MAGIC).

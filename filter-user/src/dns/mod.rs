@@ -4,7 +4,7 @@
 //! forwards its clients' queries and reads the answers on the way back: when the question or a
 //! name on its CNAME chain matches a rule's host, the addresses that answer the question are
 //! opened with that service's ports *before* the client gets the answer, and closed again after
-//! the record's TTL plus a grace period. The contract is DESIGN.md's "DNS awareness".
+//! the record's TTL plus a grace period. The README's "DNS awareness" documents the behaviour; ARCHITECTURE.md the data flow.
 //!
 //! An answer opens addresses, so what it may teach is narrow, and forging one is made as hard as
 //! against a well-defended resolver:

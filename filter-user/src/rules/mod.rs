@@ -1,6 +1,6 @@
 //! Rule files: parsing, validation, and the services they define.
 //!
-//! The format is the contract in DESIGN.md ("Rules: the file format"). A rules path is a file or
+//! The format is a contract, documented in the README ("Rules"). A rules path is a file or
 //! a directory, whose `*.toml` files (not subdirectories) load in name order. Every problem is
 //! reported with `file:line:column`, all of them at once, and nothing loads unless everything is
 //! valid: a typo must never half-apply a policy.
