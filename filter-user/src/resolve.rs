@@ -101,7 +101,7 @@ impl Resolver {
         Ok(Answer { addresses, ttl })
     }
 
-    /// Resolves every name, [`CONCURRENCY`] at a time, within [`BATCH_DEADLINE`]. Each name gets
+    /// Resolves every name, `CONCURRENCY` at a time, within `BATCH_DEADLINE`. Each name gets
     /// its answer or its error.
     pub async fn resolve_all(&self, names: &[&str]) -> BTreeMap<String, Result<Answer, String>> {
         let semaphore = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));

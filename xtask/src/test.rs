@@ -43,6 +43,20 @@ pub fn run() -> anyhow::Result<()> {
             ]),
     )?;
 
+    // The docs build without a broken or private link: they are part of the code.
+    run_cmd(
+        cargo()
+            .args([
+                "doc",
+                "--no-deps",
+                "--locked",
+                "--workspace",
+                "--exclude",
+                "filter-ebpf",
+            ])
+            .env("RUSTDOCFLAGS", "-D warnings"),
+    )?;
+
     let unit = counted(cargo().args(["test", "--locked"]))?;
     anyhow::ensure!(unit > 0, "the unit tests ran no test");
 

@@ -128,7 +128,7 @@ fn unaddressed_sources() -> [IpNet; 3] {
 /// filtering would see them: every unicast route (in any table) out of the interface, out of the
 /// bridge or bond it is a port of (a LAN's addresses usually sit on the bridge), or out of a
 /// VLAN or macvlan stacked on it (XDP on a trunk sees every VLAN's clients); plus
-/// [`unaddressed_sources`].
+/// `unaddressed_sources`.
 #[must_use]
 pub fn sources_of(xdp: &[u32], links: &[Link], routes: &[Route]) -> BTreeSet<(u32, IpNet)> {
     let mut sources = BTreeSet::new();

@@ -27,7 +27,7 @@
 //! An answer with listed names waits until the daemon confirms its addresses are in the maps.
 //! Asked again (the common case: devices re-resolve the same few names all day), it need not:
 //! the forwarder remembers, per (question, address), until when the confirmed entry is sure to
-//! stay ([`OpenAddresses`]). If that outlasts the new answer's TTL by half the grace period or
+//! stay (`OpenAddresses`). If that outlasts the new answer's TTL by half the grace period or
 //! more, nothing is to be done; if not, the answer still goes at once and the daemon is asked to
 //! extend the entry. Whatever can remove an entry early (eviction at capacity,
 //! a reload) bumps the daemon's epoch, which voids everything remembered under the old one.
