@@ -33,12 +33,20 @@ const _: () = assert!(size_of::<PacketCount>() == 16);
 
 #[cfg(feature = "user")]
 mod pod {
-    // Safety: every type below is `#[repr(C)]`, `Copy`, made only of integers and byte arrays,
-    // and has explicit padding fields, so any bit pattern is a valid value and none is uninit.
+    //! Every type below is `#[repr(C)]`, `Copy`, made only of integers and byte arrays, and has
+    //! explicit padding fields, so any bit pattern is a valid value and none is uninitialised:
+    //! what `aya::Pod` asks.
+
+    // SAFETY: see the module docs.
     unsafe impl aya::Pod for super::PacketCount {}
+    // SAFETY: see the module docs.
     unsafe impl aya::Pod for super::Config {}
+    // SAFETY: see the module docs.
     unsafe impl aya::Pod for super::Policy {}
+    // SAFETY: see the module docs.
     unsafe impl aya::Pod for super::PortRule {}
+    // SAFETY: see the module docs.
     unsafe impl aya::Pod for super::DropEvent {}
+    // SAFETY: see the module docs.
     unsafe impl aya::Pod for super::event::RateLimitState {}
 }

@@ -3,7 +3,7 @@
 
 use crate::{cargo, release_binary, run_cmd, workspace_root};
 
-pub fn run(only: Option<&str>) -> anyhow::Result<()> {
+pub(crate) fn run(only: Option<&str>) -> anyhow::Result<()> {
     let binary = release_binary()?;
     let mut cmd = cargo();
     cmd.args([

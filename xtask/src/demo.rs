@@ -45,7 +45,7 @@ const LOOKUPS: &[(&str, u16, bool)] = &[
     ("tracker.example.net", 443, false),
 ];
 
-pub fn run() -> anyhow::Result<()> {
+pub(crate) fn run() -> anyhow::Result<()> {
     let binary = release_binary()?;
     let lab = DemoLab::new()?;
     let result = lab.play(&binary, &workspace_root().join("rules"));

@@ -9,7 +9,7 @@ use anyhow::Context as _;
 
 use crate::{cargo, run_cmd, workspace_root};
 
-pub fn run() -> anyhow::Result<()> {
+pub(crate) fn run() -> anyhow::Result<()> {
     let root = workspace_root();
 
     run_cmd(cargo().args(["fmt", "--all", "--check"]))?;
@@ -61,8 +61,8 @@ pub fn run() -> anyhow::Result<()> {
     anyhow::ensure!(unit > 0, "the unit tests ran no test");
 
     // Loading BPF programs and making network namespaces needs root.
-    // Safety: geteuid has no preconditions.
     anyhow::ensure!(
+        // Safety: geteuid has no preconditions.
         unsafe { libc_geteuid() } == 0,
         "the privileged suites need root: run `cargo xtask test` as root"
     );

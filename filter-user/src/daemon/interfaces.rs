@@ -20,16 +20,16 @@ pub enum LinkLayer {
 
 /// `ARPHRD_*` link types (`linux/if_arp.h`) the programs handle.
 mod arphrd {
-    pub const ETHER: u16 = 1;
-    pub const PPP: u16 = 512;
-    pub const RAWIP: u16 = 519;
-    pub const TUNNEL: u16 = 768;
-    pub const TUNNEL6: u16 = 769;
-    pub const SIT: u16 = 776;
-    pub const IPGRE: u16 = 778;
-    pub const IP6GRE: u16 = 823;
+    pub(super) const ETHER: u16 = 1;
+    pub(super) const PPP: u16 = 512;
+    pub(super) const RAWIP: u16 = 519;
+    pub(super) const TUNNEL: u16 = 768;
+    pub(super) const TUNNEL6: u16 = 769;
+    pub(super) const SIT: u16 = 776;
+    pub(super) const IPGRE: u16 = 778;
+    pub(super) const IP6GRE: u16 = 823;
     /// TUN devices and WireGuard.
-    pub const NONE: u16 = 0xfffe;
+    pub(super) const NONE: u16 = 0xfffe;
 }
 
 impl LinkLayer {
