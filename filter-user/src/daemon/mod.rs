@@ -181,7 +181,7 @@ impl Daemon {
         if adopting {
             // Keep what the last daemon had resolved and learned until fresh answers replace
             // it: the pinned maps still allow it, and clients still hold those answers.
-            if let Ok(Some(state)) = State::load(&pins.state_file()) {
+            if let Some(state) = State::take_back(&pins.state_file()) {
                 for (name, addrs) in &state.hosts {
                     hosts.seed(name, addrs, now + opts.refresh.grace);
                 }

@@ -62,6 +62,28 @@ impl State {
         }
     }
 
+    /// What a starting daemon takes back: the state, or `None` when there is none or it cannot
+    /// be used. A damaged file is logged and moved aside (to `*.damaged`, for a post-mortem), so
+    /// it is neither trusted nor silently overwritten.
+    #[must_use]
+    pub fn take_back(path: &Path) -> Option<Self> {
+        match Self::load(path) {
+            Ok(state) => state,
+            Err(err) => {
+                let aside = path.with_extension("json.damaged");
+                let moved = std::fs::rename(path, &aside);
+                tracing::warn!(
+                    "{err:#}; starting without it{}",
+                    match moved {
+                        Ok(()) => format!(" (moved to {})", aside.display()),
+                        Err(_) => String::new(),
+                    }
+                );
+                None
+            }
+        }
+    }
+
     #[must_use]
     pub fn now_secs() -> u64 {
         SystemTime::now()
@@ -121,6 +143,23 @@ impl StateSaver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_damaged_state_file_is_moved_aside_not_trusted() {
+        let dir = std::env::temp_dir().join(format!("ef-state-damaged-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("state.json");
+        std::fs::write(&path, b"{\"services\": [tru").expect("write");
+        assert!(State::take_back(&path).is_none());
+        let aside = dir.join("state.json.damaged");
+        let kept = std::fs::read(&aside).expect("moved aside");
+        assert!(
+            !path.exists(),
+            "the damaged file is gone from where a daemon reads it"
+        );
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+        assert_eq!(kept, b"{\"services\": [tru");
+    }
 
     #[test]
     fn learned_changes_are_due_at_once_counters_alone_after_a_few_seconds() {
