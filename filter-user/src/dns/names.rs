@@ -173,19 +173,20 @@ mod tests {
     #[test]
     fn odd_names_match_nothing_and_do_not_panic() {
         let m = matcher();
+        assert!(m.matches_any("manage.microsoft.com"), "the rules do list it");
         for name in [
             "",
             ".",
             "..",
             "com",
             ".com",
+            "microsoft.com",
             "manage.microsoft.com..",
             "*.manage.microsoft.com",
+            "a..manage.microsoft.com",
         ] {
-            let _ = m.services(name);
+            assert_eq!(m.services(name), Vec::<usize>::new(), "{name:?}");
         }
-        assert!(!m.matches_any(""));
-        assert!(!m.matches_any("."));
     }
 
     #[test]
