@@ -70,6 +70,21 @@ impl DropEvent {
     };
 }
 
+impl DropEvent {
+    /// The event in a ring-buffer record, if the record is exactly one event long (anything
+    /// else is not an event this version wrote).
+    #[must_use]
+    pub fn from_record(record: &[u8]) -> Option<Self> {
+        if record.len() != size_of::<Self>() {
+            return None;
+        }
+        // Safety: `record` holds exactly `size_of::<DropEvent>()` bytes, and any bit pattern is
+        // a valid DropEvent (integers and byte arrays only, explicit padding); the read copes
+        // with any alignment.
+        Some(unsafe { core::ptr::read_unaligned(record.as_ptr().cast::<Self>()) })
+    }
+}
+
 /// Indices of the `EVENT_STATS` counters.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,3 +113,27 @@ pub struct RateLimitState {
     pub last_refill_ns: u64,
 }
 const _: () = assert!(size_of::<RateLimitState>() == 16);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_is_one_whole_event_or_none() {
+        let event = DropEvent {
+            reason: 9,
+            dport_be: 443u16.to_be(),
+            family: 4,
+            ..DropEvent::ZERO
+        };
+        // Safety: DropEvent is plain data; viewing it as bytes reads no padding (explicit).
+        let bytes: [u8; size_of::<DropEvent>()] = unsafe { core::mem::transmute(event) };
+        assert_eq!(DropEvent::from_record(&bytes), Some(event));
+        // At an odd address, as a ring buffer may hand it out.
+        let mut shifted = [0u8; size_of::<DropEvent>() + 1];
+        shifted[1..].copy_from_slice(&bytes);
+        assert_eq!(DropEvent::from_record(&shifted[1..]), Some(event));
+        assert_eq!(DropEvent::from_record(&bytes[..63]), None);
+        assert_eq!(DropEvent::from_record(&shifted), None);
+    }
+}

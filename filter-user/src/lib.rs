@@ -4,6 +4,7 @@
 
 pub mod cmd;
 pub mod compile;
+pub mod counters;
 pub mod daemon;
 pub mod dns;
 pub mod loader;

@@ -4,14 +4,15 @@
 
 use std::fmt::Write as _;
 
-use anyhow::Context as _;
-use aya::maps::{Map, MapData, PerCpuArray};
-use filter_common::{maps as names, EventCounter, PacketCount, Reason};
+use filter_common::{EventCounter, Reason};
 use serde::Serialize;
 
-use crate::daemon::{
-    pins::{PinDir, DEFAULT_PIN_PATH},
-    state::{DnsStats, State},
+use crate::{
+    counters::Counters,
+    daemon::{
+        pins::{PinDir, DEFAULT_PIN_PATH},
+        state::{DnsStats, State},
+    },
 };
 
 /// `stats`: print the counters of the running filter: per service, per reason, events.
@@ -68,36 +69,14 @@ pub struct EventStats {
     pub ring_full: u64,
 }
 
-fn per_cpu<V: aya::Pod>(pins: &PinDir, name: &str) -> anyhow::Result<PerCpuArray<MapData, V>> {
-    let path = pins.map_path(name);
-    let data = MapData::from_pin(&path).with_context(|| {
-        format!(
-            "no filter is pinned at {} (is egress-filter running with this --pin-path?)",
-            pins.root().display()
-        )
-    })?;
-    Ok(PerCpuArray::try_from(Map::from_map_data(data)?)?)
-}
-
-fn sum(values: &[PacketCount]) -> PacketCount {
-    values
-        .iter()
-        .fold(PacketCount::default(), |a, c| PacketCount {
-            packets: a.packets + c.packets,
-            bytes: a.bytes + c.bytes,
-        })
-}
-
 /// Reads every counter.
 pub fn read(pins: &PinDir) -> anyhow::Result<Stats> {
-    let reasons_map = per_cpu::<PacketCount>(pins, names::REASON_STATS)?;
-    let services_map = per_cpu::<PacketCount>(pins, names::SERVICE_STATS)?;
-    let events_map = per_cpu::<u64>(pins, names::EVENT_STATS)?;
+    let counters = Counters::pinned(pins)?;
     let state = State::load(&pins.state_file())?.unwrap_or_default();
     let reasons = Reason::ALL
         .iter()
         .map(|r| {
-            let count = sum(&reasons_map.get(&(*r as u32), 0)?);
+            let count = counters.reason(*r)?;
             Ok(ReasonStat {
                 reason: r.label(),
                 verdict: if r.passes() { "pass" } else { "drop" },
@@ -111,7 +90,7 @@ pub fn read(pins: &PinDir) -> anyhow::Result<Stats> {
         .iter()
         .enumerate()
         .map(|(id, name)| {
-            let count = sum(&services_map.get(&(id as u32), 0)?);
+            let count = counters.service(id as u32)?;
             Ok(ServiceStat {
                 service: name.clone(),
                 packets: count.packets,
@@ -119,9 +98,7 @@ pub fn read(pins: &PinDir) -> anyhow::Result<Stats> {
             })
         })
         .collect::<anyhow::Result<_>>()?;
-    let event = |c: EventCounter| -> anyhow::Result<u64> {
-        Ok(events_map.get(&(c as u32), 0)?.iter().sum())
-    };
+    let event = |c: EventCounter| counters.event(c);
     Ok(Stats {
         mode: if state.mode.is_empty() {
             "unknown".into()

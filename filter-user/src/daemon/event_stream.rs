@@ -11,7 +11,9 @@ use aya::{
     maps::{MapData, RingBuf},
     Ebpf,
 };
-use filter_common::{maps as names, DropEvent, EventCounter};
+use filter_common::{DropEvent, EventCounter};
+
+use crate::counters::Counters;
 use tokio::io::unix::AsyncFd;
 
 use super::events::{self, Enricher, EventFormat};
@@ -35,11 +37,9 @@ pub async fn stream_events(
         let stdout = std::io::stdout();
         let mut out = stdout.lock();
         while let Some(item) = ring.next() {
-            if item.len() < size_of::<DropEvent>() {
+            let Some(event) = DropEvent::from_record(&item) else {
                 continue;
-            }
-            // Safety: the kernel wrote a whole DropEvent (checked length); it is plain data.
-            let event: DropEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            };
             let record = match enricher.read() {
                 Ok(e) => e.record(&event, boot),
                 Err(_) => continue,
@@ -57,29 +57,28 @@ pub async fn stream_events(
 
 /// Reports events the kernel held back, so none is lost silently.
 pub struct SuppressedReporter {
-    map: Option<aya::maps::PerCpuArray<MapData, u64>>,
+    counters: Option<Counters>,
+    /// (rate-limited, ring-full) at the last report.
     last: (u64, u64),
 }
 
 impl SuppressedReporter {
     #[must_use]
     pub fn new(ebpf: &Ebpf) -> Self {
-        let map = ebpf.map(names::EVENT_STATS).and_then(|m| match m {
-            aya::maps::Map::PerCpuArray(data) => {
-                let fd = std::os::fd::AsFd::as_fd(data.fd())
-                    .try_clone_to_owned()
-                    .ok()?;
-                let data = MapData::from_fd(fd).ok()?;
-                aya::maps::PerCpuArray::try_from(aya::maps::Map::from_map_data(data).ok()?).ok()
-            }
-            _ => None,
-        });
-        Self { map, last: (0, 0) }
+        let counters = Counters::loaded(ebpf)
+            .inspect_err(|err| tracing::warn!("suppressed events will not be reported: {err:#}"))
+            .ok();
+        Self {
+            counters,
+            last: (0, 0),
+        }
     }
 
     pub fn report(&mut self) {
-        let Some(map) = &self.map else { return };
-        let read = |c: EventCounter| map.get(&(c as u32), 0).map_or(0, |v| v.iter().sum::<u64>());
+        let Some(counters) = &self.counters else {
+            return;
+        };
+        let read = |c: EventCounter| counters.event(c).unwrap_or(0);
         let now = (
             read(EventCounter::RateLimited),
             read(EventCounter::RingFull),
@@ -89,7 +88,11 @@ impl SuppressedReporter {
             now.1.saturating_sub(self.last.1),
         );
         if limited + full > 0 {
-            tracing::warn!("{limited} drop events suppressed by the rate limit and {full} lost to a full ring in the last {}s (stats has the totals)", SUPPRESSED_REPORT.as_secs());
+            tracing::warn!(
+                "{limited} drop events suppressed by the rate limit and {full} lost to a full \
+                 ring in the last {}s (stats has the totals)",
+                SUPPRESSED_REPORT.as_secs()
+            );
         }
         self.last = now;
     }

@@ -173,7 +173,10 @@ mod tests {
     #[test]
     fn odd_names_match_nothing_and_do_not_panic() {
         let m = matcher();
-        assert!(m.matches_any("manage.microsoft.com"), "the rules do list it");
+        assert!(
+            m.matches_any("manage.microsoft.com"),
+            "the rules do list it"
+        );
         for name in [
             "",
             ".",
