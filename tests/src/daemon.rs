@@ -5,6 +5,7 @@
 
 use std::{
     io::{BufRead as _, BufReader},
+    os::unix::net::UnixDatagram,
     path::PathBuf,
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
@@ -34,18 +35,50 @@ pub struct Daemon {
     pub pin_path: String,
     stdout: Arc<Mutex<Vec<String>>>,
     stderr: Arc<Mutex<Vec<String>>>,
+    /// What the daemon told its service manager (`sd_notify` messages), in order.
+    notifications: Arc<Mutex<Vec<String>>>,
+    notify_socket: PathBuf,
 }
 
 impl Daemon {
-    /// Starts `egress-filter run ARGS --pin-path PIN` in `netns` and waits until it enforces.
+    /// Starts `egress-filter run ARGS --pin-path PIN` in `netns` and waits until it tells its
+    /// service manager it is ready (enforcing).
     pub fn start(netns: &str, pin_path: &str, args: &[&str]) -> anyhow::Result<Self> {
         let daemon = Self::spawn(netns, pin_path, args)?;
-        daemon.wait_for_log("enforcing", Duration::from_secs(20))?;
+        daemon.wait_for_notification("READY=1", 0, Duration::from_secs(20))?;
         Ok(daemon)
     }
 
     /// Starts it without waiting.
     pub fn spawn(netns: &str, pin_path: &str, args: &[&str]) -> anyhow::Result<Self> {
+        // The service manager's side of sd_notify: a datagram socket of our own.
+        let notify_socket =
+            std::env::temp_dir().join(format!("ef-notify-{}.sock", crate::lab::unique_id()));
+        let _stale = std::fs::remove_file(&notify_socket);
+        let listener = UnixDatagram::bind(&notify_socket)
+            .with_context(|| format!("cannot bind {}", notify_socket.display()))?;
+        let notifications = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&notifications);
+        listener.set_read_timeout(Some(Duration::from_millis(200)))?;
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 1024];
+            loop {
+                match listener.recv(&mut buffer) {
+                    Ok(len) => {
+                        if let Ok(mut all) = sink.lock() {
+                            all.push(String::from_utf8_lossy(&buffer[..len]).into_owned());
+                        }
+                    }
+                    // Quiet: go on while the `Daemon` (the other holder of `sink`) lives.
+                    Err(err)
+                        if matches!(
+                            err.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) && Arc::strong_count(&sink) > 1 => {}
+                    Err(_) => break,
+                }
+            }
+        });
         let mut child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{netns}"))
             .arg(binary()?)
@@ -53,6 +86,7 @@ impl Daemon {
             .args(args)
             .args(["--pin-path", pin_path])
             .env("RUST_LOG", "info")
+            .env("NOTIFY_SOCKET", &notify_socket)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -83,6 +117,8 @@ impl Daemon {
             pin_path: pin_path.to_owned(),
             stdout,
             stderr,
+            notifications,
+            notify_socket,
         })
     }
 
@@ -105,6 +141,62 @@ impl Daemon {
             "no log line with {needle:?} within {timeout:?}:\n{}",
             self.logs().join("\n")
         )
+    }
+
+    /// Waits (bounded) until the daemon has sent more than `after` notifications and one of
+    /// those after the first `after` contains `needle`; returns it. With `after` the count
+    /// before an action, this waits for what the action caused.
+    pub fn wait_for_notification(
+        &self,
+        needle: &str,
+        after: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<String> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(found) = self
+                .notifications()
+                .into_iter()
+                .skip(after)
+                .find(|n| n.contains(needle))
+            {
+                return Ok(found);
+            }
+            if let Some(status) = self.try_wait()? {
+                bail!(
+                    "egress-filter exited ({status}) before notifying {needle:?}:\n{}",
+                    self.logs().join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!(
+            "no notification with {needle:?} within {timeout:?} (got {:?}):\n{}",
+            self.notifications(),
+            self.logs().join("\n")
+        )
+    }
+
+    /// The sd_notify messages so far.
+    #[must_use]
+    pub fn notifications(&self) -> Vec<String> {
+        self.notifications
+            .lock()
+            .map(|n| n.clone())
+            .unwrap_or_default()
+    }
+
+    /// Sends SIGHUP and waits until the reload it causes is over; returns the daemon's status
+    /// line for it (`enforcing the reloaded rules`, or why the old policy stays).
+    pub fn reload(&self) -> anyhow::Result<String> {
+        let before = self.notifications().len();
+        self.signal("HUP")?;
+        let ready = self.wait_for_notification("READY=1", before, Duration::from_secs(10))?;
+        Ok(ready
+            .lines()
+            .find_map(|l| l.strip_prefix("STATUS="))
+            .unwrap_or_default()
+            .to_owned())
     }
 
     /// Event lines printed so far.
@@ -184,6 +276,7 @@ impl Drop for Daemon {
                 let _reaped = child.wait();
             }
         }
+        let _removed = std::fs::remove_file(&self.notify_socket);
         // Whatever the test did (kill -9 included), leave no pins behind.
         if std::path::Path::new(&self.pin_path).exists() {
             if let Ok(bin) = binary() {

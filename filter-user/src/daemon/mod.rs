@@ -21,6 +21,7 @@ pub mod grants;
 pub mod hosts;
 pub mod interfaces;
 pub mod learning;
+pub mod notify;
 pub mod options;
 pub mod pins;
 pub mod policy;
@@ -50,6 +51,7 @@ use self::{
     hosts::{record_answers, resolve_now, Answers, HostTable},
     interfaces::LinkLayer,
     learning::Learner,
+    notify::Notifier,
     pins::PinDir,
     policy::{PolicySync, Update, Written},
     settings::Settings,
@@ -122,6 +124,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         }
     };
     let result = daemon.serve(&mut term, &mut int).await;
+    daemon.notifier.stopping();
     tracing::info!("stopping: detaching and unpinning");
     daemon.pins.remove_all()?;
     result
@@ -146,6 +149,7 @@ struct Daemon {
     listeners: Option<Listeners>,
     dns_counters: Arc<DnsCounters>,
     saver: StateSaver,
+    notifier: Notifier,
     /// Keeps the programs (and with them the links' fds) alive until the daemon stops.
     ebpf: Ebpf,
 }
@@ -226,6 +230,7 @@ impl Daemon {
             listeners,
             dns_counters: Arc::new(DnsCounters::default()),
             saver: StateSaver::new(Instant::now()),
+            notifier: Notifier::from_env(),
             ebpf,
         };
         daemon.apply(Update::Full, true)?;
@@ -259,7 +264,7 @@ impl Daemon {
         let mut report_tick = tokio::time::interval(SUPPRESSED_REPORT);
         let mut state_tick = tokio::time::interval(STATE_SAVE);
         let mut next_self_check = Instant::now() + SELF_ADDRESS_CHECK;
-        tracing::info!(
+        let enforcing = format!(
             "enforcing{}",
             if self.opts.audit {
                 " in audit mode (nothing is dropped)"
@@ -267,6 +272,8 @@ impl Daemon {
                 ""
             }
         );
+        tracing::info!("{enforcing}");
+        self.notifier.ready(&enforcing);
         loop {
             let wake = [self.hosts.next_event(), self.learner.table().next_expiry()]
                 .into_iter()
@@ -297,7 +304,18 @@ impl Daemon {
                     self.learn(request);
                     Update::None
                 }
-                _ = hup.recv() => if self.reload() { Update::Full } else { Update::None },
+                _ = hup.recv() => {
+                    self.notifier.reloading();
+                    let reloaded = self.reload();
+                    // The new policy must be in the kernel before the reload counts as done.
+                    let written = reloaded && self.apply(Update::Full, false).is_ok();
+                    self.notifier.ready(match (reloaded, written) {
+                        (true, true) => "enforcing the reloaded rules",
+                        (true, false) => "reloaded rules not written yet; the old policy stays",
+                        (false, _) => "reload refused; the old policy stays",
+                    });
+                    Update::None
+                }
                 _ = term.recv() => break,
                 _ = int.recv() => break,
                 _ = report_tick.tick() => {
