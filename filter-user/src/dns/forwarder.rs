@@ -33,18 +33,16 @@
 //! a reload) bumps the daemon's epoch, which voids everything remembered under the old one.
 
 use std::{
-    collections::HashMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc, Mutex, PoisonError,
+        Arc,
     },
     time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
 use hickory_proto::op::Message;
-use serde::{Deserialize, Serialize};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream, UdpSocket},
@@ -54,9 +52,11 @@ use tokio::{
 };
 
 use super::{
-    learned::ttl_hold,
+    counters::DnsCounters,
+    in_flight::{Asking, Joined, Pending, PerClient},
     message::{self, Incoming, Learnable, Question, UpstreamQuery},
     names::NameMatcher,
+    open_addresses::{Known, OpenAddresses},
     seen::SeenNames,
 };
 
@@ -122,172 +122,6 @@ pub struct LearnRequest {
     pub learnable: Learnable,
     /// Answered `true` once the maps hold the addresses, `false` if writing them failed.
     pub done: oneshot::Sender<bool>,
-}
-
-/// An entry about to expire is not counted on: the renewal sent with the answer might reach the
-/// daemon after the entry went.
-const RENEWAL_MARGIN: Duration = Duration::from_secs(2);
-
-/// Most (chain, address) pairs [`OpenAddresses`] remembers; past it, it starts over.
-const MAX_REMEMBERED: usize = 65_536;
-
-/// Until when each address the daemon confirmed for an answer's chain of names (the question
-/// and its CNAMEs, which decide the services) is sure to stay open, under which epoch of the
-/// daemon. The daemon keeps each entry its grace period past that.
-#[derive(Debug, Default)]
-struct OpenAddresses {
-    entries: Mutex<HashMap<(String, IpAddr), (Instant, u64)>>,
-}
-
-/// What [`OpenAddresses::check`] knows of an answer's addresses.
-#[derive(Debug, PartialEq, Eq)]
-enum Known {
-    /// Open, and staying open at least half the grace period past this answer's TTL.
-    Covered,
-    /// Open now, but the entries must be extended for this answer.
-    OpenNow,
-    /// Not known open: the daemon must confirm before the answer goes.
-    Unknown,
-}
-
-impl OpenAddresses {
-    /// What is known of `addresses` answered for `chain` at `now` under `epoch`.
-    fn check(
-        &self,
-        chain: &str,
-        addresses: &[(IpAddr, u32)],
-        now: Instant,
-        epoch: u64,
-        min_ttl: Duration,
-        grace: Duration,
-    ) -> Known {
-        let Ok(entries) = self.entries.lock() else {
-            return Known::Unknown;
-        };
-        let mut known = Known::Covered;
-        for (address, ttl) in addresses {
-            let Some((until, at)) = entries.get(&(chain.to_owned(), *address)) else {
-                return Known::Unknown;
-            };
-            // Open until `until + grace`, less the time a renewal needs to reach the daemon.
-            if *at != epoch || now + RENEWAL_MARGIN >= *until + grace {
-                return Known::Unknown;
-            }
-            // Covered if the entry outlasts this answer's TTL by half the grace or more: every
-            // answer gets at least that, and a name asked all day is renewed only every
-            // half-grace, not on every answer.
-            if now + ttl_hold(*ttl, min_ttl) > *until + grace / 2 {
-                known = Known::OpenNow;
-            }
-        }
-        known
-    }
-
-    /// Remembers a confirmation the daemon gave for a request sent at `sent`: each entry lives
-    /// at least its TTL (within the daemon's bounds) from then, and the daemon's grace beyond.
-    fn confirmed(
-        &self,
-        chain: &str,
-        addresses: &[(IpAddr, u32)],
-        sent: Instant,
-        min_ttl: Duration,
-        epoch: u64,
-    ) {
-        let Ok(mut entries) = self.entries.lock() else {
-            return;
-        };
-        if entries.len() + addresses.len() > MAX_REMEMBERED {
-            entries.clear();
-        }
-        for (address, ttl) in addresses {
-            let until = sent + ttl_hold(*ttl, min_ttl);
-            let entry = entries
-                .entry((chain.to_owned(), *address))
-                .or_insert((until, epoch));
-            *entry = if entry.1 == epoch {
-                (entry.0.max(until), epoch)
-            } else {
-                (until, epoch)
-            };
-        }
-    }
-}
-
-/// What the forwarder has done since it started.
-#[derive(Debug, Default)]
-pub struct DnsCounters {
-    queries: AtomicU64,
-    matched: AtomicU64,
-    refused: AtomicU64,
-    malformed: AtomicU64,
-    servfail: AtomicU64,
-    overloaded: AtomicU64,
-    client_limited: AtomicU64,
-    merged: AtomicU64,
-    tcp_retries: AtomicU64,
-    mismatched: AtomicU64,
-    late: AtomicU64,
-    already_open: AtomicU64,
-}
-
-/// [`DnsCounters`] read at one moment, as `stats` shows them.
-#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct DnsCounterValues {
-    /// Client queries taken in (well-formed, one question).
-    pub queries: u64,
-    /// Answers whose question or CNAME chain matched a rule's host.
-    pub matched: u64,
-    /// Questions refused with NXDOMAIN by `--dns-block-unlisted`.
-    pub refused: u64,
-    /// Messages answered FORMERR or NOTIMP.
-    pub malformed: u64,
-    /// Queries answered SERVFAIL because the upstream failed or timed out.
-    pub servfail: u64,
-    /// Queries answered SERVFAIL because too many were in flight.
-    pub overloaded: u64,
-    /// Queries answered SERVFAIL because their client had [`MAX_QUERIES_PER_CLIENT`] in
-    /// flight already.
-    #[serde(default)]
-    pub client_limited: u64,
-    /// Queries answered from the upstream query of an identical question already in flight.
-    #[serde(default)]
-    pub merged: u64,
-    /// Truncated UDP answers asked again over TCP.
-    pub tcp_retries: u64,
-    /// Upstream datagrams ignored for not answering the query (ID, question, or the case of
-    /// its name).
-    pub mismatched: u64,
-    /// Answers sent before the daemon confirmed their addresses were in the maps.
-    pub late: u64,
-    /// Listed answers whose addresses were known open already (sent without waiting for the
-    /// daemon).
-    #[serde(default)]
-    pub already_open: u64,
-}
-
-impl DnsCounters {
-    fn bump(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-
-    #[must_use]
-    pub fn values(&self) -> DnsCounterValues {
-        let read = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        DnsCounterValues {
-            queries: read(&self.queries),
-            matched: read(&self.matched),
-            refused: read(&self.refused),
-            malformed: read(&self.malformed),
-            servfail: read(&self.servfail),
-            overloaded: read(&self.overloaded),
-            client_limited: read(&self.client_limited),
-            merged: read(&self.merged),
-            tcp_retries: read(&self.tcp_retries),
-            mismatched: read(&self.mismatched),
-            late: read(&self.late),
-            already_open: read(&self.already_open),
-        }
-    }
 }
 
 /// Sockets bound on every listen address, UDP and TCP. Bound before anything is attached, so a
@@ -383,116 +217,6 @@ struct Forwarder {
     pending: Arc<Pending>,
     per_client: PerClient,
     tcp_clients: Arc<Semaphore>,
-}
-
-/// What the clients of one upstream query get: the checked answer, or `None` for SERVFAIL.
-type Outcome = Option<Arc<Message>>;
-
-/// Upstream queries in flight, by question, with the clients waiting on each.
-#[derive(Debug, Default)]
-struct Pending {
-    waiting: Mutex<HashMap<Question, Vec<oneshot::Sender<Outcome>>>>,
-}
-
-/// How a client joins the upstream query for its question.
-enum Joined {
-    /// Another client's identical question is in flight: wait for its answer.
-    Merged(oneshot::Receiver<Outcome>),
-    /// None is: this client's query asks, and hands the answer to whoever joins meanwhile.
-    First(oneshot::Receiver<Outcome>, Asking),
-}
-
-impl Pending {
-    fn join(self: &Arc<Self>, question: &Question) -> Joined {
-        let (sender, receiver) = oneshot::channel();
-        let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(others) = waiting.get_mut(question) {
-            others.push(sender);
-            return Joined::Merged(receiver);
-        }
-        waiting.insert(question.clone(), vec![sender]);
-        let asking = Asking {
-            pending: Arc::clone(self),
-            question: question.clone(),
-            outcome: None,
-        };
-        Joined::First(receiver, asking)
-    }
-}
-
-/// The one upstream query under way for a question. However it ends (an answer, a failure, a
-/// panic), the question leaves [`Pending`] and its clients get the outcome (SERVFAIL unless
-/// [`Self::finish`] gave one); the next client asking starts afresh.
-struct Asking {
-    pending: Arc<Pending>,
-    question: Question,
-    outcome: Outcome,
-}
-
-impl Asking {
-    fn finish(mut self, outcome: Outcome) {
-        self.outcome = outcome;
-    }
-}
-
-impl Drop for Asking {
-    fn drop(&mut self) {
-        let waiting = self
-            .pending
-            .waiting
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&self.question)
-            .unwrap_or_default();
-        for client in waiting {
-            // A client gone (its task ended) needs nothing.
-            let _ = client.send(self.outcome.clone());
-        }
-    }
-}
-
-/// Queries waiting, by client address.
-#[derive(Debug, Default)]
-struct PerClient {
-    waiting: Mutex<HashMap<IpAddr, usize>>,
-}
-
-/// One of a client's waiting queries; its place is given back when dropped.
-struct ClientSlot<'a> {
-    per_client: &'a PerClient,
-    client: IpAddr,
-}
-
-impl PerClient {
-    /// A place for one more query from `client`, unless it has `bound` waiting already.
-    fn take(&self, client: IpAddr, bound: usize) -> Option<ClientSlot<'_>> {
-        let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
-        if bound == 0 || waiting.get(&client).is_some_and(|count| *count >= bound) {
-            return None;
-        }
-        *waiting.entry(client).or_default() += 1;
-        Some(ClientSlot {
-            per_client: self,
-            client,
-        })
-    }
-}
-
-impl Drop for ClientSlot<'_> {
-    fn drop(&mut self) {
-        let mut waiting = self
-            .per_client
-            .waiting
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(count) = waiting.get_mut(&self.client) {
-            *count -= 1;
-            if *count == 0 {
-                // Only clients with queries waiting take room.
-                waiting.remove(&self.client);
-            }
-        }
-    }
 }
 
 impl Forwarder {

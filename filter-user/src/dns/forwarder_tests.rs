@@ -6,7 +6,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::Path,
     str::FromStr as _,
-    sync::atomic::AtomicUsize,
+    sync::{atomic::AtomicUsize, Mutex},
     time::Instant,
 };
 
@@ -19,7 +19,7 @@ use hickory_proto::{
 };
 
 use super::*;
-use crate::rules::Rules;
+use crate::{dns::counters::DnsCounterValues, rules::Rules};
 
 /// What the stub upstream does, by the question's first label (in any case): `slow…` never
 /// answers, `delay…` answers after [`STUB_DELAY`], `big` comes back truncated over UDP and as

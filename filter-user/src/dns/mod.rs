@@ -4,7 +4,8 @@
 //! forwards its clients' queries and reads the answers on the way back: when the question or a
 //! name on its CNAME chain matches a rule's host, the addresses that answer the question are
 //! opened with that service's ports *before* the client gets the answer, and closed again after
-//! the record's TTL plus a grace period. The README's "DNS awareness" documents the behaviour; ARCHITECTURE.md the data flow.
+//! the record's TTL plus a grace period. The README's "DNS awareness" documents the behaviour;
+//! ARCHITECTURE.md the data flow.
 //!
 //! An answer opens addresses, so what it may teach is narrow, and forging one is made as hard as
 //! against a well-defended resolver:
@@ -24,17 +25,24 @@
 //! - [`message`]: message handling without sockets (checks, questions, chains, replies), via
 //!   hickory-proto;
 //! - [`learned`]: the bounded table of learned addresses and their expiry;
-//! - [`forwarder`]: the UDP and TCP listeners, the upstream queries and their guards;
+//! - [`forwarder`]: the UDP and TCP listeners, the upstream queries and their guards, with
+//!   `in_flight` (merged questions, per-client bounds) and `open_addresses` (what the daemon
+//!   confirmed open, so repeat answers need not wait);
+//! - [`counters`]: what the forwarder counts, for `stats`;
 //! - [`seen`]: the names clients looked up, by address, to name the host in drop events.
 
+pub mod counters;
 pub mod forwarder;
+mod in_flight;
 pub mod learned;
 pub mod message;
 pub mod names;
+mod open_addresses;
 pub mod seen;
 
 pub use self::{
-    forwarder::{DnsCounterValues, DnsCounters, ForwarderConfig, LearnRequest, Listeners},
+    counters::{DnsCounterValues, DnsCounters},
+    forwarder::{ForwarderConfig, LearnRequest, Listeners},
     learned::{LearnCounters, LearnPolicy, LearnedTable, LearnedView},
     names::NameMatcher,
     seen::SeenNames,
