@@ -10,7 +10,7 @@ use aya::{
 };
 use filter_common::{maps as names, EventCounter, PacketCount, Reason};
 
-use crate::daemon::pins::PinDir;
+use crate::pins::PinDir;
 
 /// Handles on the three counter maps.
 pub struct Counters {

@@ -9,6 +9,8 @@ pub mod daemon;
 pub mod dns;
 pub mod loader;
 pub mod maps;
+pub mod pins;
 pub mod resolve;
 pub mod rules;
+pub mod state;
 pub mod table;

@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use filter_user::{
     cmd,
-    daemon::pins::{PinDir, DEFAULT_PIN_PATH},
+    pins::{PinDir, DEFAULT_PIN_PATH},
 };
 
 /// An eBPF egress allow-list for networks of managed devices.

@@ -5,7 +5,7 @@
 
 use anyhow::ensure;
 
-use crate::daemon::pins::{PinDir, DEFAULT_PIN_PATH};
+use crate::pins::{PinDir, DEFAULT_PIN_PATH};
 
 /// `detach`: remove a filter left pinned by a daemon that crashed or was killed.
 #[derive(Debug, clap::Args)]

@@ -8,11 +8,9 @@ use std::fmt::Write as _;
 use anyhow::Context as _;
 
 use crate::{
-    daemon::{
-        pins::{PinDir, DEFAULT_PIN_PATH},
-        state::State,
-    },
     dns::LearnedView,
+    pins::{PinDir, DEFAULT_PIN_PATH},
+    state::State,
 };
 
 /// `learned`: list address, service, the name it was learned from, age, and when it expires.

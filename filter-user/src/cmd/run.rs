@@ -8,11 +8,9 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use anyhow::Context as _;
 
 use crate::{
-    daemon::{
-        self, events::EventFormat, hosts::RefreshPolicy, pins::DEFAULT_PIN_PATH, DnsOptions,
-        RunOptions, XdpModeArg,
-    },
+    daemon::{self, events::EventFormat, hosts::RefreshPolicy, DnsOptions, RunOptions, XdpModeArg},
     dns::LearnPolicy,
+    pins::DEFAULT_PIN_PATH,
     table::PortSpec,
 };
 

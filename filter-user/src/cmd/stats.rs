@@ -9,10 +9,8 @@ use serde::Serialize;
 
 use crate::{
     counters::Counters,
-    daemon::{
-        pins::{PinDir, DEFAULT_PIN_PATH},
-        state::{DnsStats, State},
-    },
+    pins::{PinDir, DEFAULT_PIN_PATH},
+    state::{DnsStats, State},
 };
 
 /// `stats`: print the counters of the running filter: per service, per reason, events.

@@ -16,12 +16,11 @@ use aya::{
 };
 use filter_common::maps::{self as names, ALL_MAPS};
 
-use super::{
-    interfaces::LinkLayer,
+use super::{interfaces::LinkLayer, RunOptions, XdpModeArg};
+use crate::{
+    loader::{self, OBJECT},
     pins::{HookKind, PinDir},
-    RunOptions, XdpModeArg,
 };
-use crate::loader::{self, OBJECT};
 
 /// Loads the object with every map pinned under the pin path (reused when already there).
 pub fn load_with_pins(pins: &PinDir) -> anyhow::Result<Ebpf> {

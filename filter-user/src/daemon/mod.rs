@@ -10,7 +10,8 @@
 //! - [`allowances`]: the host's own addresses on the failsafe ports, the resolvers on 53;
 //! - [`hosts`]: hostname refresh with TTLs and grace; [`learning`]: what DNS answers open;
 //! - [`event_stream`] and [`events`]: drop events to stdout;
-//! - [`state`]: the state file `stats`, `learned` and a restart read; [`pins`]: the pin path;
+//! - `crate::state`: the state file `stats`, `learned` and a restart read; `crate::pins`: the
+//!   pin path;
 //! - [`interfaces`]: link types and the source prefixes routed out of an interface.
 
 pub mod allowances;
@@ -23,10 +24,8 @@ pub mod interfaces;
 pub mod learning;
 pub mod notify;
 pub mod options;
-pub mod pins;
 pub mod policy;
 pub mod settings;
-pub mod state;
 
 use std::{
     collections::BTreeMap,
@@ -52,10 +51,8 @@ use self::{
     interfaces::LinkLayer,
     learning::Learner,
     notify::Notifier,
-    pins::PinDir,
     policy::{PolicySync, Update, Written},
     settings::Settings,
-    state::{DnsStats, State, StateSaver},
 };
 use crate::{
     dns::{
@@ -63,8 +60,10 @@ use crate::{
         Listeners, NameMatcher,
     },
     maps::{ApplyStats, PolicyMaps, SourceMaps},
+    pins::PinDir,
     resolve::Resolver,
     rules::Rules,
+    state::{DnsStats, State, StateSaver},
 };
 
 /// How often the host's own addresses and the XDP interfaces' routes are read again.
