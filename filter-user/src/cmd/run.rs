@@ -193,22 +193,29 @@ impl Args {
     }
 }
 
+/// The options `run --rules rules/ ARGV` gives, for the daemon's unit tests: built by the real
+/// parser, so they see the real defaults.
 #[cfg(test)]
-mod tests {
+pub(crate) fn parsed(argv: &[&str]) -> anyhow::Result<RunOptions> {
     use clap::Parser;
-
-    use super::*;
 
     #[derive(Parser)]
     struct CommandLine {
         #[command(flatten)]
         args: Args,
     }
+    let argv = ["run", "--rules", "rules/"].iter().chain(argv);
+    CommandLine::try_parse_from(argv)?.args.into_options()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
 
     fn options(extra: &[&str]) -> anyhow::Result<RunOptions> {
-        let mut argv = vec!["run", "--rules", "rules/", "--xdp", "lan0"];
+        let mut argv = vec!["--xdp", "lan0"];
         argv.extend_from_slice(extra);
-        CommandLine::try_parse_from(argv)?.args.into_options()
+        parsed(&argv)
     }
 
     #[test]

@@ -115,23 +115,10 @@ fn system_resolvers() -> Vec<IpAddr> {
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
-
     use super::*;
-    use crate::cmd::run::Args;
-
-    #[derive(Parser)]
-    struct CommandLine {
-        #[command(flatten)]
-        args: Args,
-    }
 
     fn opts(argv: &[&str]) -> RunOptions {
-        let argv = ["run", "--rules", "rules/"].iter().chain(argv);
-        CommandLine::parse_from(argv)
-            .args
-            .into_options()
-            .expect("valid options")
+        crate::cmd::run::parsed(argv).expect("valid options")
     }
 
     fn addresses(list: &[&str]) -> Vec<IpAddr> {

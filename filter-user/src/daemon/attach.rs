@@ -44,13 +44,7 @@ pub fn attach_all(ebpf: &mut Ebpf, pins: &PinDir, opts: &RunOptions) -> anyhow::
         let path = pins.link_path(HookKind::Xdp, iface);
         wanted.insert(path.clone());
         let layer = LinkLayer::of(iface)?;
-        let program: &mut Xdp = loader::program(
-            ebpf,
-            match layer {
-                LinkLayer::Ethernet => names::PROG_XDP,
-                LinkLayer::Ip => names::PROG_XDP_L3,
-            },
-        )?;
+        let program: &mut Xdp = loader::program(ebpf, program_for(HookKind::Xdp, layer))?;
         if let Ok(old) = PinnedLink::from_pin(&path) {
             program
                 .attach_to_link(XdpLink::try_from(FdLink::from(old))?)
@@ -58,19 +52,16 @@ pub fn attach_all(ebpf: &mut Ebpf, pins: &PinDir, opts: &RunOptions) -> anyhow::
             tracing::info!("XDP on {iface}: adopted the pinned link");
             continue;
         }
-        let id = match (opts.xdp_mode, layer) {
-            // A TUN device accepts a driver-mode program but runs it only on TAP frames: on a
-            // layer-3 device only generic mode sees every packet.
-            (XdpModeArg::Generic, _) | (_, LinkLayer::Ip) => program.attach(iface, XdpMode::Skb),
-            (XdpModeArg::Native, LinkLayer::Ethernet) => program.attach(iface, XdpMode::Driver),
-            (XdpModeArg::Auto, LinkLayer::Ethernet) => {
-                program.attach(iface, XdpMode::Driver).or_else(|err| {
-                    tracing::info!(
-                        "XDP driver mode unavailable on {iface} ({err}); using generic mode"
-                    );
-                    program.attach(iface, XdpMode::Skb)
-                })
-            }
+        let id = match xdp_modes(opts.xdp_mode, layer) {
+            (only, None) => program.attach(iface, only.into()),
+            (first, Some(fallback)) => program.attach(iface, first.into()).or_else(|err| {
+                tracing::info!(
+                    "XDP {} mode unavailable on {iface} ({err}); using {} mode",
+                    first.name(),
+                    fallback.name()
+                );
+                program.attach(iface, fallback.into())
+            }),
         }
         .with_context(|| format!("cannot attach XDP to {iface}"))?;
         pin_link(program.take_link(id)?, &path, "XDP (kernel < 5.9?)")?;
@@ -80,13 +71,8 @@ pub fn attach_all(ebpf: &mut Ebpf, pins: &PinDir, opts: &RunOptions) -> anyhow::
         let path = pins.link_path(HookKind::Tc, iface);
         wanted.insert(path.clone());
         let layer = LinkLayer::of(iface)?;
-        let program: &mut SchedClassifier = loader::program(
-            ebpf,
-            match layer {
-                LinkLayer::Ethernet => names::PROG_TC,
-                LinkLayer::Ip => names::PROG_TC_L3,
-            },
-        )?;
+        let program: &mut SchedClassifier =
+            loader::program(ebpf, program_for(HookKind::Tc, layer))?;
         if let Ok(old) = PinnedLink::from_pin(&path) {
             program
                 .attach_to_link(SchedClassifierLink::try_from(FdLink::from(old))?)
@@ -111,6 +97,51 @@ pub fn attach_all(ebpf: &mut Ebpf, pins: &PinDir, opts: &RunOptions) -> anyhow::
     Ok(())
 }
 
+/// The program for a hook on a device with this link layer.
+fn program_for(hook: HookKind, layer: LinkLayer) -> &'static str {
+    match (hook, layer) {
+        (HookKind::Xdp, LinkLayer::Ethernet) => names::PROG_XDP,
+        (HookKind::Xdp, LinkLayer::Ip) => names::PROG_XDP_L3,
+        (HookKind::Tc, LinkLayer::Ethernet) => names::PROG_TC,
+        (HookKind::Tc, LinkLayer::Ip) => names::PROG_TC_L3,
+    }
+}
+
+/// An XDP attach mode (aya's `XdpMode` is not comparable, so this is what tests look at).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Driver,
+    Generic,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Driver => "driver",
+            Mode::Generic => "generic",
+        }
+    }
+}
+
+impl From<Mode> for XdpMode {
+    fn from(mode: Mode) -> Self {
+        match mode {
+            Mode::Driver => XdpMode::Driver,
+            Mode::Generic => XdpMode::Skb,
+        }
+    }
+}
+
+/// The XDP mode to try, and the one to fall back to. A TUN device accepts a driver-mode program
+/// but runs it only on TAP frames: on a layer-3 device only generic mode sees every packet.
+fn xdp_modes(asked: XdpModeArg, layer: LinkLayer) -> (Mode, Option<Mode>) {
+    match (asked, layer) {
+        (XdpModeArg::Generic, _) | (_, LinkLayer::Ip) => (Mode::Generic, None),
+        (XdpModeArg::Native, LinkLayer::Ethernet) => (Mode::Driver, None),
+        (XdpModeArg::Auto, LinkLayer::Ethernet) => (Mode::Driver, Some(Mode::Generic)),
+    }
+}
+
 fn layer_note(layer: LinkLayer) -> &'static str {
     match layer {
         LinkLayer::Ethernet => "",
@@ -129,4 +160,39 @@ where
     link.pin(path)
         .with_context(|| format!("cannot pin {}", path.display()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_link_layer_gets_its_own_program() {
+        assert_eq!(
+            program_for(HookKind::Xdp, LinkLayer::Ethernet),
+            "egress_xdp"
+        );
+        assert_eq!(program_for(HookKind::Xdp, LinkLayer::Ip), "egress_xdp_l3");
+        assert_eq!(program_for(HookKind::Tc, LinkLayer::Ethernet), "egress_tc");
+        assert_eq!(program_for(HookKind::Tc, LinkLayer::Ip), "egress_tc_l3");
+    }
+
+    #[test]
+    fn layer3_devices_run_xdp_in_generic_mode_whatever_was_asked() {
+        for asked in [XdpModeArg::Auto, XdpModeArg::Native, XdpModeArg::Generic] {
+            assert_eq!(
+                xdp_modes(asked, LinkLayer::Ip),
+                (Mode::Generic, None),
+                "{asked:?}"
+            );
+        }
+        assert_eq!(
+            xdp_modes(XdpModeArg::Auto, LinkLayer::Ethernet),
+            (Mode::Driver, Some(Mode::Generic))
+        );
+        assert_eq!(
+            xdp_modes(XdpModeArg::Native, LinkLayer::Ethernet),
+            (Mode::Driver, None)
+        );
+    }
 }

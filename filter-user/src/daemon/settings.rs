@@ -26,11 +26,7 @@ impl Settings {
         mut sources: SourceMaps,
         opts: &RunOptions,
     ) -> anyhow::Result<Self> {
-        let mode = if opts.audit {
-            Mode::Audit
-        } else {
-            Mode::Enforce
-        };
+        let config = config_for(opts);
         let written = if opts.check_sources {
             let wanted = xdp_sources(&opts.xdp).await?;
             sources.set(&wanted)?;
@@ -38,20 +34,15 @@ impl Settings {
         } else {
             BTreeSet::new()
         };
-        maps.set_config(Config {
-            events_per_sec: opts.events_per_sec,
-            event_burst: opts.event_burst,
-            flags: if opts.check_sources {
-                Config::CHECK_SOURCES
-            } else {
-                0
-            },
-            ..Config::new(mode)
-        })?;
+        maps.set_config(config)?;
         Ok(Self {
             sources,
             written,
-            mode,
+            mode: if config.is_audit() {
+                Mode::Audit
+            } else {
+                Mode::Enforce
+            },
         })
     }
 
@@ -78,6 +69,25 @@ impl Settings {
     }
 }
 
+/// What the programs are told: enforce or audit, the event budget, whether XDP checks sources.
+fn config_for(opts: &RunOptions) -> Config {
+    let mode = if opts.audit {
+        Mode::Audit
+    } else {
+        Mode::Enforce
+    };
+    Config {
+        events_per_sec: opts.events_per_sec,
+        event_burst: opts.event_burst,
+        flags: if opts.check_sources {
+            Config::CHECK_SOURCES
+        } else {
+            0
+        },
+        ..Config::new(mode)
+    }
+}
+
 /// The source prefixes that belong on each XDP interface (see [`interfaces::sources_of`]).
 async fn xdp_sources(xdp: &[String]) -> anyhow::Result<BTreeSet<InterfaceSource>> {
     let indices = xdp
@@ -89,4 +99,32 @@ async fn xdp_sources(xdp: &[String]) -> anyhow::Result<BTreeSet<InterfaceSource>
         .collect::<anyhow::Result<Vec<u32>>>()?;
     let (links, routes) = interfaces::read_links_and_routes().await?;
     Ok(interfaces::sources_of(&indices, &links, &routes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_config_carries_mode_budget_and_source_check() {
+        let opts = |argv: &[&str]| crate::cmd::run::parsed(argv).expect("valid options");
+        let config = config_for(&opts(&["--xdp", "lan0"]));
+        assert!(!config.is_audit() && config.checks_sources());
+        assert_eq!(
+            (config.events_per_sec, config.event_burst),
+            (Config::DEFAULT_EVENTS_PER_SEC, Config::DEFAULT_EVENT_BURST)
+        );
+        let config = config_for(&opts(&[
+            "--tc",
+            "eth0",
+            "--audit",
+            "--no-source-check",
+            "--event-rate",
+            "5",
+            "--event-burst",
+            "7",
+        ]));
+        assert!(config.is_audit() && !config.checks_sources());
+        assert_eq!((config.events_per_sec, config.event_burst), (5, 7));
+    }
 }
