@@ -44,6 +44,21 @@ pub struct Resolver {
 #[error("cannot set up the DNS resolver")]
 pub struct ResolverError(#[source] hickory_resolver::net::NetError);
 
+/// Why a name has no answer (as opposed to an answer with no addresses, which NXDOMAIN is).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LookupError {
+    /// The resolver failed: unreachable, SERVFAIL, refused, …
+    #[error("{0}")]
+    Failed(String),
+    #[error("no answer within {}s", .0.as_secs())]
+    Deadline(Duration),
+    #[error("lookup task failed")]
+    TaskFailed,
+}
+
+/// A batch of lookups' outcomes, by name.
+pub type Lookups = BTreeMap<String, Result<Answer, LookupError>>;
+
 impl Resolver {
     /// The system's resolver, or the one at `server` if given.
     pub fn new(server: Option<SocketAddr>) -> Result<Self, ResolverError> {
@@ -77,7 +92,7 @@ impl Resolver {
     }
 
     /// Resolves one name.
-    pub async fn resolve(&self, name: &str) -> Result<Answer, String> {
+    pub async fn resolve(&self, name: &str) -> Result<Answer, LookupError> {
         // A trailing dot keeps search domains out of it: rule hosts are fully qualified.
         let fqdn = format!("{}.", name.trim_end_matches('.'));
         let lookup = match self.inner.lookup_ip(fqdn.as_str()).await {
@@ -90,7 +105,7 @@ impl Resolver {
                     ttl: Duration::ZERO,
                 });
             }
-            Err(err) => return Err(err.to_string()),
+            Err(err) => return Err(LookupError::Failed(err.to_string())),
         };
         let mut addresses: Vec<IpAddr> = lookup.iter().collect();
         addresses.sort();
@@ -103,7 +118,7 @@ impl Resolver {
 
     /// Resolves every name, `CONCURRENCY` at a time, within `BATCH_DEADLINE`. Each name gets
     /// its answer or its error.
-    pub async fn resolve_all(&self, names: &[&str]) -> BTreeMap<String, Result<Answer, String>> {
+    pub async fn resolve_all(&self, names: &[&str]) -> Lookups {
         let semaphore = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
         let deadline = tokio::time::Instant::now() + BATCH_DEADLINE;
         let mut tasks = tokio::task::JoinSet::new();
@@ -117,9 +132,7 @@ impl Resolver {
                 };
                 let answer = tokio::time::timeout_at(deadline, lookup)
                     .await
-                    .unwrap_or_else(|_| {
-                        Err(format!("no answer within {}s", BATCH_DEADLINE.as_secs()))
-                    });
+                    .unwrap_or(Err(LookupError::Deadline(BATCH_DEADLINE)));
                 (name, answer)
             });
         }
@@ -133,7 +146,7 @@ impl Resolver {
         // still leaves its name with an answer: an error, never a silent gap.
         for name in names {
             out.entry((*name).to_owned())
-                .or_insert_with(|| Err("lookup task failed".to_owned()));
+                .or_insert(Err(LookupError::TaskFailed));
         }
         out
     }

@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::{
     compile::{compile, Resolved},
     dns::LearnedView,
-    resolve::{Answer, Resolver},
+    resolve::{Lookups, Resolver},
     rules::{HostPattern, Rules},
     table::{AllowTable, RuleSet},
 };
@@ -81,11 +81,7 @@ pub async fn run(
     Ok(report(&rules, &table, resolve.then_some(&answers)))
 }
 
-fn report(
-    rules: &Rules,
-    table: &AllowTable,
-    answers: Option<&BTreeMap<String, Result<Answer, String>>>,
-) -> Report {
+fn report(rules: &Rules, table: &AllowTable, answers: Option<&Lookups>) -> Report {
     let names: Vec<&str> = rules.services.iter().map(|s| s.name.as_str()).collect();
     let prefixes = table
         .v4
@@ -128,7 +124,9 @@ fn report(
                 ttl_secs: answer
                     .and_then(|a| a.as_ref().ok())
                     .map(|a| a.ttl.as_secs()),
-                error: answer.and_then(|a| a.as_ref().err()).cloned(),
+                error: answer
+                    .and_then(|a| a.as_ref().err())
+                    .map(ToString::to_string),
             }
         })
         .collect();

@@ -18,7 +18,7 @@ use std::{
 
 use crate::{
     compile::Resolved,
-    resolve::{Answer, Resolver},
+    resolve::{Answer, LookupError, Lookups, Resolver},
 };
 
 /// An address a name gained or lost.
@@ -137,7 +137,7 @@ impl HostTable {
     pub fn record(
         &mut self,
         name: &str,
-        answer: &Result<Answer, String>,
+        answer: &Result<Answer, LookupError>,
         now: Instant,
     ) -> Vec<Change> {
         let policy = self.policy;
@@ -168,7 +168,7 @@ impl HostTable {
                 // Retry soon, and hold every address at least until the retry plus grace.
                 state.next_refresh = now + policy.min_refresh;
                 state.failures += 1;
-                state.last_error = Some(error.clone());
+                state.last_error = Some(error.to_string());
                 let hold = state.next_refresh + policy.grace;
                 for keep in state.addresses.values_mut() {
                     *keep = (*keep).max(hold);
@@ -229,24 +229,21 @@ impl HostTable {
     }
 }
 
-/// A batch of lookups' outcomes, by name.
-pub type Answers = BTreeMap<String, Result<Answer, String>>;
-
 /// Resolves every name that is due, waiting for the answers (at start).
-pub async fn resolve_now(resolver: &Resolver, hosts: &mut HostTable, now: Instant) -> Answers {
+pub async fn resolve_now(resolver: &Resolver, hosts: &mut HostTable, now: Instant) -> Lookups {
     let due = hosts.take_due(now);
     let names: Vec<&str> = due.iter().map(String::as_str).collect();
     resolver.resolve_all(&names).await
 }
 
 /// Takes in a batch of lookups. Returns the addresses that came.
-pub fn record_answers(hosts: &mut HostTable, answers: &Answers) -> Vec<Change> {
+pub fn record_answers(hosts: &mut HostTable, answers: &Lookups) -> Vec<Change> {
     let now = Instant::now();
     let mut changed = Vec::new();
     for (name, answer) in answers {
         changed.extend(hosts.record(name, answer, now));
     }
-    let failed: Vec<(&String, &String)> = answers
+    let failed: Vec<(&String, &LookupError)> = answers
         .iter()
         .filter_map(|(n, a)| Some((n, a.as_ref().err()?)))
         .collect();
@@ -280,7 +277,7 @@ mod tests {
         clippy::unnecessary_wraps,
         reason = "HostTable::record takes a lookup's result"
     )]
-    fn answer(addrs: &[&str], ttl: u64) -> Result<Answer, String> {
+    fn answer(addrs: &[&str], ttl: u64) -> Result<Answer, LookupError> {
         Ok(Answer {
             addresses: addrs.iter().map(|a| a.parse().unwrap()).collect(),
             ttl: Duration::from_secs(ttl),
@@ -369,8 +366,12 @@ mod tests {
         for _ in 0..100 {
             now += POLICY.min_refresh;
             assert!(
-                t.record("a.example.com", &Err("timed out".into()), now)
-                    .is_empty(),
+                t.record(
+                    "a.example.com",
+                    &Err(LookupError::Failed("timed out".into())),
+                    now
+                )
+                .is_empty(),
                 "a failure changes nothing"
             );
             t.expire(now);
@@ -397,7 +398,11 @@ mod tests {
             t.next_event().is_some_and(|e| e > due),
             "and no wake-up for an expiry that cannot happen yet"
         );
-        t.record("a.example.com", &Err("timed out".into()), late);
+        t.record(
+            "a.example.com",
+            &Err(LookupError::Failed("timed out".into())),
+            late,
+        );
         assert!(t.expire(late).is_empty(), "a failure holds it further");
         assert_eq!(addrs(&t), ["192.0.2.1"]);
     }

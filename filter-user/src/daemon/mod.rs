@@ -47,7 +47,7 @@ use self::{
     allowances::Allowances,
     event_stream::{stream_events, SuppressedReporter, SUPPRESSED_REPORT},
     events::Enricher,
-    hosts::{record_answers, resolve_now, Answers, HostTable},
+    hosts::{record_answers, resolve_now, HostTable},
     interfaces::LinkLayer,
     learning::Learner,
     notify::Notifier,
@@ -61,7 +61,7 @@ use crate::{
     },
     maps::{ApplyStats, PolicyMaps, SourceMaps},
     pins::PinDir,
-    resolve::Resolver,
+    resolve::{Lookups, Resolver},
     rules::Rules,
     state::{DnsStats, State, StateSaver},
 };
@@ -379,7 +379,7 @@ impl Daemon {
     }
 
     /// Sends the names that are due to the resolver; their answers come back on `results`.
-    fn resolve_in_background(&mut self, results: &mpsc::Sender<Answers>, now: Instant) {
+    fn resolve_in_background(&mut self, results: &mpsc::Sender<Lookups>, now: Instant) {
         let due = self.hosts.take_due(now);
         if due.is_empty() {
             return;
