@@ -45,12 +45,24 @@ impl Daemon {
     /// service manager it is ready (enforcing).
     pub fn start(netns: &str, pin_path: &str, args: &[&str]) -> anyhow::Result<Self> {
         let daemon = Self::spawn(netns, pin_path, args)?;
-        daemon.wait_for_notification("READY=1", 0, Duration::from_secs(20))?;
+        daemon.wait_for_notification("READY=1", 0, Duration::from_mins(1))?;
+        Ok(daemon)
+    }
+
+    /// Like [`Daemon::start`], and prints every event and log line as it comes, prefixed (for
+    /// the demo, where the daemon is part of the show).
+    pub fn start_echoed(netns: &str, pin_path: &str, args: &[&str]) -> anyhow::Result<Self> {
+        let daemon = Self::spawn_with(netns, pin_path, args, true)?;
+        daemon.wait_for_notification("READY=1", 0, Duration::from_mins(1))?;
         Ok(daemon)
     }
 
     /// Starts it without waiting.
     pub fn spawn(netns: &str, pin_path: &str, args: &[&str]) -> anyhow::Result<Self> {
+        Self::spawn_with(netns, pin_path, args, false)
+    }
+
+    fn spawn_with(netns: &str, pin_path: &str, args: &[&str], echo: bool) -> anyhow::Result<Self> {
         // The service manager's side of sd_notify: a datagram socket of our own.
         let notify_socket =
             std::env::temp_dir().join(format!("ef-notify-{}.sock", crate::lab::unique_id()));
@@ -94,18 +106,23 @@ impl Daemon {
             .context("cannot start egress-filter")?;
         let stdout = Arc::new(Mutex::new(Vec::new()));
         let stderr = Arc::new(Mutex::new(Vec::new()));
-        for (pipe, sink) in [
+        for (pipe, sink, prefix) in [
             (
                 Box::new(child.stdout.take().context("stdout")?) as Box<dyn std::io::Read + Send>,
                 Arc::clone(&stdout),
+                "   event │ ",
             ),
             (
                 Box::new(child.stderr.take().context("stderr")?),
                 Arc::clone(&stderr),
+                "   log   │ ",
             ),
         ] {
             std::thread::spawn(move || {
                 for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    if echo {
+                        println!("{prefix}{line}");
+                    }
                     if let Ok(mut lines) = sink.lock() {
                         lines.push(line);
                     }

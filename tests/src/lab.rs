@@ -103,19 +103,21 @@ impl Netns {
     /// Whether a TCP connection to `addr`:`port` completes within `timeout_secs`.
     #[must_use]
     pub fn connects(&self, addr: &str, port: u16, timeout_secs: u32) -> bool {
+        self.nc_connects(&["-n"], addr, port, timeout_secs)
+    }
+
+    /// Whether a TCP connection to `name`:`port` completes within `timeout_secs`, the name
+    /// resolved through the namespace's resolver (see [`Netns::use_resolver`]) within that time.
+    #[must_use]
+    pub fn connects_by_name(&self, name: &str, port: u16, timeout_secs: u32) -> bool {
+        self.nc_connects(&[], name, port, timeout_secs)
+    }
+
+    fn nc_connects(&self, flags: &[&str], target: &str, port: u16, timeout_secs: u32) -> bool {
         Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.name,
-                "nc",
-                "-z",
-                "-n",
-                "-w",
-                &timeout_secs.to_string(),
-                addr,
-                &port.to_string(),
-            ])
+            .args(["netns", "exec", &self.name, "nc", "-z"])
+            .args(flags)
+            .args(["-w", &timeout_secs.to_string(), target, &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
@@ -348,6 +350,30 @@ impl Lab {
             std::thread::sleep(Duration::from_millis(100));
         }
         bail!("lab {} never became reachable", self.id)
+    }
+
+    /// Adds an address to the simulated internet (on its loopback, routed like the others).
+    pub fn add_internet_host(&self, address: &str) -> anyhow::Result<()> {
+        let prefix = if address.contains(':') { 128 } else { 32 };
+        self.inet.exec(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{address}/{prefix}"),
+            "dev",
+            "lo",
+            "nodad",
+        ])?;
+        Ok(())
+    }
+
+    /// Starts a TCP listener on the internet side, stopped with the lab.
+    pub fn listen(&mut self, address: &str, port: u16) -> anyhow::Result<()> {
+        let child = self
+            .inet
+            .spawn(&["nc", "-lk", "-n", address, &port.to_string()])?;
+        self.listeners.push(child);
+        Ok(())
     }
 
     /// A pin path of this lab's own.
