@@ -29,12 +29,24 @@ pub struct LearnPolicy {
 /// upstream's TTL of years from opening an address for years.
 pub const MAX_TTL: Duration = Duration::from_hours(24);
 
-/// How long an answer with `ttl` keeps its addresses, before the grace period: the TTL within
-/// `min_ttl` and [`MAX_TTL`]. A TTL with its top bit set counts as zero (RFC 2181, 8).
+/// A TTL as this forwarder believes it: zero if its top bit is set (RFC 2181, 8), at most
+/// [`MAX_TTL`]. The one place the rule lives: the TTLs passed on to clients and the time learned
+/// addresses stay open both come from here.
+#[must_use]
+pub fn believed_ttl(ttl: u32) -> u32 {
+    let cap = u32::try_from(MAX_TTL.as_secs()).unwrap_or(u32::MAX);
+    if ttl > i32::MAX as u32 {
+        0
+    } else {
+        ttl.min(cap)
+    }
+}
+
+/// How long an answer with `ttl` keeps its addresses, before the grace period: the
+/// [`believed_ttl`], raised to `min_ttl` (itself at most [`MAX_TTL`]).
 #[must_use]
 pub fn ttl_hold(ttl: u32, min_ttl: Duration) -> Duration {
-    let ttl = if ttl > i32::MAX as u32 { 0 } else { ttl };
-    Duration::from_secs(u64::from(ttl)).clamp(min_ttl.min(MAX_TTL), MAX_TTL)
+    Duration::from_secs(u64::from(believed_ttl(ttl))).max(min_ttl.min(MAX_TTL))
 }
 
 /// One address a service is open to because a name of its answered with it.

@@ -16,7 +16,7 @@ use hickory_proto::{
     serialize::binary::{BinDecodable as _, BinDecoder},
 };
 
-use super::{learned::MAX_TTL, names::normalize};
+use super::{learned::believed_ttl, names::normalize};
 
 /// Longest CNAME chain followed. Resolvers give up around 8-16 hops; a longer chain in one
 /// answer is broken or hostile, and teaches no address.
@@ -192,7 +192,7 @@ impl ClientQuery {
             .chain(&mut answer.authorities)
             .chain(&mut answer.additionals)
         {
-            record.ttl = capped_ttl(record.ttl);
+            record.ttl = believed_ttl(record.ttl);
         }
         let bytes = answer.to_vec().map_err(|e| e.to_string())?;
         if bytes.len() <= limit {
@@ -263,16 +263,6 @@ impl UpstreamQuery {
             return Err(AnswerError::Mismatch);
         }
         Ok(answer)
-    }
-}
-
-/// A TTL as passed on: at most [`MAX_TTL`], zero if its top bit is set (RFC 2181, 8).
-fn capped_ttl(ttl: u32) -> u32 {
-    let cap = u32::try_from(MAX_TTL.as_secs()).unwrap_or(u32::MAX);
-    if ttl > i32::MAX as u32 {
-        0
-    } else {
-        ttl.min(cap)
     }
 }
 
