@@ -2,9 +2,12 @@
 //! maps pinned (adopting a previous daemon's), attaching each hook with the program built for
 //! the interface's link layer, and pinning the links so the filter outlives the daemon.
 
-use std::{collections::BTreeSet, path::PathBuf};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::PathBuf,
+};
 
-use anyhow::Context as _;
+use anyhow::{ensure, Context as _};
 use aya::{
     programs::{
         links::{FdLink, PinnedLink},
@@ -21,6 +24,27 @@ use crate::{
     loader::{self, OBJECT},
     pins::{HookKind, PinDir},
 };
+
+/// The interfaces to attach to, by index (for events), each checked before anything is loaded:
+/// it exists, and the programs can parse its link layer (a device they cannot parse is refused
+/// here, never attached blindly).
+pub fn check_interfaces(opts: &RunOptions) -> anyhow::Result<BTreeMap<u32, String>> {
+    let mut names = BTreeMap::new();
+    for iface in opts.xdp.iter().chain(&opts.tc) {
+        let index = nix::net::if_::if_nametoindex(iface.as_str())
+            .with_context(|| format!("no interface named {iface}"))?;
+        names.insert(index, iface.clone());
+        let layer = LinkLayer::of(iface)?;
+        ensure!(
+            !(layer == LinkLayer::Ip
+                && opts.xdp_mode == XdpModeArg::Native
+                && opts.xdp.contains(iface)),
+            "{iface} is a layer-3 device: XDP runs on it in generic mode only (drop --xdp-mode \
+             native)"
+        );
+    }
+    Ok(names)
+}
 
 /// Loads the object with every map pinned under the pin path (reused when already there).
 pub fn load_with_pins(pins: &PinDir) -> anyhow::Result<Ebpf> {

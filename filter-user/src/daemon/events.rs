@@ -11,6 +11,7 @@ use std::{
 use filter_common::{event::Action, DropEvent, Hook, Reason};
 use serde::Serialize;
 
+use super::{hosts::HostTable, learning::Learner};
 use crate::{dns::SeenNames, table::AllowTable};
 
 /// How events are printed.
@@ -61,6 +62,32 @@ pub struct Enricher {
 }
 
 impl Enricher {
+    /// After a rebuild: every name an event may carry, anew.
+    pub fn refresh_all(
+        &mut self,
+        service_names: Vec<String>,
+        hosts: &HostTable,
+        learner: &Learner,
+    ) {
+        self.service_names = service_names;
+        self.hosts_by_address = hosts.names_by_address();
+        self.learned_names = learner
+            .table()
+            .keys()
+            .filter_map(|(address, _)| Some((address, learner.names_for(address)?)))
+            .collect();
+    }
+
+    /// After host routes came or went: the learned names of those addresses.
+    pub fn refresh_addresses(&mut self, addresses: &[IpAddr], learner: &Learner) {
+        for address in addresses {
+            match learner.names_for(*address) {
+                Some(names) => self.learned_names.insert(*address, names),
+                None => self.learned_names.remove(address),
+            };
+        }
+    }
+
     /// Decodes a raw event into what is printed. `boot_offset` turns monotonic nanoseconds
     /// into wall-clock time.
     #[must_use]

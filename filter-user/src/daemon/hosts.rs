@@ -236,6 +236,25 @@ pub async fn resolve_now(resolver: &Resolver, hosts: &mut HostTable, now: Instan
     resolver.resolve_all(&names).await
 }
 
+/// Sends the names that are due to `resolver` in a task of their own (a slow resolver must
+/// delay neither DNS answers nor signals); their answers come back on `results`.
+pub fn resolve_in_background(
+    hosts: &mut HostTable,
+    resolver: &Resolver,
+    results: &tokio::sync::mpsc::Sender<Lookups>,
+    now: Instant,
+) {
+    let due = hosts.take_due(now);
+    if due.is_empty() {
+        return;
+    }
+    let (resolver, results) = (resolver.clone(), results.clone());
+    tokio::spawn(async move {
+        let names: Vec<&str> = due.iter().map(String::as_str).collect();
+        let _ = results.send(resolver.resolve_all(&names).await).await;
+    });
+}
+
 /// Takes in a batch of lookups. Returns the addresses that came.
 pub fn record_answers(hosts: &mut HostTable, answers: &Lookups) -> Vec<Change> {
     let now = Instant::now();

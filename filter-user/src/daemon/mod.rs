@@ -47,8 +47,7 @@ use self::{
     allowances::Allowances,
     event_stream::{stream_events, SuppressedReporter, SUPPRESSED_REPORT},
     events::Enricher,
-    hosts::{record_answers, resolve_now, HostTable},
-    interfaces::LinkLayer,
+    hosts::{record_answers, resolve_in_background, resolve_now, HostTable},
     learning::Learner,
     notify::Notifier,
     policy::{PolicySync, Update, Written},
@@ -56,12 +55,11 @@ use self::{
 };
 use crate::{
     dns::{
-        forwarder::MAX_IN_FLIGHT, DnsCounters, ForwarderConfig, LearnPolicy, LearnRequest,
-        Listeners, NameMatcher,
+        forwarder::MAX_IN_FLIGHT, DnsCounters, LearnPolicy, LearnRequest, Listeners, NameMatcher,
     },
     maps::{ApplyStats, PolicyMaps, SourceMaps},
     pins::PinDir,
-    resolve::{Lookups, Resolver},
+    resolve::Resolver,
     rules::Rules,
     state::{DnsStats, State, StateSaver},
 };
@@ -80,20 +78,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     );
     // Bad rules or interfaces: fail before anything is attached or pinned.
     let rules = Rules::load(&opts.rules)?;
-    let mut iface_names = BTreeMap::new();
-    for iface in opts.xdp.iter().chain(&opts.tc) {
-        let index = nix::net::if_::if_nametoindex(iface.as_str())
-            .with_context(|| format!("no interface named {iface}"))?;
-        iface_names.insert(index, iface.clone());
-        // A device the programs cannot parse is refused here, never attached blindly.
-        let layer = LinkLayer::of(iface)?;
-        ensure!(
-            !(layer == LinkLayer::Ip
-                && opts.xdp_mode == XdpModeArg::Native
-                && opts.xdp.contains(iface)),
-            "{iface} is a layer-3 device: XDP runs on it in generic mode only (drop --xdp-mode native)"
-        );
-    }
+    let iface_names = attach::check_interfaces(&opts)?;
 
     let pins = PinDir::new(&opts.pin_path);
     let _lock = pins.lock()?;
@@ -281,7 +266,7 @@ impl Daemon {
             let update = tokio::select! {
                 () = tokio::time::sleep_until(wake.into()) => {
                     let now = Instant::now();
-                    self.resolve_in_background(&resolved_tx, now);
+                    resolve_in_background(&mut self.hosts, &self.resolver, &resolved_tx, now);
                     let hosts_gone = self.hosts.expire(now);
                     let learned_gone = self.learner.expire(now);
                     self.saver.dirty |= !learned_gone.is_empty();
@@ -344,51 +329,16 @@ impl Daemon {
     fn start_forwarder(&mut self, learn: mpsc::Sender<LearnRequest>) -> Option<JoinSet<()>> {
         let listeners = self.listeners.take()?;
         let dns = self.opts.dns.as_ref()?;
-        tracing::info!(
-            "answering DNS on {} (upstream {}{})",
-            listeners
-                .local_addresses()
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", "),
-            dns.upstream,
-            if dns.block_unlisted {
-                "; names no rule lists get NXDOMAIN"
-            } else {
-                ""
-            }
-        );
-        Some(
-            listeners.serve(
-                ForwarderConfig {
-                    min_ttl: dns.learn.min_ttl,
-                    grace: dns.learn.grace,
-                    ..ForwarderConfig::new(dns.upstream, dns.block_unlisted)
-                },
-                self.matcher.subscribe(),
-                learn,
-                Arc::clone(&self.dns_counters),
-                self.learner.epoch(),
-                self.enricher
-                    .read()
-                    .map(|e| Arc::clone(&e.seen))
-                    .unwrap_or_default(),
-            ),
-        )
-    }
-
-    /// Sends the names that are due to the resolver; their answers come back on `results`.
-    fn resolve_in_background(&mut self, results: &mpsc::Sender<Lookups>, now: Instant) {
-        let due = self.hosts.take_due(now);
-        if due.is_empty() {
-            return;
-        }
-        let (resolver, results) = (self.resolver.clone(), results.clone());
-        tokio::spawn(async move {
-            let names: Vec<&str> = due.iter().map(String::as_str).collect();
-            let _ = results.send(resolver.resolve_all(&names).await).await;
-        });
+        tracing::info!("answering DNS on {}", dns.describe(&listeners));
+        let seen = self.enricher.read().map(|e| Arc::clone(&e.seen));
+        Some(listeners.serve(
+            dns.forwarder_config(),
+            self.matcher.subscribe(),
+            learn,
+            Arc::clone(&self.dns_counters),
+            self.learner.epoch(),
+            seen.unwrap_or_default(),
+        ))
     }
 
     /// Takes in a DNS answer the forwarder is about to pass on, writes what it opens, then lets
@@ -445,14 +395,7 @@ impl Daemon {
         match written {
             Written::Nothing => {}
             Written::Rebuilt(stats) => {
-                enricher.service_names = service_names(&self.rules);
-                enricher.hosts_by_address = self.hosts.names_by_address();
-                enricher.learned_names = self
-                    .learner
-                    .table()
-                    .keys()
-                    .filter_map(|(address, _)| Some((address, self.learner.names_for(address)?)))
-                    .collect();
+                enricher.refresh_all(service_names(&self.rules), &self.hosts, &self.learner);
                 if log_always || stats != ApplyStats::default() {
                     tracing::info!(
                         "policy: {} services, {} IPv4 and {} IPv6 prefixes ({} written, {} removed)",
@@ -467,12 +410,7 @@ impl Daemon {
                 self.save_state();
             }
             Written::Changed(stats) => {
-                for address in touched {
-                    match self.learner.names_for(address) {
-                        Some(names) => enricher.learned_names.insert(address, names),
-                        None => enricher.learned_names.remove(&address),
-                    };
-                }
+                enricher.refresh_addresses(&touched, &self.learner);
                 if hosts_changed {
                     enricher.hosts_by_address = self.hosts.names_by_address();
                 }
@@ -570,8 +508,9 @@ impl Daemon {
     }
 }
 
+/// Service names by id: the rules' own, then the allowances'.
 fn service_names(rules: &Rules) -> Vec<String> {
-    let mut names: Vec<String> = rules.services.iter().map(|s| s.name.clone()).collect();
-    names.extend(allowances::SERVICE_NAMES.map(str::to_owned));
-    names
+    let own = rules.services.iter().map(|s| s.name.clone());
+    own.chain(allowances::SERVICE_NAMES.map(str::to_owned))
+        .collect()
 }

@@ -4,7 +4,10 @@
 use std::{net::SocketAddr, path::PathBuf};
 
 use super::{events::EventFormat, hosts::RefreshPolicy};
-use crate::{dns::LearnPolicy, table::PortSpec};
+use crate::{
+    dns::{ForwarderConfig, LearnPolicy, Listeners},
+    table::PortSpec,
+};
 
 /// How XDP is attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -47,4 +50,37 @@ pub struct DnsOptions {
     pub upstream: SocketAddr,
     pub block_unlisted: bool,
     pub learn: LearnPolicy,
+}
+
+impl DnsOptions {
+    /// The forwarder's settings: the defaults, with this upstream and learning's TTL floor and
+    /// grace (the forwarder's memory of confirmed addresses follows the same clock).
+    #[must_use]
+    pub fn forwarder_config(&self) -> ForwarderConfig {
+        ForwarderConfig {
+            min_ttl: self.learn.min_ttl,
+            grace: self.learn.grace,
+            ..ForwarderConfig::new(self.upstream, self.block_unlisted)
+        }
+    }
+
+    /// Where the forwarder answers and whom it asks, for the log.
+    #[must_use]
+    pub fn describe(&self, listeners: &Listeners) -> String {
+        let addresses: Vec<String> = listeners
+            .local_addresses()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        format!(
+            "{} (upstream {}{})",
+            addresses.join(", "),
+            self.upstream,
+            if self.block_unlisted {
+                "; names no rule lists get NXDOMAIN"
+            } else {
+                ""
+            }
+        )
+    }
 }
