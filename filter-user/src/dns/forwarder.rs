@@ -506,5 +506,5 @@ fn unspecified(peer: SocketAddr) -> SocketAddr {
 }
 
 #[cfg(test)]
-#[path = "forwarder_tests.rs"]
+#[path = "forwarder_tests/mod.rs"]
 mod tests;

@@ -326,5 +326,5 @@ pub fn learnable(question: &Question, answer: &Message) -> Learnable {
 }
 
 #[cfg(test)]
-#[path = "message_tests.rs"]
+#[path = "message_tests/mod.rs"]
 mod tests;
