@@ -7,22 +7,10 @@ use std::fmt::Write as _;
 
 use anyhow::Context as _;
 
-use crate::{
-    dns::LearnedView,
-    pins::{PinDir, DEFAULT_PIN_PATH},
-    state::State,
-};
+use crate::{dns::LearnedView, pins::PinDir, state::State};
 
 /// `learned`: list address, service, the name it was learned from, age, and when it expires.
-#[derive(Debug, clap::Args)]
-pub struct Args {
-    /// Where the filter's programs and maps are pinned.
-    #[arg(long, default_value = DEFAULT_PIN_PATH, value_name = "DIR")]
-    pub pin_path: std::path::PathBuf,
-    /// Print JSON instead of a table.
-    #[arg(long)]
-    pub json: bool,
-}
+pub type Args = super::PinnedReport;
 
 /// Reads what was learned and renders it as asked.
 pub fn run(args: &Args) -> anyhow::Result<String> {

@@ -9,20 +9,12 @@ use serde::Serialize;
 
 use crate::{
     counters::Counters,
-    pins::{PinDir, DEFAULT_PIN_PATH},
+    pins::PinDir,
     state::{DnsStats, State},
 };
 
 /// `stats`: print the counters of the running filter: per service, per reason, events.
-#[derive(Debug, clap::Args)]
-pub struct Args {
-    /// Where the filter's programs and maps are pinned.
-    #[arg(long, default_value = DEFAULT_PIN_PATH, value_name = "DIR")]
-    pub pin_path: std::path::PathBuf,
-    /// Print JSON instead of text.
-    #[arg(long)]
-    pub json: bool,
-}
+pub type Args = super::PinnedReport;
 
 /// Reads the counters and renders them as asked.
 pub fn run(args: &Args) -> anyhow::Result<String> {
