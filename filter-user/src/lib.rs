@@ -10,6 +10,7 @@ pub mod dns;
 pub mod loader;
 pub mod maps;
 pub mod pins;
+pub mod protocols;
 pub mod resolve;
 pub mod rules;
 pub mod state;

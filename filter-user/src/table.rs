@@ -13,7 +13,6 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    ops::RangeInclusive,
 };
 
 use filter_common::{
@@ -23,8 +22,7 @@ use filter_common::{
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-/// A service's position in the compiled policy: the index of its per-service counters.
-pub type ServiceId = u16;
+pub use crate::protocols::{PortSpec, ServiceId};
 
 /// What one service allows to one prefix.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,74 +32,16 @@ pub struct Grant {
     pub ports: Vec<PortSpec>,
 }
 
-/// A protocol and, for TCP and UDP, the destination ports allowed.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum PortSpec {
-    Tcp(RangeInclusive<u16>),
-    Udp(RangeInclusive<u16>),
-    /// ICMP (IPv4) and ICMPv6 (IPv6), every type.
-    Icmp,
-}
-
-impl std::str::FromStr for PortSpec {
-    type Err = String;
-
-    /// `tcp/PORT`, `tcp/LO-HI`, the same with `udp/`, or `icmp`.
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let text = text.trim().to_ascii_lowercase();
-        if text == "icmp" {
-            return Ok(Self::Icmp);
+/// The kernel's rule for one of a service's port specs.
+fn to_rule(spec: &PortSpec, service: ServiceId) -> PortRule {
+    match spec {
+        PortSpec::Tcp(ports) => {
+            PortRule::new(RuleProto::Tcp, *ports.start(), *ports.end(), service)
         }
-        let (proto, ports) = text
-            .split_once('/')
-            .ok_or_else(|| format!("{text:?} is not tcp/PORT, udp/PORT or icmp"))?;
-        let port = |p: &str| {
-            p.parse::<u16>()
-                .ok()
-                .filter(|p| *p > 0)
-                .ok_or_else(|| format!("{p:?} in {text:?} is not a port (1-65535)"))
-        };
-        let range = match ports.split_once('-') {
-            Some((lo, hi)) => port(lo)?..=port(hi)?,
-            None => port(ports)?..=port(ports)?,
-        };
-        if range.is_empty() {
-            return Err(format!("{text:?} is a reversed range"));
+        PortSpec::Udp(ports) => {
+            PortRule::new(RuleProto::Udp, *ports.start(), *ports.end(), service)
         }
-        match proto {
-            "tcp" => Ok(Self::Tcp(range)),
-            "udp" => Ok(Self::Udp(range)),
-            other => Err(format!("{other:?} in {text:?} is not tcp, udp or icmp")),
-        }
-    }
-}
-
-impl fmt::Display for PortSpec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (proto, ports) = match self {
-            Self::Icmp => return f.write_str("icmp"),
-            Self::Tcp(ports) => ("tcp", ports),
-            Self::Udp(ports) => ("udp", ports),
-        };
-        if ports.start() == ports.end() {
-            write!(f, "{proto}/{}", ports.start())
-        } else {
-            write!(f, "{proto}/{}-{}", ports.start(), ports.end())
-        }
-    }
-}
-
-impl PortSpec {
-    fn to_rule(&self, service: ServiceId) -> PortRule {
-        match self {
-            Self::Tcp(ports) => {
-                PortRule::new(RuleProto::Tcp, *ports.start(), *ports.end(), service)
-            }
-            Self::Udp(ports) => {
-                PortRule::new(RuleProto::Udp, *ports.start(), *ports.end(), service)
-            }
-            Self::Icmp => PortRule::new(RuleProto::Icmp, 0, u16::MAX, service),
-        }
+        PortSpec::Icmp => PortRule::new(RuleProto::Icmp, 0, u16::MAX, service),
     }
 }
 
@@ -218,7 +158,7 @@ impl AllowTable {
         let mut v6: BTreeMap<Ipv6Net, Vec<PortRule>> = BTreeMap::new();
         let mut host_grants: BTreeMap<IpNet, BTreeMap<PortRule, u32>> = BTreeMap::new();
         for grant in grants {
-            let rules = grant.ports.iter().map(|spec| spec.to_rule(grant.service));
+            let rules = grant.ports.iter().map(|spec| to_rule(spec, grant.service));
             if is_host_route(grant.prefix) {
                 let counts = host_grants.entry(grant.prefix.trunc()).or_default();
                 for rule in rules.clone() {
@@ -271,7 +211,7 @@ impl AllowTable {
             }
             let prefix = grant.prefix.trunc();
             let counts = self.host_grants.entry(prefix).or_default();
-            for rule in grant.ports.iter().map(|spec| spec.to_rule(grant.service)) {
+            for rule in grant.ports.iter().map(|spec| to_rule(spec, grant.service)) {
                 let count = counts.entry(rule).or_default();
                 *count = if adding {
                     *count + 1
@@ -458,19 +398,6 @@ mod tests {
             prefix: prefix.parse().expect("test prefix"),
             service,
             ports: ports.to_vec(),
-        }
-    }
-
-    #[test]
-    fn port_specs_read_and_print_alike() {
-        for text in ["tcp/22", "udp/5000-5010", "icmp"] {
-            let spec: PortSpec = text.parse().expect("a valid spec");
-            assert_eq!(spec.to_string(), text);
-        }
-        assert_eq!("TCP/443".parse(), Ok(PortSpec::Tcp(443..=443)));
-        for bad in ["tcp", "tcp/0", "tcp/70000", "udp/9-3", "sctp/1", "tcp/x"] {
-            let err = bad.parse::<PortSpec>().expect_err(bad);
-            assert!(err.contains(bad) || err.contains("sctp"), "{bad}: {err}");
         }
     }
 

@@ -22,7 +22,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 pub use self::hosts::HostPattern;
-use crate::table::{PortSpec, ServiceId};
+use crate::protocols::{PortSpec, ServiceId};
 
 /// One service, validated.
 #[derive(Clone, Debug, PartialEq, Eq)]
