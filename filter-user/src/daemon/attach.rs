@@ -73,7 +73,7 @@ pub fn attach_all(ebpf: &mut Ebpf, pins: &PinDir, opts: &RunOptions) -> anyhow::
             program
                 .attach_to_link(XdpLink::try_from(FdLink::from(old))?)
                 .with_context(|| format!("cannot update XDP on {iface}"))?;
-            tracing::info!("XDP on {iface}: adopted the pinned link");
+            tracing::info!(iface = %iface, hook = "xdp", "XDP on {iface}: adopted the pinned link");
             continue;
         }
         let id = match xdp_modes(opts.xdp_mode, layer) {
@@ -89,7 +89,13 @@ pub fn attach_all(ebpf: &mut Ebpf, pins: &PinDir, opts: &RunOptions) -> anyhow::
         }
         .with_context(|| format!("cannot attach XDP to {iface}"))?;
         pin_link(program.take_link(id)?, &path, "XDP (kernel < 5.9?)")?;
-        tracing::info!("XDP attached to {iface}{}", layer_note(layer));
+        tracing::info!(
+            iface = %iface,
+            hook = "xdp",
+            layer = ?layer,
+            "XDP attached to {iface}{}",
+            layer_note(layer)
+        );
     }
     for iface in &opts.tc {
         let path = pins.link_path(HookKind::Tc, iface);
@@ -101,7 +107,7 @@ pub fn attach_all(ebpf: &mut Ebpf, pins: &PinDir, opts: &RunOptions) -> anyhow::
             program
                 .attach_to_link(SchedClassifierLink::try_from(FdLink::from(old))?)
                 .with_context(|| format!("cannot update TC on {iface}"))?;
-            tracing::info!("TC egress on {iface}: adopted the pinned link");
+            tracing::info!(iface = %iface, hook = "tc", "TC egress on {iface}: adopted the pinned link");
             continue;
         }
         // aya picks TCX on kernels ≥ 6.6 (a pinnable bpf_link) and clsact before that.
@@ -109,7 +115,13 @@ pub fn attach_all(ebpf: &mut Ebpf, pins: &PinDir, opts: &RunOptions) -> anyhow::
             .attach(iface, TcAttachType::Egress)
             .with_context(|| format!("cannot attach TC egress to {iface}"))?;
         pin_link(program.take_link(id)?, &path, "TC (kernel < 6.6?)")?;
-        tracing::info!("TC egress attached to {iface}{}", layer_note(layer));
+        tracing::info!(
+            iface = %iface,
+            hook = "tc",
+            layer = ?layer,
+            "TC egress attached to {iface}{}",
+            layer_note(layer)
+        );
     }
     for (_, iface, path) in pins.pinned_links() {
         if !wanted.contains(&path) {

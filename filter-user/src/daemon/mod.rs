@@ -398,6 +398,11 @@ impl Daemon {
                 enricher.refresh_all(service_names(&self.rules), &self.hosts, &self.learner);
                 if log_always || stats != ApplyStats::default() {
                     tracing::info!(
+                        services = self.rules.services.len(),
+                        v4 = enricher.table.v4.len(),
+                        v6 = enricher.table.v6.len(),
+                        written = stats.prefixes_written,
+                        removed = stats.prefixes_deleted,
                         "policy: {} services, {} IPv4 and {} IPv6 prefixes ({} written, {} removed)",
                         self.rules.services.len(),
                         enricher.table.v4.len(),
@@ -417,6 +422,8 @@ impl Daemon {
                 drop(enricher);
                 if hosts_changed && stats != ApplyStats::default() {
                     tracing::info!(
+                        written = stats.prefixes_written,
+                        removed = stats.prefixes_deleted,
                         "resolved addresses changed: {} prefixes written, {} removed",
                         stats.prefixes_written,
                         stats.prefixes_deleted
@@ -445,11 +452,18 @@ impl Daemon {
                 return false;
             }
         };
-        tracing::info!("reloaded rules: {} services", rules.services.len());
+        tracing::info!(
+            services = rules.services.len(),
+            "reloaded rules: {} services",
+            rules.services.len()
+        );
         let matcher = Arc::new(NameMatcher::new(&rules));
         let forgotten = self.learner.keep_matching(&rules, &matcher);
         if forgotten > 0 {
-            tracing::info!("forgot {forgotten} learned addresses whose names no rule lists now");
+            tracing::info!(
+                forgotten,
+                "forgot {forgotten} learned addresses whose names no rule lists now"
+            );
         }
         // New names are due at once and resolve in the background.
         self.hosts.set_names(rules.exact_hosts(), Instant::now());
