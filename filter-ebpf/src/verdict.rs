@@ -13,6 +13,7 @@ use filter_common::{
 };
 
 use crate::{
+    ablation::{self, skip},
     maps::{ALLOW_V4, ALLOW_V6, POLICIES, SOURCES_V4, SOURCES_V6},
     parse::{ipproto, Packet},
 };
@@ -35,14 +36,16 @@ impl From<Reason> for Judgement {
 
 /// Judges an IP packet.
 #[inline(always)]
-pub fn judge(packet: &Packet) -> Judgement {
+pub fn judge<const SKIP: u32>(packet: &Packet) -> Judgement {
     let link_local = link_local_reason(packet);
     if let Some(reason) = link_local {
         if !matches!(reason, Reason::LinkScoped) || !is_link_local_unicast(packet) {
             return reason.into();
         }
     }
-    let policy_id = if packet.family == 4 {
+    let policy_id = if SKIP & skip::DESTINATION != 0 {
+        Some(&ablation::CONSTANT_POLICY_ID)
+    } else if packet.family == 4 {
         ALLOW_V4.get(Key::new(32, packet.dst_v4()))
     } else {
         ALLOW_V6.get(Key::new(128, packet.dst))
@@ -59,6 +62,12 @@ pub fn judge(packet: &Packet) -> Judgement {
     }
     if packet.rule_proto == RuleProto::Icmp as u8 && is_icmp_error(packet) {
         return Reason::AllowedIcmpError.into();
+    }
+    if SKIP & skip::RULES != 0 {
+        return Judgement {
+            reason: Reason::Allowed,
+            service_id: Some(0),
+        };
     }
     let Some(policy) = POLICIES.get(policy_id) else {
         return Reason::PolicyMissing.into();

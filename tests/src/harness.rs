@@ -135,6 +135,41 @@ impl Filter {
         Ok((result.return_value, result.duration.as_nanos()))
     }
 
+    /// Loads an XDP program of the object that the loader leaves alone (the bench's cost-breakdown
+    /// variants), so that [`Filter::run_xdp_named`] can run it on the same maps.
+    pub fn load_extra_xdp(&mut self, name: &str) -> anyhow::Result<()> {
+        let program: &mut Xdp = self
+            .ebpf
+            .program_mut(name)
+            .with_context(|| format!("no program {name} in the object"))?
+            .try_into()?;
+        program
+            .load()
+            .with_context(|| format!("loading {name}"))?;
+        Ok(())
+    }
+
+    /// Runs `frame` `repeat` times through the XDP program `name` (loaded); returns the raw
+    /// return code and the kernel's mean duration per run in nanoseconds.
+    pub fn run_xdp_named(
+        &mut self,
+        name: &str,
+        frame: &[u8],
+        repeat: u32,
+    ) -> anyhow::Result<(u32, u128)> {
+        let program: &mut Xdp = self
+            .ebpf
+            .program_mut(name)
+            .with_context(|| format!("no program {name} in the object"))?
+            .try_into()?;
+        let result = program.test_run(TestRunOptions {
+            data_in: Some(frame),
+            repeat,
+            ..TestRunOptions::default()
+        })?;
+        Ok((result.return_value, result.duration.as_nanos()))
+    }
+
     /// Points an IPv4 prefix at `policy_id` directly, bypassing the writer: a damaged map.
     pub fn point_prefix_at(
         &mut self,

@@ -5,6 +5,7 @@
     reason = "nanosecond and packet counts become f64 only for reporting ratios and rates"
 )]
 
+mod breakdown;
 mod dns;
 mod per_packet;
 mod prefixes;
@@ -52,15 +53,15 @@ struct Args {
     binary: PathBuf,
     out: PathBuf,
     command: String,
-    /// `--only dns`: just the DNS forwarder, printed, BENCHMARKS.md left alone.
-    only_dns: bool,
+    /// `--only PART`: just that part, printed, BENCHMARKS.md left alone.
+    only: Option<Part>,
 }
 
 fn args() -> anyhow::Result<Args> {
     let mut binary = None;
     let mut out = PathBuf::from("BENCHMARKS.md");
     let mut command = "cargo xtask bench".to_owned();
-    let mut only_dns = false;
+    let mut only = None;
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
@@ -69,8 +70,12 @@ fn args() -> anyhow::Result<Args> {
             "--command" => command = it.next().context("--command needs text")?,
             "--only" => {
                 let part = it.next().context("--only needs a part")?;
-                anyhow::ensure!(part == "dns", "--only knows one part: dns");
-                only_dns = true;
+                only = Some(match part.as_str() {
+                    "dns" => Part::Dns,
+                    "breakdown" => Part::Breakdown,
+                    "per-packet" => Part::PerPacket,
+                    _ => anyhow::bail!("--only knows dns, breakdown, per-packet"),
+                });
             }
             other => {
                 anyhow::bail!("unknown argument {other}; use --egress-filter PATH [--out FILE]")
@@ -81,15 +86,65 @@ fn args() -> anyhow::Result<Args> {
         binary: binary.context("--egress-filter PATH is required")?,
         out,
         command,
-        only_dns,
+        only,
     })
+}
+
+/// A part of the suite that `--only` runs alone.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Part {
+    Dns,
+    Breakdown,
+    PerPacket,
+}
+
+/// The table size the breakdown runs at: the per-packet goal's first size.
+const BREAKDOWN_PREFIXES: usize = 10_000;
+
+/// Loads `size` prefixes per family, the daemon's way (source check on).
+fn loaded(size: usize) -> anyhow::Result<(filter_tests::harness::Filter, filter_user::table::AllowTable, updates::Load)> {
+    let mut rng = Rng::new(0xabcd ^ size as u64);
+    let v4 = prefixes::v4_prefixes(size, &mut rng);
+    let v6 = prefixes::v6_prefixes(size, &mut rng);
+    let grants = prefixes::grants(&v4, &v6);
+    let (mut filter, table, load) = updates::load(&grants, size)?;
+    per_packet::configure_as_daemon(&mut filter)?;
+    eprintln!(
+        "bench: {size} prefixes per family compiled in {:.2?}, written in {:.2?}",
+        load.compile, load.write
+    );
+    Ok((filter, table, load))
+}
+
+fn breakdown_section(command: &str) -> anyhow::Result<String> {
+    let mut baseline = per_packet::Baseline::load()?;
+    let (mut filter, table, _) = loaded(BREAKDOWN_PREFIXES)?;
+    let lines = breakdown::measure(&mut filter, &mut baseline, &table)?;
+    breakdown::table(&lines, BREAKDOWN_PREFIXES, command)
 }
 
 fn main() -> anyhow::Result<()> {
     let args = args()?;
-    if args.only_dns {
-        print!("{}", dns::table(&dns::measure(&args.binary)?));
-        return Ok(());
+    match args.only {
+        Some(Part::Dns) => {
+            print!("{}", dns::table(&dns::measure(&args.binary)?));
+            return Ok(());
+        }
+        Some(Part::Breakdown) => {
+            print!("{}", breakdown_section("cargo xtask bench --only breakdown")?);
+            return Ok(());
+        }
+        Some(Part::PerPacket) => {
+            let mut baseline = per_packet::Baseline::load()?;
+            let mut rows = Vec::new();
+            for size in SIZES {
+                let (mut filter, table, _) = loaded(size)?;
+                rows.extend(per_packet::measure(&mut filter, &mut baseline, &table, size)?);
+            }
+            print!("{}", per_packet_table(&rows));
+            return Ok(());
+        }
+        None => {}
     }
     let mut report = String::new();
     let _ = writeln!(report, "# Benchmarks\n\n{}\n", machine(&args.command));
@@ -99,15 +154,7 @@ fn main() -> anyhow::Result<()> {
     let mut rows = Vec::new();
     let mut loads = Vec::new();
     for size in SIZES {
-        let mut rng = Rng::new(0xabcd ^ size as u64);
-        let v4 = prefixes::v4_prefixes(size, &mut rng);
-        let v6 = prefixes::v6_prefixes(size, &mut rng);
-        let grants = prefixes::grants(&v4, &v6);
-        let (mut filter, table, load) = updates::load(&grants, size)?;
-        eprintln!(
-            "bench: {size} prefixes per family compiled in {:.2?}, written in {:.2?}",
-            load.compile, load.write
-        );
+        let (mut filter, table, load) = loaded(size)?;
         rows.extend(per_packet::measure(
             &mut filter,
             &mut baseline,
@@ -118,6 +165,7 @@ fn main() -> anyhow::Result<()> {
     }
     let _ = writeln!(report, "{}", per_packet_table(&rows));
     let _ = writeln!(report, "{}", load_table(&loads));
+    let _ = writeln!(report, "{}", breakdown_section(&args.command)?);
 
     let mut rng = Rng::new(0x100);
     let base_v4 = prefixes::v4_prefixes(100_000, &mut rng);
@@ -203,7 +251,8 @@ fn per_packet_table(rows: &[per_packet::Row]) -> String {
         "## Per-packet cost (BPF_PROG_TEST_RUN)\n\nMean ns per packet over {} destination addresses × {} \
          repeats each, IPv4 and IPv6 tables of the given size loaded together (a realistic spread of \
          prefix lengths, one port rule). Hits are addresses inside a loaded prefix, misses outside \
-         all. Drop events are off (event budget 0) so the datapath is measured, not the ring buffer. \
+         all. The source check is on, as the daemon has it, and drop events are off (event budget 0) so \
+         the datapath is measured, not the ring buffer. \
          Goal: XDP ≤ 1.5× the trivial XDP_PASS program at 10k prefixes, ≤ 2× at 1M, hits and misses.\n\n\
          | prefixes/family | packet | trivial ns | XDP ns | XDP ratio | TC ns | TC ratio | goal |\n|---|---|---|---|---|---|---|---|\n",
         per_packet::KEYS,

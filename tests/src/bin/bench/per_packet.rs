@@ -98,6 +98,25 @@ pub fn frames(table: &AllowTable, seed: u64) -> Vec<(Kind, Vec<Vec<u8>>)> {
         .collect()
 }
 
+/// The interface the kernel's XDP test run reports a frame arriving on: the loopback device.
+const TEST_RUN_IFINDEX: u32 = 1;
+
+/// Writes the source prefixes of the measured frames for the test run's interface and turns
+/// the source check on, with drop events off: the per-packet cost the daemon's defaults give.
+pub fn configure_as_daemon(filter: &mut Filter) -> anyhow::Result<()> {
+    let sources = [
+        (TEST_RUN_IFINDEX, "192.0.2.0/24".parse()?),
+        (TEST_RUN_IFINDEX, "2001:db8::/64".parse()?),
+    ]
+    .into_iter()
+    .collect();
+    filter.sources.set(&sources)?;
+    filter
+        .maps
+        .set_config(crate::breakdown::bench_config(true))?;
+    Ok(())
+}
+
 /// The trivial program, loaded.
 pub struct Baseline {
     ebpf: aya::Ebpf,
@@ -119,6 +138,11 @@ impl Baseline {
     }
 
     pub fn mean_ns(&mut self, frames: &[Vec<u8>]) -> anyhow::Result<f64> {
+        self.mean_ns_repeat(frames, REPEAT)
+    }
+
+    /// Like [`Baseline::mean_ns`], with `repeat` runs per frame.
+    pub fn mean_ns_repeat(&mut self, frames: &[Vec<u8>], repeat: u32) -> anyhow::Result<f64> {
         let program: &mut Xdp = self
             .ebpf
             .program_mut(Self::PROGRAM)
@@ -127,7 +151,7 @@ impl Baseline {
         mean(frames, |frame| {
             let opts = TestRunOptions {
                 data_in: Some(frame),
-                repeat: REPEAT,
+                repeat,
                 ..TestRunOptions::default()
             };
             Ok(program.test_run(opts)?.duration.as_nanos() as f64)
