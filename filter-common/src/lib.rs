@@ -14,6 +14,7 @@ pub mod config;
 pub mod event;
 pub mod maps;
 pub mod policy;
+pub mod ranges;
 pub mod reason;
 pub mod sources;
 
@@ -39,6 +40,7 @@ mod pod {
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::Policy {}
     unsafe impl aya::Pod for super::PortRule {}
+    unsafe impl aya::Pod for super::ranges::RangeV6 {}
     unsafe impl aya::Pod for super::DropEvent {}
     unsafe impl aya::Pod for super::event::RateLimitState {}
 }

@@ -5,16 +5,20 @@
 //! so one longest-prefix match per packet answers that question exactly (see
 //! `filter_common::policy`).
 
-use aya_ebpf::maps::lpm_trie::Key;
+use aya_ebpf::maps::{lpm_trie::Key, Array};
 use filter_common::{
     policy::MAX_RULES_PER_POLICY,
+    ranges::{state, CHUNKS, CHUNK_BITS, SEARCH_STEPS},
     sources::{SourceKeyV4, SourceKeyV6, IFINDEX_BITS},
-    Policy, Reason, RuleProto,
+    Policy, PolicyId, Reason, RuleProto,
 };
 
 use crate::{
     ablation::{self, skip},
-    maps::{ALLOW_V4, ALLOW_V6, POLICIES, SOURCES_V4, SOURCES_V6},
+    maps::{
+        ALLOW_V4, ALLOW_V6, INDEX_V4, INDEX_V6, POLICIES, RANGES_V4, RANGES_V6, SOURCES_V4,
+        SOURCES_V6, TABLE_STATE,
+    },
     parse::{ipproto, Packet},
 };
 
@@ -44,13 +48,11 @@ pub fn judge<const SKIP: u32>(packet: &Packet) -> Judgement {
         }
     }
     let policy_id = if SKIP & skip::DESTINATION != 0 {
-        Some(&ablation::CONSTANT_POLICY_ID)
-    } else if packet.family == 4 {
-        ALLOW_V4.get(Key::new(32, packet.dst_v4()))
+        Some(ablation::CONSTANT_POLICY_ID)
     } else {
-        ALLOW_V6.get(Key::new(128, packet.dst))
+        destination_policy(packet)
     };
-    let Some(&policy_id) = policy_id else {
+    let Some(policy_id) = policy_id else {
         // A link-local unicast address the table does not list is a neighbour's: the packet
         // stays on the link.
         return link_local.unwrap_or(Reason::NoService).into();
@@ -73,6 +75,85 @@ pub fn judge<const SKIP: u32>(packet: &Packet) -> Judgement {
         return Reason::PolicyMissing.into();
     };
     match_rules(policy, packet.rule_proto, packet.dport)
+}
+
+/// The policy of the destination's longest matching prefix: from the range index, or from the
+/// trie when the table outgrew the index (see `filter_common::ranges`).
+#[inline(always)]
+fn destination_policy(packet: &Packet) -> Option<PolicyId> {
+    let table_state = TABLE_STATE.get(0).copied().unwrap_or(0);
+    if packet.family == 4 {
+        if table_state & state::V4_TRIE != 0 {
+            return ALLOW_V4.get(Key::new(32, packet.dst_v4())).copied();
+        }
+        let copy = (table_state & state::V4_COPY_1 != 0) as u32;
+        range_value(find_range_v4(u32::from_be_bytes(packet.dst_v4()), copy)?)
+    } else {
+        if table_state & state::V6_TRIE != 0 {
+            return ALLOW_V6.get(Key::new(128, packet.dst)).copied();
+        }
+        let copy = (table_state & state::V6_COPY_1 != 0) as u32;
+        let dst = u128::from_be_bytes(packet.dst);
+        range_value(find_range_v6((dst >> 64) as u64, dst as u64, copy)?)
+    }
+}
+
+/// A range's value as a policy id: 0 is no policy.
+#[inline(always)]
+fn range_value(value: u32) -> Option<PolicyId> {
+    value.checked_sub(1)
+}
+
+/// The run of ranges `copy`'s index names for a destination whose top bits are `chunk`.
+#[inline(always)]
+fn run_of(index: &Array<u64>, copy: u32, chunk: u32) -> Option<(u32, u32)> {
+    let entry = *index.get(copy * CHUNKS + chunk)?;
+    Some((entry as u32, (entry >> 32) as u32))
+}
+
+/// The value of the last IPv4 range starting at or below `dst`.
+#[inline(always)]
+fn find_range_v4(dst: u32, copy: u32) -> Option<u32> {
+    let (mut first, mut count) = run_of(&INDEX_V4, copy, dst >> (32 - CHUNK_BITS))?;
+    if count == 0 {
+        return None;
+    }
+    // Invariant: the range at `first` starts at or below `dst`; the answer is in the `count`
+    // ranges from there.
+    for _ in 0..SEARCH_STEPS {
+        if count <= 1 {
+            break;
+        }
+        let half = count / 2;
+        let middle = first + half;
+        if (*RANGES_V4.get(middle)? >> 32) as u32 <= dst {
+            first = middle;
+        }
+        count -= half;
+    }
+    Some(*RANGES_V4.get(first)? as u32)
+}
+
+/// The value of the last IPv6 range starting at or below the destination (`hi`, `lo`).
+#[inline(always)]
+fn find_range_v6(hi: u64, lo: u64, copy: u32) -> Option<u32> {
+    let (mut first, mut count) = run_of(&INDEX_V6, copy, (hi >> (64 - CHUNK_BITS)) as u32)?;
+    if count == 0 {
+        return None;
+    }
+    for _ in 0..SEARCH_STEPS {
+        if count <= 1 {
+            break;
+        }
+        let half = count / 2;
+        let middle = first + half;
+        let range = RANGES_V6.get(middle)?;
+        if range.start_hi < hi || (range.start_hi == hi && range.start_lo <= lo) {
+            first = middle;
+        }
+        count -= half;
+    }
+    Some(RANGES_V6.get(first)?.value)
 }
 
 /// Whether the packet's source belongs on `ifindex`: some prefix routed out of that interface

@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod dns;
 pub mod loader;
 pub mod maps;
+pub mod ranges;
 pub mod resolve;
 pub mod rules;
 pub mod table;

@@ -1,12 +1,18 @@
 //! Writes an [`AllowTable`] into the kernel maps, and keeps them in step with later tables.
 //!
-//! Updates are incremental and ordered so that no packet sees a half-written policy:
-//! 1. rule sets new to the kernel get free policy slots, written before anything points there;
-//! 2. prefixes that are new or whose rule set changed are inserted or overwritten (one atomic
-//!    map update each: a packet sees the old or the new value, never none);
-//! 3. prefixes gone from the table are deleted;
-//! 4. slots no prefix points at any more return to the free list. They are not zeroed, so a
-//!    packet that looked up a prefix just before its deletion still reads the rules it found.
+//! Packets find their destination's policy in the range index (`filter_common::ranges`): two
+//! copies per family, one read by packets and one free for the writer. An update:
+//! 1. waits until no packet can still be reading the free copy or a released policy slot (a
+//!    grace period, started after the previous switch and usually long over);
+//! 2. gives rule sets new to the kernel free policy slots, written before anything points there;
+//! 3. writes the whole table into the free copy, through a memory mapping;
+//! 4. switches `TABLE_STATE` to it: one map update, so a packet reads the old table or the new
+//!    one, never a mix;
+//! 5. returns slots neither copy points at to the free list (reused only after step 1 of a later
+//!    update), and starts the grace period on a thread.
+//!
+//! A family whose table outgrows a copy is written into its LPM trie instead, one prefix per
+//! map update, each atomic; the state then sends that family's packets to the trie.
 //!
 //! A failed step leaves the maps with everything written so far and the writer's bookkeeping
 //! in step with the kernel, so the next `apply` can retry from there.
@@ -17,17 +23,21 @@ use std::{
 };
 
 use aya::{
-    maps::{lpm_trie::Key, Array, LpmTrie, MapData, MapError},
+    maps::{lpm_trie::Key, Array, LpmTrie, Map, MapData, MapError},
     Ebpf,
 };
 use filter_common::{
     maps::{self as names, MAX_POLICIES},
+    ranges::{range_v4, state, RangeV6, CHUNKS, RANGES_PER_COPY},
     sources::{source_key, SourceKeyV4, SourceKeyV6, IFINDEX_BITS},
     Config, Ipv4KeyBytes, Ipv6KeyBytes, Policy, PolicyId,
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-use crate::table::{AllowTable, RuleSet};
+use crate::{
+    ranges::{self, MappedArray},
+    table::{AllowTable, RuleSet},
+};
 
 /// Why the maps could not be opened or written.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +59,12 @@ pub enum MapWriteError {
     },
     #[error("no free policy slot: all {MAX_POLICIES} are in use")]
     PoliciesFull,
+    #[error("cannot map {name} into memory")]
+    Mmap {
+        name: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// What one [`PolicyMaps::apply`] changed.
@@ -64,11 +80,24 @@ pub struct ApplyStats {
 pub struct PolicyMaps {
     allow_v4: LpmTrie<MapData, Ipv4KeyBytes, PolicyId>,
     allow_v6: LpmTrie<MapData, Ipv6KeyBytes, PolicyId>,
+    index_v4: MappedArray<u64>,
+    ranges_v4: MappedArray<u64>,
+    index_v6: MappedArray<u64>,
+    ranges_v6: MappedArray<RangeV6>,
+    table_state: Array<MapData, u32>,
+    /// What `TABLE_STATE` holds.
+    state: u32,
+    /// The grace period after the last switch, running on a thread.
+    grace: Option<std::thread::JoinHandle<()>>,
     policies: Array<MapData, Policy>,
     config: Array<MapData, Config>,
     slots: PolicySlots,
+    /// What the tries hold (empty unless a family outgrew the index).
     written_v4: BTreeMap<Ipv4Net, PolicyId>,
     written_v6: BTreeMap<Ipv6Net, PolicyId>,
+    /// What the copies packets read hold, per family.
+    current_v4: BTreeMap<Ipv4Net, PolicyId>,
+    current_v6: BTreeMap<Ipv6Net, PolicyId>,
 }
 
 impl PolicyMaps {
@@ -76,21 +105,48 @@ impl PolicyMaps {
     /// object's maps are empty, maps adopted from pins carry the last daemon's policy, which the
     /// next [`PolicyMaps::apply`] then changes only where it differs.
     pub fn take_from(ebpf: &mut Ebpf) -> Result<Self, MapWriteError> {
-        fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(
+        fn take<T: TryFrom<Map, Error = MapError>>(
             ebpf: &mut Ebpf,
             name: &'static str,
         ) -> Result<T, MapWriteError> {
             let map = ebpf.take_map(name).ok_or(MapWriteError::Missing(name))?;
             T::try_from(map).map_err(|source| MapWriteError::Layout { name, source })
         }
+        fn mapped<T: Copy>(
+            ebpf: &mut Ebpf,
+            name: &'static str,
+            len: u32,
+        ) -> Result<MappedArray<T>, MapWriteError> {
+            let map = ebpf.take_map(name).ok_or(MapWriteError::Missing(name))?;
+            let Map::Array(data) = map else {
+                return Err(MapWriteError::Layout {
+                    name,
+                    source: MapError::InvalidName {
+                        name: name.to_owned(),
+                    },
+                });
+            };
+            MappedArray::new(data, len as usize).map_err(|source| MapWriteError::Mmap { name, source })
+        }
+        let table_state: Array<MapData, u32> = take(ebpf, names::TABLE_STATE)?;
+        let state = table_state.get(&0, 0).unwrap_or(0);
         let mut maps = Self {
             allow_v4: take(ebpf, names::ALLOW_V4)?,
             allow_v6: take(ebpf, names::ALLOW_V6)?,
+            index_v4: mapped(ebpf, names::INDEX_V4, 2 * CHUNKS)?,
+            ranges_v4: mapped(ebpf, names::RANGES_V4, 2 * RANGES_PER_COPY)?,
+            index_v6: mapped(ebpf, names::INDEX_V6, 2 * CHUNKS)?,
+            ranges_v6: mapped(ebpf, names::RANGES_V6, 2 * RANGES_PER_COPY)?,
+            table_state,
+            state,
+            grace: None,
             policies: take(ebpf, names::POLICIES)?,
             config: take(ebpf, names::CONFIG)?,
             slots: PolicySlots::default(),
             written_v4: BTreeMap::new(),
             written_v6: BTreeMap::new(),
+            current_v4: BTreeMap::new(),
+            current_v6: BTreeMap::new(),
         };
         maps.read_existing()?;
         Ok(maps)
@@ -117,12 +173,13 @@ impl PolicyMaps {
                 self.written_v6.insert(net, id);
             }
         }
-        let ids: BTreeSet<PolicyId> = self
+        let mut ids: BTreeSet<PolicyId> = self
             .written_v4
             .values()
             .chain(self.written_v6.values())
             .copied()
             .collect();
+        ids.extend(self.ids_in_active_copies());
         for id in ids {
             let policy = self
                 .policies
@@ -144,115 +201,192 @@ impl PolicyMaps {
             })
     }
 
-    /// Makes the kernel's view equal to `table`, touching only what differs.
+    /// Makes the kernel's view equal to `table`.
     pub fn apply(&mut self, table: &AllowTable) -> Result<ApplyStats, MapWriteError> {
+        // 1. No packet may still read the free copies or a slot released last time.
+        if let Some(grace) = self.grace.take() {
+            let _ = grace.join();
+        }
         let mut stats = ApplyStats::default();
 
-        // 1. Policies first, so every id a prefix is about to point at holds its rules.
+        // 2. Policies first, so every id a range or prefix is about to name holds its rules.
         for rules in table.distinct_rule_sets() {
             if self.slots.id_of(rules).is_none() {
                 self.write_policy(rules)?;
                 stats.policies_written += 1;
             }
         }
-
-        // 2 and 3, per family.
         let slots = &self.slots;
-        sync_family(
-            &mut self.allow_v4,
-            names::ALLOW_V4,
-            &mut self.written_v4,
-            &table.v4,
-            slots,
-            key_v4,
-            &mut stats,
-        )?;
-        sync_family(
-            &mut self.allow_v6,
-            names::ALLOW_V6,
-            &mut self.written_v6,
-            &table.v6,
-            slots,
-            key_v6,
-            &mut stats,
-        )?;
+        let wanted_v4: BTreeMap<Ipv4Net, PolicyId> = table
+            .v4
+            .iter()
+            .map(|(net, rules)| (*net, slots.id_of(rules).expect("step 2 allocated every rule set")))
+            .collect();
+        let wanted_v6: BTreeMap<Ipv6Net, PolicyId> = table
+            .v6
+            .iter()
+            .map(|(net, rules)| (*net, slots.id_of(rules).expect("step 2 allocated every rule set")))
+            .collect();
+        count_changes(&self.current_v4, &wanted_v4, &mut stats);
+        count_changes(&self.current_v6, &wanted_v6, &mut stats);
 
-        // 4. Release slots nothing points at any more.
+        // 3. The free copies (or the tries, for a family that outgrew its index).
+        let mut new_state = self.state;
+        let v4_ranges = ranges::build(
+            wanted_v4.iter().map(|(net, id)| {
+                (
+                    u128::from(u32::from(net.network())),
+                    u128::from(u32::from(net.broadcast())),
+                    id + 1,
+                )
+            }),
+            32,
+        );
+        let v4_copy = u32::from(self.state & state::V4_COPY_1 == 0);
+        match ranges::chunk(&v4_ranges, 32, v4_copy) {
+            Some(chunked) => {
+                let entries: Vec<u64> = chunked
+                    .ranges
+                    .iter()
+                    .map(|&(start, value)| range_v4(start as u32, value))
+                    .collect();
+                self.ranges_v4
+                    .write((v4_copy * RANGES_PER_COPY) as usize, &entries);
+                self.index_v4
+                    .write((v4_copy * CHUNKS) as usize, &chunked.index);
+                new_state = (new_state & !(state::V4_COPY_1 | state::V4_TRIE))
+                    | if v4_copy == 1 { state::V4_COPY_1 } else { 0 };
+            }
+            None => {
+                sync_family(
+                    &mut self.allow_v4,
+                    names::ALLOW_V4,
+                    &mut self.written_v4,
+                    &table.v4,
+                    slots,
+                    key_v4,
+                )?;
+                new_state |= state::V4_TRIE;
+            }
+        }
+        let v6_ranges = ranges::build(
+            wanted_v6.iter().map(|(net, id)| {
+                (
+                    u128::from(net.network()),
+                    u128::from(net.broadcast()),
+                    id + 1,
+                )
+            }),
+            128,
+        );
+        let v6_copy = u32::from(self.state & state::V6_COPY_1 == 0);
+        match ranges::chunk(&v6_ranges, 128, v6_copy) {
+            Some(chunked) => {
+                let entries: Vec<RangeV6> = chunked
+                    .ranges
+                    .iter()
+                    .map(|&(start, value)| RangeV6 {
+                        start_hi: (start >> 64) as u64,
+                        start_lo: start as u64,
+                        value,
+                        _pad: 0,
+                    })
+                    .collect();
+                self.ranges_v6
+                    .write((v6_copy * RANGES_PER_COPY) as usize, &entries);
+                self.index_v6
+                    .write((v6_copy * CHUNKS) as usize, &chunked.index);
+                new_state = (new_state & !(state::V6_COPY_1 | state::V6_TRIE))
+                    | if v6_copy == 1 { state::V6_COPY_1 } else { 0 };
+            }
+            None => {
+                sync_family(
+                    &mut self.allow_v6,
+                    names::ALLOW_V6,
+                    &mut self.written_v6,
+                    &table.v6,
+                    slots,
+                    key_v6,
+                )?;
+                new_state |= state::V6_TRIE;
+            }
+        }
+
+        // 4. The switch.
+        self.table_state
+            .set(0, new_state, 0)
+            .map_err(|source| MapWriteError::Write {
+                name: names::TABLE_STATE,
+                what: format!("state {new_state:#x}"),
+                source,
+            })?;
+        self.state = new_state;
+        self.current_v4 = wanted_v4;
+        self.current_v6 = wanted_v6;
+        // A family back on its index leaves its trie unread: empty it.
+        if new_state & state::V4_TRIE == 0 {
+            sync_family(
+                &mut self.allow_v4,
+                names::ALLOW_V4,
+                &mut self.written_v4,
+                &BTreeMap::new(),
+                &self.slots,
+                key_v4,
+            )?;
+        }
+        if new_state & state::V6_TRIE == 0 {
+            sync_family(
+                &mut self.allow_v6,
+                names::ALLOW_V6,
+                &mut self.written_v6,
+                &BTreeMap::new(),
+                &self.slots,
+                key_v6,
+            )?;
+        }
+
+        // 5. Slots nothing reads any more, once no packet can still hold the old copy.
         stats.policies_released = self.release_unreferenced();
+        self.grace = Some(std::thread::spawn(ranges::wait_for_running_programs));
         Ok(stats)
     }
 
-    /// Writes only `changed` prefixes (from [`AllowTable::update_hosts`]) as `table` has them
-    /// now: present ones inserted or overwritten, absent ones deleted, in the same order of
-    /// steps as [`PolicyMaps::apply`]. Work follows the change, not the table.
+    /// Brings the kernel's view to `table` after [`AllowTable::update_hosts`] changed the
+    /// prefixes in `changed`. The index is rewritten whole (a copy is written as memory, far
+    /// cheaper than the map updates it replaces), so this is [`PolicyMaps::apply`]; the stats
+    /// count what differs, as before.
     pub fn apply_changes(
         &mut self,
         table: &AllowTable,
         changed: &[IpNet],
     ) -> Result<ApplyStats, MapWriteError> {
-        let mut stats = ApplyStats::default();
-        for prefix in changed {
-            let Some(rules) = table.entry(*prefix) else {
-                continue;
-            };
-            if self.slots.id_of(rules).is_none() {
-                self.write_policy(rules)?;
-                stats.policies_written += 1;
+        let _ = changed;
+        self.apply(table)
+    }
+
+    /// The policy ids the copies packets read name.
+    fn ids_in_active_copies(&self) -> BTreeSet<PolicyId> {
+        let mut ids = BTreeSet::new();
+        let mut add = |value: u32| {
+            if let Some(id) = value.checked_sub(1) {
+                ids.insert(id);
+            }
+        };
+        let v4_copy = usize::from(self.state & state::V4_COPY_1 != 0);
+        for entry in &self.index_v4.as_slice()[v4_copy * CHUNKS as usize..][..CHUNKS as usize] {
+            let (first, count) = (*entry as u32 as usize, (*entry >> 32) as usize);
+            for range in self.ranges_v4.as_slice().get(first..first + count).unwrap_or(&[]) {
+                add(*range as u32);
             }
         }
-        for prefix in changed {
-            match (
-                *prefix,
-                table
-                    .entry(*prefix)
-                    .and_then(|rules| self.slots.id_of(rules)),
-            ) {
-                (IpNet::V4(net), Some(id)) => {
-                    point_prefix(
-                        &mut self.allow_v4,
-                        names::ALLOW_V4,
-                        &mut self.written_v4,
-                        net,
-                        id,
-                        &key_v4,
-                    )?;
-                    stats.prefixes_written += 1;
-                }
-                (IpNet::V6(net), Some(id)) => {
-                    point_prefix(
-                        &mut self.allow_v6,
-                        names::ALLOW_V6,
-                        &mut self.written_v6,
-                        net,
-                        id,
-                        &key_v6,
-                    )?;
-                    stats.prefixes_written += 1;
-                }
-                (IpNet::V4(net), None) => {
-                    delete_prefix(
-                        &mut self.allow_v4,
-                        names::ALLOW_V4,
-                        &mut self.written_v4,
-                        net,
-                        &key_v4,
-                    )?;
-                    stats.prefixes_deleted += 1;
-                }
-                (IpNet::V6(net), None) => {
-                    delete_prefix(
-                        &mut self.allow_v6,
-                        names::ALLOW_V6,
-                        &mut self.written_v6,
-                        net,
-                        &key_v6,
-                    )?;
-                    stats.prefixes_deleted += 1;
-                }
+        let v6_copy = usize::from(self.state & state::V6_COPY_1 != 0);
+        for entry in &self.index_v6.as_slice()[v6_copy * CHUNKS as usize..][..CHUNKS as usize] {
+            let (first, count) = (*entry as u32 as usize, (*entry >> 32) as usize);
+            for range in self.ranges_v6.as_slice().get(first..first + count).unwrap_or(&[]) {
+                add(range.value);
             }
         }
-        stats.policies_released = self.release_unreferenced();
-        Ok(stats)
+        ids
     }
 
     /// Gives a new rule set a slot and writes it there, before anything points at it.
@@ -274,6 +408,8 @@ impl PolicyMaps {
             .written_v4
             .values()
             .chain(self.written_v6.values())
+            .chain(self.current_v4.values())
+            .chain(self.current_v6.values())
             .copied()
             .collect();
         self.slots.retain_ids(|id| referenced.contains(&id))
@@ -282,7 +418,7 @@ impl PolicyMaps {
     /// The prefixes this writer has in the kernel, per family.
     #[must_use]
     pub fn prefix_counts(&self) -> (usize, usize) {
-        (self.written_v4.len(), self.written_v6.len())
+        (self.current_v4.len(), self.current_v6.len())
     }
 }
 
@@ -294,7 +430,6 @@ fn sync_family<N, K>(
     wanted: &BTreeMap<N, RuleSet>,
     slots: &PolicySlots,
     key_of: impl Fn(N) -> Key<K>,
-    stats: &mut ApplyStats,
 ) -> Result<(), MapWriteError>
 where
     N: Ord + Copy + std::fmt::Display,
@@ -304,7 +439,6 @@ where
         let id = slots.id_of(rules).expect("step 1 allocated every rule set");
         if written.get(prefix) != Some(&id) {
             point_prefix(trie, name, written, *prefix, id, &key_of)?;
-            stats.prefixes_written += 1;
         }
     }
     let gone: Vec<N> = written
@@ -314,9 +448,21 @@ where
         .collect();
     for prefix in gone {
         delete_prefix(trie, name, written, prefix, &key_of)?;
-        stats.prefixes_deleted += 1;
     }
     Ok(())
+}
+
+/// Counts the prefixes `wanted` adds or points elsewhere, and the ones it drops.
+fn count_changes<N: Ord>(
+    current: &BTreeMap<N, PolicyId>,
+    wanted: &BTreeMap<N, PolicyId>,
+    stats: &mut ApplyStats,
+) {
+    stats.prefixes_written += wanted
+        .iter()
+        .filter(|(prefix, id)| current.get(prefix) != Some(id))
+        .count();
+    stats.prefixes_deleted += current.keys().filter(|prefix| !wanted.contains_key(prefix)).count();
 }
 
 /// Points one prefix at a policy (insert or overwrite: one atomic map update).

@@ -1,0 +1,259 @@
+//! The destination index (`filter_common::ranges`) built from an allow table, and written into
+//! the kernel's arrays through a memory mapping.
+//!
+//! Building is a single pass over the table's prefixes in address order: the prefixes still open
+//! at each point form a stack (outer below inner), and every place where the innermost open
+//! prefix changes starts a range. Chunk starts are then cut in, so that each chunk's run begins
+//! at the chunk's first address.
+
+use std::{
+    os::fd::{AsFd as _, AsRawFd as _},
+    ptr::NonNull,
+};
+
+use aya::maps::MapData;
+use filter_common::ranges::{index_entry, CHUNKS, CHUNK_BITS, RANGES_PER_COPY};
+
+/// Range starts and values over an address space of `width` bits, sorted, adjacent values
+/// distinct, the first starting at 0. `entries` are (first address, last address, value) of
+/// every prefix, sorted by first address and, among equal ones, shorter prefix first; nested
+/// or disjoint (prefixes never partly overlap).
+#[must_use]
+pub fn build(entries: impl IntoIterator<Item = (u128, u128, u32)>, width: u32) -> Vec<(u128, u32)> {
+    let space_end = if width == 128 {
+        u128::MAX
+    } else {
+        (1u128 << width) - 1
+    };
+    let mut out: Vec<(u128, u32)> = vec![(0, 0)];
+    // (last address, value) of the prefixes open at the current point, outermost first.
+    let mut open: Vec<(u128, u32)> = Vec::new();
+    let close_until = |out: &mut Vec<(u128, u32)>, open: &mut Vec<(u128, u32)>, before: u128| {
+        while let Some(&(last, _)) = open.last() {
+            if last >= before {
+                break;
+            }
+            open.pop();
+            if last < space_end {
+                let below = open.last().map_or(0, |&(_, value)| value);
+                push(out, last + 1, below);
+            }
+        }
+    };
+    for (first, last, value) in entries {
+        close_until(&mut out, &mut open, first);
+        push(&mut out, first, value);
+        open.push((last, value));
+    }
+    close_until(&mut out, &mut open, space_end);
+    // What is left ends at the space's end.
+    out
+}
+
+/// Appends a range start, merging it with the last one when they start together or agree.
+fn push(out: &mut Vec<(u128, u32)>, start: u128, value: u32) {
+    if let Some(last) = out.last_mut() {
+        if last.0 == start {
+            last.1 = value;
+            if out.len() >= 2 && out[out.len() - 2].1 == value {
+                out.pop();
+            }
+            return;
+        }
+        if last.1 == value {
+            return;
+        }
+    }
+    out.push((start, value));
+}
+
+/// One copy of an index and its ranges, ready to write: `index[chunk]` names ranges by their
+/// position in the whole ranges array (copy `copy`'s half).
+pub struct Chunked {
+    pub index: Vec<u64>,
+    pub ranges: Vec<(u128, u32)>,
+}
+
+/// Cuts `ranges` (from [`build`]) into chunks of the top [`CHUNK_BITS`] bits for copy `copy`.
+/// `None` when they do not fit in one copy.
+#[must_use]
+pub fn chunk(ranges: &[(u128, u32)], width: u32, copy: u32) -> Option<Chunked> {
+    let shift = width - CHUNK_BITS;
+    let base = copy * RANGES_PER_COPY;
+    let mut index = Vec::with_capacity(CHUNKS as usize);
+    let mut flat: Vec<(u128, u32)> = Vec::with_capacity(ranges.len() + CHUNKS as usize);
+    let mut next = 0;
+    let mut value = 0;
+    for chunk in 0..u128::from(CHUNKS) {
+        let chunk_start = chunk << shift;
+        let chunk_end = chunk_start + (1u128 << shift);
+        while next < ranges.len() && ranges[next].0 <= chunk_start {
+            value = ranges[next].1;
+            next += 1;
+        }
+        let first = flat.len();
+        flat.push((chunk_start, value));
+        while next < ranges.len() && ranges[next].0 < chunk_end {
+            flat.push(ranges[next]);
+            value = ranges[next].1;
+            next += 1;
+        }
+        if flat.len() > RANGES_PER_COPY as usize {
+            return None;
+        }
+        index.push(index_entry(base + first as u32, (flat.len() - first) as u32));
+    }
+    Some(Chunked {
+        index,
+        ranges: flat,
+    })
+}
+
+/// The value (policy id + 1, or 0) `chunked` gives `addr`: the kernel's search, in userspace,
+/// for tests.
+#[must_use]
+pub fn search(chunked: &Chunked, addr: u128, width: u32, copy: u32) -> u32 {
+    let entry = chunked.index[(addr >> (width - CHUNK_BITS)) as usize];
+    let first = (entry as u32 - copy * RANGES_PER_COPY) as usize;
+    let count = (entry >> 32) as usize;
+    let run = &chunked.ranges[first..first + count];
+    let at = run.partition_point(|&(start, _)| start <= addr);
+    run[at - 1].1
+}
+
+/// A BPF array mapped into this process (`BPF_F_MMAPABLE`): written as memory.
+pub struct MappedArray<T> {
+    /// Keeps the map (and so the mapping's file) alive.
+    _map: MapData,
+    ptr: NonNull<T>,
+    len: usize,
+    bytes: usize,
+}
+
+// Safety: the mapping is plain shared memory owned by this value; access goes through &mut self.
+unsafe impl<T: Send> Send for MappedArray<T> {}
+
+impl<T: Copy> MappedArray<T> {
+    /// Maps all `len` elements of `map`, an mmapable array of `T`.
+    pub fn new(map: MapData, len: usize) -> std::io::Result<Self> {
+        let bytes = (len * size_of::<T>()).next_multiple_of(page_size());
+        // Safety: a fresh shared mapping of the map's fd; the kernel checks size and flags.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                map.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Self {
+            _map: map,
+            ptr: NonNull::new(ptr.cast()).ok_or_else(std::io::Error::last_os_error)?,
+            len,
+            bytes,
+        })
+    }
+
+    /// The elements as a slice.
+    #[must_use]
+    pub fn as_slice(&self) -> &[T] {
+        // Safety: the mapping holds `len` initialised (zeroed or written) elements of plain data.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// Writes `values` from element `at` on. Panics when they do not fit.
+    pub fn write(&mut self, at: usize, values: &[T]) {
+        assert!(at + values.len() <= self.len, "write past the mapped array");
+        // Safety: in bounds (checked above); no reference into the mapping is alive.
+        unsafe {
+            std::ptr::copy_nonoverlapping(values.as_ptr(), self.ptr.as_ptr().add(at), values.len());
+        }
+    }
+}
+
+impl<T> Drop for MappedArray<T> {
+    fn drop(&mut self) {
+        // Safety: unmaps exactly what `new` mapped.
+        unsafe {
+            libc::munmap(self.ptr.as_ptr().cast(), self.bytes);
+        }
+    }
+}
+
+fn page_size() -> usize {
+    // Safety: sysconf has no preconditions.
+    usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096)
+}
+
+/// Waits until every BPF program that was running when called has returned: programs run under
+/// RCU, and `membarrier(MEMBARRIER_CMD_GLOBAL)` is `synchronize_rcu()`. Where the kernel refuses
+/// it (nohz_full), sleeps for far longer than any program run.
+pub fn wait_for_running_programs() {
+    const MEMBARRIER_CMD_GLOBAL: libc::c_int = 1;
+    // Safety: membarrier takes no pointers.
+    let done = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) } == 0;
+    if !done {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v4(a: [u8; 4]) -> u128 {
+        u128::from(u32::from_be_bytes(a))
+    }
+
+    #[test]
+    fn nested_prefixes_give_way_to_the_inner_and_resume_after_it() {
+        // 10.0.0.0/8 → 1, 10.1.0.0/16 → 2, 10.1.2.0/24 → 1 (same as the outer), 11.0.0.0/8 → 3.
+        let entries = [
+            (v4([10, 0, 0, 0]), v4([10, 255, 255, 255]), 1),
+            (v4([10, 1, 0, 0]), v4([10, 1, 255, 255]), 2),
+            (v4([10, 1, 2, 0]), v4([10, 1, 2, 255]), 1),
+            (v4([11, 0, 0, 0]), v4([11, 255, 255, 255]), 3),
+        ];
+        let ranges = build(entries, 32);
+        assert_eq!(
+            ranges,
+            vec![
+                (0, 0),
+                (v4([10, 0, 0, 0]), 1),
+                (v4([10, 1, 0, 0]), 2),
+                (v4([10, 1, 2, 0]), 1),
+                (v4([10, 1, 3, 0]), 2),
+                (v4([10, 2, 0, 0]), 1),
+                (v4([11, 0, 0, 0]), 3),
+                (v4([12, 0, 0, 0]), 0),
+            ]
+        );
+        let chunked = chunk(&ranges, 32, 1).expect("fits");
+        for (addr, want) in [
+            ([9, 255, 255, 255], 0),
+            ([10, 0, 0, 1], 1),
+            ([10, 1, 1, 1], 2),
+            ([10, 1, 2, 200], 1),
+            ([10, 1, 3, 0], 2),
+            ([10, 200, 0, 0], 1),
+            ([11, 9, 9, 9], 3),
+            ([255, 255, 255, 255], 0),
+        ] {
+            assert_eq!(search(&chunked, v4(addr), 32, 1), want, "{addr:?}");
+        }
+    }
+
+    #[test]
+    fn prefixes_reaching_the_end_of_the_space_close_cleanly() {
+        let ranges = build([(0, u128::MAX, 5), (u128::MAX, u128::MAX, 6)], 128);
+        assert_eq!(ranges, vec![(0, 5), (u128::MAX, 6)]);
+        let chunked = chunk(&ranges, 128, 0).expect("fits");
+        assert_eq!(search(&chunked, u128::MAX - 1, 128, 0), 5);
+        assert_eq!(search(&chunked, u128::MAX, 128, 0), 6);
+    }
+}
