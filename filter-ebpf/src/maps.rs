@@ -1,11 +1,11 @@
 //! The maps, declared once. Names, key and value types come from `filter_common`; see
 //! `filter_common::maps` for who writes and who reads each.
 
+use aya_ebpf::bindings::BPF_F_MMAPABLE;
 use aya_ebpf::{
     macros::map,
     maps::{Array, LpmTrie, PerCpuArray, RingBuf},
 };
-use aya_ebpf::bindings::BPF_F_MMAPABLE;
 use filter_common::{
     event::RateLimitState,
     maps as names,
@@ -29,8 +29,7 @@ pub static INDEX_V6: Array<u64> = Array::with_max_entries(2 * CHUNKS, BPF_F_MMAP
 
 /// Two copies of the IPv6 ranges.
 #[map(name = "RANGES_V6")]
-pub static RANGES_V6: Array<RangeV6> =
-    Array::with_max_entries(2 * RANGES_PER_COPY, BPF_F_MMAPABLE);
+pub static RANGES_V6: Array<RangeV6> = Array::with_max_entries(2 * RANGES_PER_COPY, BPF_F_MMAPABLE);
 
 /// Index 0: which copy each family reads, or its trie (`filter_common::ranges::state`).
 #[map(name = "TABLE_STATE")]

@@ -126,7 +126,8 @@ impl PolicyMaps {
                     },
                 });
             };
-            MappedArray::new(data, len as usize).map_err(|source| MapWriteError::Mmap { name, source })
+            MappedArray::new(data, len as usize)
+                .map_err(|source| MapWriteError::Mmap { name, source })
         }
         let table_state: Array<MapData, u32> = take(ebpf, names::TABLE_STATE)?;
         let state = table_state.get(&0, 0).unwrap_or(0);
@@ -220,12 +221,22 @@ impl PolicyMaps {
         let wanted_v4: BTreeMap<Ipv4Net, PolicyId> = table
             .v4
             .iter()
-            .map(|(net, rules)| (*net, slots.id_of(rules).expect("step 2 allocated every rule set")))
+            .map(|(net, rules)| {
+                (
+                    *net,
+                    slots.id_of(rules).expect("step 2 allocated every rule set"),
+                )
+            })
             .collect();
         let wanted_v6: BTreeMap<Ipv6Net, PolicyId> = table
             .v6
             .iter()
-            .map(|(net, rules)| (*net, slots.id_of(rules).expect("step 2 allocated every rule set")))
+            .map(|(net, rules)| {
+                (
+                    *net,
+                    slots.id_of(rules).expect("step 2 allocated every rule set"),
+                )
+            })
             .collect();
         count_changes(&self.current_v4, &wanted_v4, &mut stats);
         count_changes(&self.current_v6, &wanted_v6, &mut stats);
@@ -375,14 +386,24 @@ impl PolicyMaps {
         let v4_copy = usize::from(self.state & state::V4_COPY_1 != 0);
         for entry in &self.index_v4.as_slice()[v4_copy * CHUNKS as usize..][..CHUNKS as usize] {
             let (first, count) = (*entry as u32 as usize, (*entry >> 32) as usize);
-            for range in self.ranges_v4.as_slice().get(first..first + count).unwrap_or(&[]) {
+            for range in self
+                .ranges_v4
+                .as_slice()
+                .get(first..first + count)
+                .unwrap_or(&[])
+            {
                 add(*range as u32);
             }
         }
         let v6_copy = usize::from(self.state & state::V6_COPY_1 != 0);
         for entry in &self.index_v6.as_slice()[v6_copy * CHUNKS as usize..][..CHUNKS as usize] {
             let (first, count) = (*entry as u32 as usize, (*entry >> 32) as usize);
-            for range in self.ranges_v6.as_slice().get(first..first + count).unwrap_or(&[]) {
+            for range in self
+                .ranges_v6
+                .as_slice()
+                .get(first..first + count)
+                .unwrap_or(&[])
+            {
                 add(range.value);
             }
         }
@@ -462,7 +483,10 @@ fn count_changes<N: Ord>(
         .iter()
         .filter(|(prefix, id)| current.get(prefix) != Some(id))
         .count();
-    stats.prefixes_deleted += current.keys().filter(|prefix| !wanted.contains_key(prefix)).count();
+    stats.prefixes_deleted += current
+        .keys()
+        .filter(|prefix| !wanted.contains_key(prefix))
+        .count();
 }
 
 /// Points one prefix at a policy (insert or overwrite: one atomic map update).

@@ -86,14 +86,15 @@ pub fn chunk(ranges: &[(u128, u32)], width: u32, copy: u32) -> Option<Chunked> {
     let mut value = 0;
     for chunk in 0..u128::from(CHUNKS) {
         let chunk_start = chunk << shift;
-        let chunk_end = chunk_start + (1u128 << shift);
+        // The last chunk of IPv6 ends at the end of the space, past u128.
+        let chunk_end = chunk_start.checked_add(1u128 << shift);
         while next < ranges.len() && ranges[next].0 <= chunk_start {
             value = ranges[next].1;
             next += 1;
         }
         let first = flat.len();
         flat.push((chunk_start, value));
-        while next < ranges.len() && ranges[next].0 < chunk_end {
+        while next < ranges.len() && chunk_end.is_none_or(|end| ranges[next].0 < end) {
             flat.push(ranges[next]);
             value = ranges[next].1;
             next += 1;
@@ -101,7 +102,10 @@ pub fn chunk(ranges: &[(u128, u32)], width: u32, copy: u32) -> Option<Chunked> {
         if flat.len() > RANGES_PER_COPY as usize {
             return None;
         }
-        index.push(index_entry(base + first as u32, (flat.len() - first) as u32));
+        index.push(index_entry(
+            base + first as u32,
+            (flat.len() - first) as u32,
+        ));
     }
     Some(Chunked {
         index,

@@ -16,7 +16,10 @@ const REPEAT: u32 = 20_000;
 
 /// The variants, with what each leaves out.
 const VARIANTS: [(&str, &str); 5] = [
-    ("abl_no_count", "counter updates (REASON_STATS, SERVICE_STATS)"),
+    (
+        "abl_no_count",
+        "counter updates (REASON_STATS, SERVICE_STATS)",
+    ),
     ("abl_no_config", "CONFIG read"),
     ("abl_no_dest", "destination lookup (ALLOW_V4/ALLOW_V6)"),
     ("abl_no_rules", "policy slot (POLICIES) and rule scan"),
@@ -49,18 +52,29 @@ pub fn measure(
     }
     let frames: Vec<(Kind, Vec<Vec<u8>>)> = per_packet::frames(table, 0xb4ea)
         .into_iter()
-        .filter(|(kind, _)| KINDS.iter().any(|k| std::mem::discriminant(k) == std::mem::discriminant(kind)))
+        .filter(|(kind, _)| {
+            KINDS
+                .iter()
+                .any(|k| std::mem::discriminant(k) == std::mem::discriminant(kind))
+        })
         .collect();
     // Programs in measuring order; the full program twice, with and without the source check.
     let mut programs: Vec<(String, String)> = vec![
-        ("baseline_pass".into(), "everything (the trivial program)".into()),
+        (
+            "baseline_pass".into(),
+            "everything (the trivial program)".into(),
+        ),
         (names::PROG_XDP.into(), "nothing (the real program)".into()),
         (
             format!("{} without source check", names::PROG_XDP),
             "source check (SOURCES_V4/V6), by config".into(),
         ),
     ];
-    programs.extend(VARIANTS.iter().map(|(n, what)| ((*n).to_owned(), (*what).to_owned())));
+    programs.extend(
+        VARIANTS
+            .iter()
+            .map(|(n, what)| ((*n).to_owned(), (*what).to_owned())),
+    );
     let mut samples = vec![vec![Vec::new(); frames.len()]; programs.len()];
     for _ in 0..ROUNDS {
         for (program_index, (program, _)) in programs.iter().enumerate() {

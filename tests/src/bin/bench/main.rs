@@ -102,7 +102,13 @@ enum Part {
 const BREAKDOWN_PREFIXES: usize = 10_000;
 
 /// Loads `size` prefixes per family, the daemon's way (source check on).
-fn loaded(size: usize) -> anyhow::Result<(filter_tests::harness::Filter, filter_user::table::AllowTable, updates::Load)> {
+fn loaded(
+    size: usize,
+) -> anyhow::Result<(
+    filter_tests::harness::Filter,
+    filter_user::table::AllowTable,
+    updates::Load,
+)> {
     let mut rng = Rng::new(0xabcd ^ size as u64);
     let v4 = prefixes::v4_prefixes(size, &mut rng);
     let v6 = prefixes::v6_prefixes(size, &mut rng);
@@ -131,7 +137,10 @@ fn main() -> anyhow::Result<()> {
             return Ok(());
         }
         Some(Part::Breakdown) => {
-            print!("{}", breakdown_section("cargo xtask bench --only breakdown")?);
+            print!(
+                "{}",
+                breakdown_section("cargo xtask bench --only breakdown")?
+            );
             return Ok(());
         }
         Some(Part::PerPacket) => {
@@ -139,7 +148,12 @@ fn main() -> anyhow::Result<()> {
             let mut rows = Vec::new();
             for size in SIZES {
                 let (mut filter, table, _) = loaded(size)?;
-                rows.extend(per_packet::measure(&mut filter, &mut baseline, &table, size)?);
+                rows.extend(per_packet::measure(
+                    &mut filter,
+                    &mut baseline,
+                    &table,
+                    size,
+                )?);
             }
             print!("{}", per_packet_table(&rows));
             return Ok(());
