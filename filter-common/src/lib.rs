@@ -41,6 +41,7 @@ mod pod {
     unsafe impl aya::Pod for super::Policy {}
     unsafe impl aya::Pod for super::PortRule {}
     unsafe impl aya::Pod for super::ranges::RangeV6 {}
+    unsafe impl aya::Pod for super::sources::SourceSlot {}
     unsafe impl aya::Pod for super::DropEvent {}
     unsafe impl aya::Pod for super::event::RateLimitState {}
 }

@@ -15,6 +15,11 @@ pub const ALLOW_V6: &str = "ALLOW_V6";
 pub const SOURCES_V4: &str = "SOURCES_V4";
 /// LPM trie, (interface, IPv6 source prefix) → reserved `u32`. Written by the daemon, read by XDP.
 pub const SOURCES_V6: &str = "SOURCES_V6";
+/// Array, two copies of a [`crate::sources::SourceSlot`] per interface: what XDP scans before
+/// the source tries. Memory-mapped and written by the daemon, read by XDP.
+pub const SOURCE_SLOTS: &str = "SOURCE_SLOTS";
+/// Array with one `u32` at index 0: which copy of the source slots XDP reads (0 or 1).
+pub const SOURCE_COPY: &str = "SOURCE_COPY";
 /// Array, two copies of [`crate::ranges::CHUNKS`] index entries for IPv4 destinations
 /// (`filter_common::ranges`). Memory-mapped and written by the daemon, read by the programs.
 pub const INDEX_V4: &str = "INDEX_V4";
@@ -56,7 +61,7 @@ pub const PROG_XDP_L3: &str = "egress_xdp_l3";
 pub const PROG_TC_L3: &str = "egress_tc_l3";
 
 /// Every map the object must contain.
-pub const ALL_MAPS: [&str; 16] = [
+pub const ALL_MAPS: [&str; 18] = [
     ALLOW_V4,
     ALLOW_V6,
     INDEX_V4,
@@ -66,6 +71,8 @@ pub const ALL_MAPS: [&str; 16] = [
     TABLE_STATE,
     SOURCES_V4,
     SOURCES_V6,
+    SOURCE_SLOTS,
+    SOURCE_COPY,
     POLICIES,
     CONFIG,
     REASON_STATS,

@@ -112,15 +112,14 @@ fn tc_verdict<const ETHERNET: bool>(ctx: &TcContext) -> i32 {
 #[inline(always)]
 fn process<C: PacketContext, const ETHERNET: bool, const SKIP: u32>(ctx: &C) -> Verdict {
     let mut packet = Packet::EMPTY;
-    // Only a hook that checks sources needs the config before the verdict; the others read it
-    // on the drop path alone.
-    let early_config = if !C::CHECKS_SOURCES {
-        None
-    } else if SKIP & skip::CONFIG != 0 {
-        Some(ablation::CONSTANT_CONFIG)
-    } else {
-        Some(read_config())
-    };
+    // Only a hook that checks sources needs the config before the verdict, and only its flag;
+    // the drop path reads the rest.
+    let checks_sources = C::CHECKS_SOURCES
+        && if SKIP & skip::CONFIG != 0 {
+            ablation::CONSTANT_CONFIG.checks_sources()
+        } else {
+            maps::CONFIG.get(0).is_some_and(Config::checks_sources)
+        };
     let parsed = parse::parse::<C, ETHERNET>(ctx, &mut packet);
     if SKIP & skip::ALL_BUT_PARSE != 0 {
         return if parsed.is_ok() {
@@ -131,8 +130,7 @@ fn process<C: PacketContext, const ETHERNET: bool, const SKIP: u32>(ctx: &C) -> 
     }
     let Judgement { reason, service_id } = match parsed {
         Ok(Frame::Ip) => {
-            let spoofed = early_config.is_some_and(|c| c.checks_sources())
-                && !verdict::source_belongs(ctx.ifindex(), &packet);
+            let spoofed = checks_sources && !verdict::source_belongs(ctx.ifindex(), &packet);
             if spoofed {
                 Reason::SpoofedSource.into()
             } else {
@@ -149,13 +147,11 @@ fn process<C: PacketContext, const ETHERNET: bool, const SKIP: u32>(ctx: &C) -> 
     if reason.passes() {
         return Verdict::Pass;
     }
-    let config = early_config.unwrap_or_else(|| {
-        if SKIP & skip::CONFIG != 0 {
-            ablation::CONSTANT_CONFIG
-        } else {
-            read_config()
-        }
-    });
+    let config = if SKIP & skip::CONFIG != 0 {
+        ablation::CONSTANT_CONFIG
+    } else {
+        read_config()
+    };
     report::report(ctx, &packet, reason, &config);
     if config.is_audit() {
         Verdict::Pass

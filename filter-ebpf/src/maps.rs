@@ -10,7 +10,7 @@ use filter_common::{
     event::RateLimitState,
     maps as names,
     ranges::{RangeV6, CHUNKS, RANGES_PER_COPY},
-    sources::{SourceKeyV4, SourceKeyV6},
+    sources::{SourceKeyV4, SourceKeyV6, SourceSlot, SOURCE_SLOT_INTERFACES},
     Config, EventCounter, Ipv4KeyBytes, Ipv6KeyBytes, PacketCount, Policy, PolicyId, Reason,
 };
 
@@ -54,6 +54,15 @@ pub static SOURCES_V4: LpmTrie<SourceKeyV4, u32> =
 #[map(name = "SOURCES_V6")]
 pub static SOURCES_V6: LpmTrie<SourceKeyV6, u32> =
     LpmTrie::with_max_entries(names::MAX_SOURCE_PREFIXES, 0);
+
+/// Two copies of each interface's source prefixes, scanned before the source tries.
+#[map(name = "SOURCE_SLOTS")]
+pub static SOURCE_SLOTS: Array<SourceSlot> =
+    Array::with_max_entries(2 * SOURCE_SLOT_INTERFACES, BPF_F_MMAPABLE);
+
+/// Index 0: which copy of `SOURCE_SLOTS` XDP reads.
+#[map(name = "SOURCE_COPY")]
+pub static SOURCE_COPY: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Policy id → the rules allowed under every prefix that names it.
 #[map(name = "POLICIES")]

@@ -9,7 +9,10 @@ use aya_ebpf::maps::{lpm_trie::Key, Array};
 use filter_common::{
     policy::MAX_RULES_PER_POLICY,
     ranges::{state, CHUNKS, CHUNK_BITS, SEARCH_STEPS},
-    sources::{SourceKeyV4, SourceKeyV6, IFINDEX_BITS},
+    sources::{
+        SourceKeyV4, SourceKeyV6, SourceSlot, IFINDEX_BITS, SOURCE_SLOT_INTERFACES,
+        SOURCE_SLOT_OVERFLOW,
+    },
     Policy, PolicyId, Reason, RuleProto,
 };
 
@@ -17,7 +20,7 @@ use crate::{
     ablation::{self, skip},
     maps::{
         ALLOW_V4, ALLOW_V6, INDEX_V4, INDEX_V6, POLICIES, RANGES_V4, RANGES_V6, SOURCES_V4,
-        SOURCES_V6, TABLE_STATE,
+        SOURCES_V6, SOURCE_COPY, SOURCE_SLOTS, TABLE_STATE,
     },
     parse::{ipproto, Packet},
 };
@@ -160,6 +163,58 @@ fn find_range_v6(hi: u64, lo: u64, copy: u32) -> Option<u32> {
 /// covers it (see `filter_common::sources`).
 #[inline(always)]
 pub fn source_belongs(ifindex: u32, packet: &Packet) -> bool {
+    if ifindex < SOURCE_SLOT_INTERFACES {
+        let copy = SOURCE_COPY.get(0).copied().unwrap_or(0) & 1;
+        if let Some(slot) = SOURCE_SLOTS.get(copy * SOURCE_SLOT_INTERFACES + ifindex) {
+            if let Some(belongs) = slot_holds(slot, packet) {
+                return belongs;
+            }
+        }
+    }
+    source_in_trie(ifindex, packet)
+}
+
+/// Whether the interface's slot holds a prefix covering the source; `None` when the slot
+/// overflowed and the trie must answer.
+#[inline(always)]
+fn slot_holds(slot: &SourceSlot, packet: &Packet) -> Option<bool> {
+    if packet.family == 4 {
+        let count = slot.v4_count;
+        if count == SOURCE_SLOT_OVERFLOW {
+            return None;
+        }
+        let src = u32::from_be_bytes([packet.src[0], packet.src[1], packet.src[2], packet.src[3]]);
+        for (index, prefix) in slot.v4.iter().enumerate() {
+            if index as u32 >= count {
+                break;
+            }
+            if src & prefix.mask == prefix.network {
+                return Some(true);
+            }
+        }
+    } else {
+        let count = slot.v6_count;
+        if count == SOURCE_SLOT_OVERFLOW {
+            return None;
+        }
+        let src = u128::from_be_bytes(packet.src);
+        let (hi, lo) = ((src >> 64) as u64, src as u64);
+        for (index, prefix) in slot.v6.iter().enumerate() {
+            if index as u32 >= count {
+                break;
+            }
+            if hi & prefix.mask_hi == prefix.network_hi && lo & prefix.mask_lo == prefix.network_lo
+            {
+                return Some(true);
+            }
+        }
+    }
+    Some(false)
+}
+
+/// The source check in the tries: for interfaces without a slot or with too many prefixes.
+#[inline(always)]
+fn source_in_trie(ifindex: u32, packet: &Packet) -> bool {
     let index = ifindex.to_be_bytes();
     let src = &packet.src;
     if packet.family == 4 {

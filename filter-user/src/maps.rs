@@ -29,7 +29,10 @@ use aya::{
 use filter_common::{
     maps::{self as names, MAX_POLICIES},
     ranges::{range_v4, state, RangeV6, CHUNKS, RANGES_PER_COPY},
-    sources::{source_key, SourceKeyV4, SourceKeyV6, IFINDEX_BITS},
+    sources::{
+        source_key, SourceKeyV4, SourceKeyV6, SourcePrefixV4, SourcePrefixV6, SourceSlot,
+        IFINDEX_BITS, SOURCE_SLOT_INTERFACES, SOURCE_SLOT_OVERFLOW, SOURCE_SLOT_PREFIXES,
+    },
     Config, Ipv4KeyBytes, Ipv6KeyBytes, Policy, PolicyId,
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -550,6 +553,10 @@ fn key_v6(net: Ipv6Net) -> Key<Ipv6KeyBytes> {
 pub struct SourceMaps {
     sources_v4: LpmTrie<MapData, SourceKeyV4, u32>,
     sources_v6: LpmTrie<MapData, SourceKeyV6, u32>,
+    slots: MappedArray<SourceSlot>,
+    copy: Array<MapData, u32>,
+    /// The grace period after the last switch of copies, running on a thread.
+    grace: Option<std::thread::JoinHandle<()>>,
 }
 
 /// One source prefix allowed on one interface.
@@ -564,7 +571,27 @@ impl SourceMaps {
         };
         let (v4, v4_name) = take(names::SOURCES_V4)?;
         let (v6, v6_name) = take(names::SOURCES_V6)?;
+        let slots = match ebpf.take_map(names::SOURCE_SLOTS) {
+            Some(Map::Array(data)) => MappedArray::new(data, 2 * SOURCE_SLOT_INTERFACES as usize)
+                .map_err(|source| MapWriteError::Mmap {
+                name: names::SOURCE_SLOTS,
+                source,
+            })?,
+            _ => return Err(MapWriteError::Missing(names::SOURCE_SLOTS)),
+        };
+        let copy = ebpf
+            .take_map(names::SOURCE_COPY)
+            .ok_or(MapWriteError::Missing(names::SOURCE_COPY))
+            .and_then(|map| {
+                Array::try_from(map).map_err(|source| MapWriteError::Layout {
+                    name: names::SOURCE_COPY,
+                    source,
+                })
+            })?;
         Ok(Self {
+            slots,
+            copy,
+            grace: None,
             sources_v4: LpmTrie::try_from(v4).map_err(|source| MapWriteError::Layout {
                 name: v4_name,
                 source,
@@ -576,9 +603,14 @@ impl SourceMaps {
         })
     }
 
-    /// Makes the tries hold exactly `wanted`: new entries first, then the ones gone, so a
-    /// client whose prefix merely changed form is never refused in between.
+    /// Makes the tries and the slots hold exactly `wanted`: new trie entries first, then the
+    /// slots' free copy and the switch to it, then the trie entries gone, so a client whose
+    /// prefix merely changed form is never refused in between.
     pub fn set(&mut self, wanted: &BTreeSet<InterfaceSource>) -> Result<(), MapWriteError> {
+        // No packet may still read the free copy.
+        if let Some(grace) = self.grace.take() {
+            let _ = grace.join();
+        }
         let present = self.read()?;
         for (ifindex, prefix) in wanted.difference(&present) {
             let (name, result) = match prefix {
@@ -597,6 +629,7 @@ impl SourceMaps {
                 source,
             })?;
         }
+        self.write_slots(wanted)?;
         for (ifindex, prefix) in present.difference(wanted) {
             let (name, result) = match prefix {
                 IpNet::V4(net) => (
@@ -614,6 +647,60 @@ impl SourceMaps {
                 source,
             })?;
         }
+        Ok(())
+    }
+
+    /// Writes every interface's slot into the copy packets do not read, and switches to it.
+    fn write_slots(&mut self, wanted: &BTreeSet<InterfaceSource>) -> Result<(), MapWriteError> {
+        let current = self.copy.get(&0, 0).unwrap_or(0) & 1;
+        let free = current ^ 1;
+        let mut slots = vec![SourceSlot::EMPTY; SOURCE_SLOT_INTERFACES as usize];
+        for (ifindex, prefix) in wanted {
+            let Some(slot) = slots.get_mut(*ifindex as usize) else {
+                // Beyond the slots: the trie answers for this interface.
+                continue;
+            };
+            match prefix {
+                IpNet::V4(net) => {
+                    let at = slot.v4_count as usize;
+                    if at < SOURCE_SLOT_PREFIXES {
+                        slot.v4[at] = SourcePrefixV4 {
+                            network: u32::from(net.network()),
+                            mask: u32::from(net.netmask()),
+                        };
+                        slot.v4_count += 1;
+                    } else {
+                        slot.v4_count = SOURCE_SLOT_OVERFLOW;
+                    }
+                }
+                IpNet::V6(net) => {
+                    let at = slot.v6_count as usize;
+                    if at < SOURCE_SLOT_PREFIXES {
+                        let (network, mask) =
+                            (u128::from(net.network()), u128::from(net.netmask()));
+                        slot.v6[at] = SourcePrefixV6 {
+                            network_hi: (network >> 64) as u64,
+                            network_lo: network as u64,
+                            mask_hi: (mask >> 64) as u64,
+                            mask_lo: mask as u64,
+                        };
+                        slot.v6_count += 1;
+                    } else {
+                        slot.v6_count = SOURCE_SLOT_OVERFLOW;
+                    }
+                }
+            }
+        }
+        self.slots
+            .write((free * SOURCE_SLOT_INTERFACES) as usize, &slots);
+        self.copy
+            .set(0, free, 0)
+            .map_err(|source| MapWriteError::Write {
+                name: names::SOURCE_COPY,
+                what: format!("copy {free}"),
+                source,
+            })?;
+        self.grace = Some(std::thread::spawn(ranges::wait_for_running_programs));
         Ok(())
     }
 
