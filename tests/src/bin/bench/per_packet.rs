@@ -87,6 +87,30 @@ pub struct Row {
     pub baseline_ns: f64,
     pub xdp_ns: f64,
     pub tc_ns: f64,
+    /// xdp-filter on the same frames, when it is installed.
+    pub peer_ns: Option<f64>,
+}
+
+/// The destination address of a frame built by [`Kind::frame`] (untagged or one tag).
+fn destination(frame: &[u8]) -> Option<std::net::IpAddr> {
+    let mut offset = 12;
+    let mut ether_type = u16::from_be_bytes([*frame.get(offset)?, *frame.get(offset + 1)?]);
+    if ether_type == TPID_8021Q {
+        offset += 4;
+        ether_type = u16::from_be_bytes([*frame.get(offset)?, *frame.get(offset + 1)?]);
+    }
+    let ip = offset + 2;
+    match ether_type {
+        0x0800 => {
+            let b: [u8; 4] = frame.get(ip + 16..ip + 20)?.try_into().ok()?;
+            Some(std::net::IpAddr::from(b))
+        }
+        0x86dd => {
+            let b: [u8; 16] = frame.get(ip + 24..ip + 40)?.try_into().ok()?;
+            Some(std::net::IpAddr::from(b))
+        }
+        _ => None,
+    }
 }
 
 /// Frames for every kind against a table.
@@ -179,8 +203,21 @@ pub fn measure(
 ) -> anyhow::Result<Vec<Row>> {
     let started = Instant::now();
     let mut rows = Vec::new();
-    for (kind, frames) in frames(table, 0x5eed ^ prefixes as u64) {
+    let all_frames = frames(table, 0x5eed ^ prefixes as u64);
+    // xdp-filter allows the addresses the hit frames go to (and TCP 443).
+    let hit_addresses: std::collections::BTreeSet<std::net::IpAddr> = all_frames
+        .iter()
+        .filter(|(kind, _)| kind.is_hit())
+        .flat_map(|(_, frames)| frames.iter().filter_map(|f| destination(f)))
+        .collect();
+    let hit_addresses: Vec<std::net::IpAddr> = hit_addresses.into_iter().collect();
+    let mut peer = crate::peer::XdpFilter::load(&hit_addresses)?;
+    for (kind, frames) in all_frames {
         let baseline_ns = baseline.mean_ns(&frames)?;
+        let peer_ns = match peer.as_mut() {
+            Some(peer) => Some(peer.mean_ns(&frames, REPEAT)?),
+            None => None,
+        };
         let mut per_hook = [0.0; 2];
         for (slot, hook) in per_hook.iter_mut().zip(Hook::BOTH) {
             *slot = mean(&frames, |frame| {
@@ -193,6 +230,7 @@ pub fn measure(
             baseline_ns,
             xdp_ns: per_hook[0],
             tc_ns: per_hook[1],
+            peer_ns,
         });
     }
     eprintln!(
