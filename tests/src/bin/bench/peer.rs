@@ -46,12 +46,24 @@ impl XdpFilter {
         let _ = run("ip", &["link", "del", IFNAME]);
         run(
             "ip",
-            &["link", "add", IFNAME, "type", "veth", "peer", "name", PEER_IFNAME],
+            &[
+                "link",
+                "add",
+                IFNAME,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                PEER_IFNAME,
+            ],
         )?;
         let pin = PathBuf::from(format!("/sys/fs/bpf/{IFNAME}-prog"));
         let loaded = (|| {
             run("ip", &["link", "set", IFNAME, "up"])?;
-            run("xdp-filter", &["load", IFNAME, "--mode", "skb", "--policy", "deny"])?;
+            run(
+                "xdp-filter",
+                &["load", IFNAME, "--mode", "skb", "--policy", "deny"],
+            )?;
             for address in addresses {
                 run("xdp-filter", &["ip", &address.to_string()])?;
             }
@@ -64,7 +76,10 @@ impl XdpFilter {
                 .context("no XDP program on the interface after xdp-filter load")?
                 .to_owned();
             let _ = std::fs::remove_file(&pin);
-            run("bpftool", &["prog", "pin", "id", &id, pin.to_str().context("pin path")?])?;
+            run(
+                "bpftool",
+                &["prog", "pin", "id", &id, pin.to_str().context("pin path")?],
+            )?;
             let program = Xdp::from_pin(&pin, XdpAttachType::Interface)?;
             Ok::<_, anyhow::Error>(program)
         })();

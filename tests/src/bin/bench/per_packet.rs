@@ -239,3 +239,23 @@ pub fn measure(
     );
     Ok(rows)
 }
+
+/// Kernel memory of every BPF map this process holds open, from `/proc/self/fdinfo` (`memlock`:
+/// what the kernel charges for the map, preallocated arrays whole, tries as filled).
+pub fn map_memory_bytes() -> anyhow::Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir("/proc/self/fdinfo")? {
+        let Ok(info) = std::fs::read_to_string(entry?.path()) else {
+            continue;
+        };
+        if !info.contains("map_type:") {
+            continue;
+        }
+        total += info
+            .lines()
+            .find_map(|l| l.strip_prefix("memlock:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Ok(total)
+}
