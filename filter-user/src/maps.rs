@@ -143,7 +143,8 @@ impl PolicyMaps {
             ranges_v6: mapped(ebpf, names::RANGES_V6, 2 * RANGES_PER_COPY)?,
             table_state,
             state,
-            grace: None,
+            // Adopted maps: the last writer may have switched copies a moment ago.
+            grace: Some(std::thread::spawn(ranges::wait_for_running_programs)),
             policies: take(ebpf, names::POLICIES)?,
             config: take(ebpf, names::CONFIG)?,
             slots: PolicySlots::default(),
@@ -183,7 +184,7 @@ impl PolicyMaps {
             .chain(self.written_v6.values())
             .copied()
             .collect();
-        ids.extend(self.ids_in_active_copies());
+        ids.extend(self.ids_in_active_copies()?);
         for id in ids {
             let policy = self
                 .policies
@@ -265,9 +266,11 @@ impl PolicyMaps {
                     .map(|&(start, value)| range_v4(start as u32, value))
                     .collect();
                 self.ranges_v4
-                    .write((v4_copy * RANGES_PER_COPY) as usize, &entries);
+                    .write((v4_copy * RANGES_PER_COPY) as usize, &entries)
+                    .map_err(mmap_err(names::RANGES_V4))?;
                 self.index_v4
-                    .write((v4_copy * CHUNKS) as usize, &chunked.index);
+                    .write((v4_copy * CHUNKS) as usize, &chunked.index)
+                    .map_err(mmap_err(names::INDEX_V4))?;
                 new_state = (new_state & !(state::V4_COPY_1 | state::V4_TRIE))
                     | if v4_copy == 1 { state::V4_COPY_1 } else { 0 };
             }
@@ -307,9 +310,11 @@ impl PolicyMaps {
                     })
                     .collect();
                 self.ranges_v6
-                    .write((v6_copy * RANGES_PER_COPY) as usize, &entries);
+                    .write((v6_copy * RANGES_PER_COPY) as usize, &entries)
+                    .map_err(mmap_err(names::RANGES_V6))?;
                 self.index_v6
-                    .write((v6_copy * CHUNKS) as usize, &chunked.index);
+                    .write((v6_copy * CHUNKS) as usize, &chunked.index)
+                    .map_err(mmap_err(names::INDEX_V6))?;
                 new_state = (new_state & !(state::V6_COPY_1 | state::V6_TRIE))
                     | if v6_copy == 1 { state::V6_COPY_1 } else { 0 };
             }
@@ -379,38 +384,61 @@ impl PolicyMaps {
     }
 
     /// The policy ids the copies packets read name.
-    fn ids_in_active_copies(&self) -> BTreeSet<PolicyId> {
+    fn ids_in_active_copies(&self) -> Result<BTreeSet<PolicyId>, MapWriteError> {
+        fn ids_of<R: Copy + Default>(
+            index: &MappedArray<u64>,
+            index_name: &'static str,
+            ranges: &MappedArray<R>,
+            ranges_name: &'static str,
+            copy: u32,
+            value: impl Fn(&R) -> u32,
+            ids: &mut BTreeSet<PolicyId>,
+        ) -> Result<(), MapWriteError> {
+            let entries = index
+                .read((copy * CHUNKS) as usize, CHUNKS as usize)
+                .map_err(mmap_err(index_name))?;
+            let copy_ranges = ranges
+                .read((copy * RANGES_PER_COPY) as usize, RANGES_PER_COPY as usize)
+                .map_err(mmap_err(ranges_name))?;
+            for entry in entries {
+                let first = (entry as u32).saturating_sub(copy * RANGES_PER_COPY) as usize;
+                let count = (entry >> 32) as usize;
+                for range in copy_ranges.get(first..first + count).unwrap_or(&[]) {
+                    if let Some(id) = value(range).checked_sub(1) {
+                        ids.insert(id);
+                    }
+                }
+            }
+            Ok(())
+        }
         let mut ids = BTreeSet::new();
-        let mut add = |value: u32| {
-            if let Some(id) = value.checked_sub(1) {
-                ids.insert(id);
-            }
-        };
-        let v4_copy = usize::from(self.state & state::V4_COPY_1 != 0);
-        for entry in &self.index_v4.as_slice()[v4_copy * CHUNKS as usize..][..CHUNKS as usize] {
-            let (first, count) = (*entry as u32 as usize, (*entry >> 32) as usize);
-            for range in self
-                .ranges_v4
-                .as_slice()
-                .get(first..first + count)
-                .unwrap_or(&[])
-            {
-                add(*range as u32);
-            }
+        ids_of(
+            &self.index_v4,
+            names::INDEX_V4,
+            &self.ranges_v4,
+            names::RANGES_V4,
+            u32::from(self.state & state::V4_COPY_1 != 0),
+            |range| *range as u32,
+            &mut ids,
+        )?;
+        ids_of(
+            &self.index_v6,
+            names::INDEX_V6,
+            &self.ranges_v6,
+            names::RANGES_V6,
+            u32::from(self.state & state::V6_COPY_1 != 0),
+            |range| range.value,
+            &mut ids,
+        )?;
+        Ok(ids)
+    }
+
+    /// Waits for the grace period the last update started (see the module docs). `apply` waits
+    /// for it itself when it must; this lets a caller take that wait out of a timed update.
+    pub fn settle(&mut self) {
+        if let Some(grace) = self.grace.take() {
+            let _ = grace.join();
         }
-        let v6_copy = usize::from(self.state & state::V6_COPY_1 != 0);
-        for entry in &self.index_v6.as_slice()[v6_copy * CHUNKS as usize..][..CHUNKS as usize] {
-            let (first, count) = (*entry as u32 as usize, (*entry >> 32) as usize);
-            for range in self
-                .ranges_v6
-                .as_slice()
-                .get(first..first + count)
-                .unwrap_or(&[])
-            {
-                add(range.value);
-            }
-        }
-        ids
     }
 
     /// Gives a new rule set a slot and writes it there, before anything points at it.
@@ -474,6 +502,10 @@ where
         delete_prefix(trie, name, written, prefix, &key_of)?;
     }
     Ok(())
+}
+
+fn mmap_err(name: &'static str) -> impl Fn(std::io::Error) -> MapWriteError {
+    move |source| MapWriteError::Mmap { name, source }
 }
 
 /// Counts the prefixes `wanted` adds or points elsewhere, and the ones it drops.
@@ -591,7 +623,8 @@ impl SourceMaps {
         Ok(Self {
             slots,
             copy,
-            grace: None,
+            // Adopted maps: the last writer may have switched copies a moment ago.
+            grace: Some(std::thread::spawn(ranges::wait_for_running_programs)),
             sources_v4: LpmTrie::try_from(v4).map_err(|source| MapWriteError::Layout {
                 name: v4_name,
                 source,
@@ -692,7 +725,8 @@ impl SourceMaps {
             }
         }
         self.slots
-            .write((free * SOURCE_SLOT_INTERFACES) as usize, &slots);
+            .write((free * SOURCE_SLOT_INTERFACES) as usize, &slots)
+            .map_err(mmap_err(names::SOURCE_SLOTS))?;
         self.copy
             .set(0, free, 0)
             .map_err(|source| MapWriteError::Write {

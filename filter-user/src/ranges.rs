@@ -125,67 +125,117 @@ pub fn search(chunked: &Chunked, addr: u128, width: u32, copy: u32) -> u32 {
     run[at - 1].1
 }
 
-/// A BPF array mapped into this process (`BPF_F_MMAPABLE`): written as memory.
+/// A BPF array that this process writes as memory (`BPF_F_MMAPABLE`). Each access maps only the
+/// pages it touches and unmaps them after: the kernel maps an array's pages all at once, and a
+/// standing mapping of the whole index would count its 130 MB in the daemon's resident memory.
 pub struct MappedArray<T> {
-    /// Keeps the map (and so the mapping's file) alive.
-    _map: MapData,
-    ptr: NonNull<T>,
+    map: MapData,
     len: usize,
+    _element: std::marker::PhantomData<T>,
+}
+
+/// Pages of a map, mapped into this process until dropped.
+struct Window {
+    ptr: NonNull<u8>,
     bytes: usize,
 }
 
-// Safety: the mapping is plain shared memory owned by this value; access goes through &mut self.
-unsafe impl<T: Send> Send for MappedArray<T> {}
-
-impl<T: Copy> MappedArray<T> {
-    /// Maps all `len` elements of `map`, an mmapable array of `T`.
-    pub fn new(map: MapData, len: usize) -> std::io::Result<Self> {
-        let bytes = (len * size_of::<T>()).next_multiple_of(page_size());
-        // Safety: a fresh shared mapping of the map's fd; the kernel checks size and flags.
+impl Window {
+    /// Maps the pages holding bytes `start..end` of `map`; returns the window and where byte
+    /// `start` lies in it.
+    fn new(
+        map: &MapData,
+        start: usize,
+        end: usize,
+        writable: bool,
+    ) -> std::io::Result<(Self, usize)> {
+        let page = page_size();
+        let first = start / page * page;
+        let bytes = (end - first).next_multiple_of(page).max(page);
+        let protection = if writable {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            libc::PROT_READ
+        };
+        // Safety: a fresh shared mapping of the map's fd at a page-aligned offset; the kernel
+        // checks the range against the map's size.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
+                protection,
                 libc::MAP_SHARED,
                 map.fd().as_fd().as_raw_fd(),
-                0,
+                libc::off_t::try_from(first).map_err(|_| std::io::Error::other("offset"))?,
             )
         };
         if ptr == libc::MAP_FAILED {
             return Err(std::io::Error::last_os_error());
         }
-        Ok(Self {
-            _map: map,
-            ptr: NonNull::new(ptr.cast()).ok_or_else(std::io::Error::last_os_error)?,
-            len,
-            bytes,
-        })
+        let ptr = NonNull::new(ptr.cast()).ok_or_else(std::io::Error::last_os_error)?;
+        Ok((Self { ptr, bytes }, start - first))
     }
+}
 
-    /// The elements as a slice.
-    #[must_use]
-    pub fn as_slice(&self) -> &[T] {
-        // Safety: the mapping holds `len` initialised (zeroed or written) elements of plain data.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
-    }
-
-    /// Writes `values` from element `at` on. Panics when they do not fit.
-    pub fn write(&mut self, at: usize, values: &[T]) {
-        assert!(at + values.len() <= self.len, "write past the mapped array");
-        // Safety: in bounds (checked above); no reference into the mapping is alive.
+impl Drop for Window {
+    fn drop(&mut self) {
+        // Safety: unmaps exactly what `Window::new` mapped.
         unsafe {
-            std::ptr::copy_nonoverlapping(values.as_ptr(), self.ptr.as_ptr().add(at), values.len());
+            libc::munmap(self.ptr.as_ptr().cast(), self.bytes);
         }
     }
 }
 
-impl<T> Drop for MappedArray<T> {
-    fn drop(&mut self) {
-        // Safety: unmaps exactly what `new` mapped.
-        unsafe {
-            libc::munmap(self.ptr.as_ptr().cast(), self.bytes);
+impl<T: Copy> MappedArray<T> {
+    /// `map`, an mmapable array of `len` elements of `T`.
+    pub fn new(map: MapData, len: usize) -> std::io::Result<Self> {
+        // Map it once to find out now whether it can be.
+        drop(Window::new(&map, 0, size_of::<T>(), false)?);
+        Ok(Self {
+            map,
+            len,
+            _element: std::marker::PhantomData,
+        })
+    }
+
+    /// Writes `values` from element `at` on. Panics when they do not fit.
+    pub fn write(&mut self, at: usize, values: &[T]) -> std::io::Result<()> {
+        assert!(at + values.len() <= self.len, "write past the mapped array");
+        if values.is_empty() {
+            return Ok(());
         }
+        let size = size_of::<T>();
+        let (window, offset) = Window::new(&self.map, at * size, (at + values.len()) * size, true)?;
+        // Safety: in bounds of the window (checked above); nothing else in this process
+        // references it.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                values.as_ptr(),
+                window.ptr.as_ptr().add(offset).cast::<T>(),
+                values.len(),
+            );
+        }
+        Ok(())
+    }
+}
+
+impl<T: Copy + Default> MappedArray<T> {
+    /// Elements `at..at + count`.
+    pub fn read(&self, at: usize, count: usize) -> std::io::Result<Vec<T>> {
+        assert!(at + count <= self.len, "read past the mapped array");
+        let size = size_of::<T>();
+        let (window, offset) = Window::new(&self.map, at * size, (at + count) * size, false)?;
+        let mut out = vec![T::default(); count];
+        // Safety: the window holds the `count` elements from `offset` (checked against the
+        // array's length above); `T` is plain data.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                window.ptr.as_ptr().add(offset).cast::<T>(),
+                out.as_mut_ptr(),
+                count,
+            );
+        }
+        Ok(out)
     }
 }
 
