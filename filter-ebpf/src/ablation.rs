@@ -41,10 +41,6 @@ macro_rules! variants {
     ($($(#[doc = $doc:literal])* $name:ident = $skip:expr;)*) => {$(
         $(#[doc = $doc])*
         #[xdp]
-        #[expect(
-            clippy::needless_pass_by_value,
-            reason = "aya's macros hand the context over by value"
-        )]
         pub fn $name(ctx: XdpContext) -> u32 {
             xdp_verdict(process::<_, true, { $skip }>(&ctx))
         }

@@ -246,90 +246,8 @@ impl PolicyMaps {
         count_changes(&self.current_v6, &wanted_v6, &mut stats);
 
         // 3. The free copies (or the tries, for a family that outgrew its index).
-        let mut new_state = self.state;
-        let v4_ranges = ranges::build(
-            wanted_v4.iter().map(|(net, id)| {
-                (
-                    u128::from(u32::from(net.network())),
-                    u128::from(u32::from(net.broadcast())),
-                    id + 1,
-                )
-            }),
-            32,
-        );
-        let v4_copy = u32::from(self.state & state::V4_COPY_1 == 0);
-        match ranges::chunk(&v4_ranges, 32, v4_copy) {
-            Some(chunked) => {
-                let entries: Vec<u64> = chunked
-                    .ranges
-                    .iter()
-                    .map(|&(start, value)| range_v4(start as u32, value))
-                    .collect();
-                self.ranges_v4
-                    .write((v4_copy * RANGES_PER_COPY) as usize, &entries)
-                    .map_err(mmap_err(names::RANGES_V4))?;
-                self.index_v4
-                    .write((v4_copy * CHUNKS) as usize, &chunked.index)
-                    .map_err(mmap_err(names::INDEX_V4))?;
-                new_state = (new_state & !(state::V4_COPY_1 | state::V4_TRIE))
-                    | if v4_copy == 1 { state::V4_COPY_1 } else { 0 };
-            }
-            None => {
-                sync_family(
-                    &mut self.allow_v4,
-                    names::ALLOW_V4,
-                    &mut self.written_v4,
-                    &table.v4,
-                    slots,
-                    key_v4,
-                )?;
-                new_state |= state::V4_TRIE;
-            }
-        }
-        let v6_ranges = ranges::build(
-            wanted_v6.iter().map(|(net, id)| {
-                (
-                    u128::from(net.network()),
-                    u128::from(net.broadcast()),
-                    id + 1,
-                )
-            }),
-            128,
-        );
-        let v6_copy = u32::from(self.state & state::V6_COPY_1 == 0);
-        match ranges::chunk(&v6_ranges, 128, v6_copy) {
-            Some(chunked) => {
-                let entries: Vec<RangeV6> = chunked
-                    .ranges
-                    .iter()
-                    .map(|&(start, value)| RangeV6 {
-                        start_hi: (start >> 64) as u64,
-                        start_lo: start as u64,
-                        value,
-                        _pad: 0,
-                    })
-                    .collect();
-                self.ranges_v6
-                    .write((v6_copy * RANGES_PER_COPY) as usize, &entries)
-                    .map_err(mmap_err(names::RANGES_V6))?;
-                self.index_v6
-                    .write((v6_copy * CHUNKS) as usize, &chunked.index)
-                    .map_err(mmap_err(names::INDEX_V6))?;
-                new_state = (new_state & !(state::V6_COPY_1 | state::V6_TRIE))
-                    | if v6_copy == 1 { state::V6_COPY_1 } else { 0 };
-            }
-            None => {
-                sync_family(
-                    &mut self.allow_v6,
-                    names::ALLOW_V6,
-                    &mut self.written_v6,
-                    &table.v6,
-                    slots,
-                    key_v6,
-                )?;
-                new_state |= state::V6_TRIE;
-            }
-        }
+        let new_state = self.write_v4(&wanted_v4, table)?;
+        let new_state = self.write_v6(&wanted_v6, table, new_state)?;
 
         // 4. The switch.
         self.table_state
@@ -368,6 +286,104 @@ impl PolicyMaps {
         stats.policies_released = self.release_unreferenced();
         self.grace = Some(std::thread::spawn(ranges::wait_for_running_programs));
         Ok(stats)
+    }
+
+    /// Writes IPv4's free copy (or its trie, when the table outgrew a copy); returns the state
+    /// that switches to it.
+    fn write_v4(
+        &mut self,
+        wanted_v4: &BTreeMap<Ipv4Net, PolicyId>,
+        table: &AllowTable,
+    ) -> Result<u32, MapWriteError> {
+        let mut new_state = self.state;
+        let v4_ranges = ranges::build(
+            wanted_v4.iter().map(|(net, id)| {
+                (
+                    u128::from(u32::from(net.network())),
+                    u128::from(u32::from(net.broadcast())),
+                    id + 1,
+                )
+            }),
+            32,
+        );
+        let v4_copy = u32::from(self.state & state::V4_COPY_1 == 0);
+        if let Some(chunked) = ranges::chunk(&v4_ranges, 32, v4_copy) {
+            let entries: Vec<u64> = chunked
+                .ranges
+                .iter()
+                .map(|&(start, value)| range_v4(start as u32, value))
+                .collect();
+            self.ranges_v4
+                .write((v4_copy * RANGES_PER_COPY) as usize, &entries)
+                .map_err(mmap_err(names::RANGES_V4))?;
+            self.index_v4
+                .write((v4_copy * CHUNKS) as usize, &chunked.index)
+                .map_err(mmap_err(names::INDEX_V4))?;
+            new_state = (new_state & !(state::V4_COPY_1 | state::V4_TRIE))
+                | if v4_copy == 1 { state::V4_COPY_1 } else { 0 };
+        } else {
+            sync_family(
+                &mut self.allow_v4,
+                names::ALLOW_V4,
+                &mut self.written_v4,
+                &table.v4,
+                &self.slots,
+                key_v4,
+            )?;
+            new_state |= state::V4_TRIE;
+        }
+        Ok(new_state)
+    }
+
+    /// Writes IPv6's free copy (or its trie); returns `new_state` switched to it.
+    fn write_v6(
+        &mut self,
+        wanted_v6: &BTreeMap<Ipv6Net, PolicyId>,
+        table: &AllowTable,
+        mut new_state: u32,
+    ) -> Result<u32, MapWriteError> {
+        let v6_ranges = ranges::build(
+            wanted_v6.iter().map(|(net, id)| {
+                (
+                    u128::from(net.network()),
+                    u128::from(net.broadcast()),
+                    id + 1,
+                )
+            }),
+            128,
+        );
+        let v6_copy = u32::from(self.state & state::V6_COPY_1 == 0);
+        if let Some(chunked) = ranges::chunk(&v6_ranges, 128, v6_copy) {
+            let entries: Vec<RangeV6> = chunked
+                .ranges
+                .iter()
+                .map(|&(start, value)| RangeV6 {
+                    start_hi: (start >> 64) as u64,
+                    start_lo: start as u64,
+                    value,
+                    _pad: 0,
+                })
+                .collect();
+            self.ranges_v6
+                .write((v6_copy * RANGES_PER_COPY) as usize, &entries)
+                .map_err(mmap_err(names::RANGES_V6))?;
+            self.index_v6
+                .write((v6_copy * CHUNKS) as usize, &chunked.index)
+                .map_err(mmap_err(names::INDEX_V6))?;
+            new_state = (new_state & !(state::V6_COPY_1 | state::V6_TRIE))
+                | if v6_copy == 1 { state::V6_COPY_1 } else { 0 };
+        } else {
+            sync_family(
+                &mut self.allow_v6,
+                names::ALLOW_V6,
+                &mut self.written_v6,
+                &table.v6,
+                &self.slots,
+                key_v6,
+            )?;
+            new_state |= state::V6_TRIE;
+        }
+        Ok(new_state)
     }
 
     /// Brings the kernel's view to `table` after [`AllowTable::update_hosts`] changed the

@@ -52,7 +52,7 @@ fn seed() -> u64 {
 }
 
 fn random_ports(rng: &mut Rng) -> Vec<PortSpec> {
-    (0..1 + rng.below(3))
+    (0..=rng.below(3))
         .map(|_| {
             let lo = 1 + rng.below(65_000) as u16;
             let hi = lo.saturating_add(rng.below(4) as u16 * rng.below(300) as u16);
