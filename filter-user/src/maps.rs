@@ -208,6 +208,15 @@ impl PolicyMaps {
 
     /// Makes the kernel's view equal to `table`.
     pub fn apply(&mut self, table: &AllowTable) -> Result<ApplyStats, MapWriteError> {
+        self.apply_counting(table, true)
+    }
+
+    /// [`PolicyMaps::apply`]; counts the prefixes that differ only when `count_prefixes`.
+    fn apply_counting(
+        &mut self,
+        table: &AllowTable,
+        count_prefixes: bool,
+    ) -> Result<ApplyStats, MapWriteError> {
         // 1. No packet may still read the free copies or a slot released last time.
         if let Some(grace) = self.grace.take() {
             let _ = grace.join();
@@ -242,8 +251,10 @@ impl PolicyMaps {
                 )
             })
             .collect();
-        count_changes(&self.current_v4, &wanted_v4, &mut stats);
-        count_changes(&self.current_v6, &wanted_v6, &mut stats);
+        if count_prefixes {
+            count_changes(&self.current_v4, &wanted_v4, &mut stats);
+            count_changes(&self.current_v6, &wanted_v6, &mut stats);
+        }
 
         // 3. The free copies (or the tries, for a family that outgrew its index).
         let new_state = self.write_v4(&wanted_v4, table)?;
@@ -395,8 +406,15 @@ impl PolicyMaps {
         table: &AllowTable,
         changed: &[IpNet],
     ) -> Result<ApplyStats, MapWriteError> {
-        let _ = changed;
-        self.apply(table)
+        let full = self.apply_counting(table, false)?;
+        let (written, deleted) = changed
+            .iter()
+            .partition::<Vec<&IpNet>, _>(|prefix| table.entry(**prefix).is_some());
+        Ok(ApplyStats {
+            prefixes_written: written.len(),
+            prefixes_deleted: deleted.len(),
+            ..full
+        })
     }
 
     /// The policy ids the copies packets read name.
@@ -413,8 +431,18 @@ impl PolicyMaps {
             let entries = index
                 .read((copy * CHUNKS) as usize, CHUNKS as usize)
                 .map_err(mmap_err(index_name))?;
+            // Read only as far as the index names (nothing, for fresh maps).
+            let used = entries
+                .iter()
+                .map(|entry| {
+                    (*entry as u32).saturating_sub(copy * RANGES_PER_COPY) as usize
+                        + (*entry >> 32) as usize
+                })
+                .max()
+                .unwrap_or(0)
+                .min(RANGES_PER_COPY as usize);
             let copy_ranges = ranges
-                .read((copy * RANGES_PER_COPY) as usize, RANGES_PER_COPY as usize)
+                .read((copy * RANGES_PER_COPY) as usize, used)
                 .map_err(mmap_err(ranges_name))?;
             for entry in entries {
                 let first = (entry as u32).saturating_sub(copy * RANGES_PER_COPY) as usize;
@@ -472,15 +500,22 @@ impl PolicyMaps {
     }
 
     fn release_unreferenced(&mut self) -> usize {
-        let referenced: std::collections::HashSet<PolicyId> = self
+        // One flag per slot: the ids are below MAX_POLICIES, and a set of 100k values would cost
+        // more than the rest of a small update.
+        let mut referenced = vec![false; MAX_POLICIES as usize];
+        for id in self
             .written_v4
             .values()
             .chain(self.written_v6.values())
             .chain(self.current_v4.values())
             .chain(self.current_v6.values())
-            .copied()
-            .collect();
-        self.slots.retain_ids(|id| referenced.contains(&id))
+        {
+            if let Some(flag) = referenced.get_mut(*id as usize) {
+                *flag = true;
+            }
+        }
+        self.slots
+            .retain_ids(|id| referenced.get(id as usize).copied().unwrap_or(false))
     }
 
     /// The prefixes this writer has in the kernel, per family.
