@@ -113,6 +113,28 @@ pub fn chunk(ranges: &[(u128, u32)], width: u32, copy: u32) -> Option<Chunked> {
     })
 }
 
+/// The run of one chunk (its first range starting at the chunk's first address) from `entries`
+/// (as for [`build`]: every prefix that overlaps the chunk, including the ones covering it).
+#[must_use]
+pub fn chunk_run(
+    entries: impl IntoIterator<Item = (u128, u128, u32)>,
+    width: u32,
+    chunk: u128,
+) -> Vec<(u128, u32)> {
+    let shift = width - CHUNK_BITS;
+    let chunk_start = chunk << shift;
+    let chunk_end = chunk_start.checked_add(1u128 << shift);
+    let ranges = build(entries, width);
+    let at = ranges.partition_point(|&(start, _)| start <= chunk_start);
+    let mut run = vec![(chunk_start, ranges[at - 1].1)];
+    run.extend(
+        ranges[at..]
+            .iter()
+            .take_while(|&&(start, _)| chunk_end.is_none_or(|end| start < end)),
+    );
+    run
+}
+
 /// The value (policy id + 1, or 0) `chunked` gives `addr`: the kernel's search, in userspace,
 /// for tests.
 #[must_use]
@@ -219,6 +241,27 @@ impl<T: Copy> MappedArray<T> {
     }
 }
 
+impl MappedArray<u64> {
+    /// Stores `value` at element `at` with one aligned 64-bit store, so that a program reading
+    /// it concurrently sees the old value or the new one; everything written before is visible
+    /// first.
+    pub fn store(&mut self, at: usize, value: u64) -> std::io::Result<()> {
+        assert!(at < self.len, "store past the mapped array");
+        let (window, offset) = Window::new(&self.map, at * 8, at * 8 + 8, true)?;
+        // Safety: the window holds this aligned element (elements are 8 bytes from a
+        // page-aligned start); no other reference to it exists in this process.
+        #[expect(
+            clippy::cast_ptr_alignment,
+            reason = "the window starts on a page and the element at a multiple of 8 bytes"
+        )]
+        let atomic = unsafe {
+            std::sync::atomic::AtomicU64::from_ptr(window.ptr.as_ptr().add(offset).cast::<u64>())
+        };
+        atomic.store(value, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+}
+
 impl<T: Copy + Default> MappedArray<T> {
     /// Elements `at..at + count`.
     pub fn read(&self, at: usize, count: usize) -> std::io::Result<Vec<T>> {
@@ -300,6 +343,24 @@ mod tests {
         ] {
             assert_eq!(search(&chunked, v4(addr), 32, 1), want, "{addr:?}");
         }
+    }
+
+    #[test]
+    fn a_chunk_run_matches_the_whole_build() {
+        let entries = [
+            (v4([10, 0, 0, 0]), v4([10, 255, 255, 255]), 1),
+            (v4([10, 1, 0, 0]), v4([10, 1, 0, 255]), 2),
+            (v4([10, 1, 200, 7]), v4([10, 1, 200, 7]), 3),
+        ];
+        let whole = chunk(&build(entries, 32), 32, 0).expect("fits");
+        let chunk_index = v4([10, 1, 0, 0]) >> 16;
+        let run = chunk_run(entries, 32, chunk_index);
+        let entry = whole.index[chunk_index as usize];
+        let first = entry as u32 as usize;
+        assert_eq!(
+            run,
+            whole.ranges[first..first + (entry >> 32) as usize].to_vec()
+        );
     }
 
     #[test]
