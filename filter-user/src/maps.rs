@@ -11,6 +11,12 @@
 //! 5. returns slots neither copy points at to the free list (reused only after step 1 of a later
 //!    update), and starts the grace period on a thread.
 //!
+//! Host-route changes (resolved and learned addresses, [`PolicyMaps::apply_changes`]) take a
+//! shorter path that waits for nothing: each chunk they touch gets a new run of ranges appended
+//! behind the ranges of the copy packets read, then its index entry is switched with one aligned
+//! 64-bit store. Old runs stay as they were until a whole update rewrites that copy, and no slot
+//! is released on this path.
+//!
 //! A family whose table outgrows a copy is written into its LPM trie instead, one prefix per
 //! map update, each atomic; the state then sends that family's packets to the trie.
 //!
