@@ -111,6 +111,8 @@ pub struct PolicyMaps {
     /// append a chunk's new run there. `None` until this writer wrote the copy.
     tail_v4: Option<u32>,
     tail_v6: Option<u32>,
+    /// The maps were adopted and not yet written by this writer.
+    adopted: bool,
 }
 
 impl PolicyMaps {
@@ -164,6 +166,7 @@ impl PolicyMaps {
             current_v6: BTreeMap::new(),
             tail_v4: None,
             tail_v6: None,
+            adopted: false,
         };
         maps.read_existing()?;
         Ok(maps)
@@ -196,7 +199,10 @@ impl PolicyMaps {
             .chain(self.written_v6.values())
             .copied()
             .collect();
-        ids.extend(self.ids_in_active_copies()?);
+        let active_ids = self.ids_in_active_copies()?;
+        // Copies that name policies were written by an earlier writer: adopted.
+        self.adopted = !active_ids.is_empty();
+        ids.extend(active_ids);
         for id in ids {
             let policy = self
                 .policies
@@ -263,6 +269,18 @@ impl PolicyMaps {
                 )
             })
             .collect();
+        // Adopted maps that already hold this table (a restart with the same rules) are left
+        // as they are: nothing to write, nothing to switch.
+        if std::mem::take(&mut self.adopted) {
+            if let Some((tail_v4, tail_v6)) = self.active_copies_hold(&wanted_v4, &wanted_v6)? {
+                self.current_v4 = wanted_v4;
+                self.current_v6 = wanted_v6;
+                self.tail_v4 = Some(tail_v4);
+                self.tail_v6 = Some(tail_v6);
+                stats.policies_released = self.release_unreferenced();
+                return Ok(stats);
+            }
+        }
         if count_prefixes {
             count_changes(&self.current_v4, &wanted_v4, &mut stats);
             count_changes(&self.current_v6, &wanted_v6, &mut stats);
@@ -610,6 +628,77 @@ impl PolicyMaps {
         Ok(ids)
     }
 
+    /// Whether the copies packets read hold exactly these tables; then where their ranges end.
+    fn active_copies_hold(
+        &self,
+        wanted_v4: &BTreeMap<Ipv4Net, PolicyId>,
+        wanted_v6: &BTreeMap<Ipv6Net, PolicyId>,
+    ) -> Result<Option<(u32, u32)>, MapWriteError> {
+        if self.state & (state::V4_TRIE | state::V6_TRIE) != 0 {
+            return Ok(None);
+        }
+        let copy_v4 = u32::from(self.state & state::V4_COPY_1 != 0);
+        let copy_v6 = u32::from(self.state & state::V6_COPY_1 != 0);
+        let ranges_v4 = ranges::build(
+            wanted_v4.iter().map(|(net, id)| {
+                (
+                    u128::from(u32::from(net.network())),
+                    u128::from(u32::from(net.broadcast())),
+                    id + 1,
+                )
+            }),
+            32,
+        );
+        let ranges_v6 = ranges::build(
+            wanted_v6.iter().map(|(net, id)| {
+                (
+                    u128::from(net.network()),
+                    u128::from(net.broadcast()),
+                    id + 1,
+                )
+            }),
+            128,
+        );
+        let (Some(chunked_v4), Some(chunked_v6)) = (
+            ranges::chunk(&ranges_v4, 32, copy_v4),
+            ranges::chunk(&ranges_v6, 128, copy_v6),
+        ) else {
+            return Ok(None);
+        };
+        let encoded_v4: Vec<u64> = chunked_v4
+            .ranges
+            .iter()
+            .map(|&(start, value)| range_v4(start as u32, value))
+            .collect();
+        let encoded_v6: Vec<RangeV6> = chunked_v6
+            .ranges
+            .iter()
+            .map(|&(start, value)| RangeV6 {
+                start_hi: (start >> 64) as u64,
+                start_lo: start as u64,
+                value,
+                _pad: 0,
+            })
+            .collect();
+        let tail_v4 = runs_match(
+            &self.index_v4,
+            &self.ranges_v4,
+            copy_v4,
+            &chunked_v4.index,
+            &encoded_v4,
+        )
+        .map_err(mmap_err(names::RANGES_V4))?;
+        let tail_v6 = runs_match(
+            &self.index_v6,
+            &self.ranges_v6,
+            copy_v6,
+            &chunked_v6.index,
+            &encoded_v6,
+        )
+        .map_err(mmap_err(names::RANGES_V6))?;
+        Ok(tail_v4.zip(tail_v6))
+    }
+
     /// Waits for the grace period the last update started (see the module docs). `apply` waits
     /// for it itself when it must; this lets a caller take that wait out of a timed update.
     pub fn settle(&mut self) {
@@ -741,6 +830,38 @@ fn entries_in_chunk_v6(
             )
         })
         .collect()
+}
+
+/// Whether copy `copy` of an index and its ranges gives every chunk the run `index`/`ranges`
+/// (built for the same copy) give it; then where the copy's ranges end.
+fn runs_match<R: Copy + Default + PartialEq>(
+    index: &MappedArray<u64>,
+    ranges: &MappedArray<R>,
+    copy: u32,
+    wanted_index: &[u64],
+    wanted_ranges: &[R],
+) -> std::io::Result<Option<u32>> {
+    let base = copy * RANGES_PER_COPY;
+    let present_index = index.read((copy * CHUNKS) as usize, CHUNKS as usize)?;
+    let tail = present_index
+        .iter()
+        .map(|entry| (*entry as u32).saturating_add((*entry >> 32) as u32))
+        .max()
+        .unwrap_or(base)
+        .clamp(base, base + RANGES_PER_COPY);
+    let present = ranges.read(base as usize, (tail - base) as usize)?;
+    for (have, want) in present_index.iter().zip(wanted_index) {
+        let run = |entry: u64, list: &[R]| {
+            let first = (entry as u32).saturating_sub(base) as usize;
+            list.get(first..first + (entry >> 32) as usize)
+                .map(<[R]>::to_vec)
+        };
+        match (run(*have, &present), run(*want, wanted_ranges)) {
+            (Some(have), Some(want)) if have == want => {}
+            _ => return Ok(None),
+        }
+    }
+    Ok(Some(tail))
 }
 
 fn mmap_err(name: &'static str) -> impl Fn(std::io::Error) -> MapWriteError {
