@@ -14,6 +14,7 @@ pub mod config;
 pub mod event;
 pub mod maps;
 pub mod policy;
+pub mod ranges;
 pub mod reason;
 pub mod sources;
 
@@ -45,6 +46,10 @@ mod pod {
     unsafe impl aya::Pod for super::Policy {}
     // SAFETY: see the module docs.
     unsafe impl aya::Pod for super::PortRule {}
+    // SAFETY: see the module docs.
+    unsafe impl aya::Pod for super::ranges::RangeV6 {}
+    // SAFETY: see the module docs.
+    unsafe impl aya::Pod for super::sources::SourceSlot {}
     // SAFETY: see the module docs.
     unsafe impl aya::Pod for super::DropEvent {}
     // SAFETY: see the module docs.

@@ -3,7 +3,8 @@
 //! BPF object names are truncated by the kernel at 15 bytes (`BPF_OBJ_NAME_LEN` - 1); every name
 //! here fits, which the assertions below check.
 
-/// LPM trie, IPv4 destination prefix → [`crate::PolicyId`]. Written by the daemon, read by the
+/// LPM trie, IPv4 destination prefix → [`crate::PolicyId`]: read instead of the range index only
+/// when the table outgrows it (`filter_common::ranges`). Written by the daemon, read by the
 /// programs.
 pub const ALLOW_V4: &str = "ALLOW_V4";
 /// LPM trie, IPv6 destination prefix → [`crate::PolicyId`]. Written by the daemon, read by the
@@ -14,6 +15,23 @@ pub const ALLOW_V6: &str = "ALLOW_V6";
 pub const SOURCES_V4: &str = "SOURCES_V4";
 /// LPM trie, (interface, IPv6 source prefix) → reserved `u32`. Written by the daemon, read by XDP.
 pub const SOURCES_V6: &str = "SOURCES_V6";
+/// Array, two copies of a [`crate::sources::SourceSlot`] per interface: what XDP scans before
+/// the source tries. Memory-mapped and written by the daemon, read by XDP.
+pub const SOURCE_SLOTS: &str = "SOURCE_SLOTS";
+/// Array with one `u32` at index 0: which copy of the source slots XDP reads (0 or 1).
+pub const SOURCE_COPY: &str = "SOURCE_COPY";
+/// Array, two copies of [`crate::ranges::CHUNKS`] index entries for IPv4 destinations
+/// (`filter_common::ranges`). Memory-mapped and written by the daemon, read by the programs.
+pub const INDEX_V4: &str = "INDEX_V4";
+/// Array, two copies of the IPv4 range starts and their policies.
+pub const RANGES_V4: &str = "RANGES_V4";
+/// Array, two copies of the IPv6 destination index.
+pub const INDEX_V6: &str = "INDEX_V6";
+/// Array, two copies of the IPv6 range starts ([`crate::ranges::RangeV6`]).
+pub const RANGES_V6: &str = "RANGES_V6";
+/// Array with one `u32` at index 0: which copy of the index each family reads, or its trie
+/// (`filter_common::ranges::state`). Written by the daemon, read by the programs.
+pub const TABLE_STATE: &str = "TABLE_STATE";
 /// Array, [`crate::PolicyId`] → [`crate::Policy`] (the protocols and ports allowed). Written by
 /// the daemon, read by the programs.
 pub const POLICIES: &str = "POLICIES";
@@ -43,11 +61,18 @@ pub const PROG_XDP_L3: &str = "egress_xdp_l3";
 pub const PROG_TC_L3: &str = "egress_tc_l3";
 
 /// Every map the object must contain.
-pub const ALL_MAPS: [&str; 11] = [
+pub const ALL_MAPS: [&str; 18] = [
     ALLOW_V4,
     ALLOW_V6,
+    INDEX_V4,
+    RANGES_V4,
+    INDEX_V6,
+    RANGES_V6,
+    TABLE_STATE,
     SOURCES_V4,
     SOURCES_V6,
+    SOURCE_SLOTS,
+    SOURCE_COPY,
     POLICIES,
     CONFIG,
     REASON_STATS,

@@ -11,6 +11,7 @@
 #![no_std]
 #![no_main]
 
+mod ablation;
 mod context;
 mod maps;
 mod object;
@@ -26,6 +27,7 @@ use aya_ebpf::{
 use filter_common::{Config, Reason};
 
 use crate::{
+    ablation::skip,
     context::PacketContext,
     parse::{Frame, Packet, MAX_L4_OFFSET},
     verdict::Judgement,
@@ -44,7 +46,7 @@ enum Verdict {
     reason = "aya's macros hand the context over by value"
 )]
 pub fn egress_xdp(ctx: XdpContext) -> u32 {
-    xdp_verdict(process::<_, true>(&ctx))
+    xdp_verdict(process::<_, true, { skip::NOTHING }>(&ctx))
 }
 
 /// XDP on a layer-3 device (TUN, WireGuard, PPP, IP tunnels; generic mode): no link header.
@@ -54,7 +56,7 @@ pub fn egress_xdp(ctx: XdpContext) -> u32 {
     reason = "aya's macros hand the context over by value"
 )]
 pub fn egress_xdp_l3(ctx: XdpContext) -> u32 {
-    xdp_verdict(process::<_, false>(&ctx))
+    xdp_verdict(process::<_, false, { skip::NOTHING }>(&ctx))
 }
 
 #[inline(always)]
@@ -96,7 +98,7 @@ fn tc_verdict<const ETHERNET: bool>(ctx: &TcContext) -> i32 {
         // A failed pull leaves the frame as it was; the parser then fails closed on it.
         let _pulled = ctx.pull_data(wanted);
     }
-    match process::<_, ETHERNET>(ctx) {
+    match process::<_, ETHERNET, { skip::NOTHING }>(ctx) {
         // TC_ACT_UNSPEC (TCX_NEXT) lets programs after ours, such as a CNI's, still run; with
         // none left the packet passes.
         Verdict::Pass => TC_ACT_UNSPEC,
@@ -104,36 +106,52 @@ fn tc_verdict<const ETHERNET: bool>(ctx: &TcContext) -> i32 {
     }
 }
 
-/// Parse, check the source, judge, count, report: everything the hooks share.
+/// Parse, check the source, judge, count, report: everything the hooks share. `SKIP` leaves
+/// parts out for the bench's cost breakdown (see [`ablation`]); the hooks pass
+/// [`skip::NOTHING`], which compiles every part in.
 #[inline(always)]
-fn process<C: PacketContext, const ETHERNET: bool>(ctx: &C) -> Verdict {
+fn process<C: PacketContext, const ETHERNET: bool, const SKIP: u32>(ctx: &C) -> Verdict {
     let mut packet = Packet::EMPTY;
-    // Only a hook that checks sources needs the config before the verdict; the others read it
-    // on the drop path alone.
-    let early_config = if C::CHECKS_SOURCES {
-        Some(read_config())
-    } else {
-        None
-    };
-    let Judgement { reason, service_id } = match parse::parse::<C, ETHERNET>(ctx, &mut packet) {
+    // Only a hook that checks sources needs the config before the verdict, and only its flag;
+    // the drop path reads the rest.
+    let checks_sources = C::CHECKS_SOURCES
+        && if SKIP & skip::CONFIG != 0 {
+            ablation::CONSTANT_CONFIG.checks_sources()
+        } else {
+            maps::CONFIG.get(0).is_some_and(Config::checks_sources)
+        };
+    let parsed = parse::parse::<C, ETHERNET>(ctx, &mut packet);
+    if SKIP & skip::ALL_BUT_PARSE != 0 {
+        return if parsed.is_ok() {
+            Verdict::Pass
+        } else {
+            Verdict::Drop
+        };
+    }
+    let Judgement { reason, service_id } = match parsed {
         Ok(Frame::Ip) => {
-            let spoofed = early_config.is_some_and(|c| c.checks_sources())
-                && !verdict::source_belongs(ctx.ifindex(), &packet);
+            let spoofed = checks_sources && !verdict::source_belongs(ctx.ifindex(), &packet);
             if spoofed {
                 Reason::SpoofedSource.into()
             } else {
-                verdict::judge(&packet)
+                verdict::judge::<SKIP>(&packet)
             }
         }
         Ok(Frame::Arp) => Reason::Arp.into(),
         Ok(Frame::NotIp) => Reason::NotIp.into(),
         Err(reason) => reason.into(),
     };
-    report::count(reason, service_id, ctx.packet_len());
+    if SKIP & skip::COUNT == 0 {
+        report::count(reason, service_id, ctx.packet_len());
+    }
     if reason.passes() {
         return Verdict::Pass;
     }
-    let config = early_config.unwrap_or_else(read_config);
+    let config = if SKIP & skip::CONFIG != 0 {
+        ablation::CONSTANT_CONFIG
+    } else {
+        read_config()
+    };
     report::report(ctx, &packet, reason, &config);
     if config.is_audit() {
         Verdict::Pass

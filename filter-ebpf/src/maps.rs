@@ -1,6 +1,7 @@
 //! The maps, declared once. Names, key and value types come from `filter_common`; see
 //! `filter_common::maps` for who writes and who reads each.
 
+use aya_ebpf::bindings::BPF_F_MMAPABLE;
 use aya_ebpf::{
     macros::map,
     maps::{Array, LpmTrie, PerCpuArray, RingBuf},
@@ -8,16 +9,38 @@ use aya_ebpf::{
 use filter_common::{
     event::RateLimitState,
     maps as names,
-    sources::{SourceKeyV4, SourceKeyV6},
+    ranges::{RangeV6, CHUNKS, RANGES_PER_COPY},
+    sources::{SourceKeyV4, SourceKeyV6, SourceSlot, SOURCE_SLOT_INTERFACES},
     Config, EventCounter, Ipv4KeyBytes, Ipv6KeyBytes, PacketCount, Policy, PolicyId, Reason,
 };
 
-/// IPv4 destination prefix → policy. LPM tries must be `BPF_F_NO_PREALLOC` (aya adds it).
+/// Two copies of the IPv4 destination index (`filter_common::ranges`); the daemon writes them
+/// through a memory mapping.
+#[map(name = "INDEX_V4")]
+pub static INDEX_V4: Array<u64> = Array::with_max_entries(2 * CHUNKS, BPF_F_MMAPABLE);
+
+/// Two copies of the IPv4 ranges.
+#[map(name = "RANGES_V4")]
+pub static RANGES_V4: Array<u64> = Array::with_max_entries(2 * RANGES_PER_COPY, BPF_F_MMAPABLE);
+
+/// Two copies of the IPv6 destination index.
+#[map(name = "INDEX_V6")]
+pub static INDEX_V6: Array<u64> = Array::with_max_entries(2 * CHUNKS, BPF_F_MMAPABLE);
+
+/// Two copies of the IPv6 ranges.
+#[map(name = "RANGES_V6")]
+pub static RANGES_V6: Array<RangeV6> = Array::with_max_entries(2 * RANGES_PER_COPY, BPF_F_MMAPABLE);
+
+/// Index 0: which copy each family reads, or its trie (`filter_common::ranges::state`).
+#[map(name = "TABLE_STATE")]
+pub static TABLE_STATE: Array<u32> = Array::with_max_entries(1, 0);
+
+/// IPv4 destination prefix → policy, when the table outgrows the range index. LPM tries must be `BPF_F_NO_PREALLOC` (aya adds it).
 #[map(name = "ALLOW_V4")]
 pub static ALLOW_V4: LpmTrie<Ipv4KeyBytes, PolicyId> =
     LpmTrie::with_max_entries(names::MAX_PREFIXES, 0);
 
-/// IPv6 destination prefix → policy.
+/// IPv6 destination prefix → policy, when the table outgrows the range index.
 #[map(name = "ALLOW_V6")]
 pub static ALLOW_V6: LpmTrie<Ipv6KeyBytes, PolicyId> =
     LpmTrie::with_max_entries(names::MAX_PREFIXES, 0);
@@ -31,6 +54,15 @@ pub static SOURCES_V4: LpmTrie<SourceKeyV4, u32> =
 #[map(name = "SOURCES_V6")]
 pub static SOURCES_V6: LpmTrie<SourceKeyV6, u32> =
     LpmTrie::with_max_entries(names::MAX_SOURCE_PREFIXES, 0);
+
+/// Two copies of each interface's source prefixes, scanned before the source tries.
+#[map(name = "SOURCE_SLOTS")]
+pub static SOURCE_SLOTS: Array<SourceSlot> =
+    Array::with_max_entries(2 * SOURCE_SLOT_INTERFACES, BPF_F_MMAPABLE);
+
+/// Index 0: which copy of `SOURCE_SLOTS` XDP reads.
+#[map(name = "SOURCE_COPY")]
+pub static SOURCE_COPY: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Policy id → the rules allowed under every prefix that names it.
 #[map(name = "POLICIES")]

@@ -313,14 +313,11 @@ fn check_ipv4_options(cursor: &Cursor, start: usize, end: usize) -> Result<(), R
     Ok(())
 }
 
+/// An IPv4 address in the first four bytes of sixteen. Built by arithmetic: a zeroed array
+/// with four bytes copied in compiles to a `memset` subprogram call per address.
 #[inline(always)]
 const fn v4_in_16(addr: [u8; 4]) -> [u8; 16] {
-    let mut out = [0; 16];
-    out[0] = addr[0];
-    out[1] = addr[1];
-    out[2] = addr[2];
-    out[3] = addr[3];
-    out
+    ((u32::from_be_bytes(addr) as u128) << 96).to_be_bytes()
 }
 
 /// IPv6 and its extension-header chain. Returns the upper-layer protocol and where its header

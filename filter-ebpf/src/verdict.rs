@@ -5,15 +5,23 @@
 //! so one longest-prefix match per packet answers that question exactly (see
 //! `filter_common::policy`).
 
-use aya_ebpf::maps::lpm_trie::Key;
+use aya_ebpf::maps::{lpm_trie::Key, Array};
 use filter_common::{
     policy::MAX_RULES_PER_POLICY,
-    sources::{SourceKeyV4, SourceKeyV6, IFINDEX_BITS},
-    Policy, Reason, RuleProto,
+    ranges::{state, CHUNKS, CHUNK_BITS, SEARCH_STEPS},
+    sources::{
+        SourceKeyV4, SourceKeyV6, SourceSlot, IFINDEX_BITS, SOURCE_SLOT_INTERFACES,
+        SOURCE_SLOT_OVERFLOW,
+    },
+    Policy, PolicyId, Reason, RuleProto,
 };
 
 use crate::{
-    maps::{ALLOW_V4, ALLOW_V6, POLICIES, SOURCES_V4, SOURCES_V6},
+    ablation::{self, skip},
+    maps::{
+        ALLOW_V4, ALLOW_V6, INDEX_V4, INDEX_V6, POLICIES, RANGES_V4, RANGES_V6, SOURCES_V4,
+        SOURCES_V6, SOURCE_COPY, SOURCE_SLOTS, TABLE_STATE,
+    },
     parse::{ipproto, Packet},
 };
 
@@ -35,19 +43,19 @@ impl From<Reason> for Judgement {
 
 /// Judges an IP packet.
 #[inline(always)]
-pub fn judge(packet: &Packet) -> Judgement {
+pub fn judge<const SKIP: u32>(packet: &Packet) -> Judgement {
     let link_local = link_local_reason(packet);
     if let Some(reason) = link_local {
         if !matches!(reason, Reason::LinkScoped) || !is_link_local_unicast(packet) {
             return reason.into();
         }
     }
-    let policy_id = if packet.family == 4 {
-        ALLOW_V4.get(Key::new(32, packet.dst_v4()))
+    let policy_id = if SKIP & skip::DESTINATION != 0 {
+        Some(ablation::CONSTANT_POLICY_ID)
     } else {
-        ALLOW_V6.get(Key::new(128, packet.dst))
+        destination_policy(packet)
     };
-    let Some(&policy_id) = policy_id else {
+    let Some(policy_id) = policy_id else {
         // A link-local unicast address the table does not list is a neighbour's: the packet
         // stays on the link.
         return link_local.unwrap_or(Reason::NoService).into();
@@ -60,16 +68,153 @@ pub fn judge(packet: &Packet) -> Judgement {
     if packet.rule_proto == RuleProto::Icmp as u8 && is_icmp_error(packet) {
         return Reason::AllowedIcmpError.into();
     }
+    if SKIP & skip::RULES != 0 {
+        return Judgement {
+            reason: Reason::Allowed,
+            service_id: Some(0),
+        };
+    }
     let Some(policy) = POLICIES.get(policy_id) else {
         return Reason::PolicyMissing.into();
     };
     match_rules(policy, packet.rule_proto, packet.dport)
 }
 
+/// The policy of the destination's longest matching prefix: from the range index, or from the
+/// trie when the table outgrew the index (see `filter_common::ranges`).
+#[inline(always)]
+fn destination_policy(packet: &Packet) -> Option<PolicyId> {
+    let table_state = TABLE_STATE.get(0).copied().unwrap_or(0);
+    if packet.family == 4 {
+        if table_state & state::V4_TRIE != 0 {
+            return ALLOW_V4.get(Key::new(32, packet.dst_v4())).copied();
+        }
+        let copy = (table_state & state::V4_COPY_1 != 0) as u32;
+        range_value(find_range_v4(u32::from_be_bytes(packet.dst_v4()), copy)?)
+    } else {
+        if table_state & state::V6_TRIE != 0 {
+            return ALLOW_V6.get(Key::new(128, packet.dst)).copied();
+        }
+        let copy = (table_state & state::V6_COPY_1 != 0) as u32;
+        let dst = u128::from_be_bytes(packet.dst);
+        range_value(find_range_v6((dst >> 64) as u64, dst as u64, copy)?)
+    }
+}
+
+/// A range's value as a policy id: 0 is no policy.
+#[inline(always)]
+fn range_value(value: u32) -> Option<PolicyId> {
+    value.checked_sub(1)
+}
+
+/// The run of ranges `copy`'s index names for a destination whose top bits are `chunk`.
+#[inline(always)]
+fn run_of(index: &Array<u64>, copy: u32, chunk: u32) -> Option<(u32, u32)> {
+    let entry = *index.get(copy * CHUNKS + chunk)?;
+    Some((entry as u32, (entry >> 32) as u32))
+}
+
+/// The value of the last IPv4 range starting at or below `dst`.
+#[inline(always)]
+fn find_range_v4(dst: u32, copy: u32) -> Option<u32> {
+    let (mut first, mut count) = run_of(&INDEX_V4, copy, dst >> (32 - CHUNK_BITS))?;
+    if count == 0 {
+        return None;
+    }
+    // Invariant: the range at `first` starts at or below `dst`; the answer is in the `count`
+    // ranges from there.
+    for _ in 0..SEARCH_STEPS {
+        if count <= 1 {
+            break;
+        }
+        let half = count / 2;
+        let middle = first + half;
+        if (*RANGES_V4.get(middle)? >> 32) as u32 <= dst {
+            first = middle;
+        }
+        count -= half;
+    }
+    Some(*RANGES_V4.get(first)? as u32)
+}
+
+/// The value of the last IPv6 range starting at or below the destination (`hi`, `lo`).
+#[inline(always)]
+fn find_range_v6(hi: u64, lo: u64, copy: u32) -> Option<u32> {
+    let (mut first, mut count) = run_of(&INDEX_V6, copy, (hi >> (64 - CHUNK_BITS)) as u32)?;
+    if count == 0 {
+        return None;
+    }
+    for _ in 0..SEARCH_STEPS {
+        if count <= 1 {
+            break;
+        }
+        let half = count / 2;
+        let middle = first + half;
+        let range = RANGES_V6.get(middle)?;
+        if range.start_hi < hi || (range.start_hi == hi && range.start_lo <= lo) {
+            first = middle;
+        }
+        count -= half;
+    }
+    Some(RANGES_V6.get(first)?.value)
+}
+
 /// Whether the packet's source belongs on `ifindex`: some prefix routed out of that interface
 /// covers it (see `filter_common::sources`).
 #[inline(always)]
 pub fn source_belongs(ifindex: u32, packet: &Packet) -> bool {
+    if ifindex < SOURCE_SLOT_INTERFACES {
+        let copy = SOURCE_COPY.get(0).copied().unwrap_or(0) & 1;
+        if let Some(slot) = SOURCE_SLOTS.get(copy * SOURCE_SLOT_INTERFACES + ifindex) {
+            if let Some(belongs) = slot_holds(slot, packet) {
+                return belongs;
+            }
+        }
+    }
+    source_in_trie(ifindex, packet)
+}
+
+/// Whether the interface's slot holds a prefix covering the source; `None` when the slot
+/// overflowed and the trie must answer.
+#[inline(always)]
+fn slot_holds(slot: &SourceSlot, packet: &Packet) -> Option<bool> {
+    if packet.family == 4 {
+        let count = slot.v4_count;
+        if count == SOURCE_SLOT_OVERFLOW {
+            return None;
+        }
+        let src = u32::from_be_bytes([packet.src[0], packet.src[1], packet.src[2], packet.src[3]]);
+        for (index, prefix) in slot.v4.iter().enumerate() {
+            if index as u32 >= count {
+                break;
+            }
+            if src & prefix.mask == prefix.network {
+                return Some(true);
+            }
+        }
+    } else {
+        let count = slot.v6_count;
+        if count == SOURCE_SLOT_OVERFLOW {
+            return None;
+        }
+        let src = u128::from_be_bytes(packet.src);
+        let (hi, lo) = ((src >> 64) as u64, src as u64);
+        for (index, prefix) in slot.v6.iter().enumerate() {
+            if index as u32 >= count {
+                break;
+            }
+            if hi & prefix.mask_hi == prefix.network_hi && lo & prefix.mask_lo == prefix.network_lo
+            {
+                return Some(true);
+            }
+        }
+    }
+    Some(false)
+}
+
+/// The source check in the tries: for interfaces without a slot or with too many prefixes.
+#[inline(always)]
+fn source_in_trie(ifindex: u32, packet: &Packet) -> bool {
     let index = ifindex.to_be_bytes();
     let src = &packet.src;
     if packet.family == 4 {

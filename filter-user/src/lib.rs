@@ -11,6 +11,7 @@ pub mod loader;
 pub mod maps;
 pub mod pins;
 pub mod protocols;
+pub mod ranges;
 pub mod resolve;
 pub mod rules;
 pub mod state;

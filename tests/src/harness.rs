@@ -4,7 +4,7 @@ use anyhow::{ensure, Context as _};
 use std::os::fd::AsFd as _;
 
 use aya::{
-    maps::{lpm_trie::Key, LpmTrie, Map, MapData, PerCpuArray, RingBuf},
+    maps::{lpm_trie::Key, Array, LpmTrie, Map, MapData, PerCpuArray, RingBuf},
     programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp},
     Ebpf,
 };
@@ -50,6 +50,8 @@ pub struct Filter {
     pub sources: SourceMaps,
     /// A second handle on the IPv4 trie, for writing what the daemon never would.
     raw_allow_v4: LpmTrie<MapData, [u8; 4], u32>,
+    /// A second handle on the table state, to send IPv4 to that trie.
+    raw_table_state: Array<MapData, u32>,
 }
 
 impl Filter {
@@ -77,6 +79,13 @@ impl Filter {
             }
             _ => anyhow::bail!("ALLOW_V4 is missing or not an LPM trie"),
         };
+        let raw_table_state = match ebpf.map(names::TABLE_STATE) {
+            Some(Map::Array(data)) => {
+                let fd = data.fd().as_fd().try_clone_to_owned()?;
+                Array::try_from(Map::from_map_data(MapData::from_fd(fd)?)?)?
+            }
+            _ => anyhow::bail!("TABLE_STATE is missing or not an array"),
+        };
         let mut maps = PolicyMaps::take_from(&mut ebpf)?;
         let sources = SourceMaps::take_from(&mut ebpf)?;
         maps.set_config(Config::new(filter_common::Mode::Enforce))?;
@@ -85,6 +94,7 @@ impl Filter {
             maps,
             sources,
             raw_allow_v4,
+            raw_table_state,
         })
     }
 
@@ -135,7 +145,42 @@ impl Filter {
         Ok((result.return_value, result.duration.as_nanos()))
     }
 
-    /// Points an IPv4 prefix at `policy_id` directly, bypassing the writer: a damaged map.
+    /// Loads an XDP program of the object that the loader leaves alone (the bench's cost-breakdown
+    /// variants), so that [`Filter::run_xdp_named`] can run it on the same maps.
+    pub fn load_extra_xdp(&mut self, name: &str) -> anyhow::Result<()> {
+        let program: &mut Xdp = self
+            .ebpf
+            .program_mut(name)
+            .with_context(|| format!("no program {name} in the object"))?
+            .try_into()?;
+        program.load().with_context(|| format!("loading {name}"))?;
+        Ok(())
+    }
+
+    /// Runs `frame` `repeat` times through the XDP program `name` (loaded); returns the raw
+    /// return code and the kernel's mean duration per run in nanoseconds.
+    pub fn run_xdp_named(
+        &mut self,
+        name: &str,
+        frame: &[u8],
+        repeat: u32,
+    ) -> anyhow::Result<(u32, u128)> {
+        let program: &mut Xdp = self
+            .ebpf
+            .program_mut(name)
+            .with_context(|| format!("no program {name} in the object"))?
+            .try_into()?;
+        let result = program.test_run(TestRunOptions {
+            data_in: Some(frame),
+            repeat,
+            ..TestRunOptions::default()
+        })?;
+        Ok((result.return_value, result.duration.as_nanos()))
+    }
+
+    /// Points an IPv4 prefix at `policy_id` directly, bypassing the writer: a damaged map. The
+    /// prefix goes into the IPv4 trie, and IPv4 destinations are sent to the trie (the state a
+    /// table too large for the range index leaves), until the next `apply`.
     pub fn point_prefix_at(
         &mut self,
         prefix: ipnet::Ipv4Net,
@@ -143,6 +188,9 @@ impl Filter {
     ) -> anyhow::Result<()> {
         let key = Key::new(u32::from(prefix.prefix_len()), prefix.network().octets());
         self.raw_allow_v4.insert(&key, policy_id, 0)?;
+        let state = self.raw_table_state.get(&0, 0)?;
+        self.raw_table_state
+            .set(0, state | filter_common::ranges::state::V4_TRIE, 0)?;
         Ok(())
     }
 

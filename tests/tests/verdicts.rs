@@ -1032,6 +1032,46 @@ fn xdp_drops_sources_that_do_not_belong_on_the_interface() -> anyhow::Result<()>
     Ok(())
 }
 
+/// An interface with more source prefixes than its slot holds is checked in the tries: the
+/// answers stay the same.
+#[test]
+fn sources_beyond_a_slot_are_checked_in_the_tries() -> anyhow::Result<()> {
+    let mut filter = Filter::new(&grants())?;
+    let many = filter_common::sources::SOURCE_SLOT_PREFIXES + 2;
+    let sources: std::collections::BTreeSet<_> = (0..many)
+        .map(|i| format!("10.{i}.0.0/16"))
+        .chain(["192.0.2.0/24".to_owned()])
+        .map(|p| (TEST_RUN_IFINDEX, p.parse().expect("test prefix")))
+        .collect();
+    filter.sources.set(&sources)?;
+    filter.maps.set_config(Config {
+        flags: Config::CHECK_SOURCES,
+        ..Config::new(Mode::Enforce)
+    })?;
+    for (name, src, want) in [
+        ("a LAN client", "192.0.2.10", Reason::Allowed),
+        ("the last of many prefixes", "10.9.1.1", Reason::Allowed),
+        (
+            "a source from elsewhere",
+            "203.0.113.9",
+            Reason::SpoofedSource,
+        ),
+    ] {
+        let frame = Pkt::ip(src, ALLOWED4).tcp(443).build();
+        let want_outcome = if want.passes() {
+            Outcome::Pass
+        } else {
+            Outcome::Drop
+        };
+        assert_eq!(
+            filter.judge(Hook::Xdp, &frame)?,
+            (want_outcome, want),
+            "{name}"
+        );
+    }
+    Ok(())
+}
+
 #[test]
 fn counters_attribute_packets_and_bytes_to_the_allowing_service() -> anyhow::Result<()> {
     let mut filter = Filter::new(&grants())?;

@@ -30,7 +30,8 @@ enum Command {
     /// Measure the datapath and the daemon against a trivial program and nftables; writes
     /// BENCHMARKS.md.
     Bench {
-        /// Measure only this part and print it, leaving BENCHMARKS.md alone (`dns`).
+        /// Measure only this part and print it, leaving BENCHMARKS.md alone (`dns`, `breakdown`,
+        /// `per-packet`).
         #[arg(long, value_name = "PART")]
         only: Option<String>,
     },

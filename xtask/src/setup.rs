@@ -26,6 +26,7 @@ const APT_PACKAGES: &[&str] = &[
     "nftables",
     "bpftool",
     "python3-scapy",
+    "xdp-tools",
 ];
 const NIGHTLY: &str = "nightly";
 const BPF_LINKER_VERSION: &str = "0.13.0";

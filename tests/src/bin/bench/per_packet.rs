@@ -87,6 +87,30 @@ pub struct Row {
     pub baseline_ns: f64,
     pub xdp_ns: f64,
     pub tc_ns: f64,
+    /// xdp-filter on the same frames, when it is installed.
+    pub peer_ns: Option<f64>,
+}
+
+/// The destination address of a frame built by [`Kind::frame`] (untagged or one tag).
+fn destination(frame: &[u8]) -> Option<std::net::IpAddr> {
+    let mut offset = 12;
+    let mut ether_type = u16::from_be_bytes([*frame.get(offset)?, *frame.get(offset + 1)?]);
+    if ether_type == TPID_8021Q {
+        offset += 4;
+        ether_type = u16::from_be_bytes([*frame.get(offset)?, *frame.get(offset + 1)?]);
+    }
+    let ip = offset + 2;
+    match ether_type {
+        0x0800 => {
+            let b: [u8; 4] = frame.get(ip + 16..ip + 20)?.try_into().ok()?;
+            Some(std::net::IpAddr::from(b))
+        }
+        0x86dd => {
+            let b: [u8; 16] = frame.get(ip + 24..ip + 40)?.try_into().ok()?;
+            Some(std::net::IpAddr::from(b))
+        }
+        _ => None,
+    }
 }
 
 /// Frames for every kind against a table.
@@ -96,6 +120,25 @@ pub fn frames(table: &AllowTable, seed: u64) -> Vec<(Kind, Vec<Vec<u8>>)> {
         .iter()
         .map(|k| (*k, (0..KEYS).map(|_| k.frame(table, &mut rng)).collect()))
         .collect()
+}
+
+/// The interface the kernel's XDP test run reports a frame arriving on: the loopback device.
+const TEST_RUN_IFINDEX: u32 = 1;
+
+/// Writes the source prefixes of the measured frames for the test run's interface and turns
+/// the source check on, with drop events off: the per-packet cost the daemon's defaults give.
+pub fn configure_as_daemon(filter: &mut Filter) -> anyhow::Result<()> {
+    let sources = [
+        (TEST_RUN_IFINDEX, "192.0.2.0/24".parse()?),
+        (TEST_RUN_IFINDEX, "2001:db8::/64".parse()?),
+    ]
+    .into_iter()
+    .collect();
+    filter.sources.set(&sources)?;
+    filter
+        .maps
+        .set_config(crate::breakdown::bench_config(true))?;
+    Ok(())
 }
 
 /// The trivial program, loaded.
@@ -119,6 +162,11 @@ impl Baseline {
     }
 
     pub fn mean_ns(&mut self, frames: &[Vec<u8>]) -> anyhow::Result<f64> {
+        self.mean_ns_repeat(frames, REPEAT)
+    }
+
+    /// Like [`Baseline::mean_ns`], with `repeat` runs per frame.
+    pub fn mean_ns_repeat(&mut self, frames: &[Vec<u8>], repeat: u32) -> anyhow::Result<f64> {
         let program: &mut Xdp = self
             .ebpf
             .program_mut(Self::PROGRAM)
@@ -127,7 +175,7 @@ impl Baseline {
         mean(frames, |frame| {
             let opts = TestRunOptions {
                 data_in: Some(frame),
-                repeat: REPEAT,
+                repeat,
                 ..TestRunOptions::default()
             };
             Ok(program.test_run(opts)?.duration.as_nanos() as f64)
@@ -155,8 +203,21 @@ pub fn measure(
 ) -> anyhow::Result<Vec<Row>> {
     let started = Instant::now();
     let mut rows = Vec::new();
-    for (kind, frames) in frames(table, 0x5eed ^ prefixes as u64) {
+    let all_frames = frames(table, 0x5eed ^ prefixes as u64);
+    // xdp-filter allows the addresses the hit frames go to (and TCP 443).
+    let hit_addresses: std::collections::BTreeSet<std::net::IpAddr> = all_frames
+        .iter()
+        .filter(|(kind, _)| kind.is_hit())
+        .flat_map(|(_, frames)| frames.iter().filter_map(|f| destination(f)))
+        .collect();
+    let hit_addresses: Vec<std::net::IpAddr> = hit_addresses.into_iter().collect();
+    let mut peer = crate::peer::XdpFilter::load(&hit_addresses)?;
+    for (kind, frames) in all_frames {
         let baseline_ns = baseline.mean_ns(&frames)?;
+        let peer_ns = match peer.as_mut() {
+            Some(peer) => Some(peer.mean_ns(&frames, REPEAT)?),
+            None => None,
+        };
         let mut per_hook = [0.0; 2];
         for (slot, hook) in per_hook.iter_mut().zip(Hook::BOTH) {
             *slot = mean(&frames, |frame| {
@@ -169,6 +230,7 @@ pub fn measure(
             baseline_ns,
             xdp_ns: per_hook[0],
             tc_ns: per_hook[1],
+            peer_ns,
         });
     }
     eprintln!(
@@ -176,4 +238,24 @@ pub fn measure(
         started.elapsed()
     );
     Ok(rows)
+}
+
+/// Kernel memory of every BPF map this process holds open, from `/proc/self/fdinfo` (`memlock`:
+/// what the kernel charges for the map, preallocated arrays whole, tries as filled).
+pub fn map_memory_bytes() -> anyhow::Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir("/proc/self/fdinfo")? {
+        let Ok(info) = std::fs::read_to_string(entry?.path()) else {
+            continue;
+        };
+        if !info.contains("map_type:") {
+            continue;
+        }
+        total += info
+            .lines()
+            .find_map(|l| l.strip_prefix("memlock:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Ok(total)
 }

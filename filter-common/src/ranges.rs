@@ -1,0 +1,80 @@
+//! The destination index: what answers "which policy covers this destination?" per packet.
+//!
+//! The allow table (one policy per prefix, overlaps already unioned, so the longest matching
+//! prefix answers) is a piecewise-constant function over the address space. The daemon writes
+//! it as sorted *ranges*: each range starts at an address and holds the policy of every address
+//! up to the next range's start (DXR, Zec et al. 2012). The packet's top [`CHUNK_BITS`] bits pick
+//! a chunk of the index; the chunk names a run of ranges, whose first one starts at the chunk's
+//! first address; a binary search in that run finds the last range starting at or below the
+//! destination. Every read is a `BPF_MAP_TYPE_ARRAY` lookup, which the verifier inlines: no
+//! helper call, no pointer chase through trie nodes.
+//!
+//! ```text
+//!  INDEX_Vx[copy * CHUNKS + (dst >> (W - 16))]  →  u64: first range (low 32 bits), count (high)
+//!  RANGES_V4[first ..first + count]             →  u64: start address (high 32) | value (low 32)
+//!  RANGES_V6[first ..first + count]             →  RangeV6 { start_hi, start_lo, value }
+//! ```
+//!
+//! A value is `policy id + 1`, 0 where no prefix covers the range.
+//!
+//! Updates never touch what packets read: each family has two copies of its index and ranges
+//! (copy 0 at the front of each array, copy 1 behind it). The daemon writes the copy not in use,
+//! then switches [`TABLE_STATE`](crate::maps::TABLE_STATE) (one aligned 32-bit store), and waits
+//! for a grace period (every program that may have read the old copy has returned) before it
+//! writes that copy again. A packet reads the state once and then only one copy: it is judged by
+//! the old table or the new one, never a mix.
+//!
+//! A table with more ranges than a copy holds goes to the LPM tries instead (`ALLOW_V4`,
+//! `ALLOW_V6`), and the state says so per family.
+
+/// Bits of the destination that pick a chunk.
+pub const CHUNK_BITS: u32 = 16;
+/// Chunks per copy of an index.
+pub const CHUNKS: u32 = 1 << CHUNK_BITS;
+/// Ranges one copy holds, per family: a prefix adds at most two range starts, a chunk one, so
+/// a million prefixes fit.
+pub const RANGES_PER_COPY: u32 = 1 << 21;
+/// Binary-search steps that find any range in a run of up to [`RANGES_PER_COPY`].
+pub const SEARCH_STEPS: usize = 22;
+const _: () = assert!(1 << (SEARCH_STEPS - 1) >= RANGES_PER_COPY);
+
+/// An IPv6 range start and its value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RangeV6 {
+    /// Address bits 0-63 of the start (the most significant), host order.
+    pub start_hi: u64,
+    /// Address bits 64-127 of the start, host order.
+    pub start_lo: u64,
+    /// Policy id + 1, or 0 where nothing is allowed.
+    pub value: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<RangeV6>() == 24);
+
+/// The value at index 0 of `TABLE_STATE`: which copy each family reads, and whether it reads
+/// the tries instead. All zero (never written): copy 0, which is empty, so nothing is allowed.
+pub mod state {
+    /// IPv4 reads copy 1 of its index and ranges.
+    pub const V4_COPY_1: u32 = 1 << 0;
+    /// IPv6 reads copy 1.
+    pub const V6_COPY_1: u32 = 1 << 1;
+    /// IPv4 reads the `ALLOW_V4` trie: the table outgrew a copy.
+    pub const V4_TRIE: u32 = 1 << 2;
+    /// IPv6 reads the `ALLOW_V6` trie.
+    pub const V6_TRIE: u32 = 1 << 3;
+}
+
+/// An index entry: `count` ranges from `first`.
+#[inline(always)]
+#[must_use]
+pub const fn index_entry(first: u32, count: u32) -> u64 {
+    (count as u64) << 32 | first as u64
+}
+
+/// An IPv4 range entry.
+#[inline(always)]
+#[must_use]
+pub const fn range_v4(start: u32, value: u32) -> u64 {
+    (start as u64) << 32 | value as u64
+}

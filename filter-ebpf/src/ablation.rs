@@ -1,0 +1,61 @@
+//! The per-packet cost breakdown: `egress_xdp` with one part left out at a time, so the bench can
+//! time each variant beside the full program on the same frames and attribute the difference to
+//! the part removed. The variants are in the object but never loaded by the daemon (it loads the
+//! four programs of `filter_common::maps::ALL_PROGRAMS` by name); only the bench loads them.
+//!
+//! A variant's verdict is not the filter's: the parts left out decide packets.
+
+use aya_ebpf::{macros::xdp, programs::XdpContext};
+use filter_common::{Config, PolicyId};
+
+use crate::{process, xdp_verdict};
+
+/// Bits of `process`'s `SKIP` parameter: the parts a variant leaves out.
+pub mod skip {
+    /// The real programs.
+    pub const NOTHING: u32 = 0;
+    /// The per-CPU reason and service counter updates.
+    pub const COUNT: u32 = 1 << 0;
+    /// The `CONFIG` array read: [`super::CONSTANT_CONFIG`] instead.
+    pub const CONFIG: u32 = 1 << 1;
+    /// The destination lookup: every packet takes [`super::CONSTANT_POLICY_ID`].
+    pub const DESTINATION: u32 = 1 << 2;
+    /// The policy-slot lookup and the rule scan: a covered destination is allowed.
+    pub const RULES: u32 = 1 << 3;
+    /// Everything after the parser: the program parses and returns.
+    pub const ALL_BUT_PARSE: u32 = 1 << 4;
+}
+
+/// The config a variant without the config read assumes: enforce, sources checked, no events.
+pub const CONSTANT_CONFIG: Config = Config {
+    mode: 0,
+    events_per_sec: 0,
+    event_burst: 0,
+    flags: Config::CHECK_SOURCES,
+};
+
+/// The policy slot a variant without the destination lookup uses for every packet.
+pub const CONSTANT_POLICY_ID: PolicyId = 0;
+
+macro_rules! variants {
+    ($($(#[doc = $doc:literal])* $name:ident = $skip:expr;)*) => {$(
+        $(#[doc = $doc])*
+        #[xdp]
+        pub fn $name(ctx: XdpContext) -> u32 {
+            xdp_verdict(process::<_, true, { $skip }>(&ctx))
+        }
+    )*};
+}
+
+variants! {
+    /// Without the counter updates.
+    abl_no_count = skip::COUNT;
+    /// Without the config read.
+    abl_no_config = skip::CONFIG;
+    /// Without the destination lookup.
+    abl_no_dest = skip::DESTINATION;
+    /// Without the policy slot and rule scan.
+    abl_no_rules = skip::RULES;
+    /// The parser alone.
+    abl_parse_only = skip::ALL_BUT_PARSE;
+}
