@@ -25,16 +25,25 @@ use crate::{
     pins::{HookKind, PinDir},
 };
 
-/// The interfaces to attach to, by index (for events), each checked before anything is loaded:
-/// it exists, and the programs can parse its link layer (a device they cannot parse is refused
-/// here, never attached blindly).
-pub fn check_interfaces(opts: &RunOptions) -> anyhow::Result<BTreeMap<u32, String>> {
+/// The interfaces to attach to, as checked before anything is loaded.
+pub struct Interfaces {
+    /// Names by index, for drop events.
+    pub names: BTreeMap<u32, String>,
+    /// Each interface's link layer, which picks its programs.
+    pub layers: BTreeMap<String, LinkLayer>,
+}
+
+/// Checks every interface before anything is loaded: it exists, and the programs can parse its
+/// link layer (a device they cannot parse is refused here, never attached blindly).
+pub fn check_interfaces(opts: &RunOptions) -> anyhow::Result<Interfaces> {
     let mut names = BTreeMap::new();
+    let mut layers = BTreeMap::new();
     for iface in opts.xdp.iter().chain(&opts.tc) {
         let index = nix::net::if_::if_nametoindex(iface.as_str())
             .with_context(|| format!("no interface named {iface}"))?;
         names.insert(index, iface.clone());
         let layer = LinkLayer::of(iface)?;
+        layers.insert(iface.clone(), layer);
         ensure!(
             !(layer == LinkLayer::Ip
                 && opts.xdp_mode == XdpModeArg::Native
@@ -43,7 +52,7 @@ pub fn check_interfaces(opts: &RunOptions) -> anyhow::Result<BTreeMap<u32, Strin
              native)"
         );
     }
-    Ok(names)
+    Ok(Interfaces { names, layers })
 }
 
 /// Loads the object with every map pinned under the pin path (reused when already there).
@@ -62,12 +71,19 @@ pub fn load_with_pins(pins: &PinDir) -> anyhow::Result<Ebpf> {
 
 /// Attaches every requested hook, adopting pinned links (atomically swapping in the new program)
 /// and pinning new ones; then removes pinned links nobody asked for.
-pub fn attach_all(ebpf: &mut Ebpf, pins: &PinDir, opts: &RunOptions) -> anyhow::Result<()> {
+pub fn attach_all(
+    ebpf: &mut Ebpf,
+    pins: &PinDir,
+    opts: &RunOptions,
+    layers: &BTreeMap<String, LinkLayer>,
+) -> anyhow::Result<()> {
     let mut wanted = BTreeSet::new();
     for iface in &opts.xdp {
         let path = pins.link_path(HookKind::Xdp, iface);
         wanted.insert(path.clone());
-        let layer = LinkLayer::of(iface)?;
+        let layer = *layers
+            .get(iface)
+            .with_context(|| format!("{iface} was not checked"))?;
         let program: &mut Xdp = loader::program(ebpf, program_for(HookKind::Xdp, layer))?;
         if let Ok(old) = PinnedLink::from_pin(&path) {
             program
@@ -100,7 +116,9 @@ pub fn attach_all(ebpf: &mut Ebpf, pins: &PinDir, opts: &RunOptions) -> anyhow::
     for iface in &opts.tc {
         let path = pins.link_path(HookKind::Tc, iface);
         wanted.insert(path.clone());
-        let layer = LinkLayer::of(iface)?;
+        let layer = *layers
+            .get(iface)
+            .with_context(|| format!("{iface} was not checked"))?;
         let program: &mut SchedClassifier =
             loader::program(ebpf, program_for(HookKind::Tc, layer))?;
         if let Ok(old) = PinnedLink::from_pin(&path) {

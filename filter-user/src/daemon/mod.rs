@@ -28,7 +28,6 @@ pub mod policy;
 pub mod settings;
 
 use std::{
-    collections::BTreeMap,
     sync::{Arc, RwLock},
     time::{Duration, Instant},
 };
@@ -78,7 +77,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     );
     // Bad rules or interfaces: fail before anything is attached or pinned.
     let rules = Rules::load(&opts.rules)?;
-    let iface_names = attach::check_interfaces(&opts)?;
+    let interfaces = attach::check_interfaces(&opts)?;
 
     let pins = PinDir::new(&opts.pin_path);
     let _lock = pins.lock()?;
@@ -94,7 +93,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let started = tokio::select! {
-        started = Daemon::start(opts, rules, pins.clone(), iface_names, listeners) => started,
+        started = Daemon::start(opts, rules, pins.clone(), interfaces, listeners) => started,
         _ = term.recv() => Err(anyhow::anyhow!("stopped while starting")),
         _ = int.recv() => Err(anyhow::anyhow!("stopped while starting")),
     };
@@ -145,7 +144,7 @@ impl Daemon {
         opts: RunOptions,
         rules: Rules,
         pins: PinDir,
-        iface_names: BTreeMap<u32, String>,
+        interfaces: attach::Interfaces,
         listeners: Option<Listeners>,
     ) -> anyhow::Result<Self> {
         let adopting = pins.has_pinned_maps();
@@ -196,7 +195,7 @@ impl Daemon {
         let settings = Settings::write(&mut maps, sources, &opts).await?;
         let allowances = Allowances::read(&opts, rules.services.len())?;
         let enricher = Arc::new(RwLock::new(Enricher {
-            iface_names,
+            iface_names: interfaces.names,
             ..Enricher::default()
         }));
         let mut daemon = Self {
@@ -218,7 +217,12 @@ impl Daemon {
             ebpf,
         };
         daemon.apply(Update::Full, true)?;
-        attach::attach_all(&mut daemon.ebpf, &daemon.pins, &daemon.opts)?;
+        attach::attach_all(
+            &mut daemon.ebpf,
+            &daemon.pins,
+            &daemon.opts,
+            &interfaces.layers,
+        )?;
         Ok(daemon)
     }
 
