@@ -11,6 +11,7 @@
 extern crate std;
 
 pub mod config;
+pub mod counters;
 pub mod event;
 pub mod maps;
 pub mod policy;

@@ -37,9 +37,12 @@ pub const TABLE_STATE: &str = "TABLE_STATE";
 pub const POLICIES: &str = "POLICIES";
 /// Array with one [`crate::Config`] at index 0. Written by the daemon, read by the programs.
 pub const CONFIG: &str = "CONFIG";
-/// Per-CPU array, [`crate::Reason`] → [`crate::PacketCount`]. Written by the programs, read by
-/// the daemon.
+/// Per-CPU array, (interface slot, hook, [`crate::Reason`]) → [`crate::PacketCount`]
+/// ([`crate::counters::reason_counter`]). Written by the programs, read by the daemon.
 pub const REASON_STATS: &str = "REASON_STATS";
+/// Array, interface index → its slot in [`REASON_STATS`] (0: not numbered). Written by the
+/// daemon, read by the programs.
+pub const COUNTER_SLOTS: &str = "COUNTER_SLOTS";
 /// Per-CPU array, service id → [`crate::PacketCount`] of allowed packets. Written by the
 /// programs, read by the daemon.
 pub const SERVICE_STATS: &str = "SERVICE_STATS";
@@ -61,7 +64,7 @@ pub const PROG_XDP_L3: &str = "egress_xdp_l3";
 pub const PROG_TC_L3: &str = "egress_tc_l3";
 
 /// Every map the object must contain.
-pub const ALL_MAPS: [&str; 18] = [
+pub const ALL_MAPS: [&str; 19] = [
     ALLOW_V4,
     ALLOW_V6,
     INDEX_V4,
@@ -76,6 +79,7 @@ pub const ALL_MAPS: [&str; 18] = [
     POLICIES,
     CONFIG,
     REASON_STATS,
+    COUNTER_SLOTS,
     SERVICE_STATS,
     EVENT_STATS,
     EVENT_BUDGET,

@@ -142,7 +142,7 @@ fn process<C: PacketContext, const ETHERNET: bool, const SKIP: u32>(ctx: &C) -> 
         Err(reason) => reason.into(),
     };
     if SKIP & skip::COUNT == 0 {
-        report::count(reason, service_id, ctx.packet_len());
+        report::count(ctx, reason, service_id);
     }
     if reason.passes() {
         return Verdict::Pass;

@@ -7,11 +7,12 @@ use aya_ebpf::{
     maps::{Array, LpmTrie, PerCpuArray, RingBuf},
 };
 use filter_common::{
+    counters,
     event::RateLimitState,
     maps as names,
     ranges::{RangeV6, CHUNKS, RANGES_PER_COPY},
     sources::{SourceKeyV4, SourceKeyV6, SourceSlot, SOURCE_SLOT_INTERFACES},
-    Config, EventCounter, Ipv4KeyBytes, Ipv6KeyBytes, PacketCount, Policy, PolicyId, Reason,
+    Config, EventCounter, Ipv4KeyBytes, Ipv6KeyBytes, PacketCount, Policy, PolicyId,
 };
 
 /// Two copies of the IPv4 destination index (`filter_common::ranges`); the daemon writes them
@@ -72,10 +73,15 @@ pub static POLICIES: Array<Policy> = Array::with_max_entries(names::MAX_POLICIES
 #[map(name = "CONFIG")]
 pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
-/// Reason → packets and bytes, per CPU.
+/// (Interface slot, hook, reason) → packets and bytes, per CPU (`filter_common::counters`).
 #[map(name = "REASON_STATS")]
 pub static REASON_STATS: PerCpuArray<PacketCount> =
-    PerCpuArray::with_max_entries(Reason::COUNT as u32, 0);
+    PerCpuArray::with_max_entries(counters::REASON_COUNTERS, 0);
+
+/// Interface index → its slot in `REASON_STATS`.
+#[map(name = "COUNTER_SLOTS")]
+pub static COUNTER_SLOTS: Array<u32> =
+    Array::with_max_entries(counters::COUNTER_SLOT_IFINDEX_LIMIT, 0);
 
 /// Service id → allowed packets and bytes, per CPU.
 #[map(name = "SERVICE_STATS")]

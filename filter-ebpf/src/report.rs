@@ -2,13 +2,14 @@
 
 use aya_ebpf::helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns};
 use filter_common::{
+    counters::{reason_counter, COUNTER_SLOT_IFINDEX_LIMIT},
     event::{Action, RateLimitState},
     Config, DropEvent, EventCounter, PacketCount, Reason,
 };
 
 use crate::{
     context::PacketContext,
-    maps::{EVENTS, EVENT_BUDGET, EVENT_STATS, REASON_STATS, SERVICE_STATS},
+    maps::{COUNTER_SLOTS, EVENTS, EVENT_BUDGET, EVENT_STATS, REASON_STATS, SERVICE_STATS},
     parse::Packet,
 };
 
@@ -16,10 +17,19 @@ const NANOS_PER_SEC: u64 = 1_000_000_000;
 /// Longest idle time credited to a token bucket; keeps the refill arithmetic far from overflow.
 const MAX_REFILL_NANOS: u64 = 10 * NANOS_PER_SEC;
 
-/// Counts a packet under its reason and, when a service allowed it, under that service.
+/// Counts a packet under its interface, hook and reason and, when a service allowed it, under
+/// that service.
 #[inline(always)]
-pub fn count(reason: Reason, service_id: Option<u16>, bytes: u32) {
-    add(&REASON_STATS, reason as u32, bytes);
+pub fn count<C: PacketContext>(ctx: &C, reason: Reason, service_id: Option<u16>) {
+    let bytes = ctx.packet_len();
+    let ifindex = ctx.ifindex();
+    // An interface the daemon did not number (or beyond the slot table) counts in slot 0.
+    let slot = if ifindex < COUNTER_SLOT_IFINDEX_LIMIT {
+        COUNTER_SLOTS.get(ifindex).copied().unwrap_or(0)
+    } else {
+        0
+    };
+    add(&REASON_STATS, reason_counter(slot, C::HOOK, reason), bytes);
     if let Some(service_id) = service_id {
         add(&SERVICE_STATS, service_id as u32, bytes);
     }

@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod dns;
 pub mod loader;
 pub mod maps;
+pub mod metrics;
 pub mod pins;
 pub mod protocols;
 pub mod ranges;

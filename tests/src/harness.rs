@@ -4,12 +4,13 @@ use anyhow::{ensure, Context as _};
 use std::os::fd::AsFd as _;
 
 use aya::{
-    maps::{lpm_trie::Key, Array, LpmTrie, Map, MapData, PerCpuArray, RingBuf},
+    maps::{lpm_trie::Key, Array, LpmTrie, Map, MapData, RingBuf},
     programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp},
     Ebpf,
 };
 use filter_common::{maps as names, Config, DropEvent, EventCounter, PacketCount, Reason};
 use filter_user::{
+    counters::Counters,
     loader,
     maps::{PolicyMaps, SourceMaps},
     table::{AllowTable, Grant},
@@ -194,30 +195,20 @@ impl Filter {
         Ok(())
     }
 
-    /// Packets and bytes counted under each reason, summed over CPUs.
+    /// Packets and bytes counted under each reason, summed over CPUs, interfaces and hooks.
     pub fn reason_counts(&self) -> anyhow::Result<Vec<PacketCount>> {
-        let map: PerCpuArray<_, PacketCount> =
-            PerCpuArray::try_from(self.ebpf.map(names::REASON_STATS).context("REASON_STATS")?)?;
-        (0..Reason::COUNT as u32)
-            .map(|i| Ok(sum_counts(map.get(&i, 0)?.iter())))
-            .collect()
+        let counters = Counters::loaded(&self.ebpf)?;
+        Reason::ALL.iter().map(|r| counters.reason(*r)).collect()
     }
 
     /// Packets and bytes counted for a service, summed over CPUs.
     pub fn service_count(&self, service: u16) -> anyhow::Result<PacketCount> {
-        let map: PerCpuArray<_, PacketCount> = PerCpuArray::try_from(
-            self.ebpf
-                .map(names::SERVICE_STATS)
-                .context("SERVICE_STATS")?,
-        )?;
-        Ok(sum_counts(map.get(&u32::from(service), 0)?.iter()))
+        Counters::loaded(&self.ebpf)?.service(u32::from(service))
     }
 
     /// An event counter, summed over CPUs.
     pub fn event_count(&self, counter: EventCounter) -> anyhow::Result<u64> {
-        let map: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(self.ebpf.map(names::EVENT_STATS).context("EVENT_STATS")?)?;
-        Ok(map.get(&(counter as u32), 0)?.iter().sum())
+        Counters::loaded(&self.ebpf)?.event(counter)
     }
 
     /// Every drop event waiting in the ring buffer.
@@ -252,13 +243,6 @@ impl Filter {
             _ => anyhow::bail!("expected exactly one reason counter to move, these did: {moved:?}"),
         }
     }
-}
-
-fn sum_counts<'a>(counts: impl Iterator<Item = &'a PacketCount>) -> PacketCount {
-    counts.fold(PacketCount::default(), |acc, c| PacketCount {
-        packets: acc.packets + c.packets,
-        bytes: acc.bytes + c.bytes,
-    })
 }
 
 /// Pins the calling thread to its current CPU, for tests of per-CPU state (the event budget).

@@ -98,6 +98,21 @@ pub struct Args {
     /// Most learned (address, service) entries kept; past it the oldest go first.
     #[arg(long, default_value_t = 65_536, value_name = "N")]
     pub dns_max_learned: usize,
+    /// Serve Prometheus metrics on /metrics and the health on /healthz here (HTTP). Off by
+    /// default; give a loopback or management address, never one the filtered clients reach.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Log lines on stderr: human-readable text, or one JSON object per line with each field
+    /// (service, host, address, file, ...) as a key, for Loki or Elasticsearch.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// Raises the soft limit on open files to the hard one: the forwarder holds a socket per query
@@ -120,14 +135,19 @@ const WEEK: u64 = 7 * 24 * 3600;
 
 /// `run`: checks the options, then runs the daemon until it is stopped.
 pub fn run(args: Args) -> anyhow::Result<()> {
+    let log_format = args.log_format;
     let opts = args.into_options()?;
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+        );
+    match log_format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
     raise_file_limit();
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(daemon::run(opts))
@@ -189,6 +209,7 @@ impl Args {
                     capacity: args.dns_max_learned,
                 },
             }),
+            metrics_listen: args.metrics_listen,
         })
     }
 }

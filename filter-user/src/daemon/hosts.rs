@@ -207,6 +207,15 @@ impl HostTable {
             .collect()
     }
 
+    /// How many names have addresses now.
+    #[must_use]
+    pub fn resolved_count(&self) -> usize {
+        self.hosts
+            .values()
+            .filter(|s| !s.addresses.is_empty())
+            .count()
+    }
+
     /// Names whose last lookup failed, with the error and how many times in a row.
     #[must_use]
     pub fn failing(&self) -> Vec<(&str, u32, &str)> {

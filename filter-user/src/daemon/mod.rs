@@ -10,6 +10,8 @@
 //! - [`allowances`]: the host's own addresses on the failsafe ports, the resolvers on 53;
 //! - [`hosts`]: hostname refresh with TTLs and grace; [`learning`]: what DNS answers open;
 //! - [`event_stream`] and [`events`]: drop events to stdout;
+//! - [`notify`]: systemd's readiness and watchdog; [`observe`]: metrics and health
+//!   (`crate::metrics` serves them);
 //! - `crate::state`: the state file `stats`, `learned` and a restart read; `crate::pins`: the
 //!   pin path;
 //! - [`interfaces`]: link types and the source prefixes routed out of an interface.
@@ -23,6 +25,7 @@ pub mod hosts;
 pub mod interfaces;
 pub mod learning;
 pub mod notify;
+pub mod observe;
 pub mod options;
 pub mod policy;
 pub mod settings;
@@ -49,14 +52,17 @@ use self::{
     hosts::{record_answers, resolve_in_background, resolve_now, HostTable},
     learning::Learner,
     notify::Notifier,
+    observe::{Observer, Snapshot},
     policy::{PolicySync, Update, Written},
     settings::Settings,
 };
 use crate::{
+    counters::Counters,
     dns::{
         forwarder::MAX_IN_FLIGHT, DnsCounters, LearnPolicy, LearnRequest, Listeners, NameMatcher,
     },
     maps::{ApplyStats, PolicyMaps, SourceMaps},
+    metrics::{self, CountedInterface, Metrics},
     pins::PinDir,
     resolve::Resolver,
     rules::Rules,
@@ -90,10 +96,15 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         Some(dns) => Some(Listeners::bind(&dns.listen).await?),
         None => None,
     };
+    let metrics_listener = match opts.metrics_listen {
+        Some(address) => Some(metrics::server::bind(address).await?),
+        None => None,
+    };
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let started = tokio::select! {
-        started = Daemon::start(opts, rules, pins.clone(), interfaces, listeners) => started,
+        started = Daemon::start(opts, rules, pins.clone(), interfaces, listeners, metrics_listener)
+            => started,
         _ = term.recv() => Err(anyhow::anyhow!("stopped while starting")),
         _ = int.recv() => Err(anyhow::anyhow!("stopped while starting")),
     };
@@ -133,6 +144,11 @@ struct Daemon {
     dns_counters: Arc<DnsCounters>,
     saver: StateSaver,
     notifier: Notifier,
+    observer: Observer,
+    /// The interfaces attached to, as the kernel's counters number them.
+    counted: Vec<CountedInterface>,
+    /// Bound at start, served once the filter is attached.
+    metrics_listener: Option<tokio::net::TcpListener>,
     /// Keeps the programs (and with them the links' fds) alive until the daemon stops.
     ebpf: Ebpf,
 }
@@ -146,6 +162,7 @@ impl Daemon {
         pins: PinDir,
         interfaces: attach::Interfaces,
         listeners: Option<Listeners>,
+        metrics_listener: Option<tokio::net::TcpListener>,
     ) -> anyhow::Result<Self> {
         let adopting = pins.has_pinned_maps();
         if adopting {
@@ -190,6 +207,17 @@ impl Daemon {
         );
 
         let mut ebpf = attach::load_with_pins(&pins)?;
+        let counted = metrics::number_interfaces(&opts.xdp, &opts.tc);
+        let mut kernel_counters = Counters::loaded(&ebpf)?;
+        kernel_counters.assign_slots(&ebpf, &counter_slots(&counted, &interfaces.names))?;
+        let dns_counters = Arc::new(DnsCounters::default());
+        let observer = Observer::new(metrics_listener.as_ref().map(|_| {
+            Arc::new(Metrics::new(
+                kernel_counters,
+                opts.dns.as_ref().map(|_| Arc::clone(&dns_counters)),
+            ))
+        }));
+        observer.lookups(&answers);
         let mut maps = PolicyMaps::take_from(&mut ebpf)?;
         let sources = SourceMaps::take_from(&mut ebpf)?;
         let settings = Settings::write(&mut maps, sources, &opts).await?;
@@ -211,12 +239,16 @@ impl Daemon {
             matcher: watch::Sender::new(matcher),
             learner,
             listeners,
-            dns_counters: Arc::new(DnsCounters::default()),
+            dns_counters,
             saver: StateSaver::new(Instant::now()),
             notifier: Notifier::from_env(),
+            observer,
+            counted,
+            metrics_listener,
             ebpf,
         };
         daemon.apply(Update::Full, true)?;
+        daemon.observer.policy_in_place(false);
         attach::attach_all(
             &mut daemon.ebpf,
             &daemon.pins,
@@ -252,6 +284,9 @@ impl Daemon {
         let mut report_tick = tokio::time::interval(SUPPRESSED_REPORT);
         let mut state_tick = tokio::time::interval(STATE_SAVE);
         let mut next_self_check = Instant::now() + SELF_ADDRESS_CHECK;
+        // Dropping the handle does not stop a task: the guard aborts the server when serve ends.
+        let _metrics_server = self.start_metrics_server().map(AbortOnDrop);
+        let mut watchdog = self.notifier.watchdog_interval().map(tokio::time::interval);
         let enforcing = format!(
             "enforcing{}",
             if self.opts.audit {
@@ -261,6 +296,7 @@ impl Daemon {
             }
         );
         tracing::info!("{enforcing}");
+        self.publish();
         self.notifier.ready(&enforcing);
         loop {
             let wake = [self.hosts.next_event(), self.learner.table().next_expiry()]
@@ -285,6 +321,7 @@ impl Daemon {
                     update
                 }
                 Some(answers) = resolved_rx.recv() => {
+                    self.observer.lookups(&answers);
                     let changes = record_answers(&mut self.hosts, &answers);
                     grants::changes(&self.rules, &changes, &[], &[])
                 }
@@ -296,12 +333,27 @@ impl Daemon {
                     self.notifier.reloading();
                     let reloaded = self.reload();
                     // The new policy must be in the kernel before the reload counts as done.
-                    let written = reloaded && self.apply(Update::Full, false).is_ok();
-                    self.notifier.ready(match (reloaded, written) {
-                        (true, true) => "enforcing the reloaded rules",
-                        (true, false) => "reloaded rules not written yet; the old policy stays",
-                        (false, _) => "reload refused; the old policy stays",
-                    });
+                    let written = reloaded.is_ok() && self.apply(Update::Full, false).is_ok();
+                    let status = match (reloaded, written) {
+                        (Ok(()), true) => {
+                            self.observer.policy_in_place(true);
+                            "enforcing the reloaded rules"
+                        }
+                        (Ok(()), false) => {
+                            self.observer.reload_failed(None);
+                            "reloaded rules not written yet; the old policy stays"
+                        }
+                        (Err(why), _) => {
+                            self.observer.reload_failed(Some(why));
+                            "reload refused; the old policy stays"
+                        }
+                    };
+                    self.publish();
+                    self.notifier.ready(status);
+                    Update::None
+                }
+                Some(_) = tick(watchdog.as_mut()) => {
+                    self.notifier.alive();
                     Update::None
                 }
                 _ = term.recv() => break,
@@ -312,6 +364,7 @@ impl Daemon {
                 }
                 _ = state_tick.tick() => {
                     self.save_state_if_changed();
+                    self.publish();
                     // A write that failed left the maps behind the tables: catch them up, less
                     // often while it keeps failing.
                     if self.policy.retry_due(Instant::now()) {
@@ -322,11 +375,48 @@ impl Daemon {
                 }
             };
             // A failure is logged and retried by `PolicySync`; the running policy stays.
-            let _written = self.apply(update, false);
+            if self.apply(update, false).is_err() {
+                self.observer.write_failed();
+            }
         }
         self.save_state();
         reader.abort();
         Ok(())
+    }
+
+    /// Starts serving the metrics, if asked to.
+    fn start_metrics_server(&mut self) -> Option<tokio::task::JoinHandle<()>> {
+        let listener = self.metrics_listener.take()?;
+        let metrics = Arc::clone(self.observer.metrics()?);
+        if let Ok(address) = listener.local_addr() {
+            tracing::info!("serving /metrics and /healthz on http://{address}");
+        }
+        Some(tokio::spawn(metrics::server::serve(listener, metrics)))
+    }
+
+    /// Publishes what the loop knows for the metrics and the health.
+    fn publish(&self) {
+        if self.observer.metrics().is_none() {
+            return;
+        }
+        let (v4, v6) = self
+            .enricher
+            .read()
+            .map_or((0, 0), |e| (e.table.v4.len(), e.table.v6.len()));
+        self.observer.publish(Snapshot {
+            attached: true,
+            policy_behind: self.policy.behind().map(str::to_owned),
+            audit: self.settings.mode == Mode::Audit,
+            services: service_names(&self.rules),
+            interfaces: self.counted.clone(),
+            prefixes: (v4, v6),
+            hostnames_resolved: self.hosts.resolved_count(),
+            hostnames_failing: self.hosts.failing().len(),
+            learning: self.opts.dns.as_ref().map(|_| {
+                let table = self.learner.table();
+                (table.counters(), table.len())
+            }),
+        });
     }
 
     /// Starts answering DNS, if asked to.
@@ -439,21 +529,21 @@ impl Daemon {
         Ok(())
     }
 
-    /// SIGHUP: reloads the rules; invalid rules leave everything as it is. Returns whether the
-    /// rules changed. Learned addresses stay for names that still match their service.
-    fn reload(&mut self) -> bool {
-        let rules = match Rules::load(&self.opts.rules) {
-            Ok(rules) => rules,
-            Err(err) => {
-                tracing::error!("reload refused, the running policy stays: {err}");
-                return false;
-            }
-        };
-        let allowances = match Allowances::read(&self.opts, rules.services.len()) {
-            Ok(allowances) => allowances,
-            Err(err) => {
-                tracing::error!("reload refused, the running policy stays: {err:#}");
-                return false;
+    /// SIGHUP: reloads the rules; invalid rules leave everything as it is (the error says why).
+    /// Learned addresses stay for names that still match their service.
+    fn reload(&mut self) -> Result<(), String> {
+        let loaded = Rules::load(&self.opts.rules)
+            .map_err(|err| err.to_string())
+            .and_then(|rules| {
+                let allowances = Allowances::read(&self.opts, rules.services.len())
+                    .map_err(|err| format!("{err:#}"))?;
+                Ok((rules, allowances))
+            });
+        let (rules, allowances) = match loaded {
+            Ok(loaded) => loaded,
+            Err(why) => {
+                tracing::error!("reload refused, the running policy stays: {why}");
+                return Err(why);
             }
         };
         tracing::info!(
@@ -475,7 +565,7 @@ impl Daemon {
         self.allowances = allowances;
         self.matcher.send_replace(matcher);
         self.saver.dirty = true;
-        true
+        Ok(())
     }
 
     /// Reads the host's addresses again; returns whether they changed. A failed read keeps the
@@ -523,6 +613,37 @@ impl Daemon {
             dns: self.dns_stats(),
         };
         self.saver.save(&self.pins.state_file(), &state);
+    }
+}
+
+/// (Interface index, counter slot) for each numbered interface.
+fn counter_slots(
+    counted: &[CountedInterface],
+    names: &std::collections::BTreeMap<u32, String>,
+) -> Vec<(u32, u32)> {
+    names
+        .iter()
+        .filter_map(|(index, name)| {
+            let slot = counted.iter().find(|c| &c.name == name)?.slot;
+            Some((*index, slot))
+        })
+        .collect()
+}
+
+/// The next tick of an optional interval; never, without one.
+async fn tick(interval: Option<&mut tokio::time::Interval>) -> Option<Instant> {
+    match interval {
+        Some(interval) => Some(interval.tick().await.into_std()),
+        None => std::future::pending().await,
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

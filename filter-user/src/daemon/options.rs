@@ -41,6 +41,8 @@ pub struct RunOptions {
     pub event_burst: u32,
     /// The DNS forwarder, with `--dns-listen`.
     pub dns: Option<DnsOptions>,
+    /// Where `/metrics` and `/healthz` are served, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// `--dns-listen` and the options that go with it.

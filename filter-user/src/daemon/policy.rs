@@ -99,6 +99,13 @@ impl<W: PolicyWriter> PolicySync<W> {
         &mut self.writer
     }
 
+    /// Why the maps may differ from the table, while they may: the last write's failure.
+    #[must_use]
+    pub fn behind(&self) -> Option<&str> {
+        self.stale
+            .then(|| self.last_error.as_deref().unwrap_or("a map write failed"))
+    }
+
     /// Whether an earlier failure is due to be retried with a rebuild.
     #[must_use]
     pub fn retry_due(&self, now: Instant) -> bool {

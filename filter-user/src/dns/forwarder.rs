@@ -348,6 +348,7 @@ impl Forwarder {
     /// every waiting client, whatever becomes of the first.
     async fn ask_for_all(self: Arc<Self>, asking: Asking, transport: Transport) {
         let question = &asking.question;
+        DnsCounters::bump(&self.counters.forwarded);
         let outcome = match self.ask_upstream(question, transport).await {
             Ok(answer) => {
                 self.learn_from(question, &answer).await;
@@ -427,6 +428,7 @@ impl Forwarder {
             confirmed.await.ok()
         })
         .await;
+        self.counters.held(sent.elapsed());
         if confirmed == Ok(Some(true)) {
             self.open
                 .confirmed(&chain, &addresses, sent, min_ttl, epoch);
