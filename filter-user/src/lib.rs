@@ -7,6 +7,7 @@ pub mod compile;
 pub mod counters;
 pub mod daemon;
 pub mod dns;
+pub mod kernel_view;
 pub mod loader;
 pub mod maps;
 pub mod metrics;

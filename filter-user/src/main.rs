@@ -55,6 +55,12 @@ enum Command {
     ///
     /// Example: `egress-filter run --rules rules/ --xdp lan0 --events json`
     Run(Box<cmd::run::Args>),
+    /// Why a packet to DST passes or is dropped: the verdict and reason, the policy that covers
+    /// DST, and where each covering address comes from (a CIDR's file:line, a hostname, a
+    /// learned DNS answer). Answers from the running filter's maps when one is pinned.
+    ///
+    /// Example: `egress-filter explain 198.51.100.7 tcp/443 --rules rules/`
+    Explain(cmd::explain::Args),
     /// Print the counters of the running filter: per service, per reason, events.
     ///
     /// Example: `egress-filter stats --json`
@@ -156,6 +162,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Command::Run(args) => cmd::run::run(*args)?,
+        Command::Explain(args) => {
+            let runtime =
+                tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            let explanation = runtime.block_on(cmd::explain::run(&args))?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&explanation)?);
+            } else {
+                print!("{}", explanation.to_text());
+            }
+        }
         Command::Stats(args) => print!("{}", cmd::stats::run(&args)?),
         Command::Learned(args) => print!("{}", cmd::learned::run(&args)?),
         Command::Detach(args) => println!("{}", cmd::detach::run(&args)?),

@@ -220,6 +220,18 @@ impl<T: Copy> MappedArray<T> {
         })
     }
 
+    /// Its length in elements.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it holds no element.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     /// Writes `values` from element `at` on. Panics when they do not fit.
     pub fn write(&mut self, at: usize, values: &[T]) -> std::io::Result<()> {
         assert!(at + values.len() <= self.len, "write past the mapped array");

@@ -34,7 +34,7 @@ pub struct PrefixReport {
     pub rules: Vec<RuleReport>,
 }
 
-#[derive(Serialize)]
+#[derive(Debug, Serialize)]
 pub struct RuleReport {
     pub service: String,
     pub proto: &'static str,
@@ -142,7 +142,7 @@ fn report(rules: &Rules, table: &AllowTable, answers: Option<&Lookups>) -> Repor
     }
 }
 
-fn rule_reports(rules: &RuleSet, names: &[&str]) -> Vec<RuleReport> {
+pub(crate) fn rule_reports(rules: &RuleSet, names: &[&str]) -> Vec<RuleReport> {
     rules
         .rules()
         .iter()
