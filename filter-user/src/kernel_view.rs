@@ -32,7 +32,10 @@ impl PinnedPolicy {
     pub fn open(pins: &PinDir) -> anyhow::Result<Self> {
         let open = |name: &str| {
             MapData::from_pin(pins.map_path(name)).with_context(|| {
-                format!("no filter is pinned at {} (map {name})", pins.root().display())
+                format!(
+                    "no filter is pinned at {} (map {name})",
+                    pins.root().display()
+                )
             })
         };
         let mapped = |name: &str| -> anyhow::Result<MappedArray<u64>> {
@@ -62,10 +65,9 @@ impl PinnedPolicy {
     pub fn lookup(&self, destination: IpAddr) -> anyhow::Result<Option<(PolicyId, RuleSet)>> {
         let table_state = self.table_state.get(&0, 0)?;
         let policy = match destination {
-            IpAddr::V4(address) if table_state & state::V4_TRIE != 0 => self
-                .allow_v4
-                .get(&Key::new(32, address.octets()), 0)
-                .ok(),
+            IpAddr::V4(address) if table_state & state::V4_TRIE != 0 => {
+                self.allow_v4.get(&Key::new(32, address.octets()), 0).ok()
+            }
             IpAddr::V4(address) => {
                 let copy = u32::from(table_state & state::V4_COPY_1 != 0);
                 let dst = u32::from(address);
@@ -76,10 +78,9 @@ impl PinnedPolicy {
                     .get(at.wrapping_sub(1))
                     .and_then(|range| (*range as u32).checked_sub(1))
             }
-            IpAddr::V6(address) if table_state & state::V6_TRIE != 0 => self
-                .allow_v6
-                .get(&Key::new(128, address.octets()), 0)
-                .ok(),
+            IpAddr::V6(address) if table_state & state::V6_TRIE != 0 => {
+                self.allow_v6.get(&Key::new(128, address.octets()), 0).ok()
+            }
             IpAddr::V6(address) => {
                 let copy = u32::from(table_state & state::V6_COPY_1 != 0);
                 let dst = u128::from(address);
@@ -119,7 +120,9 @@ fn read_run<T: Copy + Default>(
     (first, count): (usize, usize),
 ) -> anyhow::Result<Vec<T>> {
     anyhow::ensure!(
-        first.checked_add(count).is_some_and(|end| end <= ranges.len()),
+        first
+            .checked_add(count)
+            .is_some_and(|end| end <= ranges.len()),
         "the range index points past its array ({first} + {count}): the map is damaged"
     );
     Ok(ranges.read(first, count)?)

@@ -62,7 +62,29 @@ impl Daemon {
         Self::spawn_with(netns, pin_path, args, false)
     }
 
+    /// Like [`Daemon::start`], with more environment variables (`WATCHDOG_USEC`, …).
+    pub fn start_with_env(
+        netns: &str,
+        pin_path: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        let daemon = Self::spawn_full(netns, pin_path, args, false, env)?;
+        daemon.wait_for_notification("READY=1", 0, Duration::from_mins(1))?;
+        Ok(daemon)
+    }
+
     fn spawn_with(netns: &str, pin_path: &str, args: &[&str], echo: bool) -> anyhow::Result<Self> {
+        Self::spawn_full(netns, pin_path, args, echo, &[])
+    }
+
+    fn spawn_full(
+        netns: &str,
+        pin_path: &str,
+        args: &[&str],
+        echo: bool,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         // The service manager's side of sd_notify: a datagram socket of our own.
         let notify_socket =
             std::env::temp_dir().join(format!("ef-notify-{}.sock", crate::lab::unique_id()));
@@ -99,6 +121,7 @@ impl Daemon {
             .args(["--pin-path", pin_path])
             .env("RUST_LOG", "info")
             .env("NOTIFY_SOCKET", &notify_socket)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

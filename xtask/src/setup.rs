@@ -13,7 +13,8 @@ use crate::run_cmd;
 /// Debian packages: LLVM 22 for bpf-linker; iproute2 and friends for the network-namespace
 /// tests; dnsmasq for a real DNS server in the lab; nftables for the comparison and for counting
 /// what arrives in the lab; bpftool for inspecting what is loaded; python3-scapy for the crafted
-/// attack packets of the end-to-end tests (`tests/tools/packets.py`).
+/// attack packets of the end-to-end tests (`tests/tools/packets.py`); prometheus (with promtool)
+/// and curl for the metrics tests, which a real Prometheus scrapes.
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -27,6 +28,8 @@ const APT_PACKAGES: &[&str] = &[
     "bpftool",
     "python3-scapy",
     "xdp-tools",
+    "prometheus",
+    "curl",
 ];
 const NIGHTLY: &str = "nightly";
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -121,10 +121,10 @@ pub async fn run(args: &Args) -> anyhow::Result<Explanation> {
     let (policy, names, answered_from) = if running {
         let state = State::load(&pins.state_file())?;
         let kernel = PinnedPolicy::open(&pins)?.lookup(args.destination)?;
-        let names = state
+        let names = state.as_ref().map_or_else(Vec::new, |s| s.services.clone());
+        let hosts = state
             .as_ref()
-            .map_or_else(Vec::new, |s| s.services.clone());
-        let hosts = state.as_ref().map_or_else(Resolved::new, |s| s.hosts.clone());
+            .map_or_else(Resolved::new, |s| s.hosts.clone());
         covered_by.extend(host_grants(&rules, &hosts, args.destination, &|_| None));
         for learned in super::learned::read(&pins).unwrap_or_default() {
             if learned.address == args.destination {
@@ -164,11 +164,19 @@ pub async fn run(args: &Args) -> anyhow::Result<Explanation> {
         let table = crate::compile::compile(&rules, &hosts)?;
         let names = rules.services.iter().map(|s| s.name.clone()).collect();
         let set = table.lookup(args.destination).map(|(_, set)| set.clone());
-        (set, names, "the rules (no filter runs at the pin path)".to_owned())
+        (
+            set,
+            names,
+            "the rules (no filter runs at the pin path)".to_owned(),
+        )
     };
     covered_by.splice(0..0, cidr_grants(&rules, args.destination));
-    let (verdict, reason, allowed_by) =
-        judge(args.destination, args.packet.as_ref(), policy.as_ref(), &names);
+    let (verdict, reason, allowed_by) = judge(
+        args.destination,
+        args.packet.as_ref(),
+        policy.as_ref(),
+        &names,
+    );
     if reason == Reason::LinkScoped.label() {
         notes.push(
             "a link-scoped destination passes without a policy lookup (it cannot leave the \
@@ -199,10 +207,18 @@ fn judge(
 ) -> (Option<&'static str>, &'static str, Option<String>) {
     let verdict_of = |reason: Reason| Some(if reason.passes() { "pass" } else { "drop" });
     if link_scoped(destination) {
-        return (verdict_of(Reason::LinkScoped), Reason::LinkScoped.label(), None);
+        return (
+            verdict_of(Reason::LinkScoped),
+            Reason::LinkScoped.label(),
+            None,
+        );
     }
     let Some(policy) = policy else {
-        return (verdict_of(Reason::NoService), Reason::NoService.label(), None);
+        return (
+            verdict_of(Reason::NoService),
+            Reason::NoService.label(),
+            None,
+        );
     };
     let Some(packet) = packet else {
         return (None, "covered", None);
@@ -217,7 +233,11 @@ fn judge(
             .get(usize::from(rule.service_id))
             .cloned()
             .unwrap_or_else(|| format!("#{}", rule.service_id));
-        return (verdict_of(Reason::Allowed), Reason::Allowed.label(), Some(service));
+        return (
+            verdict_of(Reason::Allowed),
+            Reason::Allowed.label(),
+            Some(service),
+        );
     }
     let reason = if policy.rules().iter().any(|r| r.proto == proto as u8) {
         Reason::PortNotAllowed
@@ -340,7 +360,10 @@ impl Explanation {
         } else {
             let _ = writeln!(out, "the policy for {} allows:", self.destination);
             for rule in &self.policy {
-                let ports = rule.ports.as_deref().map_or(String::new(), |p| format!("/{p}"));
+                let ports = rule
+                    .ports
+                    .as_deref()
+                    .map_or(String::new(), |p| format!("/{p}"));
                 let _ = writeln!(out, "  {}{ports}  {}", rule.proto, rule.service);
             }
         }
@@ -406,12 +429,18 @@ mod tests {
 
     #[test]
     fn each_reason_the_table_can_give() {
-        assert_eq!(verdict("198.51.100.7", Some("tcp/443")), (Some("pass"), "allowed"));
+        assert_eq!(
+            verdict("198.51.100.7", Some("tcp/443")),
+            (Some("pass"), "allowed")
+        );
         assert_eq!(
             verdict("198.51.100.7", Some("tcp/80")),
             (Some("drop"), "port-not-allowed")
         );
-        assert_eq!(verdict("198.51.100.7", Some("udp/123")), (Some("pass"), "allowed"));
+        assert_eq!(
+            verdict("198.51.100.7", Some("udp/123")),
+            (Some("pass"), "allowed")
+        );
         assert_eq!(
             verdict("198.51.100.200", Some("udp/123")),
             (Some("drop"), "protocol-not-allowed")
@@ -420,9 +449,15 @@ mod tests {
             verdict("198.51.100.7", Some("icmp")),
             (Some("drop"), "protocol-not-allowed")
         );
-        assert_eq!(verdict("203.0.113.1", Some("tcp/443")), (Some("drop"), "no-service"));
+        assert_eq!(
+            verdict("203.0.113.1", Some("tcp/443")),
+            (Some("drop"), "no-service")
+        );
         assert_eq!(verdict("198.51.100.7", None), (None, "covered"));
-        assert_eq!(verdict("ff02::1", Some("udp/5353")), (Some("pass"), "link-scoped"));
+        assert_eq!(
+            verdict("ff02::1", Some("udp/5353")),
+            (Some("pass"), "link-scoped")
+        );
         assert_eq!(verdict("224.0.0.251", None), (Some("pass"), "link-scoped"));
     }
 

@@ -211,12 +211,14 @@ impl Daemon {
         let mut kernel_counters = Counters::loaded(&ebpf)?;
         kernel_counters.assign_slots(&ebpf, &counter_slots(&counted, &interfaces.names))?;
         let dns_counters = Arc::new(DnsCounters::default());
-        let observer = Observer::new(metrics_listener.as_ref().map(|_| {
-            Arc::new(Metrics::new(
+        let metrics = match metrics_listener {
+            Some(_) => Some(Arc::new(Metrics::new(
                 kernel_counters,
                 opts.dns.as_ref().map(|_| Arc::clone(&dns_counters)),
-            ))
-        }));
+            )?)),
+            None => None,
+        };
+        let observer = Observer::new(metrics);
         observer.lookups(&answers);
         let mut maps = PolicyMaps::take_from(&mut ebpf)?;
         let sources = SourceMaps::take_from(&mut ebpf)?;

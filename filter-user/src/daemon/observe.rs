@@ -54,11 +54,7 @@ impl Observer {
         for answer in answers.values() {
             let result = if answer.is_ok() { "success" } else { "failure" };
             any_success |= answer.is_ok();
-            metrics
-                .counters
-                .lookups
-                .get_or_create(&[("result", result)])
-                .inc();
+            metrics.counters.lookups.with_label_values(&[result]).inc();
         }
         if any_success {
             metrics.counters.last_lookup_success.set(unix_now());
@@ -73,7 +69,7 @@ impl Observer {
                 metrics
                     .counters
                     .reloads
-                    .get_or_create(&[("result", "success")])
+                    .with_label_values(&["success"])
                     .inc();
             }
             metrics.counters.last_reload_success.set(unix_now());
@@ -89,7 +85,7 @@ impl Observer {
             metrics
                 .counters
                 .reloads
-                .get_or_create(&[("result", "failure")])
+                .with_label_values(&["failure"])
                 .inc();
         }
     }

@@ -6,7 +6,7 @@ use std::{
     time::Duration,
 };
 
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus::{exponential_buckets, Histogram, HistogramOpts};
 use serde::{Deserialize, Serialize};
 
 /// What the forwarder has done since it started.
@@ -29,6 +29,21 @@ pub struct DnsCounters {
     hold_time: Histogram,
 }
 
+/// 50 µs to about 1.6 s, doubling: a map write takes tens of microseconds, the forwarder gives
+/// up waiting after one second.
+fn hold_time_histogram() -> Histogram {
+    let buckets = exponential_buckets(50e-6, 2.0, 16).expect("valid buckets");
+    Histogram::with_opts(
+        HistogramOpts::new(
+            "egress_filter_dns_answer_hold_seconds",
+            "How long an answer to a rule's name was held while its addresses were written to \
+             the kernel, before it went to the client.",
+        )
+        .buckets(buckets),
+    )
+    .expect("a valid histogram")
+}
+
 impl Default for DnsCounters {
     fn default() -> Self {
         Self {
@@ -45,9 +60,7 @@ impl Default for DnsCounters {
             mismatched: AtomicU64::default(),
             late: AtomicU64::default(),
             already_open: AtomicU64::default(),
-            // 50 µs to about 1.6 s, doubling: a map write takes tens of microseconds, the
-            // forwarder gives up waiting after one second.
-            hold_time: Histogram::new(exponential_buckets(50e-6, 2.0, 16)),
+            hold_time: hold_time_histogram(),
         }
     }
 }

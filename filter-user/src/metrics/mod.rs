@@ -19,17 +19,9 @@ use std::sync::{Arc, Mutex};
 use filter_common::{
     counters::COUNTED_INTERFACES, maps::MAX_PREFIXES, EventCounter, Hook, PacketCount, Reason,
 };
-use prometheus_client::{
-    collector::Collector,
-    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _},
-    metrics::{
-        counter::{ConstCounter, Counter},
-        family::Family,
-        gauge::{ConstGauge, Gauge},
-        info::Info,
-        MetricType,
-    },
-    registry::Registry,
+use prometheus::{
+    core::Collector as _, proto::MetricFamily, Gauge, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::{counters::Counters, dns::DnsCounters, dns::LearnCounters};
@@ -88,80 +80,84 @@ impl Default for Published {
 }
 
 /// Counters only the daemon's loop moves.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct LoopCounters {
     /// Rule reloads, by `result` (`success`, `failure`).
-    pub reloads: Family<[(&'static str, &'static str); 1], Counter>,
+    pub reloads: IntCounterVec,
     /// Unix time of the last reload (or the start) whose policy reached the kernel.
-    pub last_reload_success: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub last_reload_success: Gauge,
     /// Hostname lookups, by `result` (`success`, `failure`).
-    pub lookups: Family<[(&'static str, &'static str); 1], Counter>,
+    pub lookups: IntCounterVec,
     /// Unix time of the last lookup that returned addresses.
-    pub last_lookup_success: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub last_lookup_success: Gauge,
     /// Map writes that failed (each followed by a full rebuild).
-    pub policy_write_failures: Counter,
+    pub policy_write_failures: IntCounter,
 }
 
-/// The registry `/metrics` encodes, and the handles the daemon writes through.
+impl LoopCounters {
+    fn new() -> prometheus::Result<Self> {
+        Ok(Self {
+            reloads: IntCounterVec::new(
+                Opts::new(
+                    "egress_filter_policy_reloads_total",
+                    "Rule reloads (SIGHUP), by result: success when the new policy reached the \
+                     kernel.",
+                ),
+                &["result"],
+            )?,
+            last_reload_success: Gauge::new(
+                "egress_filter_policy_last_reload_success_timestamp_seconds",
+                "When the policy last reached the kernel after a start or a reload (Unix time).",
+            )?,
+            lookups: IntCounterVec::new(
+                Opts::new(
+                    "egress_filter_hostname_lookups_total",
+                    "Lookups of the rules' hostnames, by result.",
+                ),
+                &["result"],
+            )?,
+            last_lookup_success: Gauge::new(
+                "egress_filter_hostname_last_success_timestamp_seconds",
+                "When a lookup of a rules' hostname last returned addresses (Unix time).",
+            )?,
+            policy_write_failures: IntCounter::new(
+                "egress_filter_policy_write_failures_total",
+                "Map writes that failed; the running policy stays and a full rebuild follows.",
+            )?,
+        })
+    }
+}
+
+/// What `/metrics` serves, and the handles the daemon writes through.
 pub struct Metrics {
-    pub registry: Registry,
+    /// The metrics that live between scrapes: the loop's counters, the DNS hold times.
+    registry: Registry,
+    kernel: Counters,
+    dns: Option<Arc<DnsCounters>>,
     pub published: Arc<Mutex<Published>>,
     pub counters: LoopCounters,
 }
 
 impl Metrics {
     /// Every metric, with `kernel` read at each scrape and `dns` when the forwarder runs.
-    #[must_use]
-    pub fn new(kernel: Counters, dns: Option<Arc<DnsCounters>>) -> Self {
-        let mut registry = Registry::with_prefix("egress_filter");
-        let published = Arc::new(Mutex::new(Published::default()));
-        let counters = LoopCounters::default();
-        registry.register(
-            "build",
-            "The running build: version and git commit",
-            Info::new([
-                ("version", env!("CARGO_PKG_VERSION")),
-                (
-                    "commit",
-                    option_env!("EGRESS_FILTER_COMMIT").unwrap_or("unknown"),
-                ),
-            ]),
-        );
-        registry.register(
-            "policy_reloads",
-            "Rule reloads (SIGHUP), by result: success when the new policy reached the kernel.",
-            counters.reloads.clone(),
-        );
-        registry.register(
-            "policy_last_reload_success_timestamp_seconds",
-            "When the policy last reached the kernel after a start or a reload (Unix time)",
-            counters.last_reload_success.clone(),
-        );
-        registry.register(
-            "policy_write_failures",
-            "Map writes that failed; the running policy stays and a full rebuild follows",
-            counters.policy_write_failures.clone(),
-        );
-        registry.register(
-            "hostname_lookups",
-            "Lookups of the rules' hostnames, by result",
-            counters.lookups.clone(),
-        );
-        registry.register(
-            "hostname_last_success_timestamp_seconds",
-            "When a lookup of a rules' hostname last returned addresses (Unix time)",
-            counters.last_lookup_success.clone(),
-        );
-        registry.register_collector(Box::new(ScrapeTime {
+    pub fn new(kernel: Counters, dns: Option<Arc<DnsCounters>>) -> anyhow::Result<Self> {
+        let registry = Registry::new();
+        let counters = LoopCounters::new()?;
+        registry.register(Box::new(counters.reloads.clone()))?;
+        registry.register(Box::new(counters.last_reload_success.clone()))?;
+        registry.register(Box::new(counters.lookups.clone()))?;
+        registry.register(Box::new(counters.last_lookup_success.clone()))?;
+        registry.register(Box::new(counters.policy_write_failures.clone()))?;
+        if let Some(dns) = &dns {
+            registry.register(Box::new(dns.hold_time().clone()))?;
+        }
+        Ok(Self {
+            registry,
             kernel,
             dns,
-            published: Arc::clone(&published),
-        }));
-        Self {
-            registry,
-            published,
+            published: Arc::new(Mutex::new(Published::default())),
             counters,
-        }
+        })
     }
 
     /// Replaces what the loop publishes.
@@ -171,11 +167,24 @@ impl Metrics {
         }
     }
 
-    /// The exposition, in the OpenMetrics text format.
-    pub fn encode(&self) -> Result<String, std::fmt::Error> {
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
-        Ok(text)
+    /// The exposition, in the Prometheus text format.
+    pub fn encode(&self) -> anyhow::Result<String> {
+        let published = self
+            .published
+            .lock()
+            .map_err(|_| anyhow::anyhow!("metrics lock poisoned"))?
+            .clone();
+        let mut families = Families::default();
+        families.build_info()?;
+        self.kernel_counters(&mut families, &published)?;
+        loop_state(&mut families, &published)?;
+        if let Some(dns) = &self.dns {
+            dns_counters(&mut families, dns, &published)?;
+        }
+        let mut all = families.0;
+        all.extend(self.registry.gather());
+        all.sort_by(|a, b| a.name().cmp(b.name()));
+        Ok(TextEncoder::new().encode_to_string(&all)?)
     }
 
     /// The health as last published.
@@ -187,55 +196,27 @@ impl Metrics {
                 p.health.clone()
             })
     }
-}
 
-/// Metrics read when scraped.
-#[derive(Debug)]
-struct ScrapeTime {
-    kernel: Counters,
-    dns: Option<Arc<DnsCounters>>,
-    published: Arc<Mutex<Published>>,
-}
-
-impl Collector for ScrapeTime {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let Ok(published) = self.published.lock().map(|p| p.clone()) else {
-            return Ok(());
-        };
-        self.encode_packets(&mut encoder, &published)?;
-        self.encode_services(&mut encoder, &published)?;
-        self.encode_events(&mut encoder)?;
-        encode_loop_state(&mut encoder, &published)?;
-        if let Some(dns) = &self.dns {
-            encode_dns(&mut encoder, dns, &published)?;
-        }
-        Ok(())
-    }
-}
-
-type Labels = Vec<(&'static str, String)>;
-
-impl ScrapeTime {
-    /// Packets and bytes by interface, hook, reason and verdict.
-    fn encode_packets(
+    /// Packets and bytes by interface, hook, reason and verdict; per service; drop events.
+    fn kernel_counters(
         &self,
-        encoder: &mut DescriptorEncoder,
+        families: &mut Families,
         published: &Published,
-    ) -> Result<(), std::fmt::Error> {
-        let mut samples: Vec<(Labels, PacketCount)> = Vec::new();
+    ) -> anyhow::Result<()> {
+        let mut samples: Vec<([String; 4], PacketCount)> = Vec::new();
         let mut read = |slot: u32, name: &str, hook: Hook, keep_zero: bool| {
             for reason in Reason::ALL {
                 let Ok(count) = self.kernel.reason_at(slot, hook, reason) else {
                     continue;
                 };
                 if keep_zero || count != PacketCount::default() {
-                    let labels = vec![
-                        ("interface", name.to_owned()),
-                        ("hook", hook_label(hook).to_owned()),
-                        ("reason", reason.label().to_owned()),
-                        ("verdict", verdict_label(reason).to_owned()),
+                    let labels = [
+                        name,
+                        hook_label(hook),
+                        reason.label(),
+                        verdict_label(reason),
                     ];
-                    samples.push((labels, count));
+                    samples.push((labels.map(str::to_owned), count));
                 }
             }
         };
@@ -248,221 +229,220 @@ impl ScrapeTime {
         for hook in [Hook::Xdp, Hook::Tc] {
             read(0, "other", hook, false);
         }
-        counter_family(
-            encoder,
-            "packets",
+        let labels = ["interface", "hook", "reason", "verdict"];
+        families.counter(
+            "egress_filter_packets_total",
             "Packets judged, by interface, hook, reason and verdict (in audit mode, packets with \
              verdict drop were let through).",
-            samples.iter().map(|(l, c)| (l.as_slice(), c.packets)),
+            &labels,
+            samples.iter().map(|(l, c)| (l.to_vec(), c.packets)),
         )?;
-        counter_family(
-            encoder,
-            "packet_bytes",
+        families.counter(
+            "egress_filter_packet_bytes_total",
             "Bytes of the packets judged, by interface, hook, reason and verdict.",
-            samples.iter().map(|(l, c)| (l.as_slice(), c.bytes)),
-        )
-    }
+            &labels,
+            samples.iter().map(|(l, c)| (l.to_vec(), c.bytes)),
+        )?;
 
-    /// Allowed packets and bytes per service.
-    fn encode_services(
-        &self,
-        encoder: &mut DescriptorEncoder,
-        published: &Published,
-    ) -> Result<(), std::fmt::Error> {
-        let samples: Vec<([(&str, String); 1], PacketCount)> = published
+        let services: Vec<(String, PacketCount)> = published
             .services
             .iter()
             .enumerate()
             .filter_map(|(id, name)| {
-                let count = self.kernel.service(u32::try_from(id).ok()?).ok()?;
-                Some(([("service", name.clone())], count))
+                Some((
+                    name.clone(),
+                    self.kernel.service(u32::try_from(id).ok()?).ok()?,
+                ))
             })
             .collect();
-        counter_family(
-            encoder,
-            "service_packets",
+        families.counter(
+            "egress_filter_service_packets_total",
             "Packets a service allowed (the first service whose rule matched).",
-            samples.iter().map(|(l, c)| (l.as_slice(), c.packets)),
+            &["service"],
+            services.iter().map(|(s, c)| (vec![s.clone()], c.packets)),
         )?;
-        counter_family(
-            encoder,
-            "service_bytes",
+        families.counter(
+            "egress_filter_service_bytes_total",
             "Bytes of the packets a service allowed.",
-            samples.iter().map(|(l, c)| (l.as_slice(), c.bytes)),
-        )
-    }
+            &["service"],
+            services.iter().map(|(s, c)| (vec![s.clone()], c.bytes)),
+        )?;
 
-    /// Drop events by outcome.
-    fn encode_events(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let samples: Vec<([(&str, &str); 1], u64)> = [
+        let events = [
             ("sent", EventCounter::Emitted),
             ("rate_limited", EventCounter::RateLimited),
             ("ring_full", EventCounter::RingFull),
-        ]
-        .into_iter()
-        .filter_map(|(label, counter)| {
-            Some(([("outcome", label)], self.kernel.event(counter).ok()?))
-        })
-        .collect();
-        counter_family(
-            encoder,
-            "drop_events",
+        ];
+        families.counter(
+            "egress_filter_drop_events_total",
             "Drop events: sent to the daemon, suppressed by the per-CPU rate limit, or lost to a \
              full ring buffer.",
-            samples.iter().map(|(l, v)| (l.as_slice(), *v)),
+            &["outcome"],
+            events.iter().filter_map(|(outcome, counter)| {
+                Some((
+                    vec![(*outcome).to_owned()],
+                    self.kernel.event(*counter).ok()?,
+                ))
+            }),
         )
     }
 }
 
 /// What the loop published: mode, health, table, hostnames.
-fn encode_loop_state(
-    encoder: &mut DescriptorEncoder,
-    published: &Published,
-) -> Result<(), std::fmt::Error> {
-    gauge(
-        encoder,
-        "enforcing",
+fn loop_state(families: &mut Families, published: &Published) -> anyhow::Result<()> {
+    families.gauge(
+        "egress_filter_enforcing",
         "1 while the filter enforces the policy its rules compile to (what /healthz reports).",
-        i64::from(published.health == Health::Enforcing),
+        &[],
+        [(vec![], i64::from(published.health == Health::Enforcing))],
     )?;
-    gauge(
-        encoder,
-        "audit_mode",
+    families.gauge(
+        "egress_filter_audit_mode",
         "1 in audit mode: packets with verdict drop are reported and let through.",
-        i64::from(published.audit),
+        &[],
+        [(vec![], i64::from(published.audit))],
     )?;
-    gauge_family(
-        encoder,
-        "table_prefixes",
+    let family = |f: &str, v: usize| (vec![f.to_owned()], i64::try_from(v).unwrap_or(i64::MAX));
+    families.gauge(
+        "egress_filter_table_prefixes",
         "Prefixes in the allow table, by address family.",
+        &["family"],
         [
-            ([("family", "ipv4")], published.prefixes_v4),
-            ([("family", "ipv6")], published.prefixes_v6),
+            family("ipv4", published.prefixes_v4),
+            family("ipv6", published.prefixes_v6),
         ],
     )?;
-    gauge_family(
-        encoder,
-        "table_capacity_prefixes",
+    families.gauge(
+        "egress_filter_table_capacity_prefixes",
         "Prefixes the kernel's tables can hold, by address family.",
-        [("ipv4", MAX_PREFIXES), ("ipv6", MAX_PREFIXES)]
-            .map(|(family, max)| ([("family", family)], max as usize)),
+        &["family"],
+        [
+            family("ipv4", MAX_PREFIXES as usize),
+            family("ipv6", MAX_PREFIXES as usize),
+        ],
     )?;
-    gauge_family(
-        encoder,
-        "hostnames",
+    families.gauge(
+        "egress_filter_hostnames",
         "The rules' hostnames, by state: resolved (with addresses) or failing (the last lookup \
          failed; the last addresses stay allowed).",
+        &["state"],
         [
-            ([("state", "resolved")], published.hostnames_resolved),
-            ([("state", "failing")], published.hostnames_failing),
+            family("resolved", published.hostnames_resolved),
+            family("failing", published.hostnames_failing),
         ],
     )
 }
 
-/// The forwarder's counters and histogram, and the learned table.
-fn encode_dns(
-    encoder: &mut DescriptorEncoder,
+/// The forwarder's counters and the learned table.
+fn dns_counters(
+    families: &mut Families,
     dns: &DnsCounters,
     published: &Published,
-) -> Result<(), std::fmt::Error> {
+) -> anyhow::Result<()> {
     let values = dns.values();
-    counter_family(
-        encoder,
-        "dns_queries",
+    let outcome = |o: &str, v: u64| (vec![o.to_owned()], v);
+    families.counter(
+        "egress_filter_dns_queries_total",
         "Client DNS queries, by outcome: forwarded upstream, merged into an identical query in \
          flight, refused (--dns-block-unlisted), malformed, failed (upstream error or timeout), \
          overloaded (too many in flight) or client_limited (the client's bound in flight).",
+        &["outcome"],
         [
-            ("forwarded", values.forwarded),
-            ("merged", values.merged),
-            ("refused", values.refused),
-            ("malformed", values.malformed),
-            ("failed", values.servfail),
-            ("overloaded", values.overloaded),
-            ("client_limited", values.client_limited),
-        ]
-        .iter()
-        .map(|(outcome, v)| ([("outcome", *outcome)], *v)),
+            outcome("forwarded", values.forwarded),
+            outcome("merged", values.merged),
+            outcome("refused", values.refused),
+            outcome("malformed", values.malformed),
+            outcome("failed", values.servfail),
+            outcome("overloaded", values.overloaded),
+            outcome("client_limited", values.client_limited),
+        ],
     )?;
-    counter_family(
-        encoder,
-        "dns_answers",
+    families.counter(
+        "egress_filter_dns_answers_total",
         "Upstream answers, by what learning did with them: matched a rule's name, released \
          before the daemon confirmed (late), or known open already.",
+        &["outcome"],
         [
-            ("matched", values.matched),
-            ("late", values.late),
-            ("already_open", values.already_open),
-        ]
-        .iter()
-        .map(|(outcome, v)| ([("outcome", *outcome)], *v)),
+            outcome("matched", values.matched),
+            outcome("late", values.late),
+            outcome("already_open", values.already_open),
+        ],
     )?;
     if let Some((learning, held)) = published.learning {
-        counter_family(
-            encoder,
-            "dns_learned_addresses",
+        families.counter(
+            "egress_filter_dns_learned_addresses_total",
             "Learned (address, service) entries, by event: learned, renewed by a later answer, \
              expired, or evicted at capacity.",
+            &["event"],
             [
-                ("learned", learning.learned),
-                ("renewed", learning.renewed),
-                ("expired", learning.expired),
-                ("evicted", learning.evicted),
-            ]
-            .iter()
-            .map(|(event, v)| ([("event", *event)], *v)),
+                outcome("learned", learning.learned),
+                outcome("renewed", learning.renewed),
+                outcome("expired", learning.expired),
+                outcome("evicted", learning.evicted),
+            ],
         )?;
-        gauge(
-            encoder,
-            "dns_learned_entries",
+        families.gauge(
+            "egress_filter_dns_learned_entries",
             "Learned (address, service) entries held now.",
-            i64::try_from(held).unwrap_or(i64::MAX),
+            &[],
+            [(vec![], i64::try_from(held).unwrap_or(i64::MAX))],
         )?;
     }
-    let histogram = encoder.encode_descriptor(
-        "dns_answer_hold_seconds",
-        "How long an answer to a rule's name was held while its addresses were written to the \
-         kernel, before it went to the client.",
-        None,
-        MetricType::Histogram,
-    )?;
-    dns.hold_time().encode(histogram)
-}
-
-fn counter_family<L: EncodeLabelSet>(
-    encoder: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    samples: impl IntoIterator<Item = (L, u64)>,
-) -> Result<(), std::fmt::Error> {
-    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-    for (labels, value) in samples {
-        ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
-    }
     Ok(())
 }
 
-fn gauge_family<L: EncodeLabelSet>(
-    encoder: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    samples: impl IntoIterator<Item = (L, usize)>,
-) -> Result<(), std::fmt::Error> {
-    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-    for (labels, value) in samples {
-        let value = i64::try_from(value).unwrap_or(i64::MAX);
-        ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
-    }
-    Ok(())
-}
+/// Metric families built at scrape time from values read then.
+#[derive(Default)]
+struct Families(Vec<MetricFamily>);
 
-fn gauge(
-    encoder: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    value: i64,
-) -> Result<(), std::fmt::Error> {
-    ConstGauge::new(value).encode(encoder.encode_descriptor(name, help, None, MetricType::Gauge)?)
+impl Families {
+    fn counter(
+        &mut self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+        samples: impl IntoIterator<Item = (Vec<String>, u64)>,
+    ) -> anyhow::Result<()> {
+        let family = IntCounterVec::new(Opts::new(name, help), labels)?;
+        for (values, value) in samples {
+            family.with_label_values(&values).inc_by(value);
+        }
+        self.0.extend(family.collect());
+        Ok(())
+    }
+
+    fn gauge(
+        &mut self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+        samples: impl IntoIterator<Item = (Vec<String>, i64)>,
+    ) -> anyhow::Result<()> {
+        let family = IntGaugeVec::new(Opts::new(name, help), labels)?;
+        for (values, value) in samples {
+            family.with_label_values(&values).set(value);
+        }
+        self.0.extend(family.collect());
+        Ok(())
+    }
+
+    /// `egress_filter_build_info`, the Prometheus convention for a build's identity.
+    fn build_info(&mut self) -> anyhow::Result<()> {
+        self.gauge(
+            "egress_filter_build_info",
+            "The running build: version and git commit (always 1).",
+            &["version", "commit"],
+            [(
+                vec![
+                    env!("CARGO_PKG_VERSION").to_owned(),
+                    option_env!("EGRESS_FILTER_COMMIT")
+                        .unwrap_or("unknown")
+                        .to_owned(),
+                ],
+                1,
+            )],
+        )
+    }
 }
 
 fn hook_label(hook: Hook) -> &'static str {

@@ -1,4 +1,4 @@
-//! The HTTP side of `--metrics-listen`: `GET /metrics` (the OpenMetrics text exposition) and
+//! The HTTP side of `--metrics-listen`: `GET /metrics` (the Prometheus text exposition) and
 //! `GET /healthz` (200 while the filter enforces its intended policy, 503 otherwise, with a line
 //! saying why). Anything else is 404. Each connection is served in a task of its own and the
 //! exposition is encoded on a blocking thread, so a slow scraper holds up neither the daemon's
@@ -19,8 +19,8 @@ use tokio::net::TcpListener;
 
 use super::{Health, Metrics};
 
-/// The content type of the OpenMetrics text format, which Prometheus negotiates and prefers.
-const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The content type of the Prometheus text format.
+const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// A client that sends nothing for this long is dropped: scrapers send their request at once.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -69,7 +69,7 @@ async fn answer(
                 let mut response = Response::new(Full::new(Bytes::from(exposition)));
                 response
                     .headers_mut()
-                    .insert(CONTENT_TYPE, HeaderValue::from_static(OPENMETRICS));
+                    .insert(CONTENT_TYPE, HeaderValue::from_static(TEXT_FORMAT));
                 response
             }
             _ => text(
