@@ -71,7 +71,7 @@ impl PinnedPolicy {
             IpAddr::V4(address) => {
                 let copy = u32::from(table_state & state::V4_COPY_1 != 0);
                 let dst = u32::from(address);
-                let run = self.run(&self.index_v4, copy, dst >> (32 - CHUNK_BITS))?;
+                let run = run(&self.index_v4, copy, dst >> (32 - CHUNK_BITS))?;
                 let ranges = read_run(&self.ranges_v4, run)?;
                 let at = ranges.partition_point(|range| (range >> 32) as u32 <= dst);
                 ranges
@@ -84,7 +84,7 @@ impl PinnedPolicy {
             IpAddr::V6(address) => {
                 let copy = u32::from(table_state & state::V6_COPY_1 != 0);
                 let dst = u128::from(address);
-                let run = self.run(&self.index_v6, copy, (dst >> (128 - CHUNK_BITS)) as u32)?;
+                let run = run(&self.index_v6, copy, (dst >> (128 - CHUNK_BITS)) as u32)?;
                 let ranges = read_run(&self.ranges_v6, run)?;
                 let start = |r: &RangeV6| u128::from(r.start_hi) << 64 | u128::from(r.start_lo);
                 let at = ranges.partition_point(|range| start(range) <= dst);
@@ -100,17 +100,12 @@ impl PinnedPolicy {
             .with_context(|| format!("policy slot {id} cannot be read"))?;
         Ok(Some((id, RuleSet::from_policy(&slot))))
     }
+}
 
-    /// The run of ranges (first, count) that `copy`'s index names for `chunk`.
-    fn run(
-        &self,
-        index: &MappedArray<u64>,
-        copy: u32,
-        chunk: u32,
-    ) -> anyhow::Result<(usize, usize)> {
-        let entry = index.read((copy * CHUNKS + chunk) as usize, 1)?[0];
-        Ok(((entry as u32) as usize, (entry >> 32) as usize))
-    }
+/// The run of ranges (first, count) that `copy`'s index names for `chunk`.
+fn run(index: &MappedArray<u64>, copy: u32, chunk: u32) -> anyhow::Result<(usize, usize)> {
+    let entry = index.read((copy * CHUNKS + chunk) as usize, 1)?[0];
+    Ok(((entry as u32) as usize, (entry >> 32) as usize))
 }
 
 /// The ranges of a run, or an error when the index points outside the array (a damaged map:

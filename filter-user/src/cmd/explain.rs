@@ -153,7 +153,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Explanation> {
                  not resolved"
                     .into(),
             );
-            Default::default()
+            crate::resolve::Lookups::default()
         };
         let hosts: Resolved = answers
             .iter()

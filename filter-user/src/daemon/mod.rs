@@ -332,26 +332,7 @@ impl Daemon {
                     Update::None
                 }
                 _ = hup.recv() => {
-                    self.notifier.reloading();
-                    let reloaded = self.reload();
-                    // The new policy must be in the kernel before the reload counts as done.
-                    let written = reloaded.is_ok() && self.apply(Update::Full, false).is_ok();
-                    let status = match (reloaded, written) {
-                        (Ok(()), true) => {
-                            self.observer.policy_in_place(true);
-                            "enforcing the reloaded rules"
-                        }
-                        (Ok(()), false) => {
-                            self.observer.reload_failed(None);
-                            "reloaded rules not written yet; the old policy stays"
-                        }
-                        (Err(why), _) => {
-                            self.observer.reload_failed(Some(why));
-                            "reload refused; the old policy stays"
-                        }
-                    };
-                    self.publish();
-                    self.notifier.ready(status);
+                    self.reload_and_apply();
                     Update::None
                 }
                 Some(_) = tick(watchdog.as_mut()) => {
@@ -531,7 +512,31 @@ impl Daemon {
         Ok(())
     }
 
-    /// SIGHUP: reloads the rules; invalid rules leave everything as it is (the error says why).
+    /// SIGHUP: reloads the rules and writes their policy, telling systemd and the health.
+    fn reload_and_apply(&mut self) {
+        self.notifier.reloading();
+        let reloaded = self.reload();
+        // The new policy must be in the kernel before the reload counts as done.
+        let written = reloaded.is_ok() && self.apply(Update::Full, false).is_ok();
+        let status = match (reloaded, written) {
+            (Ok(()), true) => {
+                self.observer.policy_in_place(true);
+                "enforcing the reloaded rules"
+            }
+            (Ok(()), false) => {
+                self.observer.reload_failed(None);
+                "reloaded rules not written yet; the old policy stays"
+            }
+            (Err(why), _) => {
+                self.observer.reload_failed(Some(why));
+                "reload refused; the old policy stays"
+            }
+        };
+        self.publish();
+        self.notifier.ready(status);
+    }
+
+    /// Reloads the rules; invalid rules leave everything as it is (the error says why).
     /// Learned addresses stay for names that still match their service.
     fn reload(&mut self) -> Result<(), String> {
         let loaded = Rules::load(&self.opts.rules)
