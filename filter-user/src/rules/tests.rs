@@ -162,6 +162,62 @@ fn a_directory_loads_its_toml_files_in_order_and_nothing_below() {
     assert_eq!(names, ["a", "b"]);
 }
 
+const REGISTER: &str = "[[source]]\nkey = \"VENDOR\"\ntitle = \"A vendor page\"\nurl = \"https://example.com/page\"\nchecked = 2026-01-01\n";
+
+fn cited(text: &str) -> Result<Rules, RulesError> {
+    let register = Register::parse(Path::new("sources.toml"), REGISTER).unwrap();
+    Rules::parse_cited(&[(Path::new("test.toml"), text)], &|_| Some(&register))
+}
+
+#[test]
+fn cited_keys_must_be_in_the_register() {
+    let good = "[[service]]\nname = \"a\"\ncites = [\"VENDOR\"]\nhosts = [\"a.example.com\"]\ntcp = [443]\n";
+    assert_eq!(cited(good).unwrap().services[0].cites, ["VENDOR"]);
+    let unknown = good.replace("[\"VENDOR\"]", "[\"VENDOR\", \"NOPE\"]");
+    let err = cited(&unknown).unwrap_err().0[0].to_string();
+    assert_eq!(
+        err,
+        "test.toml:3:20: unknown source key \"NOPE\": sources.toml defines VENDOR"
+    );
+    let err = parse(good).unwrap_err().0[0].to_string();
+    assert!(
+        err.starts_with("test.toml:3:10: cites source key \"VENDOR\", but no sources.toml lies beside test.toml"),
+        "{err}"
+    );
+    let empty = good.replace("tcp =", "accept-risk = \" \"\ntcp =");
+    assert!(
+        cited(&empty).unwrap_err().0[0]
+            .to_string()
+            .starts_with("test.toml:5:15: accept-risk is empty"),
+        "{:?}",
+        cited(&empty)
+    );
+}
+
+#[test]
+fn the_register_is_found_beside_a_file_or_one_directory_up_and_never_loaded_as_rules() {
+    let dir = std::env::temp_dir().join(format!("egress-filter-register-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("optional")).unwrap();
+    let service = |name: &str| {
+        format!("[[service]]\nname = \"{name}\"\ncites = [\"VENDOR\"]\nhosts = [\"a.example.com\"]\ntcp = [443]\n")
+    };
+    std::fs::write(dir.join(REGISTER_FILE), REGISTER).unwrap();
+    std::fs::write(dir.join("a.toml"), service("a")).unwrap();
+    std::fs::write(dir.join("optional/b.toml"), service("b")).unwrap();
+    let whole = Rules::load(std::slice::from_ref(&dir));
+    let below = Rules::load(&[dir.join("optional/b.toml")]);
+    let register_as_rules = Rules::load(&[dir.join(REGISTER_FILE)]);
+    std::fs::remove_dir_all(&dir).unwrap();
+    let whole = whole.unwrap();
+    assert_eq!(whole.files.len(), 1, "sources.toml is not a rules file");
+    assert_eq!(whole.registers[0].sources.len(), 1);
+    assert_eq!(below.unwrap().registers.len(), 1, "found one directory up");
+    assert!(register_as_rules
+        .unwrap_err()
+        .to_string()
+        .contains("is the source register, not a rules file"));
+}
+
 #[test]
 fn a_missing_path_is_an_error_naming_it() {
     let err = Rules::load(&[PathBuf::from("/nonexistent/rules.toml")]).unwrap_err();
@@ -186,18 +242,25 @@ fn every_shipped_file_loads_on_its_own_and_together() {
     for dir in ["rules", "rules/optional"] {
         for entry in std::fs::read_dir(repo_path(dir)).unwrap() {
             let path = entry.unwrap().path();
-            if path.extension().is_some_and(|e| e == "toml") {
+            let is_register = path.file_name().is_some_and(|n| n == REGISTER_FILE);
+            if path.extension().is_some_and(|e| e == "toml") && !is_register {
                 let rules =
                     Rules::load(std::slice::from_ref(&path)).unwrap_or_else(|e| panic!("{e}"));
                 assert!(!rules.services.is_empty(), "{}", path.display());
                 for s in &rules.services {
                     assert!(
-                        !s.source.is_empty(),
-                        "service {} in {} cites no source",
+                        !s.cites.is_empty() && !s.source.is_empty(),
+                        "service {} in {} cites no registered source",
                         s.name,
                         path.display()
                     );
                 }
+                assert_eq!(
+                    rules.registers.len(),
+                    1,
+                    "{} uses rules/sources.toml",
+                    path.display()
+                );
                 if dir == "rules/optional" {
                     all.push(path);
                 }

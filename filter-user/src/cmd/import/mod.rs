@@ -1,14 +1,49 @@
 //! `egress-filter import`: rule TOML from vendor feeds, so the rules can follow them.
 //!
 //! The output is checked with the same parser `check` uses before it is printed: an import that
-//! `check` would refuse is an error here, not a surprise later.
+//! `check` would refuse is an error here, not a surprise later. Imports do not over-open: sets a
+//! feed marks optional are left out unless asked for, Google Cloud customer ranges can be taken
+//! out of Google's ranges, and every broad opening (see [`crate::risk`]) is named in the
+//! header, where `check --strict` will refuse it until a person writes `accept-risk`.
 
 use std::{fmt::Write as _, path::Path};
 
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
-use crate::rules::{hosts, ports, Rules};
+use crate::{
+    prefixes, risk,
+    rules::{hosts, ports, Rules},
+};
+
+/// The Microsoft 365 endpoint sets outside service area MEM that the Intune page lists as
+/// Intune's own requirements: Entra ID authentication (56), device registration (59), Microsoft
+/// account (97) and the Office customization service (150, not required). An import of MEM
+/// includes them; without them enrolled devices cannot sign in.
+pub const INTUNE_IDENTITY_SETS: [u32; 4] = [56, 59, 97, 150];
+
+/// What `import m365` is asked for.
+#[derive(Debug, Default)]
+pub struct M365Options<'a> {
+    /// Only this service area (MEM also brings [`INTUNE_IDENTITY_SETS`]).
+    pub service_area: Option<&'a str>,
+    /// Keep sets the feed marks `"required": false`.
+    pub include_optional: bool,
+    /// The saved answer of the web service's version method, recorded in the header.
+    pub feed_version: Option<&'a Path>,
+}
+
+/// What `import google` is asked for.
+#[derive(Debug)]
+pub struct GoogleOptions<'a> {
+    pub name: &'a str,
+    pub tcp: &'a str,
+    pub udp: Option<&'a str>,
+    /// cloud.json: Google Cloud customer ranges to take out of the input.
+    pub exclude: Option<&'a Path>,
+    /// Accept cloud.json itself as the input (every Google Cloud customer's addresses).
+    pub cloud_ranges: bool,
+}
 
 /// A record of the Microsoft 365 endpoints web service (`/endpoints/WorldWide`), as documented:
 /// `id`, `serviceArea`, `urls`, `ips`, `tcpPorts`/`udpPorts` as comma lists with `-` ranges.
@@ -35,7 +70,15 @@ struct M365Record {
     notes: Option<String>,
 }
 
-/// Google's `goog.json`: the ranges Google makes available to users on the internet.
+/// The web service's version method (`/version/Worldwide`): the feed's version, `YYYYMMDDNN`.
+#[derive(Deserialize)]
+struct M365Version {
+    instance: String,
+    latest: String,
+}
+
+/// Google's `goog.json` (ranges Google makes available to users on the internet) or
+/// `cloud.json` (Google Cloud customers' external ranges), which adds `service` and `scope`.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct GoogleRanges {
@@ -53,6 +96,46 @@ struct GooglePrefix {
     ipv4_prefix: Option<String>,
     #[serde(default)]
     ipv6_prefix: Option<String>,
+    #[serde(default)]
+    service: Option<String>,
+    #[serde(default)]
+    scope: Option<String>,
+}
+
+impl GoogleRanges {
+    /// Reads goog.json or cloud.json.
+    fn read(file: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read {}", file.display()))?;
+        serde_json::from_str(&text)
+            .with_context(|| format!("{} is not goog.json (no `prefixes` list?)", file.display()))
+    }
+
+    /// Whether this is cloud.json: its items name a Google Cloud service and region.
+    fn is_cloud(&self) -> bool {
+        self.prefixes
+            .iter()
+            .any(|p| p.service.is_some() || p.scope.is_some())
+    }
+
+    fn prefixes(&self) -> anyhow::Result<Vec<ipnet::IpNet>> {
+        self.prefixes
+            .iter()
+            .filter_map(|p| p.ipv4_prefix.as_ref().or(p.ipv6_prefix.as_ref()))
+            .map(|text| {
+                text.parse()
+                    .with_context(|| format!("{text:?} is not a prefix"))
+            })
+            .collect()
+    }
+
+    fn stamp(&self) -> String {
+        format!(
+            "syncToken {}, creationTime {}",
+            self.sync_token.as_deref().unwrap_or("unknown"),
+            self.creation_time.as_deref().unwrap_or("unknown")
+        )
+    }
 }
 
 #[derive(Serialize)]
@@ -82,24 +165,38 @@ enum OutPort {
     Range(String),
 }
 
-/// Converts the Microsoft 365 endpoints JSON in `file`, optionally only one service area.
-pub fn m365(file: &Path, service_area: Option<&str>) -> anyhow::Result<String> {
+/// Converts the Microsoft 365 endpoints JSON in `file`.
+pub fn m365(file: &Path, options: &M365Options<'_>) -> anyhow::Result<String> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let records: Vec<M365Record> = serde_json::from_str(&text)
         .with_context(|| format!("{} is not Microsoft 365 endpoints JSON", file.display()))?;
+    let service_area = options.service_area;
     let mut header = format!(
-        "# Imported by `egress-filter import m365` from {}{}.\n",
+        "# Imported by `egress-filter import m365` from {}{}.\n{}",
         file.display(),
         service_area
             .map(|a| format!(", service area {a}"))
-            .unwrap_or_default()
+            .unwrap_or_default(),
+        feed_version_line(options.feed_version)?
     );
+    let wanted = |record: &M365Record| match service_area {
+        None => true,
+        Some(area) => {
+            record.service_area.eq_ignore_ascii_case(area)
+                || (area.eq_ignore_ascii_case("MEM") && INTUNE_IDENTITY_SETS.contains(&record.id))
+        }
+    };
     let mut services = Vec::new();
-    for record in records
-        .iter()
-        .filter(|r| service_area.is_none_or(|a| r.service_area.eq_ignore_ascii_case(a)))
-    {
+    for record in records.iter().filter(|r| wanted(r)) {
+        if record.required == Some(false) && !options.include_optional {
+            let _ = writeln!(
+                header,
+                "# set {}: skipped, the feed marks it optional (--include-optional keeps it)",
+                record.id
+            );
+            continue;
+        }
         let (hosts, refused): (Vec<&String>, Vec<&String>) =
             record.urls.iter().partition(|u| hosts::parse(u).is_ok());
         if !refused.is_empty() {
@@ -169,37 +266,82 @@ pub fn m365(file: &Path, service_area: Option<&str>) -> anyhow::Result<String> {
     emit(&header, services)
 }
 
-/// Converts Google's `goog.json` in `file` into one service allowing `tcp`/`udp` to every range.
-pub fn google(file: &Path, name: &str, tcp: &str, udp: Option<&str>) -> anyhow::Result<String> {
-    let text =
-        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let ranges: GoogleRanges = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not goog.json (no `prefixes` list?)", file.display()))?;
-    let cidrs: Vec<String> = ranges
-        .prefixes
-        .iter()
-        .filter_map(|p| p.ipv4_prefix.clone().or_else(|| p.ipv6_prefix.clone()))
-        .collect();
-    anyhow::ensure!(!cidrs.is_empty(), "{} lists no prefixes", file.display());
-    let header = format!(
-        "# Imported by `egress-filter import google` from {}.\n# Google's advice for FCM when IP filtering is unavoidable: allow all of goog.json, refresh monthly.\n",
+/// Converts Google's `goog.json` in `file` into one service allowing the given ports to every
+/// range, less the Google Cloud customer ranges of `exclude` (cloud.json) when given.
+pub fn google(file: &Path, options: &GoogleOptions<'_>) -> anyhow::Result<String> {
+    let ranges = GoogleRanges::read(file)?;
+    anyhow::ensure!(
+        options.cloud_ranges || !ranges.is_cloud(),
+        "{} is cloud.json, Google Cloud customers' ranges: allowing it opens every customer's \
+         servers. Give goog.json (and this file with --exclude), or --cloud-ranges if that is meant",
         file.display()
     );
+    let mut cidrs = ranges.prefixes()?;
+    anyhow::ensure!(!cidrs.is_empty(), "{} lists no prefixes", file.display());
+    let mut header = format!(
+        "# Imported by `egress-filter import google` from {} ({}).\n# Google's advice for FCM when IP filtering is unavoidable: allow all of goog.json, refresh monthly.\n",
+        file.display(),
+        ranges.stamp()
+    );
+    let mut source = format!("Google IP ranges, goog.json, {}", ranges.stamp());
+    if let Some(exclude) = options.exclude {
+        let cloud = GoogleRanges::read(exclude)?;
+        let before = cidrs.len();
+        cidrs = prefixes::subtract(&cidrs, &cloud.prefixes()?);
+        let _ = writeln!(
+            header,
+            "# Less the Google Cloud customer ranges of {} ({}): {before} prefixes became {}.",
+            exclude.display(),
+            cloud.stamp(),
+            cidrs.len()
+        );
+        let _ = write!(source, ", less cloud.json {}", cloud.stamp());
+        anyhow::ensure!(
+            !cidrs.is_empty(),
+            "nothing of {} is left outside {}",
+            file.display(),
+            exclude.display()
+        );
+    }
     let service = OutService {
-        name: name.to_owned(),
+        name: options.name.to_owned(),
         description: "Every range Google makes available to users on the internet (goog.json)"
             .into(),
-        source: format!(
-            "Google IP ranges, goog.json, syncToken {}, creationTime {}",
-            ranges.sync_token.as_deref().unwrap_or("unknown"),
-            ranges.creation_time.as_deref().unwrap_or("unknown")
-        ),
+        source,
         hosts: Vec::new(),
-        cidrs,
-        tcp: port_list(Some(tcp)).context("--tcp")?,
-        udp: port_list(udp).context("--udp")?,
+        cidrs: cidrs.iter().map(ToString::to_string).collect(),
+        tcp: port_list(Some(options.tcp)).context("--tcp")?,
+        udp: port_list(options.udp).context("--udp")?,
     };
     emit(&header, vec![service])
+}
+
+/// The header line naming the feed's version and the date it encodes (`YYYYMMDDNN`).
+fn feed_version_line(version_file: Option<&Path>) -> anyhow::Result<String> {
+    let Some(file) = version_file else {
+        return Ok("# Feed version: not recorded (save the version method's answer and pass it with --feed-version).\n".into());
+    };
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let version: M365Version = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{} is not the version method's answer (`instance`, `latest`)",
+            file.display()
+        )
+    })?;
+    let latest = &version.latest;
+    anyhow::ensure!(
+        latest.len() == 10 && latest.bytes().all(|b| b.is_ascii_digit()),
+        "{}: version {latest:?} is not YYYYMMDDNN",
+        file.display()
+    );
+    Ok(format!(
+        "# Feed: instance {}, version {latest}, published {}-{}-{}.\n",
+        version.instance,
+        &latest[..4],
+        &latest[4..6],
+        &latest[6..8]
+    ))
 }
 
 /// A comma list of ports and `lo-hi` ranges, as the feeds write them.
@@ -222,109 +364,23 @@ fn port_list(list: Option<&str>) -> anyhow::Result<Vec<OutPort>> {
         .collect()
 }
 
-/// Renders the services and proves `check` accepts them.
+/// Renders the services, proves `check` accepts them, and names their broad openings.
 fn emit(header: &str, services: Vec<OutService>) -> anyhow::Result<String> {
     let body = toml::to_string(&OutFile { service: services }).context("cannot render TOML")?;
-    let out = format!("{header}\n{body}");
-    Rules::parse_sources(&[(Path::new("(import output)"), &out)])
+    let rules = Rules::parse_sources(&[(Path::new("(import output)"), &body)])
         .map_err(|e| anyhow::anyhow!("the import produced rules that do not validate:\n{e}"))?;
-    Ok(out)
+    let mut header = header.to_owned();
+    for service in &rules.services {
+        for broad in risk::of_service(service) {
+            let _ = writeln!(
+                header,
+                "# RISK {}: {broad} (check --strict refuses it without accept-risk)",
+                service.name
+            );
+        }
+    }
+    Ok(format!("{header}\n{body}"))
 }
 
 #[cfg(test)]
-mod tests {
-    use std::path::PathBuf;
-
-    use super::*;
-
-    fn fixture(name: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures")
-            .join(name)
-    }
-
-    fn load(text: &str) -> Rules {
-        Rules::parse_sources(&[(Path::new("out.toml"), text)]).expect("check accepts the import")
-    }
-
-    #[test]
-    fn m365_mem_area_becomes_one_service_per_endpoint_set() {
-        let out = m365(&fixture("m365-endpoints.json"), Some("MEM")).unwrap();
-        let rules = load(&out);
-        let names: Vec<&str> = rules.services.iter().map(|s| s.name.as_str()).collect();
-        assert_eq!(
-            names,
-            ["m365-mem-163", "m365-mem-165", "m365-mem-172"],
-            "{out}"
-        );
-        let core = &rules.services[0];
-        assert!(core.cidrs.contains(&"2620:1ec:40::/48".parse().unwrap()));
-        assert!(core
-            .hosts
-            .iter()
-            .any(|h| h.to_string() == "*.manage.microsoft.com"));
-        assert_eq!(
-            core.ports,
-            [
-                crate::table::PortSpec::Tcp(80..=80),
-                crate::table::PortSpec::Tcp(443..=443)
-            ]
-        );
-        assert_eq!(
-            rules.services[1].ports,
-            [crate::table::PortSpec::Udp(123..=123)]
-        );
-        assert!(
-            out.contains("set 999: skipped"),
-            "a set without ports is reported: {out}"
-        );
-    }
-
-    #[test]
-    fn m365_keeps_every_area_without_filter_and_reports_inexpressible_names() {
-        let out = m365(&fixture("m365-endpoints.json"), None).unwrap();
-        let rules = load(&out);
-        assert!(rules.services.iter().any(|s| s.name == "m365-exchange-1"));
-        assert!(
-            out.contains("autodiscover.*.onmicrosoft.com"),
-            "a mid-name wildcard is named as left out: {out}"
-        );
-    }
-
-    #[test]
-    fn google_ranges_become_one_service_with_the_fcm_ports() {
-        let out = google(
-            &fixture("goog.json"),
-            "google-ip-ranges",
-            "443,5228-5230",
-            None,
-        )
-        .unwrap();
-        let rules = load(&out);
-        let s = &rules.services[0];
-        assert_eq!(s.cidrs.len(), 4);
-        assert_eq!(
-            s.ports,
-            [
-                crate::table::PortSpec::Tcp(443..=443),
-                crate::table::PortSpec::Tcp(5228..=5230)
-            ]
-        );
-        assert!(s.source.contains("1631120724291"), "{}", s.source);
-    }
-
-    #[test]
-    fn malformed_feeds_are_errors_naming_the_file() {
-        let err = google(&fixture("m365-endpoints.json"), "x", "443", None).unwrap_err();
-        assert!(
-            format!("{err:#}").contains("m365-endpoints.json is not goog.json"),
-            "{err:#}"
-        );
-        let err = m365(&fixture("m365-endpoints.json"), Some("NoSuchArea")).unwrap_err();
-        assert!(
-            err.to_string().contains("with service area NoSuchArea"),
-            "{err}"
-        );
-        assert!(port_list(Some("80,9-1")).is_err());
-    }
-}
+mod tests;
