@@ -25,16 +25,26 @@ fn check_accepts_the_shipped_rules_with_a_summary() {
     );
 }
 
+/// A rules file written to a directory of this test's own; the caller removes the directory.
+fn scratch_rules(
+    label: &str,
+    file: &str,
+    contents: &str,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("egress-filter-{label}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(file);
+    std::fs::write(&path, contents).unwrap();
+    (dir, path)
+}
+
 #[test]
 fn check_refuses_a_bad_file_with_its_location_and_exit_1() {
-    let dir = std::env::temp_dir().join(format!("egress-filter-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let bad = dir.join("bad.toml");
-    std::fs::write(
-        &bad,
+    let (dir, bad) = scratch_rules(
+        "cli",
+        "bad.toml",
         "[[service]]\nname = \"x\"\ncidrs = [\"192.0.2.1/24\"]\ntcp = [443]\n",
-    )
-    .unwrap();
+    );
     let (code, stdout, stderr) = egress_filter(&[
         "check",
         "--rules",
@@ -175,14 +185,11 @@ fn run_refuses_a_malformed_failsafe_port_naming_it() {
 fn check_strict_passes_the_shipped_rules_and_refuses_an_unaccepted_broad_opening() {
     let (code, _, stderr) = egress_filter(&["check", "--rules", "rules/", "--strict"]);
     assert_eq!(code, 0, "{stderr}");
-    let dir = std::env::temp_dir().join(format!("egress-filter-strict-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let broad = dir.join("broad.toml");
-    std::fs::write(
-        &broad,
+    let (dir, broad) = scratch_rules(
+        "strict",
+        "broad.toml",
         "# a comment\n[[service]]\nname = \"wide\"\ncidrs = [\"10.0.0.0/8\"]\ntcp = [443]\n",
-    )
-    .unwrap();
+    );
     let (lenient, _, _) = egress_filter(&["check", "--rules", broad.to_str().unwrap()]);
     let (code, stdout, stderr) =
         egress_filter(&["check", "--rules", broad.to_str().unwrap(), "--strict"]);
