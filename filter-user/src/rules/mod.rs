@@ -70,28 +70,13 @@ impl Rules {
             }
         }
         let mut sources = Vec::new();
-        let mut registers: Vec<Register> = Vec::new();
-        let mut register_of: HashMap<PathBuf, usize> = HashMap::new();
         for file in &files {
             match std::fs::read_to_string(file) {
                 Ok(text) => sources.push((file.clone(), text)),
                 Err(err) => errors.push(Diagnostic::file(file, format!("cannot read: {err}"))),
             }
-            let Some(register_path) = Register::path_for(file) else {
-                continue;
-            };
-            if let Some(index) = registers.iter().position(|r| r.file == register_path) {
-                register_of.insert(file.clone(), index);
-            } else if !errors.iter().any(|e| e.file == register_path) {
-                match Register::load(&register_path) {
-                    Ok(register) => {
-                        register_of.insert(file.clone(), registers.len());
-                        registers.push(register);
-                    }
-                    Err(more) => errors.extend(more),
-                }
-            }
         }
+        let (registers, register_of) = Register::load_for(&files, &mut errors);
         let sources: Vec<(&Path, &str)> = sources
             .iter()
             .map(|(p, t)| (p.as_path(), t.as_str()))

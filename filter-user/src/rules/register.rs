@@ -8,7 +8,7 @@
 //! to carry bibliography to be valid on its own.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     fmt,
     path::{Path, PathBuf},
 };
@@ -137,6 +137,33 @@ impl Register {
         }
     }
 
+    /// The registers `files` use, each read once, and which one each file uses (an index into
+    /// the first). A register that fails to parse is reported once in `errors`.
+    pub fn load_for(
+        files: &[PathBuf],
+        errors: &mut Vec<Diagnostic>,
+    ) -> (Vec<Self>, HashMap<PathBuf, usize>) {
+        let mut registers: Vec<Self> = Vec::new();
+        let mut register_of = HashMap::new();
+        for file in files {
+            let Some(register_path) = Self::path_for(file) else {
+                continue;
+            };
+            if let Some(index) = registers.iter().position(|r| r.file == register_path) {
+                register_of.insert(file.clone(), index);
+            } else if !errors.iter().any(|e| e.file == register_path) {
+                match Self::load(&register_path) {
+                    Ok(register) => {
+                        register_of.insert(file.clone(), registers.len());
+                        registers.push(register);
+                    }
+                    Err(more) => errors.extend(more),
+                }
+            }
+        }
+        (registers, register_of)
+    }
+
     /// Reads and parses the register at `file`.
     pub fn load(file: &Path) -> Result<Self, Vec<Diagnostic>> {
         let text = std::fs::read_to_string(file)
@@ -148,7 +175,7 @@ impl Register {
     pub(super) fn refuse(register: Option<&Self>, key: &str, rules_file: &Path) -> Option<String> {
         match register {
             None => Some(format!(
-                "cites source key {key:?}, but no {REGISTER_FILE} lies beside {} or one directory up",
+                "cites source key {key:?}, but no valid {REGISTER_FILE} lies beside {} or one directory up",
                 rules_file.display()
             )),
             Some(register) if !register.sources.contains_key(key) => Some(format!(

@@ -181,7 +181,7 @@ fn cited_keys_must_be_in_the_register() {
     );
     let err = parse(good).unwrap_err().0[0].to_string();
     assert!(
-        err.starts_with("test.toml:3:10: cites source key \"VENDOR\", but no sources.toml lies beside test.toml"),
+        err.starts_with("test.toml:3:10: cites source key \"VENDOR\", but no valid sources.toml lies beside test.toml"),
         "{err}"
     );
     let empty = good.replace("tcp =", "accept-risk = \" \"\ntcp =");
