@@ -1,5 +1,7 @@
 //! `egress-filter check`: validate rule files and summarise them; with `--strict`, refuse broad
 //! openings no service accepts; with `--max-source-age`, warn about sources not checked lately.
+//!
+//! Example: `egress-filter check --rules rules/ --strict --max-source-age 180`
 
 use std::{collections::BTreeMap, fmt::Write as _, path::PathBuf};
 

@@ -180,6 +180,12 @@ pub fn m365(file: &Path, options: &M365Options<'_>) -> anyhow::Result<String> {
             .unwrap_or_default(),
         feed_version_line(options.feed_version)?
     );
+    if service_area.is_some_and(|area| area.eq_ignore_ascii_case("MEM")) {
+        header.push_str(
+            "# The Intune endpoints page of 2026-03-24 (MS-I26) says this feed's MEM records are no \
+             longer accurate: compare with rules/intune.toml (`egress-filter diff`) before use.\n",
+        );
+    }
     let wanted = |record: &M365Record| match service_area {
         None => true,
         Some(area) => {
@@ -257,11 +263,16 @@ pub fn m365(file: &Path, options: &M365Options<'_>) -> anyhow::Result<String> {
     }
     anyhow::ensure!(
         !services.is_empty(),
-        "no endpoint set in {}{} has both a destination and a port",
+        "no endpoint set in {}{} has both a destination and a port{}",
         file.display(),
         service_area
             .map(|a| format!(" with service area {a}"))
-            .unwrap_or_default()
+            .unwrap_or_default(),
+        if options.include_optional {
+            ""
+        } else {
+            " among the required sets (--include-optional adds the others)"
+        }
     );
     emit(&header, services)
 }
@@ -284,6 +295,8 @@ pub fn google(file: &Path, options: &GoogleOptions<'_>) -> anyhow::Result<String
         ranges.stamp()
     );
     let mut source = format!("Google IP ranges, goog.json, {}", ranges.stamp());
+    let mut description =
+        String::from("Every range Google makes available to users on the internet (goog.json)");
     if let Some(exclude) = options.exclude {
         let cloud = GoogleRanges::read(exclude)?;
         let before = cidrs.len();
@@ -296,6 +309,7 @@ pub fn google(file: &Path, options: &GoogleOptions<'_>) -> anyhow::Result<String
             cidrs.len()
         );
         let _ = write!(source, ", less cloud.json {}", cloud.stamp());
+        description.push_str(", less Google Cloud customers' ranges (cloud.json)");
         anyhow::ensure!(
             !cidrs.is_empty(),
             "nothing of {} is left outside {}",
@@ -305,8 +319,7 @@ pub fn google(file: &Path, options: &GoogleOptions<'_>) -> anyhow::Result<String
     }
     let service = OutService {
         name: options.name.to_owned(),
-        description: "Every range Google makes available to users on the internet (goog.json)"
-            .into(),
+        description,
         source,
         hosts: Vec::new(),
         cidrs: cidrs.iter().map(ToString::to_string).collect(),

@@ -74,6 +74,7 @@ fn m365_mem_area_becomes_one_service_per_endpoint_set_with_intunes_identity_sets
         "a Common set Intune does not name stays out of MEM: {out}"
     );
     assert!(out.contains("# Feed version: not recorded"), "{out}");
+    assert!(out.contains("MEM records are no longer accurate"), "{out}");
 }
 
 #[test]
