@@ -203,63 +203,9 @@ pub fn m365(file: &Path, options: &M365Options<'_>) -> anyhow::Result<String> {
             );
             continue;
         }
-        let (hosts, refused): (Vec<&String>, Vec<&String>) =
-            record.urls.iter().partition(|u| hosts::parse(u).is_ok());
-        if !refused.is_empty() {
-            let _ = writeln!(
-                header,
-                "# set {}: left out names this format cannot express: {}",
-                record.id,
-                refused
-                    .iter()
-                    .map(|s| s.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
+        if let Some(service) = m365_service(record, &mut header)? {
+            services.push(service);
         }
-        let tcp = port_list(record.tcp_ports.as_deref())
-            .with_context(|| format!("set {}: tcpPorts", record.id))?;
-        let udp = port_list(record.udp_ports.as_deref())
-            .with_context(|| format!("set {}: udpPorts", record.id))?;
-        if (hosts.is_empty() && record.ips.is_empty()) || (tcp.is_empty() && udp.is_empty()) {
-            let _ = writeln!(
-                header,
-                "# set {}: skipped, it names no destination or no port",
-                record.id
-            );
-            continue;
-        }
-        let mut description = record
-            .service_area_display_name
-            .clone()
-            .unwrap_or_else(|| record.service_area.clone());
-        for (label, value) in [
-            ("category", record.category.clone()),
-            ("notes", record.notes.clone()),
-        ] {
-            if let Some(value) = value {
-                let _ = write!(description, "; {label}: {value}");
-            }
-        }
-        if record.required == Some(false) {
-            description.push_str("; optional");
-        }
-        services.push(OutService {
-            name: format!(
-                "m365-{}-{}",
-                record.service_area.to_ascii_lowercase(),
-                record.id
-            ),
-            description,
-            source: format!(
-                "Microsoft 365 IP Address and URL web service, endpoint set {}",
-                record.id
-            ),
-            hosts: hosts.into_iter().map(|h| h.to_ascii_lowercase()).collect(),
-            cidrs: record.ips.clone(),
-            tcp,
-            udp,
-        });
     }
     anyhow::ensure!(
         !services.is_empty(),
@@ -275,6 +221,68 @@ pub fn m365(file: &Path, options: &M365Options<'_>) -> anyhow::Result<String> {
         }
     );
     emit(&header, services)
+}
+
+/// One endpoint set as a service, or `None` where it names no destination or no port. Names
+/// the format cannot express, and skipped sets, are noted in `header`.
+fn m365_service(record: &M365Record, header: &mut String) -> anyhow::Result<Option<OutService>> {
+    let (hosts, refused): (Vec<&String>, Vec<&String>) =
+        record.urls.iter().partition(|u| hosts::parse(u).is_ok());
+    if !refused.is_empty() {
+        let _ = writeln!(
+            header,
+            "# set {}: left out names this format cannot express: {}",
+            record.id,
+            refused
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let tcp = port_list(record.tcp_ports.as_deref())
+        .with_context(|| format!("set {}: tcpPorts", record.id))?;
+    let udp = port_list(record.udp_ports.as_deref())
+        .with_context(|| format!("set {}: udpPorts", record.id))?;
+    if (hosts.is_empty() && record.ips.is_empty()) || (tcp.is_empty() && udp.is_empty()) {
+        let _ = writeln!(
+            header,
+            "# set {}: skipped, it names no destination or no port",
+            record.id
+        );
+        return Ok(None);
+    }
+    let mut description = record
+        .service_area_display_name
+        .clone()
+        .unwrap_or_else(|| record.service_area.clone());
+    for (label, value) in [
+        ("category", record.category.clone()),
+        ("notes", record.notes.clone()),
+    ] {
+        if let Some(value) = value {
+            let _ = write!(description, "; {label}: {value}");
+        }
+    }
+    if record.required == Some(false) {
+        description.push_str("; optional");
+    }
+    Ok(Some(OutService {
+        name: format!(
+            "m365-{}-{}",
+            record.service_area.to_ascii_lowercase(),
+            record.id
+        ),
+        description,
+        source: format!(
+            "Microsoft 365 IP Address and URL web service, endpoint set {}",
+            record.id
+        ),
+        hosts: hosts.into_iter().map(|h| h.to_ascii_lowercase()).collect(),
+        cidrs: record.ips.clone(),
+        tcp,
+        udp,
+    }))
 }
 
 /// Converts Google's `goog.json` in `file` into one service allowing the given ports to every
