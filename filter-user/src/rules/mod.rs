@@ -76,7 +76,7 @@ impl Rules {
                 Err(err) => errors.push(Diagnostic::file(file, format!("cannot read: {err}"))),
             }
         }
-        let (registers, register_of) = Register::load_for(&files, &mut errors);
+        let (registers, register_of) = Register::load_for(&sources, &mut errors);
         let sources: Vec<(&Path, &str)> = sources
             .iter()
             .map(|(p, t)| (p.as_path(), t.as_str()))

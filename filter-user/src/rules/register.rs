@@ -137,15 +137,20 @@ impl Register {
         }
     }
 
-    /// The registers `files` use, each read once, and which one each file uses (an index into
-    /// the first). A register that fails to parse is reported once in `errors`.
+    /// The registers the rules files `(path, text)` use, each read once, and which one each
+    /// file uses (an index into the first). Only a file that cites a key looks for a register,
+    /// so a `sources.toml` that belongs to something else never breaks rules that cite nothing.
+    /// A register that fails to parse is reported once in `errors`.
     pub fn load_for(
-        files: &[PathBuf],
+        files: &[(PathBuf, String)],
         errors: &mut Vec<Diagnostic>,
     ) -> (Vec<Self>, HashMap<PathBuf, usize>) {
         let mut registers: Vec<Self> = Vec::new();
         let mut register_of = HashMap::new();
-        for file in files {
+        for (file, text) in files {
+            if !cites_any(text) {
+                continue;
+            }
             let Some(register_path) = Self::path_for(file) else {
                 continue;
             };
@@ -186,6 +191,23 @@ impl Register {
             Some(_) => None,
         }
     }
+}
+
+/// Whether a rules file's text cites a key. Text that does not parse cites nothing here; the
+/// rules parser reports it.
+fn cites_any(text: &str) -> bool {
+    #[derive(Deserialize)]
+    struct Probe {
+        #[serde(default)]
+        service: Vec<ProbeService>,
+    }
+    #[derive(Deserialize)]
+    struct ProbeService {
+        #[serde(default)]
+        cites: Vec<toml::Value>,
+    }
+    toml::from_str::<Probe>(text)
+        .is_ok_and(|probe| probe.service.iter().any(|s| !s.cites.is_empty()))
 }
 
 /// A calendar day, counted from 1970-01-01.

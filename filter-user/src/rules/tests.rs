@@ -219,6 +219,17 @@ fn the_register_is_found_beside_a_file_or_one_directory_up_and_never_loaded_as_r
 }
 
 #[test]
+fn a_file_that_cites_nothing_ignores_a_register_beside_it() {
+    let dir = std::env::temp_dir().join(format!("egress-filter-unrelated-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(REGISTER_FILE), "not = [a register").unwrap();
+    std::fs::write(dir.join("a.toml"), GOOD).unwrap();
+    let rules = Rules::load(std::slice::from_ref(&dir));
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(rules.unwrap().registers.is_empty());
+}
+
+#[test]
 fn a_missing_path_is_an_error_naming_it() {
     let err = Rules::load(&[PathBuf::from("/nonexistent/rules.toml")]).unwrap_err();
     assert!(
