@@ -304,6 +304,25 @@ fn the_port_only_fcm_rule_is_opt_in() {
     assert!(any(&opted));
 }
 
+#[test]
+fn the_rules_readme_shows_every_registered_source_with_its_dates() {
+    let register = Register::load(&repo_path("rules/sources.toml")).unwrap();
+    let readme = std::fs::read_to_string(repo_path("rules/README.md")).unwrap();
+    for source in register.sources.values() {
+        let row = readme
+            .lines()
+            .find(|line| line.starts_with(&format!("| {} |", source.key)))
+            .unwrap_or_else(|| panic!("rules/README.md has no row for {}", source.key));
+        let published = source.published.map(|day| day.to_string());
+        assert!(
+            row.ends_with(&format!("| {} |", source.checked))
+                && published.is_none_or(|day| row.contains(&day)),
+            "the row of {} does not show its dates: {row}",
+            source.key
+        );
+    }
+}
+
 /// The seed document of the project (Intune network endpoints, 2020): every hostname, address,
 /// CIDR and port it names is enforced by the default rules, or listed in rules/README.md under
 /// "Left out, and why".
