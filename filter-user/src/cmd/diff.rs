@@ -1,7 +1,9 @@
 //! `egress-filter diff OLD NEW`: what an update of the rules opens and closes, per service, so a
 //! person can review it before it is applied. Each addition that opens something broad (see
 //! [`crate::risk`]) is flagged, and so is a port added to a service that already reaches
-//! something broad: the new port is opened there too.
+//! something broad: the new port is opened there too. Services are matched by name (a renamed
+//! service shows as one removed and one added); a change of description, citations or
+//! `accept-risk` alone opens nothing and is not listed.
 //!
 //! Example: `egress-filter diff rules-old/ rules/ --json`
 
