@@ -265,6 +265,13 @@ fn every_shipped_file_loads_on_its_own_and_together() {
                         s.name,
                         path.display()
                     );
+                    assert_eq!(
+                        crate::risk::of_service(s).is_empty(),
+                        s.accept_risk.is_none(),
+                        "service {} in {}: a broad opening needs accept-risk, and accept-risk a broad opening (check --strict)",
+                        s.name,
+                        path.display()
+                    );
                 }
                 assert_eq!(
                     rules.registers.len(),
