@@ -21,14 +21,15 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Validate rule files and summarise them; on error, print every problem as file:line:col
-    /// and exit 1.
+    /// and exit 1. `--strict` also refuses broad openings a service does not accept.
     ///
-    /// Example: `egress-filter check --rules rules/`
-    Check {
-        /// A rules file, or a directory whose *.toml files are loaded. Repeatable.
-        #[arg(long = "rules", required = true, value_name = "PATH")]
-        rules: Vec<PathBuf>,
-    },
+    /// Example: `egress-filter check --rules rules/ --strict --max-source-age 180`
+    Check(cmd::check::Args),
+    /// What an update of the rules adds and removes, per service: hosts, prefixes and ports,
+    /// with a risk flag on each broad addition.
+    ///
+    /// Example: `egress-filter diff rules-old/ rules/ --json`
+    Diff(cmd::diff::Args),
     /// Print the compiled allow table: every prefix with the services, protocols and ports
     /// allowed there, then the hostnames and wildcard names.
     ///
@@ -86,21 +87,36 @@ enum Command {
 #[derive(Subcommand)]
 enum ImportFeed {
     /// The Microsoft 365 endpoints JSON (endpoints/WorldWide); one service per endpoint set.
+    /// Sets the feed marks optional are skipped unless --include-optional.
     ///
-    /// Example: `egress-filter import m365 worldwide.json --service-area MEM > rules/m365.toml`
+    /// Example: `egress-filter import m365 worldwide.json --service-area MEM --feed-version version.json > rules/m365.toml`
     M365 {
         /// The downloaded JSON file.
         file: PathBuf,
-        /// Only this service area (Common, Exchange, SharePoint, Skype, MEM).
+        /// Only this service area (Common, Exchange, SharePoint, Skype, MEM). MEM also brings
+        /// the identity sets Intune needs (56, 59, 97, 150).
         #[arg(long, value_name = "AREA")]
         service_area: Option<String>,
+        /// Keep the sets the feed marks optional ("required": false).
+        #[arg(long)]
+        include_optional: bool,
+        /// The saved answer of the version method (version/Worldwide), recorded in the header.
+        #[arg(long, value_name = "FILE")]
+        feed_version: Option<PathBuf>,
     },
-    /// Google's goog.json; one service allowing the given ports to every range.
+    /// Google's goog.json; one service allowing the given ports to every range, less the
+    /// Google Cloud customer ranges of cloud.json with --exclude.
     ///
-    /// Example: `egress-filter import google goog.json > rules/google-ranges.toml`
+    /// Example: `egress-filter import google goog.json --exclude cloud.json > rules/google-ranges.toml`
     Google {
         /// The downloaded goog.json.
         file: PathBuf,
+        /// cloud.json: Google Cloud customer ranges to subtract from the input.
+        #[arg(long, value_name = "CLOUD_JSON")]
+        exclude: Option<PathBuf>,
+        /// Accept cloud.json itself as the input, opening every Google Cloud customer's servers.
+        #[arg(long)]
+        cloud_ranges: bool,
         /// The service name to write.
         #[arg(long, default_value = "google-ip-ranges")]
         name: String,
@@ -126,7 +142,13 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Check { rules } => print!("{}", cmd::check::run(&rules)?),
+        Command::Check(args) => {
+            let checked = cmd::check::run(&args)?;
+            for warning in &checked.warnings {
+                eprintln!("{warning}");
+            }
+            print!("{}", checked.summary);
+        }
         Command::Show {
             rules,
             resolve,
@@ -147,20 +169,37 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 print!("{}", report.to_text());
             }
         }
-        Command::Import(ImportFeed::M365 { file, service_area }) => {
-            print!("{}", cmd::import::m365(&file, service_area.as_deref())?);
+        Command::Import(ImportFeed::M365 {
+            file,
+            service_area,
+            include_optional,
+            feed_version,
+        }) => {
+            let options = cmd::import::M365Options {
+                service_area: service_area.as_deref(),
+                include_optional,
+                feed_version: feed_version.as_deref(),
+            };
+            print!("{}", cmd::import::m365(&file, &options)?);
         }
         Command::Import(ImportFeed::Google {
             file,
+            exclude,
+            cloud_ranges,
             name,
             tcp,
             udp,
         }) => {
-            print!(
-                "{}",
-                cmd::import::google(&file, &name, &tcp, udp.as_deref())?
-            );
+            let options = cmd::import::GoogleOptions {
+                name: &name,
+                tcp: &tcp,
+                udp: udp.as_deref(),
+                exclude: exclude.as_deref(),
+                cloud_ranges,
+            };
+            print!("{}", cmd::import::google(&file, &options)?);
         }
+        Command::Diff(args) => print!("{}", cmd::diff::run(&args)?),
         Command::Run(args) => cmd::run::run(*args)?,
         Command::Explain(args) => {
             let runtime =

@@ -25,16 +25,26 @@ fn check_accepts_the_shipped_rules_with_a_summary() {
     );
 }
 
+/// A rules file written to a directory of this test's own; the caller removes the directory.
+fn scratch_rules(
+    label: &str,
+    file: &str,
+    contents: &str,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("egress-filter-{label}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(file);
+    std::fs::write(&path, contents).unwrap();
+    (dir, path)
+}
+
 #[test]
 fn check_refuses_a_bad_file_with_its_location_and_exit_1() {
-    let dir = std::env::temp_dir().join(format!("egress-filter-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let bad = dir.join("bad.toml");
-    std::fs::write(
-        &bad,
+    let (dir, bad) = scratch_rules(
+        "cli",
+        "bad.toml",
         "[[service]]\nname = \"x\"\ncidrs = [\"192.0.2.1/24\"]\ntcp = [443]\n",
-    )
-    .unwrap();
+    );
     let (code, stdout, stderr) = egress_filter(&[
         "check",
         "--rules",
@@ -169,4 +179,40 @@ fn run_refuses_a_malformed_failsafe_port_naming_it() {
         stderr.contains("\"99999\" in \"tcp/99999\" is not a port"),
         "{stderr}"
     );
+}
+
+#[test]
+fn check_strict_passes_the_shipped_rules_and_refuses_an_unaccepted_broad_opening() {
+    let (code, _, stderr) = egress_filter(&["check", "--rules", "rules/", "--strict"]);
+    assert_eq!(code, 0, "{stderr}");
+    let (dir, broad) = scratch_rules(
+        "strict",
+        "broad.toml",
+        "# a comment\n[[service]]\nname = \"wide\"\ncidrs = [\"10.0.0.0/8\"]\ntcp = [443]\n",
+    );
+    let (lenient, _, _) = egress_filter(&["check", "--rules", broad.to_str().unwrap()]);
+    let (code, stdout, stderr) =
+        egress_filter(&["check", "--rules", broad.to_str().unwrap(), "--strict"]);
+    let (diff_code, diff, diff_err) = egress_filter(&[
+        "diff",
+        "rules/windows.toml",
+        broad.to_str().unwrap(),
+        "--json",
+    ]);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(lenient, 0, "without --strict a broad opening is valid");
+    assert_eq!(code, 1);
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(
+        stderr.contains("broad.toml:2:1: service \"wide\" opens 10.0.0.0/8: prefix IPv4 shorter than /16 without accept-risk"),
+        "{stderr}"
+    );
+    assert_eq!(diff_code, 0, "{diff_err}");
+    let json: serde_json::Value = serde_json::from_str(&diff).expect("valid JSON");
+    assert_eq!(
+        json["risky_additions"], 2,
+        "the prefix and its port: {json}"
+    );
+    assert_eq!(json["services"][0]["name"], "wide");
+    assert_eq!(json["services"][0]["change"], "added");
 }

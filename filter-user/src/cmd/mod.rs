@@ -2,6 +2,7 @@
 
 pub mod check;
 pub mod detach;
+pub mod diff;
 pub mod explain;
 pub mod import;
 pub mod learned;

@@ -3,10 +3,12 @@
 //! The format is a contract, documented in the README ("Rules"). A rules path is a file or
 //! a directory, whose `*.toml` files (not subdirectories) load in name order. Every problem is
 //! reported with `file:line:column`, all of them at once, and nothing loads unless everything is
-//! valid: a typo must never half-apply a policy.
+//! valid: a typo must never half-apply a policy. The keys a service cites must be defined in the
+//! source register ([`register`]) that lies beside its file.
 
 pub mod hosts;
 pub mod ports;
+pub mod register;
 
 use std::{
     collections::HashMap,
@@ -22,6 +24,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 pub use self::hosts::HostPattern;
+use self::register::{Register, REGISTER_FILE};
 use crate::protocols::{PortSpec, ServiceId};
 
 /// One service, validated.
@@ -32,8 +35,14 @@ pub struct Service {
     pub name: String,
     pub description: String,
     pub source: String,
+    /// The source register keys it cites (`cites`).
+    pub cites: Vec<String>,
+    /// Why its broad openings are accepted (`accept-risk`); `check --strict` requires it.
+    pub accept_risk: Option<String>,
     /// The file that defines it.
     pub file: PathBuf,
+    /// Where its `[[service]]` table starts.
+    pub location: Location,
     pub hosts: Vec<HostPattern>,
     pub cidrs: Vec<IpNet>,
     pub ports: Vec<PortSpec>,
@@ -45,6 +54,8 @@ pub struct Rules {
     pub services: Vec<Service>,
     /// The files read, in load order.
     pub files: Vec<PathBuf>,
+    /// The source registers the files use, in the order first used.
+    pub registers: Vec<Register>,
 }
 
 impl Rules {
@@ -65,11 +76,15 @@ impl Rules {
                 Err(err) => errors.push(Diagnostic::file(file, format!("cannot read: {err}"))),
             }
         }
+        let (registers, register_of) = Register::load_for(&sources, &mut errors);
         let sources: Vec<(&Path, &str)> = sources
             .iter()
             .map(|(p, t)| (p.as_path(), t.as_str()))
             .collect();
-        match Self::parse_sources(&sources) {
+        let parsed = Self::parse_cited(&sources, &|file| {
+            register_of.get(file).map(|&index| &registers[index])
+        });
+        match parsed.map(|rules| Self { registers, ..rules }) {
             Ok(rules) if errors.is_empty() => Ok(rules),
             Ok(_) => Err(RulesError(errors)),
             Err(RulesError(more)) => {
@@ -79,8 +94,18 @@ impl Rules {
         }
     }
 
-    /// Parses rule files already in memory: `(path for messages, contents)`.
+    /// Parses rule files already in memory: `(path for messages, contents)`, without a source
+    /// register (a service citing a key is then an error).
     pub fn parse_sources(sources: &[(&Path, &str)]) -> Result<Self, RulesError> {
+        Self::parse_cited(sources, &|_| None)
+    }
+
+    /// Parses rule files already in memory, each checked against the register `register_of`
+    /// gives for its path.
+    pub fn parse_cited<'r>(
+        sources: &[(&Path, &str)],
+        register_of: &dyn Fn(&Path) -> Option<&'r Register>,
+    ) -> Result<Self, RulesError> {
         let mut errors = Vec::new();
         let mut services: Vec<Service> = Vec::new();
         let mut first_definition: HashMap<String, (PathBuf, usize)> = HashMap::new();
@@ -113,8 +138,13 @@ impl Rules {
                         message,
                     });
                 };
-                let Some(service) =
-                    validate(raw_service.into_inner(), services.len(), path, &mut report)
+                let context = Context {
+                    index: services.len(),
+                    file: path,
+                    location: service_at,
+                    register: register_of(path),
+                };
+                let Some(service) = validate(raw_service.into_inner(), &context, &mut report)
                 else {
                     continue;
                 };
@@ -149,6 +179,7 @@ impl Rules {
             Ok(Self {
                 services,
                 files: sources.iter().map(|(p, _)| p.to_path_buf()).collect(),
+                registers: Vec::new(),
             })
         } else {
             Err(RulesError(errors))
@@ -177,7 +208,15 @@ impl Rules {
 fn rule_files(path: &Path) -> Result<Vec<PathBuf>, Diagnostic> {
     let meta = std::fs::metadata(path)
         .map_err(|err| Diagnostic::file(path, format!("cannot read: {err}")))?;
+    let is_register = |p: &Path| p.file_name().is_some_and(|n| n == REGISTER_FILE);
     if !meta.is_dir() {
+        if is_register(path) {
+            return Err(Diagnostic::file(
+                path,
+                "is the source register, not a rules file; give the rules files or their directory"
+                    .into(),
+            ));
+        }
         return Ok(vec![path.to_path_buf()]);
     }
     let entries = std::fs::read_dir(path)
@@ -185,7 +224,7 @@ fn rule_files(path: &Path) -> Result<Vec<PathBuf>, Diagnostic> {
     let mut files: Vec<PathBuf> = entries
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "toml"))
+        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "toml") && !is_register(p))
         .collect();
     files.sort();
     if files.is_empty() {
@@ -213,6 +252,10 @@ struct RawService {
     #[serde(default)]
     source: String,
     #[serde(default)]
+    cites: Vec<Spanned<String>>,
+    #[serde(default, rename = "accept-risk")]
+    accept_risk: Option<Spanned<String>>,
+    #[serde(default)]
     hosts: Vec<Spanned<String>>,
     #[serde(default)]
     cidrs: Vec<Spanned<String>>,
@@ -224,11 +267,18 @@ struct RawService {
     icmp: bool,
 }
 
+/// Where a service stands: its position in load order, its file and the register it cites from.
+struct Context<'a> {
+    index: usize,
+    file: &'a Path,
+    location: Location,
+    register: Option<&'a Register>,
+}
+
 /// Checks one service; reports every problem through `report` and returns it only if clean.
 fn validate(
     raw: RawService,
-    index: usize,
-    file: &Path,
+    context: &Context<'_>,
     report: &mut impl FnMut(Range<usize>, String),
 ) -> Option<Service> {
     let mut ok = true;
@@ -244,6 +294,21 @@ fn validate(
         fail(
             raw.name.span(),
             format!("service name {name:?} must be 1-64 characters without spaces"),
+        );
+    }
+    for key in &raw.cites {
+        if let Some(message) = Register::refuse(context.register, key.get_ref(), context.file) {
+            fail(key.span(), message);
+        }
+    }
+    if let Some(why) = raw
+        .accept_risk
+        .as_ref()
+        .filter(|why| why.get_ref().trim().is_empty())
+    {
+        fail(
+            why.span(),
+            "accept-risk is empty; say why the broad opening is needed".into(),
         );
     }
     let mut hosts = Vec::new();
@@ -291,13 +356,16 @@ fn validate(
             format!("service {name:?} allows no protocol: give it tcp, udp or icmp = true"),
         );
     }
-    let id = ServiceId::try_from(index).ok()?;
+    let id = ServiceId::try_from(context.index).ok()?;
     ok.then(|| Service {
         id,
         name,
         description: raw.description,
         source: raw.source,
-        file: file.to_path_buf(),
+        cites: raw.cites.into_iter().map(Spanned::into_inner).collect(),
+        accept_risk: raw.accept_risk.map(Spanned::into_inner),
+        file: context.file.to_path_buf(),
+        location: context.location,
         hosts,
         cidrs,
         ports,

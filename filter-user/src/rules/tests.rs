@@ -162,6 +162,73 @@ fn a_directory_loads_its_toml_files_in_order_and_nothing_below() {
     assert_eq!(names, ["a", "b"]);
 }
 
+const REGISTER: &str = "[[source]]\nkey = \"VENDOR\"\ntitle = \"A vendor page\"\nurl = \"https://example.com/page\"\nchecked = 2026-01-01\n";
+
+fn cited(text: &str) -> Result<Rules, RulesError> {
+    let register = Register::parse(Path::new("sources.toml"), REGISTER).unwrap();
+    Rules::parse_cited(&[(Path::new("test.toml"), text)], &|_| Some(&register))
+}
+
+#[test]
+fn cited_keys_must_be_in_the_register() {
+    let good = "[[service]]\nname = \"a\"\ncites = [\"VENDOR\"]\nhosts = [\"a.example.com\"]\ntcp = [443]\n";
+    assert_eq!(cited(good).unwrap().services[0].cites, ["VENDOR"]);
+    let unknown = good.replace("[\"VENDOR\"]", "[\"VENDOR\", \"NOPE\"]");
+    let err = cited(&unknown).unwrap_err().0[0].to_string();
+    assert_eq!(
+        err,
+        "test.toml:3:20: unknown source key \"NOPE\": sources.toml defines VENDOR"
+    );
+    let err = parse(good).unwrap_err().0[0].to_string();
+    assert!(
+        err.starts_with("test.toml:3:10: cites source key \"VENDOR\", but no valid sources.toml lies beside test.toml"),
+        "{err}"
+    );
+    let empty = good.replace("tcp =", "accept-risk = \" \"\ntcp =");
+    assert!(
+        cited(&empty).unwrap_err().0[0]
+            .to_string()
+            .starts_with("test.toml:5:15: accept-risk is empty"),
+        "{:?}",
+        cited(&empty)
+    );
+}
+
+#[test]
+fn the_register_is_found_beside_a_file_or_one_directory_up_and_never_loaded_as_rules() {
+    let dir = std::env::temp_dir().join(format!("egress-filter-register-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("optional")).unwrap();
+    let service = |name: &str| {
+        format!("[[service]]\nname = \"{name}\"\ncites = [\"VENDOR\"]\nhosts = [\"a.example.com\"]\ntcp = [443]\n")
+    };
+    std::fs::write(dir.join(REGISTER_FILE), REGISTER).unwrap();
+    std::fs::write(dir.join("a.toml"), service("a")).unwrap();
+    std::fs::write(dir.join("optional/b.toml"), service("b")).unwrap();
+    let whole = Rules::load(std::slice::from_ref(&dir));
+    let below = Rules::load(&[dir.join("optional/b.toml")]);
+    let register_as_rules = Rules::load(&[dir.join(REGISTER_FILE)]);
+    std::fs::remove_dir_all(&dir).unwrap();
+    let whole = whole.unwrap();
+    assert_eq!(whole.files.len(), 1, "sources.toml is not a rules file");
+    assert_eq!(whole.registers[0].sources.len(), 1);
+    assert_eq!(below.unwrap().registers.len(), 1, "found one directory up");
+    assert!(register_as_rules
+        .unwrap_err()
+        .to_string()
+        .contains("is the source register, not a rules file"));
+}
+
+#[test]
+fn a_file_that_cites_nothing_ignores_a_register_beside_it() {
+    let dir = std::env::temp_dir().join(format!("egress-filter-unrelated-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(REGISTER_FILE), "not = [a register").unwrap();
+    std::fs::write(dir.join("a.toml"), GOOD).unwrap();
+    let rules = Rules::load(std::slice::from_ref(&dir));
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(rules.unwrap().registers.is_empty());
+}
+
 #[test]
 fn a_missing_path_is_an_error_naming_it() {
     let err = Rules::load(&[PathBuf::from("/nonexistent/rules.toml")]).unwrap_err();
@@ -186,18 +253,32 @@ fn every_shipped_file_loads_on_its_own_and_together() {
     for dir in ["rules", "rules/optional"] {
         for entry in std::fs::read_dir(repo_path(dir)).unwrap() {
             let path = entry.unwrap().path();
-            if path.extension().is_some_and(|e| e == "toml") {
+            let is_register = path.file_name().is_some_and(|n| n == REGISTER_FILE);
+            if path.extension().is_some_and(|e| e == "toml") && !is_register {
                 let rules =
                     Rules::load(std::slice::from_ref(&path)).unwrap_or_else(|e| panic!("{e}"));
                 assert!(!rules.services.is_empty(), "{}", path.display());
                 for s in &rules.services {
                     assert!(
-                        !s.source.is_empty(),
-                        "service {} in {} cites no source",
+                        !s.cites.is_empty() && !s.source.is_empty(),
+                        "service {} in {} cites no registered source",
+                        s.name,
+                        path.display()
+                    );
+                    assert_eq!(
+                        crate::risk::of_service(s).is_empty(),
+                        s.accept_risk.is_none(),
+                        "service {} in {}: a broad opening needs accept-risk, and accept-risk a broad opening (check --strict)",
                         s.name,
                         path.display()
                     );
                 }
+                assert_eq!(
+                    rules.registers.len(),
+                    1,
+                    "{} uses rules/sources.toml",
+                    path.display()
+                );
                 if dir == "rules/optional" {
                     all.push(path);
                 }
@@ -228,6 +309,25 @@ fn the_port_only_fcm_rule_is_opt_in() {
     ])
     .unwrap();
     assert!(any(&opted));
+}
+
+#[test]
+fn the_rules_readme_shows_every_registered_source_with_its_dates() {
+    let register = Register::load(&repo_path("rules/sources.toml")).unwrap();
+    let readme = std::fs::read_to_string(repo_path("rules/README.md")).unwrap();
+    for source in register.sources.values() {
+        let row = readme
+            .lines()
+            .find(|line| line.starts_with(&format!("| {} |", source.key)))
+            .unwrap_or_else(|| panic!("rules/README.md has no row for {}", source.key));
+        let published = source.published.map(|day| day.to_string());
+        assert!(
+            row.ends_with(&format!("| {} |", source.checked))
+                && published.is_none_or(|day| row.contains(&day)),
+            "the row of {} does not show its dates: {row}",
+            source.key
+        );
+    }
 }
 
 /// The seed document of the project (Intune network endpoints, 2020): every hostname, address,
