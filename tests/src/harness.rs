@@ -195,6 +195,11 @@ impl Filter {
         Ok(())
     }
 
+    /// Second handles on the counter maps, as the daemon's metrics read them.
+    pub fn counters(&self) -> anyhow::Result<Counters> {
+        Counters::loaded(&self.ebpf)
+    }
+
     /// Packets and bytes counted under each reason, summed over CPUs, interfaces and hooks.
     pub fn reason_counts(&self) -> anyhow::Result<Vec<PacketCount>> {
         let counters = Counters::loaded(&self.ebpf)?;

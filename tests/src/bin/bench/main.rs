@@ -10,6 +10,7 @@ mod dns;
 mod peer;
 mod per_packet;
 mod prefixes;
+mod scrape;
 mod throughput;
 mod updates;
 
@@ -106,7 +107,8 @@ fn args() -> anyhow::Result<Args> {
                     "dns" => Part::Dns,
                     "breakdown" => Part::Breakdown,
                     "per-packet" => Part::PerPacket,
-                    _ => anyhow::bail!("--only knows dns, breakdown, per-packet"),
+                    "scrape" => Part::Scrape,
+                    _ => anyhow::bail!("--only knows dns, breakdown, per-packet, scrape"),
                 });
             }
             other => {
@@ -128,6 +130,7 @@ enum Part {
     Dns,
     Breakdown,
     PerPacket,
+    Scrape,
 }
 
 /// The table size the breakdown runs at: the per-packet goal's first size.
@@ -172,6 +175,13 @@ fn main() -> anyhow::Result<()> {
             print!(
                 "{}",
                 breakdown_section("cargo xtask bench --only breakdown")?
+            );
+            return Ok(());
+        }
+        Some(Part::Scrape) => {
+            print!(
+                "{}",
+                scrape::table(&scrape::measure()?, "cargo xtask bench --only scrape")
             );
             return Ok(());
         }
@@ -232,6 +242,13 @@ fn main() -> anyhow::Result<()> {
 
     // 4: the DNS forwarder.
     let _ = writeln!(report, "{}", dns::table(&dns::measure(&args.binary)?));
+
+    // 5: a metrics scrape.
+    let _ = writeln!(
+        report,
+        "{}",
+        scrape::table(&scrape::measure()?, &args.command)
+    );
 
     let _ = writeln!(report, "{GAPS}");
     print!("{report}");
