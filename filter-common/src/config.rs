@@ -53,6 +53,15 @@ impl Config {
         self.flags & Self::CHECK_SOURCES != 0
     }
 
+    /// Whether every field holds a value this build knows (an older program reading a newer
+    /// daemon's config, or a damaged map, does not).
+    #[must_use]
+    pub const fn is_understood(&self) -> bool {
+        (self.mode == Mode::Enforce as u32 || self.mode == Mode::Audit as u32)
+            && self.flags & !Self::CHECK_SOURCES == 0
+    }
+
+    /// Whether the mode is audit (anything else enforces).
     #[must_use]
     pub const fn is_audit(&self) -> bool {
         self.mode == Mode::Audit as u32

@@ -50,6 +50,8 @@ pub const SERVICE_STATS: &str = "SERVICE_STATS";
 pub const EVENT_STATS: &str = "EVENT_STATS";
 /// Per-CPU array with one token bucket for drop events at index 0. Kernel-private state.
 pub const EVENT_BUDGET: &str = "EVENT_BUDGET";
+/// Per-CPU array with the time of this CPU's last kernel log line at index 0. Kernel-private.
+pub const LOG_BUDGET: &str = "LOG_BUDGET";
 /// Ring buffer of [`crate::DropEvent`]. Written by the programs, read by the daemon.
 pub const EVENTS: &str = "EVENTS";
 
@@ -64,7 +66,7 @@ pub const PROG_XDP_L3: &str = "egress_xdp_l3";
 pub const PROG_TC_L3: &str = "egress_tc_l3";
 
 /// Every map the object must contain.
-pub const ALL_MAPS: [&str; 19] = [
+pub const ALL_MAPS: [&str; 20] = [
     ALLOW_V4,
     ALLOW_V6,
     INDEX_V4,
@@ -83,6 +85,7 @@ pub const ALL_MAPS: [&str; 19] = [
     SERVICE_STATS,
     EVENT_STATS,
     EVENT_BUDGET,
+    LOG_BUDGET,
     EVENTS,
 ];
 /// Every program the object must contain.

@@ -1,10 +1,13 @@
 //! The little the engine needs from a hook: where the frame is and where it came from.
 
-use aya_ebpf::programs::{TcContext, XdpContext};
+use aya_ebpf::{
+    programs::{TcContext, XdpContext},
+    EbpfContext,
+};
 use filter_common::Hook;
 
 /// A frame to judge, as seen by one hook.
-pub trait PacketContext {
+pub trait PacketContext: EbpfContext {
     /// Which hook this is, for drop events.
     const HOOK: Hook;
     /// Whether this hook checks that sources belong on their interface: XDP sees what clients

@@ -13,6 +13,7 @@
 
 mod ablation;
 mod context;
+mod kernel_log;
 mod maps;
 mod object;
 mod parse;
@@ -144,6 +145,9 @@ fn process<C: PacketContext, const ETHERNET: bool, const SKIP: u32>(ctx: &C) -> 
     if SKIP & skip::COUNT == 0 {
         report::count(ctx, reason, service_id);
     }
+    if matches!(reason, Reason::PolicyMissing) {
+        kernel_log::policy_missing(ctx);
+    }
     if reason.passes() {
         return Verdict::Pass;
     }
@@ -152,6 +156,9 @@ fn process<C: PacketContext, const ETHERNET: bool, const SKIP: u32>(ctx: &C) -> 
     } else {
         read_config()
     };
+    if !config.is_understood() {
+        kernel_log::unknown_config(ctx, config.mode, config.flags);
+    }
     report::report(ctx, &packet, reason, &config);
     if config.is_audit() {
         Verdict::Pass

@@ -96,6 +96,10 @@ pub static EVENT_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(EventCo
 #[map(name = "EVENT_BUDGET")]
 pub static EVENT_BUDGET: PerCpuArray<RateLimitState> = PerCpuArray::with_max_entries(1, 0);
 
+/// Index 0: when this CPU last wrote a kernel log line (`kernel_log`), in coarse nanoseconds.
+#[map(name = "LOG_BUDGET")]
+pub static LOG_BUDGET: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 /// Drop events for the daemon.
 #[map(name = "EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(names::EVENTS_RING_BYTES, 0);

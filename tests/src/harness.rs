@@ -195,6 +195,14 @@ impl Filter {
         Ok(())
     }
 
+    /// The programs' log lines (aya-log), handed to `logger` at each `flush`.
+    pub fn kernel_log<L: log::Log>(&mut self, logger: L) -> anyhow::Result<aya_log::EbpfLogger<L>> {
+        Ok(aya_log::EbpfLogger::init_with_logger(
+            &mut self.ebpf,
+            logger,
+        )?)
+    }
+
     /// Second handles on the counter maps, as the daemon's metrics read them.
     pub fn counters(&self) -> anyhow::Result<Counters> {
         Counters::loaded(&self.ebpf)

@@ -84,15 +84,14 @@ fn http_get(ns: &Netns, url: &str) -> anyhow::Result<(u16, String)> {
     Ok((code.trim().parse()?, body.to_owned()))
 }
 
-/// Sends `count` UDP datagrams from the client to `address:port`, one `nc` each.
+/// Sends `count` UDP datagrams from the client to `address:port`, from one socket (each `nc -u`
+/// run may exit before it sends: a count must be exact).
 fn send_udp(lab: &Lab, address: &str, port: u16, count: usize) -> anyhow::Result<()> {
-    for _ in 0..count {
-        lab.client.exec(&[
-            "sh",
-            "-c",
-            &format!("echo probe | nc -u -w0 {address} {port}"),
-        ])?;
-    }
+    let script = format!(
+        "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         for _ in range({count}):\n    s.sendto(b'probe', ('{address}', {port}))\n"
+    );
+    lab.client.exec(&["/usr/bin/python3", "-c", &script])?;
     Ok(())
 }
 

@@ -9,7 +9,8 @@
 //! - [`grants`]: what the rules, addresses and allowances put in the table;
 //! - [`allowances`]: the host's own addresses on the failsafe ports, the resolvers on 53;
 //! - [`hosts`]: hostname refresh with TTLs and grace; [`learning`]: what DNS answers open;
-//! - [`event_stream`] and [`events`]: drop events to stdout;
+//! - [`event_stream`] and [`events`]: drop events to stdout; [`kernel_log`]: the programs'
+//!   rare log lines into the daemon's logs;
 //! - [`notify`]: systemd's readiness and watchdog; [`observe`]: metrics and health
 //!   (`crate::metrics` serves them);
 //! - `crate::state`: the state file `stats`, `learned` and a restart read; `crate::pins`: the
@@ -23,6 +24,7 @@ pub mod events;
 pub mod grants;
 pub mod hosts;
 pub mod interfaces;
+pub mod kernel_log;
 pub mod learning;
 pub mod notify;
 pub mod observe;
@@ -276,6 +278,7 @@ impl Daemon {
             Arc::clone(&self.enricher),
             self.opts.events,
         ));
+        let _kernel_log = kernel_log::forward(&mut self.ebpf).map(AbortOnDrop);
         let (learn_tx, mut learn_rx) = mpsc::channel::<LearnRequest>(MAX_IN_FLIGHT);
         // Dropping the set (when serve returns) stops the forwarder.
         let _forwarder = self.start_forwarder(learn_tx);

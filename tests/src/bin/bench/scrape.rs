@@ -77,6 +77,10 @@ pub fn table(scrape: &Scrape, command: &str) -> String {
         scrape.max_us,
         scrape.lines,
         scrape.bytes / 1024,
-        if scrape.max_us < 5000.0 { "met" } else { "not met" },
+        if scrape.max_us < 5000.0 {
+            "met"
+        } else {
+            "not met"
+        },
     )
 }
