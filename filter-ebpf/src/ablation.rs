@@ -24,6 +24,8 @@ pub mod skip {
     pub const RULES: u32 = 1 << 3;
     /// Everything after the parser: the program parses and returns.
     pub const ALL_BUT_PARSE: u32 = 1 << 4;
+    /// The kernel log lines (aya-log) on the damaged-map and unknown-config paths.
+    pub const KERNEL_LOG: u32 = 1 << 5;
 }
 
 /// The config a variant without the config read assumes: enforce, sources checked, no events.
@@ -58,4 +60,6 @@ variants! {
     abl_no_rules = skip::RULES;
     /// The parser alone.
     abl_parse_only = skip::ALL_BUT_PARSE;
+    /// Without the kernel log lines.
+    abl_no_log = skip::KERNEL_LOG;
 }

@@ -145,7 +145,7 @@ fn process<C: PacketContext, const ETHERNET: bool, const SKIP: u32>(ctx: &C) -> 
     if SKIP & skip::COUNT == 0 {
         report::count(ctx, reason, service_id);
     }
-    if matches!(reason, Reason::PolicyMissing) {
+    if SKIP & skip::KERNEL_LOG == 0 && matches!(reason, Reason::PolicyMissing) {
         kernel_log::policy_missing(ctx);
     }
     if reason.passes() {
@@ -156,7 +156,7 @@ fn process<C: PacketContext, const ETHERNET: bool, const SKIP: u32>(ctx: &C) -> 
     } else {
         read_config()
     };
-    if !config.is_understood() {
+    if SKIP & skip::KERNEL_LOG == 0 && !config.is_understood() {
         kernel_log::unknown_config(ctx, config.mode, config.flags);
     }
     report::report(ctx, &packet, reason, &config);

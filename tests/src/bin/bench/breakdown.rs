@@ -15,15 +15,19 @@ const ROUNDS: usize = 5;
 const REPEAT: u32 = 20_000;
 
 /// The variants, with what each leaves out.
-const VARIANTS: [(&str, &str); 5] = [
+const VARIANTS: [(&str, &str); 6] = [
     (
         "abl_no_count",
-        "counter updates (REASON_STATS, SERVICE_STATS)",
+        "counter updates (REASON_STATS per interface slot, SERVICE_STATS)",
     ),
     ("abl_no_config", "CONFIG read"),
     ("abl_no_dest", "destination lookup (ALLOW_V4/ALLOW_V6)"),
     ("abl_no_rules", "policy slot (POLICIES) and rule scan"),
     ("abl_parse_only", "everything after the parser"),
+    (
+        "abl_no_log",
+        "kernel log lines (aya-log, on the damaged-map and unknown-config paths)",
+    ),
 ];
 
 /// The frames the breakdown uses.
