@@ -2,6 +2,7 @@
 
 pub mod check;
 pub mod detach;
+pub mod docs;
 pub mod import;
 pub mod learned;
 pub mod probe;
