@@ -24,6 +24,8 @@ pub enum XdpModeArg {
 #[derive(Clone, Debug)]
 pub struct RunOptions {
     pub rules: Vec<PathBuf>,
+    /// Reload when the rules' directories change, as on SIGHUP.
+    pub watch_rules: bool,
     pub xdp: Vec<String>,
     pub tc: Vec<String>,
     pub xdp_mode: XdpModeArg,
