@@ -78,7 +78,11 @@ pub(crate) fn build(dist: &Dist) -> anyhow::Result<PathBuf> {
         )?;
     }
     let doc = stage.join("usr/share/doc/egress-filter");
-    install(&root.join("deploy/debian/copyright"), &doc.join("copyright"), 0o644)?;
+    install(
+        &root.join("deploy/debian/copyright"),
+        &doc.join("copyright"),
+        0o644,
+    )?;
     install(&root.join("README.md"), &doc.join("README.md"), 0o644)?;
 
     let control = std::fs::read_to_string(root.join("deploy/debian/control"))?
@@ -118,7 +122,8 @@ fn files_with_extension(dir: &Path, extension: &str) -> anyhow::Result<Vec<PathB
 }
 
 fn install(from: &Path, to: &Path, mode: u32) -> anyhow::Result<()> {
-    let contents = std::fs::read(from).with_context(|| format!("cannot read {}", from.display()))?;
+    let contents =
+        std::fs::read(from).with_context(|| format!("cannot read {}", from.display()))?;
     write_bytes(to, &contents, mode)
 }
 

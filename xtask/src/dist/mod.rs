@@ -98,7 +98,12 @@ pub(crate) fn run() -> anyhow::Result<()> {
 /// under /usr/lib/debug).
 fn split_debug_info(built: &Path, stripped: &Path) -> anyhow::Result<()> {
     let debug = stripped.with_extension("debug");
-    run_cmd(Command::new("objcopy").arg("--only-keep-debug").arg(built).arg(&debug))?;
+    run_cmd(
+        Command::new("objcopy")
+            .arg("--only-keep-debug")
+            .arg(built)
+            .arg(&debug),
+    )?;
     // objcopy records the debug file's base name and checksum; run beside it.
     let dir = stripped.parent().context("dist file without a directory")?;
     run_cmd(
@@ -107,7 +112,10 @@ fn split_debug_info(built: &Path, stripped: &Path) -> anyhow::Result<()> {
             .arg("--strip-all")
             .arg(format!(
                 "--add-gnu-debuglink={}",
-                debug.file_name().context("debug file name")?.to_string_lossy()
+                debug
+                    .file_name()
+                    .context("debug file name")?
+                    .to_string_lossy()
             ))
             .arg(built)
             .arg(stripped),
