@@ -5,6 +5,7 @@
 //! Also hands `--version` what identifies a build: the git commit and the embedded object's
 //! sha256, as `EGRESS_FILTER_COMMIT` and `EGRESS_FILTER_OBJECT_SHA256`.
 use std::{
+    fmt::Write as _,
     path::{Path, PathBuf},
     process::Command,
 };
@@ -36,10 +37,12 @@ fn main() -> anyhow::Result<()> {
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").context("OUT_DIR unset")?);
     let object = std::fs::read(out_dir.join("egress-filter"))
         .context("the kernel object egress-filter is missing from OUT_DIR")?;
-    let digest: String = Sha256::digest(&object)
+    let digest = Sha256::digest(&object)
         .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect();
+        .fold(String::new(), |mut hex, byte| {
+            let _infallible = write!(hex, "{byte:02x}");
+            hex
+        });
     println!("cargo:rustc-env=EGRESS_FILTER_OBJECT_SHA256={digest}");
     println!("cargo:rustc-env=EGRESS_FILTER_COMMIT={}", git_commit());
     Ok(())

@@ -178,7 +178,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Detach(args) => println!("{}", cmd::detach::run(&args)?),
         Command::Probe => print!("{}", cmd::probe::run()?),
         Command::GenerateDocs { dir } => {
-            for path in cmd::docs::write(Cli::command(), &dir)? {
+            for path in cmd::docs::write(&Cli::command(), &dir)? {
                 println!("{}", path.display());
             }
         }

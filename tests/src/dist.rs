@@ -37,7 +37,7 @@ pub fn dir() -> anyhow::Result<PathBuf> {
 pub fn stdout(cmd: &mut Command) -> anyhow::Result<String> {
     let out = cmd
         .output()
-        .with_context(|| format!("cannot run {:?}", cmd.get_program()))?;
+        .with_context(|| format!("cannot run {}", cmd.get_program().display()))?;
     anyhow::ensure!(
         out.status.success(),
         "{cmd:?} failed ({}): {}{}",

@@ -21,11 +21,11 @@ const SHELLS: [(Shell, &str); 3] = [
 ];
 
 /// Writes the man pages and completions of `command` under `dir`; returns the files written.
-pub fn write(command: clap::Command, dir: &Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
+pub fn write(command: &clap::Command, dir: &Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
     let mut written = Vec::new();
     let man = dir.join("man");
     std::fs::create_dir_all(&man).with_context(|| format!("cannot create {}", man.display()))?;
-    for page in man_pages(&command) {
+    for page in man_pages(command) {
         let path = man.join(format!("{}.1", page.get_name()));
         let mut roff = Vec::new();
         clap_mangen::Man::new(page).render(&mut roff)?;
@@ -81,7 +81,7 @@ mod tests {
     #[test]
     fn writes_a_page_per_visible_verb_and_every_completion() {
         let dir = std::env::temp_dir().join(format!("docs-test-{}", std::process::id()));
-        let written = write(example(), &dir).expect("written");
+        let written = write(&example(), &dir).expect("written");
         let names: Vec<String> = written
             .iter()
             .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())

@@ -22,6 +22,10 @@ pub enum XdpModeArg {
 
 /// Everything `run` is told on the command line.
 #[derive(Clone, Debug)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "each is an independent command-line switch"
+)]
 pub struct RunOptions {
     pub rules: Vec<PathBuf>,
     /// Reload when the rules' directories change, as on SIGHUP.

@@ -76,7 +76,7 @@ pub(crate) fn run() -> anyhow::Result<()> {
     let deb = deb::build(&dist)?;
     let image = image::build(&dist)?;
 
-    println!("dist: release musl build {:.0?}", build_time);
+    println!("dist: release musl build {build_time:.0?}");
     for path in [
         dist.binary.clone(),
         dist.binary.with_extension("debug"),
@@ -144,5 +144,6 @@ fn size(path: &Path) -> anyhow::Result<String> {
 }
 
 fn human(bytes: u64) -> String {
-    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+    let tenths = bytes * 10 / (1024 * 1024);
+    format!("{}.{} MiB", tenths / 10, tenths % 10)
 }
