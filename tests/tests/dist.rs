@@ -12,7 +12,7 @@ use std::{
 use filter_tests::{
     daemon::Daemon,
     dist::{self, stdout, OciImage, Scratch, VERSION},
-    lab::{Lab, RulesDir, WEB_A_V4, WEB_B_V4},
+    lab::{Lab, RulesDir, WEB_A_443, WEB_A_V4, WEB_B_V4},
 };
 
 fn deb() -> anyhow::Result<PathBuf> {
@@ -283,14 +283,6 @@ fn the_image_config_names_the_entrypoint_and_labels() -> anyhow::Result<()> {
     assert_eq!(top, ["etc", "usr"]);
     Ok(())
 }
-
-const WEB_A_443: &str = r#"
-[[service]]
-name = "lab-web"
-source = "test"
-cidrs = ["198.51.100.10/32"]
-tcp = [443]
-"#;
 
 #[test]
 fn the_image_binary_filters_in_a_namespace_lab() -> anyhow::Result<()> {

@@ -39,6 +39,13 @@ fn find<'a>(resources: &'a [Value], kind: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {kind} rendered"))
 }
 
+/// The entry of a list (volumes, mounts) with this name.
+fn named<'a>(list: &'a Value, name: &str) -> &'a Value {
+    list.as_array()
+        .and_then(|entries| entries.iter().find(|e| e["name"] == name))
+        .unwrap_or_else(|| panic!("nothing named {name} in {list}"))
+}
+
 /// The two newest Kubernetes versions the installed schemas cover, newest first.
 fn newest_versions() -> anyhow::Result<Vec<String>> {
     let listed = stdout(Command::new(venv_bin("python")?).args([
@@ -143,24 +150,8 @@ fn pins_live_on_the_node_and_the_rules_come_from_the_configmap() -> anyhow::Resu
     let resources = render("enforce")?;
     let daemonset = find(&resources, "DaemonSet");
     let pod = &daemonset["spec"]["template"]["spec"];
-    let volume = |name: &str| {
-        pod["volumes"]
-            .as_array()
-            .expect("volumes")
-            .iter()
-            .find(|v| v["name"] == name)
-            .unwrap_or_else(|| panic!("no volume {name}"))
-            .clone()
-    };
-    let mount = |name: &str| {
-        pod["containers"][0]["volumeMounts"]
-            .as_array()
-            .expect("volumeMounts")
-            .iter()
-            .find(|m| m["name"] == name)
-            .unwrap_or_else(|| panic!("no mount {name}"))
-            .clone()
-    };
+    let volume = |name: &str| named(&pod["volumes"], name);
+    let mount = |name: &str| named(&pod["containers"][0]["volumeMounts"], name);
 
     assert_eq!(volume("bpffs")["hostPath"]["path"], "/sys/fs/bpf");
     assert_eq!(volume("bpffs")["hostPath"]["type"], "Directory");

@@ -123,14 +123,5 @@ fn source() -> String {
     if let Ok(source) = std::env::var("EGRESS_FILTER_SOURCE") {
         return source;
     }
-    Command::new("git")
-        .args(["remote", "get-url", "origin"])
-        .current_dir(workspace_root())
-        .output()
-        .ok()
-        .filter(|out| out.status.success())
-        .map_or_else(
-            || "unknown".into(),
-            |out| String::from_utf8_lossy(&out.stdout).trim().to_owned(),
-        )
+    super::git(&["remote", "get-url", "origin"]).unwrap_or_else(|| "unknown".into())
 }

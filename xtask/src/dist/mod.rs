@@ -124,16 +124,18 @@ fn split_debug_info(built: &Path, stripped: &Path) -> anyhow::Result<()> {
 
 /// The commit being packaged, as `--version` shows it.
 fn git_commit() -> String {
+    git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into())
+}
+
+/// What git prints for `args` in the workspace, if it succeeds.
+pub(crate) fn git(args: &[&str]) -> Option<String> {
     Command::new("git")
-        .args(["rev-parse", "--short=12", "HEAD"])
+        .args(args)
         .current_dir(workspace_root())
         .output()
         .ok()
         .filter(|out| out.status.success())
-        .map_or_else(
-            || "unknown".into(),
-            |out| String::from_utf8_lossy(&out.stdout).trim().to_owned(),
-        )
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
 fn size(path: &Path) -> anyhow::Result<String> {
