@@ -2,11 +2,16 @@
 //! semantics, `tests/tools/kustomize_render.py`), validated offline against the API schemas of
 //! the two newest Kubernetes minors kubernetes-validate knows, and read for what the README
 //! promises: no privileged container but the daemon's capabilities, the node's bpffs and run
-//! directory, probes on the health endpoint, the rules ConfigMap mounted as a directory.
+//! directory, probes on the health endpoint, the rules ConfigMap mounted as a directory. And
+//! the daemon, given exactly the DaemonSet's capabilities, filters (needs root, like the lab).
 
 use std::{path::PathBuf, process::Command};
 
-use filter_tests::dist::{self, stdout, Scratch};
+use filter_tests::{
+    daemon::{binary, Daemon},
+    dist::{self, stdout, Scratch},
+    lab::{Lab, RulesDir, WEB_A_443, WEB_A_V4, WEB_B_V4},
+};
 use serde_json::{json, Value};
 
 const OVERLAYS: [&str; 2] = ["audit", "enforce"];
@@ -189,11 +194,62 @@ fn pins_live_on_the_node_and_the_rules_come_from_the_configmap() -> anyhow::Resu
 #[test]
 fn the_configmap_rules_check() -> anyhow::Result<()> {
     let report = stdout(
-        Command::new(filter_tests::daemon::binary()?)
+        Command::new(binary()?)
             .arg("check")
             .arg("--rules")
             .arg(dist::workspace().join("deploy/kubernetes/base/rules")),
     )?;
     assert!(report.contains("ok: 3 services"), "{report}");
+    Ok(())
+}
+
+/// The capability set the DaemonSet adds is enough: the daemon, its bounding set cut to exactly
+/// that (`setpriv`, as the runtime does), loads, pins, attaches TC and filters on the lab's
+/// uplink with the node's bpffs already mounted, and detaches on SIGTERM.
+#[test]
+fn the_daemonsets_capabilities_are_enough_to_filter() -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    let resources = render("enforce")?;
+    let added = &find(&resources, "DaemonSet")["spec"]["template"]["spec"]["containers"][0]
+        ["securityContext"]["capabilities"]["add"];
+    let bounding: Vec<String> = added
+        .as_array()
+        .expect("capabilities")
+        .iter()
+        .filter_map(Value::as_str)
+        .map(|cap| format!("+{}", cap.to_lowercase()))
+        .collect();
+    let scratch = Scratch::new("caps")?;
+    let wrapper = scratch.0.join("egress-filter");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec setpriv --bounding-set -all,{} -- {} \"$@\"\n",
+            bounding.join(","),
+            binary()?.display()
+        ),
+    )?;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))?;
+
+    let lab = Lab::new(&[443])?;
+    let rules = RulesDir::new(&lab, WEB_A_443)?;
+    let daemon = Daemon::start_binary(
+        &wrapper,
+        &lab.gw.name,
+        &lab.pin_path(),
+        &["--rules", rules.path(), "--tc", &lab.gw_wan],
+    )?;
+    assert!(lab.gw.connects(WEB_A_V4, 443, 2), "listed");
+    assert!(!lab.gw.connects(WEB_B_V4, 443, 1), "unlisted");
+    daemon.signal("TERM")?;
+    assert!(
+        daemon.wait_exit(std::time::Duration::from_secs(10))?,
+        "a clean exit"
+    );
+    assert!(
+        !std::path::Path::new(&lab.pin_path()).exists(),
+        "nothing left pinned"
+    );
     Ok(())
 }
