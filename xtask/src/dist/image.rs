@@ -102,6 +102,8 @@ fn fill_and_commit(
         // No build time in the image: the same tree gives the same image.
         "--timestamp",
         "0",
+        // A gzip layer, as registries store it (buildah leaves layers uncompressed otherwise).
+        "--disable-compression=false",
         container,
         &format!("oci-archive:{}:{IMAGE_NAME}:{VERSION}", archive.display()),
     ]))?;
