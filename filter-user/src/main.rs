@@ -4,15 +4,26 @@
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 use filter_user::{
     cmd,
     pins::{PinDir, DEFAULT_PIN_PATH},
 };
 
+/// `--version`: the release, the commit and the embedded kernel object's sha256 (build.rs), so
+/// a running filter traces back to its source and to the object the verifier saw.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("EGRESS_FILTER_COMMIT"),
+    ", kernel object sha256 ",
+    env!("EGRESS_FILTER_OBJECT_SHA256"),
+    ")"
+);
+
 /// An eBPF egress allow-list for networks of managed devices.
 #[derive(Parser)]
-#[command(version, about, long_about = None)]
+#[command(name = "egress-filter", version = VERSION, about, long_about = None)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -82,6 +93,12 @@ enum Command {
     ///
     /// Example: `egress-filter probe`
     Probe,
+    /// Write the man pages and shell completions under DIR (for packaging).
+    #[command(hide = true)]
+    GenerateDocs {
+        /// Where man/ and completions/ are written.
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -215,6 +232,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Learned(args) => print!("{}", cmd::learned::run(&args)?),
         Command::Detach(args) => println!("{}", cmd::detach::run(&args)?),
         Command::Probe => print!("{}", cmd::probe::run()?),
+        Command::GenerateDocs { dir } => {
+            for path in cmd::docs::write(&Cli::command(), &dir)? {
+                println!("{}", path.display());
+            }
+        }
     }
     Ok(())
 }

@@ -24,8 +24,6 @@ use nix::fcntl::{Flock, FlockArg};
 /// Default pin path: one directory per filter under the bpffs mount.
 pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/egress-filter";
 const RUN_DIR: &str = "/run/egress-filter";
-/// `statfs` magic of bpffs (linux/magic.h BPF_FS_MAGIC).
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// Which hook an attachment uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -202,5 +200,6 @@ impl PinDir {
 }
 
 fn is_bpffs(path: &Path) -> bool {
-    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
+    nix::sys::statfs::statfs(path)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC)
 }

@@ -49,17 +49,29 @@ impl Daemon {
         Ok(daemon)
     }
 
+    /// Like [`Daemon::start`], with another build of the binary (a packaged one).
+    pub fn start_binary(
+        binary: &std::path::Path,
+        netns: &str,
+        pin_path: &str,
+        args: &[&str],
+    ) -> anyhow::Result<Self> {
+        let daemon = Self::spawn_with(binary.to_path_buf(), netns, pin_path, args, false)?;
+        daemon.wait_for_notification("READY=1", 0, Duration::from_mins(1))?;
+        Ok(daemon)
+    }
+
     /// Like [`Daemon::start`], and prints every event and log line as it comes, prefixed (for
     /// the demo, where the daemon is part of the show).
     pub fn start_echoed(netns: &str, pin_path: &str, args: &[&str]) -> anyhow::Result<Self> {
-        let daemon = Self::spawn_with(netns, pin_path, args, true)?;
+        let daemon = Self::spawn_with(binary()?, netns, pin_path, args, true)?;
         daemon.wait_for_notification("READY=1", 0, Duration::from_mins(1))?;
         Ok(daemon)
     }
 
     /// Starts it without waiting.
     pub fn spawn(netns: &str, pin_path: &str, args: &[&str]) -> anyhow::Result<Self> {
-        Self::spawn_with(netns, pin_path, args, false)
+        Self::spawn_with(binary()?, netns, pin_path, args, false)
     }
 
     /// Like [`Daemon::start`], with more environment variables (`WATCHDOG_USEC`, …).
@@ -69,16 +81,23 @@ impl Daemon {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
-        let daemon = Self::spawn_full(netns, pin_path, args, false, env)?;
+        let daemon = Self::spawn_full(binary()?, netns, pin_path, args, false, env)?;
         daemon.wait_for_notification("READY=1", 0, Duration::from_mins(1))?;
         Ok(daemon)
     }
 
-    fn spawn_with(netns: &str, pin_path: &str, args: &[&str], echo: bool) -> anyhow::Result<Self> {
-        Self::spawn_full(netns, pin_path, args, echo, &[])
+    fn spawn_with(
+        binary: PathBuf,
+        netns: &str,
+        pin_path: &str,
+        args: &[&str],
+        echo: bool,
+    ) -> anyhow::Result<Self> {
+        Self::spawn_full(binary, netns, pin_path, args, echo, &[])
     }
 
     fn spawn_full(
+        binary: PathBuf,
         netns: &str,
         pin_path: &str,
         args: &[&str],
@@ -115,7 +134,7 @@ impl Daemon {
         });
         let mut child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{netns}"))
-            .arg(binary()?)
+            .arg(binary)
             .arg("run")
             .args(args)
             .args(["--pin-path", pin_path])

@@ -36,6 +36,14 @@ pub const WEB_B_V4: &str = "198.51.100.20";
 pub const WEB_A_V6: &str = "2001:db8:1::10";
 pub const WEB_B_V6: &str = "2001:db8:1::20";
 pub const DNS_V4: &str = "203.0.113.53";
+/// Rules that allow web A (both families) on tcp/443 and nothing else.
+pub const WEB_A_443: &str = r#"
+[[service]]
+name = "lab-web"
+source = "test"
+cidrs = ["198.51.100.10/32", "2001:db8:1::10/128"]
+tcp = [443]
+"#;
 
 /// Runs a command and fails with its stderr unless it succeeds.
 pub fn sh(args: &[&str]) -> anyhow::Result<Output> {

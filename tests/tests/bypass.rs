@@ -13,18 +13,10 @@ use std::{
 use filter_tests::{
     daemon::Daemon,
     lab::{
-        eventually, packet_tool, unique_id, Lab, Netns, RulesDir, CLIENT_V4, CLIENT_V6, WEB_A_V4,
-        WEB_A_V6, WEB_B_V4, WEB_B_V6,
+        eventually, packet_tool, unique_id, Lab, Netns, RulesDir, CLIENT_V4, CLIENT_V6, WEB_A_443,
+        WEB_A_V4, WEB_A_V6, WEB_B_V4, WEB_B_V6,
     },
 };
-
-const WEB_A_443: &str = r#"
-[[service]]
-name = "lab-web"
-source = "test"
-cidrs = ["198.51.100.10/32", "2001:db8:1::10/128"]
-tcp = [443]
-"#;
 
 const GW_LAN_V4: &str = "10.77.0.1";
 const GW_LAN_V6: &str = "fd00:77::1";

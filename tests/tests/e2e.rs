@@ -2,22 +2,24 @@
 //! a host (TC on its uplink), in namespaces each test creates. Needs root and the setup's
 //! packages (iproute2, netcat-openbsd, dnsmasq, bpftool).
 
-use std::time::Duration;
+use std::{os::unix::fs::symlink, time::Duration};
 
 use filter_tests::{
     daemon::{binary, Daemon},
     dns::DnsServer,
     lab::{
-        eventually, sh, Lab, RulesDir, CLIENT_V4, DNS_V4, WEB_A_V4, WEB_A_V6, WEB_B_V4, WEB_B_V6,
+        eventually, sh, Lab, RulesDir, CLIENT_V4, DNS_V4, WEB_A_443, WEB_A_V4, WEB_A_V6, WEB_B_V4,
+        WEB_B_V6,
     },
 };
 
-const WEB_A_443: &str = r#"
+/// WEB_A_443 with tcp/8080 added.
+const WEB_A_443_AND_8080: &str = r#"
 [[service]]
 name = "lab-web"
 source = "test"
 cidrs = ["198.51.100.10/32", "2001:db8:1::10/128"]
-tcp = [443]
+tcp = [443, 8080]
 "#;
 
 fn gateway(lab: &Lab, rules: &RulesDir, extra: &[&str]) -> anyhow::Result<Daemon> {
@@ -346,5 +348,43 @@ fn bad_rules_at_start_attach_nothing() -> anyhow::Result<()> {
     );
     assert!(lab.client.connects(WEB_B_V4, 443, 2), "nothing attached");
     let _ok = sh(&["true"]);
+    Ok(())
+}
+
+/// Lays out `version` of a ConfigMap with one key, `lab.toml`, as the kubelet does: the file in
+/// `..<version>/`, swapped in under `..data` by renaming a fresh symlink over it.
+fn publish_configmap(dir: &std::path::Path, version: &str, rules: &str) -> anyhow::Result<()> {
+    let data = dir.join(format!("..{version}"));
+    std::fs::create_dir(&data)?;
+    std::fs::write(data.join("lab.toml"), rules)?;
+    symlink(format!("..{version}"), dir.join("..data_tmp"))?;
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data"))?;
+    if std::fs::symlink_metadata(dir.join("lab.toml")).is_err() {
+        symlink("..data/lab.toml", dir.join("lab.toml"))?;
+    }
+    Ok(())
+}
+
+/// `--watch-rules`: rules mounted the way a Kubernetes ConfigMap is, updated the way the kubelet
+/// updates one, reload without a signal and reach the kernel.
+#[test]
+fn a_configmap_update_reloads_the_watched_rules() -> anyhow::Result<()> {
+    let lab = Lab::new(&[443, 8080])?;
+    let rules = RulesDir::new(&lab, "")?;
+    std::fs::remove_file(rules.0.join("lab.toml"))?;
+    publish_configmap(&rules.0, "v1", WEB_A_443)?;
+    let daemon = gateway(&lab, &rules, &["--watch-rules"])?;
+    assert!(lab.client.connects(WEB_A_V4, 443, 2));
+    assert!(!lab.client.connects(WEB_A_V4, 8080, 1), "not listed yet");
+
+    let before = daemon.notifications().len();
+    publish_configmap(&rules.0, "v2", WEB_A_443_AND_8080)?;
+    std::fs::remove_dir_all(rules.0.join("..v1"))?;
+    let ready = daemon.wait_for_notification("READY=1", before, Duration::from_secs(10))?;
+    assert!(ready.contains("enforcing the reloaded rules"), "{ready}");
+    assert!(
+        lab.client.connects(WEB_A_V4, 8080, 2),
+        "the updated ConfigMap is in the kernel once the daemon says so"
+    );
     Ok(())
 }

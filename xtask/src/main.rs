@@ -4,9 +4,11 @@
 //! - `test`: formatting, lints (host and BPF target), unit tests, then the privileged suites.
 //! - `demo`: the filter on a gateway in a namespace lab, with the shipped rules.
 //! - `bench`: the benchmarks, written to BENCHMARKS.md.
+//! - `dist`: the static binary, the .deb and the OCI image, in `target/dist/`.
 
 mod bench;
 mod demo;
+mod dist;
 mod setup;
 mod test;
 
@@ -27,6 +29,9 @@ enum Command {
     Test,
     /// Run egress-filter on a gateway in a lab of network namespaces with the shipped rules.
     Demo,
+    /// Build what users install into target/dist/: the static binary (and its debug info),
+    /// the .deb and the OCI image.
+    Dist,
     /// Measure the datapath and the daemon against a trivial program and nftables; writes
     /// BENCHMARKS.md.
     Bench {
@@ -42,6 +47,7 @@ fn main() -> std::process::ExitCode {
         Command::Setup => setup::run(),
         Command::Test => setup::run().and_then(|()| test::run()),
         Command::Demo => setup::run().and_then(|()| demo::run()),
+        Command::Dist => setup::run().and_then(|()| dist::run()),
         Command::Bench { only } => setup::run().and_then(|()| bench::run(only.as_deref())),
     };
     match result {

@@ -13,8 +13,11 @@ use crate::run_cmd;
 /// Debian packages: LLVM 22 for bpf-linker; iproute2 and friends for the network-namespace
 /// tests; dnsmasq for a real DNS server in the lab; nftables for the comparison and for counting
 /// what arrives in the lab; bpftool for inspecting what is loaded; python3-scapy for the crafted
-/// attack packets of the end-to-end tests (`tests/tools/packets.py`); prometheus (with promtool)
-/// and curl for the metrics tests, which a real Prometheus scrapes.
+/// attack packets of the end-to-end tests (`tests/tools/packets.py`). For `cargo xtask dist` and
+/// its tests: musl-tools (a C compiler for the static binary's C dependencies), binutils
+/// (objcopy), buildah (the image, without a daemon or registry), file, systemd
+/// (`systemd-analyze verify`), python3-venv (kubernetes-validate's own environment). prometheus
+/// (with promtool) and curl for the metrics tests, which a real Prometheus scrapes.
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -30,16 +33,59 @@ const APT_PACKAGES: &[&str] = &[
     "xdp-tools",
     "prometheus",
     "curl",
+    "musl-tools",
+    "binutils",
+    "buildah",
+    "file",
+    "systemd",
+    "python3-venv",
 ];
 const NIGHTLY: &str = "nightly";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+/// The Kubernetes API schemas the manifests are validated against, offline (PyPI).
+const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
+/// Its virtual environment, under target/ so that it is the project's alone.
+pub(crate) const KUBERNETES_VENV: &str = "target/k8s-venv";
 
 pub(crate) fn run() -> anyhow::Result<()> {
     apt_packages()?;
     nightly_rust_src()?;
     bpf_linker()?;
+    musl_target()?;
+    kubernetes_validate()?;
     Ok(())
+}
+
+/// The static binary's target, for the toolchain that builds the workspace.
+fn musl_target() -> anyhow::Result<()> {
+    let installed = output(Command::new("rustup").args(["target", "list", "--installed"]))?;
+    if installed.lines().any(|l| l == crate::dist::MUSL_TARGET) {
+        return Ok(());
+    }
+    run_cmd(Command::new("rustup").args(["target", "add", crate::dist::MUSL_TARGET]))
+}
+
+fn kubernetes_validate() -> anyhow::Result<()> {
+    let venv = crate::workspace_root().join(KUBERNETES_VENV);
+    let present = Command::new(venv.join("bin/kubernetes-validate"))
+        .arg("--version")
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if present {
+        return Ok(());
+    }
+    // Debian's own python, whatever else is first on PATH.
+    run_cmd(
+        Command::new("/usr/bin/python3")
+            .args(["-m", "venv"])
+            .arg(&venv),
+    )?;
+    run_cmd(
+        Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .arg(KUBERNETES_VALIDATE),
+    )
 }
 
 fn apt_packages() -> anyhow::Result<()> {

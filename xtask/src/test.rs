@@ -76,10 +76,13 @@ pub(crate) fn run() -> anyhow::Result<()> {
         "egress-filter",
     ]))?;
     let binary = root.join("target/debug/egress-filter");
+    // What users install is built as CI builds it, and checked by the suites (tests/dist.rs).
+    crate::dist::run()?;
     let privileged = counted(
         cargo()
             .args(["test", "--locked", "--package", "filter-tests"])
-            .env("EGRESS_FILTER_BIN", &binary),
+            .env("EGRESS_FILTER_BIN", &binary)
+            .env("EGRESS_FILTER_DIST", root.join("target/dist")),
     )?;
     anyhow::ensure!(
         privileged > 0,

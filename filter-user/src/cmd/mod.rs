@@ -3,6 +3,7 @@
 pub mod check;
 pub mod detach;
 pub mod diff;
+pub mod docs;
 pub mod explain;
 pub mod import;
 pub mod learned;

@@ -25,6 +25,10 @@ pub struct Args {
     /// A rules file, or a directory whose *.toml files are loaded. Repeatable.
     #[arg(long = "rules", required = true, value_name = "PATH")]
     pub rules: Vec<PathBuf>,
+    /// Reload the rules when their directory changes, as on SIGHUP: an edit, or the symlink
+    /// swap of a Kubernetes ConfigMap update. Changes settle for 300 ms first.
+    #[arg(long)]
+    pub watch_rules: bool,
     /// Attach XDP here: a gateway's LAN-facing interface. Repeatable.
     #[arg(long, value_name = "IFACE")]
     pub xdp: Vec<String>,
@@ -182,6 +186,7 @@ impl Args {
         }
         Ok(RunOptions {
             rules: args.rules,
+            watch_rules: args.watch_rules,
             xdp: args.xdp,
             tc: args.tc,
             xdp_mode: args.xdp_mode,

@@ -85,7 +85,8 @@ fn link_type(iface: &str) -> anyhow::Result<u16> {
     let result = unsafe {
         libc::ioctl(
             std::os::fd::AsRawFd::as_raw_fd(&socket),
-            libc::SIOCGIFHWADDR,
+            // The request's C type is the libc's (glibc and musl differ): `Ioctl` names it.
+            libc::SIOCGIFHWADDR as libc::Ioctl,
             &mut request,
         )
     };

@@ -30,6 +30,7 @@ pub mod notify;
 pub mod observe;
 pub mod options;
 pub mod policy;
+pub mod rules_watch;
 pub mod settings;
 
 use std::{
@@ -284,7 +285,8 @@ impl Daemon {
         let _forwarder = self.start_forwarder(learn_tx);
         // Lookups run beside the loop, so a slow resolver delays neither DNS answers nor signals.
         let (resolved_tx, mut resolved_rx) = mpsc::channel(4);
-        let mut hup = signal(SignalKind::hangup())?;
+        // SIGHUP, and with --watch-rules a change of the rules on disk.
+        let mut hup = rules_watch::ReloadRequests::new(&self.opts.rules, self.opts.watch_rules)?;
         let mut suppressed = SuppressedReporter::new(&self.ebpf);
         let mut report_tick = tokio::time::interval(SUPPRESSED_REPORT);
         let mut state_tick = tokio::time::interval(STATE_SAVE);

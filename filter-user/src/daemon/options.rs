@@ -22,8 +22,14 @@ pub enum XdpModeArg {
 
 /// Everything `run` is told on the command line.
 #[derive(Clone, Debug)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "each is an independent command-line switch"
+)]
 pub struct RunOptions {
     pub rules: Vec<PathBuf>,
+    /// Reload when the rules' directories change, as on SIGHUP.
+    pub watch_rules: bool,
     pub xdp: Vec<String>,
     pub tc: Vec<String>,
     pub xdp_mode: XdpModeArg,
