@@ -135,9 +135,15 @@ fn the_daemonset_runs_unprivileged_with_the_daemons_capabilities() -> anyhow::Re
         }
         assert_eq!(args.contains(&"--audit"), overlay == "audit", "{args:?}");
 
-        for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
+        // Liveness asks only whether the loop runs: a refused reload (a bad ConfigMap) makes
+        // the filter unready, never restarted into a crash loop.
+        for (probe, path) in [
+            ("startupProbe", "/healthz"),
+            ("readinessProbe", "/healthz"),
+            ("livenessProbe", "/livez"),
+        ] {
             let get = &container[probe]["httpGet"];
-            assert_eq!(get["path"], "/healthz", "{probe}");
+            assert_eq!(get["path"], path, "{probe}");
             assert_eq!(
                 get["host"], "127.0.0.1",
                 "{probe}: the daemon listens on loopback"

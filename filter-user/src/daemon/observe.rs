@@ -107,6 +107,7 @@ impl Observer {
         );
         metrics.publish(|published| {
             *published = Published {
+                at: Some(std::time::Instant::now()),
                 health,
                 audit: snapshot.audit,
                 services: snapshot.services,

@@ -14,7 +14,10 @@
 
 pub mod server;
 
-use std::sync::{Arc, Mutex};
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use filter_common::{
     counters::COUNTED_INTERFACES, maps::MAX_PREFIXES, EventCounter, Hook, PacketCount, Reason,
@@ -47,9 +50,15 @@ pub enum Health {
     Degraded(String),
 }
 
+/// How long the loop may go without publishing before `/livez` says it is wedged: it publishes
+/// every second.
+pub const LIVENESS_WINDOW: Duration = Duration::from_secs(10);
+
 /// What the daemon's loop knows, as of its last publication.
 #[derive(Clone, Debug)]
 pub struct Published {
+    /// When the loop last published: `/livez` fails when this is older than [`LIVENESS_WINDOW`].
+    pub at: Option<Instant>,
     pub health: Health,
     pub audit: bool,
     /// Service names by id (the ids of the kernel's service counters).
@@ -66,6 +75,7 @@ pub struct Published {
 impl Default for Published {
     fn default() -> Self {
         Self {
+            at: None,
             health: Health::Starting,
             audit: false,
             services: Vec::new(),
@@ -185,6 +195,15 @@ impl Metrics {
         all.extend(self.registry.gather());
         all.sort_by(|a, b| a.name().cmp(b.name()));
         Ok(TextEncoder::new().encode_to_string(&all)?)
+    }
+
+    /// Whether the daemon's loop published within [`LIVENESS_WINDOW`] (before the first
+    /// publication, while starting, it counts as alive: start-up has its own probe).
+    #[must_use]
+    pub fn alive(&self) -> bool {
+        self.published
+            .lock()
+            .is_ok_and(|p| p.at.is_none_or(|at| at.elapsed() <= LIVENESS_WINDOW))
     }
 
     /// The health as last published.

@@ -1,6 +1,7 @@
 //! The HTTP side of `--metrics-listen`: `GET /metrics` (the Prometheus text exposition) and
 //! `GET /healthz` (200 while the filter enforces its intended policy, 503 otherwise, with a line
-//! saying why). Anything else is 404. Each connection is served in a task of its own and the
+//! saying why) and `GET /livez` (200 while the daemon's loop runs: for a liveness probe, which
+//! must not restart a daemon only because its last reload was refused). Anything else is 404. Each connection is served in a task of its own and the
 //! exposition is encoded on a blocking thread, so a slow scraper holds up neither the daemon's
 //! loop nor the DNS forwarder.
 
@@ -82,7 +83,15 @@ async fn answer(
             Health::Starting => text(StatusCode::SERVICE_UNAVAILABLE, "starting\n".into()),
             Health::Degraded(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
         },
-        _ => text(StatusCode::NOT_FOUND, "try /metrics or /healthz\n".into()),
+        "/livez" if metrics.alive() => text(StatusCode::OK, "alive\n".into()),
+        "/livez" => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the daemon's loop has not run for 10 s\n".into(),
+        ),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "try /metrics, /healthz or /livez\n".into(),
+        ),
     })
 }
 
