@@ -1,0 +1,192 @@
+//! What changes the policy while the daemon runs: DNS answers to learn from, updates to write
+//! (with what drop events are enriched with kept in step), reloads, and the host's own
+//! addresses read again.
+
+use std::{sync::Arc, time::Instant};
+
+use super::{
+    allowances::Allowances,
+    grants,
+    policy::{Update, Written},
+    service_names, Daemon,
+};
+use crate::{
+    dns::{LearnRequest, NameMatcher},
+    maps::ApplyStats,
+    rules::Rules,
+};
+
+impl Daemon {
+    /// Takes in a DNS answer the forwarder is about to pass on, writes what it opens, then lets
+    /// the answer go: confirmed only if every address it asks for is in the maps.
+    pub(super) fn learn(&mut self, request: LearnRequest) {
+        let matcher = Arc::clone(&self.matcher.borrow());
+        let learned = self.learner.learn(
+            &self.rules,
+            &matcher,
+            &request.question,
+            &request.learnable,
+            Instant::now(),
+        );
+        self.saver.dirty |= !learned.added.is_empty() || !learned.evicted.is_empty();
+        let update = grants::changes(&self.rules, &[], &learned.added, &learned.evicted);
+        let written = self.apply(update, false).is_ok();
+        if !written {
+            // Not in the maps: not learned either, so the next answer tries again.
+            self.learner.forget(&learned.added);
+        }
+        // The answer may go to the client now: its addresses are in the maps.
+        let _ = request.done.send(written && learned.complete);
+    }
+
+    /// Writes an update to the maps (see [`PolicySync::apply`]) and brings what drop events are
+    /// enriched with along. Logs the policy's size when a rebuild changed something, or always
+    /// with `log_always` (at start).
+    pub(super) fn apply(&mut self, update: Update, log_always: bool) -> anyhow::Result<()> {
+        let touched: Vec<std::net::IpAddr> = match &update {
+            Update::Grants { add, remove, .. } => {
+                add.iter().chain(remove).map(|g| g.prefix.addr()).collect()
+            }
+            _ => Vec::new(),
+        };
+        let hosts_changed = matches!(
+            update,
+            Update::Grants {
+                hosts_changed: true,
+                ..
+            }
+        );
+        let mut enricher = self
+            .enricher
+            .write()
+            .map_err(|_| anyhow::anyhow!("enricher lock poisoned"))?;
+        let (rules, hosts, learner, allowances) =
+            (&self.rules, &self.hosts, &self.learner, &self.allowances);
+        let written = self.policy.apply(
+            update,
+            &mut enricher.table,
+            || grants::build_table(rules, hosts, learner.table(), allowances),
+            Instant::now(),
+        )?;
+        match written {
+            Written::Nothing => {}
+            Written::Rebuilt(stats) => {
+                enricher.refresh_all(service_names(&self.rules), &self.hosts, &self.learner);
+                if log_always || stats != ApplyStats::default() {
+                    tracing::info!(
+                        services = self.rules.services.len(),
+                        v4 = enricher.table.v4.len(),
+                        v6 = enricher.table.v6.len(),
+                        written = stats.prefixes_written,
+                        removed = stats.prefixes_deleted,
+                        "policy: {} services, {} IPv4 and {} IPv6 prefixes ({} written, {} removed)",
+                        self.rules.services.len(),
+                        enricher.table.v4.len(),
+                        enricher.table.v6.len(),
+                        stats.prefixes_written,
+                        stats.prefixes_deleted
+                    );
+                }
+                drop(enricher);
+                self.save_state();
+            }
+            Written::Changed(stats) => {
+                enricher.refresh_addresses(&touched, &self.learner);
+                if hosts_changed {
+                    enricher.hosts_by_address = self.hosts.names_by_address();
+                }
+                drop(enricher);
+                if hosts_changed && stats != ApplyStats::default() {
+                    tracing::info!(
+                        written = stats.prefixes_written,
+                        removed = stats.prefixes_deleted,
+                        "resolved addresses changed: {} prefixes written, {} removed",
+                        stats.prefixes_written,
+                        stats.prefixes_deleted
+                    );
+                    self.save_state();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// SIGHUP: reloads the rules and writes their policy, telling systemd and the health.
+    pub(super) fn reload_and_apply(&mut self) {
+        self.notifier.reloading();
+        let reloaded = self.reload();
+        // The new policy must be in the kernel before the reload counts as done.
+        let written = reloaded.is_ok() && self.apply(Update::Full, false).is_ok();
+        let status = match (reloaded, written) {
+            (Ok(()), true) => {
+                self.observer.policy_in_place(true);
+                "enforcing the reloaded rules"
+            }
+            (Ok(()), false) => {
+                self.observer.reload_failed(None);
+                "reloaded rules not written yet; the old policy stays"
+            }
+            (Err(why), _) => {
+                self.observer.reload_failed(Some(why));
+                "reload refused; the old policy stays"
+            }
+        };
+        self.publish();
+        self.notifier.ready(status);
+    }
+
+    /// Reloads the rules; invalid rules leave everything as it is (the error says why).
+    /// Learned addresses stay for names that still match their service.
+    pub(super) fn reload(&mut self) -> Result<(), String> {
+        let loaded = Rules::load(&self.opts.rules)
+            .map_err(|err| err.to_string())
+            .and_then(|rules| {
+                let allowances = Allowances::read(&self.opts, rules.services.len())
+                    .map_err(|err| format!("{err:#}"))?;
+                Ok((rules, allowances))
+            });
+        let (rules, allowances) = match loaded {
+            Ok(loaded) => loaded,
+            Err(why) => {
+                tracing::error!("reload refused, the running policy stays: {why}");
+                return Err(why);
+            }
+        };
+        tracing::info!(
+            services = rules.services.len(),
+            "reloaded rules: {} services",
+            rules.services.len()
+        );
+        let matcher = Arc::new(NameMatcher::new(&rules));
+        let forgotten = self.learner.keep_matching(&rules, &matcher);
+        if forgotten > 0 {
+            tracing::info!(
+                forgotten,
+                "forgot {forgotten} learned addresses whose names no rule lists now"
+            );
+        }
+        // New names are due at once and resolve in the background.
+        self.hosts.set_names(rules.exact_hosts(), Instant::now());
+        self.rules = rules;
+        self.allowances = allowances;
+        self.matcher.send_replace(matcher);
+        self.saver.dirty = true;
+        Ok(())
+    }
+
+    /// Reads the host's addresses again; returns whether they changed. A failed read keeps the
+    /// allowances as they are.
+    pub(super) fn reread_allowances(&mut self) -> bool {
+        match Allowances::read(&self.opts, self.rules.services.len()) {
+            Ok(fresh) if fresh != self.allowances => {
+                self.allowances = fresh;
+                true
+            }
+            Ok(_) => false,
+            Err(err) => {
+                tracing::warn!("cannot read the host's addresses, the old ones stay: {err:#}");
+                false
+            }
+        }
+    }
+}

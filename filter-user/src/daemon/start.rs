@@ -1,0 +1,152 @@
+//! Starting the daemon: resolve, load (adopting pins), number the counted interfaces, fill the
+//! maps, then attach, so the programs never run on maps that do not hold the policy yet.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, RwLock},
+    time::{Duration, Instant},
+};
+
+use tokio::sync::watch;
+
+use super::{
+    allowances::Allowances,
+    attach,
+    events::Enricher,
+    hosts::{record_answers, resolve_now, HostTable},
+    learning::Learner,
+    notify::Notifier,
+    observe::Observer,
+    policy::{PolicySync, Update},
+    settings::Settings,
+    Daemon, RunOptions,
+};
+use crate::{
+    counters::Counters,
+    dns::{DnsCounters, LearnPolicy, Listeners, NameMatcher},
+    maps::{PolicyMaps, SourceMaps},
+    metrics::{self, CountedInterface, Metrics},
+    pins::PinDir,
+    resolve::Resolver,
+    rules::Rules,
+    state::{State, StateSaver},
+};
+
+impl Daemon {
+    /// Resolves, loads (adopting pins), fills the maps, then attaches: the programs never run
+    /// on maps that do not hold the policy yet.
+    pub(super) async fn start(
+        opts: RunOptions,
+        rules: Rules,
+        pins: PinDir,
+        interfaces: attach::Interfaces,
+        listeners: Option<Listeners>,
+        metrics_listener: Option<tokio::net::TcpListener>,
+    ) -> anyhow::Result<Self> {
+        let adopting = pins.has_pinned_maps();
+        if adopting {
+            tracing::info!("adopting the filter pinned at {}", pins.root().display());
+        }
+        let resolver = Resolver::new(opts.resolver)?;
+        let mut hosts = HostTable::new(opts.refresh);
+        let now = Instant::now();
+        tracing::info!("resolving {} hostnames", rules.exact_hosts().len());
+        hosts.set_names(rules.exact_hosts(), now);
+        let matcher = Arc::new(NameMatcher::new(&rules));
+        let mut learner = Learner::new(opts.dns.as_ref().map_or(
+            LearnPolicy {
+                min_ttl: Duration::ZERO,
+                grace: Duration::ZERO,
+                capacity: 0,
+            },
+            |dns| dns.learn,
+        ));
+        if adopting {
+            // Keep what the last daemon had resolved and learned until fresh answers replace
+            // it: the pinned maps still allow it, and clients still hold those answers.
+            if let Some(state) = State::take_back(&pins.state_file()) {
+                for (name, addrs) in &state.hosts {
+                    hosts.seed(name, addrs, now + opts.refresh.grace);
+                }
+                let elapsed = State::now_secs().saturating_sub(state.written_at);
+                let views = state.learned.into_iter().filter(|_| opts.dns.is_some());
+                let views = views.map(|mut view| {
+                    view.expires_in_secs = view.expires_in_secs.saturating_sub(elapsed);
+                    view
+                });
+                learner.seed(&rules, &matcher, views, now);
+            }
+        }
+        let answers = resolve_now(&resolver, &mut hosts, now).await;
+        record_answers(&mut hosts, &answers);
+        tracing::info!(
+            "{} of {} hostnames have addresses",
+            hosts.resolved().len(),
+            rules.exact_hosts().len()
+        );
+
+        let mut ebpf = attach::load_with_pins(&pins)?;
+        let counted = metrics::number_interfaces(&opts.xdp, &opts.tc);
+        let mut kernel_counters = Counters::loaded(&ebpf)?;
+        kernel_counters.assign_slots(&ebpf, &counter_slots(&counted, &interfaces.names))?;
+        let dns_counters = Arc::new(DnsCounters::default());
+        let metrics = match metrics_listener {
+            Some(_) => Some(Arc::new(Metrics::new(
+                kernel_counters,
+                opts.dns.as_ref().map(|_| Arc::clone(&dns_counters)),
+            )?)),
+            None => None,
+        };
+        let observer = Observer::new(metrics);
+        observer.lookups(&answers);
+        let mut maps = PolicyMaps::take_from(&mut ebpf)?;
+        let sources = SourceMaps::take_from(&mut ebpf)?;
+        let settings = Settings::write(&mut maps, sources, &opts).await?;
+        let allowances = Allowances::read(&opts, rules.services.len())?;
+        let enricher = Arc::new(RwLock::new(Enricher {
+            iface_names: interfaces.names,
+            ..Enricher::default()
+        }));
+        let mut daemon = Self {
+            opts,
+            rules,
+            pins,
+            resolver,
+            hosts,
+            allowances,
+            settings,
+            policy: PolicySync::new(maps),
+            enricher,
+            matcher: watch::Sender::new(matcher),
+            learner,
+            listeners,
+            dns_counters,
+            saver: StateSaver::new(Instant::now()),
+            notifier: Notifier::from_env(),
+            observer,
+            counted,
+            metrics_listener,
+            ebpf,
+        };
+        daemon.apply(Update::Full, true)?;
+        daemon.observer.policy_in_place(false);
+        attach::attach_all(
+            &mut daemon.ebpf,
+            &daemon.pins,
+            &daemon.opts,
+            &interfaces.layers,
+        )?;
+        Ok(daemon)
+    }
+}
+
+/// (Interface index, counter slot) for each numbered interface.
+fn counter_slots(counted: &[CountedInterface], names: &BTreeMap<u32, String>) -> Vec<(u32, u32)> {
+    names
+        .iter()
+        .filter_map(|(index, name)| {
+            let slot = counted.iter().find(|c| &c.name == name)?.slot;
+            Some((*index, slot))
+        })
+        .collect()
+}
