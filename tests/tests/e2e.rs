@@ -4,6 +4,8 @@
 
 use std::{os::unix::fs::symlink, time::Duration};
 
+use anyhow::Context as _;
+
 use filter_tests::{
     daemon::{binary, Daemon},
     dns::DnsServer,
@@ -348,6 +350,50 @@ fn bad_rules_at_start_attach_nothing() -> anyhow::Result<()> {
     );
     assert!(lab.client.connects(WEB_B_V4, 443, 2), "nothing attached");
     let _ok = sh(&["true"]);
+    Ok(())
+}
+
+#[test]
+fn maps_pinned_by_another_version_are_not_adopted() -> anyhow::Result<()> {
+    let lab = Lab::new(&[443])?;
+    let rules = RulesDir::new(&lab, WEB_A_443)?;
+    // A counter map of the shape an older build pinned: 25 entries, one per reason.
+    let maps = std::path::Path::new(&lab.pin_path()).join("maps");
+    std::fs::create_dir_all(&maps)?;
+    let pinned = maps.join("REASON_STATS");
+    sh(&[
+        "bpftool",
+        "map",
+        "create",
+        pinned.to_str().context("UTF-8 pin path")?,
+        "type",
+        "percpu_array",
+        "key",
+        "4",
+        "value",
+        "16",
+        "entries",
+        "25",
+        "name",
+        "REASON_STATS",
+    ])?;
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", lab.gw.name))
+        .arg(binary()?)
+        .args(["run", "--rules", rules.path(), "--xdp", &lab.gw_lan])
+        .args(["--pin-path", &lab.pin_path()])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("REASON_STATS") && stderr.contains("another version"),
+        "{stderr}"
+    );
+    // What was pinned stays as it was (a running filter of that version keeps enforcing), and
+    // nothing of this build was attached.
+    assert!(pinned.exists());
+    assert!(lab.client.connects(WEB_B_V4, 443, 2), "nothing attached");
+    std::fs::remove_dir_all(lab.pin_path())?;
     Ok(())
 }
 

@@ -57,6 +57,7 @@ pub fn check_interfaces(opts: &RunOptions) -> anyhow::Result<Interfaces> {
 
 /// Loads the object with every map pinned under the pin path (reused when already there).
 pub fn load_with_pins(pins: &PinDir) -> anyhow::Result<Ebpf> {
+    check_pinned_layouts(pins)?;
     let mut loader = EbpfLoader::new();
     let paths: Vec<(&str, PathBuf)> = ALL_MAPS.iter().map(|m| (*m, pins.map_path(m))).collect();
     for (map, path) in &paths {
@@ -67,6 +68,43 @@ pub fn load_with_pins(pins: &PinDir) -> anyhow::Result<Ebpf> {
         .context("cannot create or adopt the pinned maps")?;
     loader::load_programs(&mut ebpf)?;
     Ok(ebpf)
+}
+
+/// Refuses to adopt maps pinned by a build whose maps have another shape: the programs would
+/// read them with this build's layout (counters out of range, say). The pinned filter keeps
+/// enforcing as it was until the operator detaches it.
+fn check_pinned_layouts(pins: &PinDir) -> anyhow::Result<()> {
+    let object = aya_obj::Object::parse(OBJECT).context("the embedded object cannot be parsed")?;
+    for name in ALL_MAPS {
+        let path = pins.map_path(name);
+        if !path.exists() {
+            continue;
+        }
+        let wanted = object
+            .maps
+            .get(name)
+            .with_context(|| format!("map {name} missing from the object"))?;
+        let pinned = aya::maps::MapData::from_pin(&path)
+            .and_then(|map| map.info())
+            .with_context(|| format!("cannot read the pinned map {}", path.display()))?;
+        let shape = |key: u32, value: u32, entries: u32| {
+            format!("key {key} B, value {value} B, {entries} entries")
+        };
+        let (have, want) = (
+            shape(pinned.key_size(), pinned.value_size(), pinned.max_entries()),
+            shape(wanted.key_size(), wanted.value_size(), wanted.max_entries()),
+        );
+        ensure!(
+            have == want,
+            "the map {name} pinned at {} was made by another version of egress-filter ({have}; \
+             this one needs {want}); the pinned filter keeps enforcing as it was. Run \
+             `egress-filter detach --pin-path {}` (traffic is unfiltered until this run \
+             attaches), then start again",
+            path.display(),
+            pins.root().display()
+        );
+    }
+    Ok(())
 }
 
 /// Attaches every requested hook, adopting pinned links (atomically swapping in the new program)
