@@ -238,6 +238,50 @@ fn a_killed_daemon_keeps_enforcing_and_a_restart_adopts_it() -> anyhow::Result<(
 }
 
 #[test]
+fn with_keep_on_stop_sigterm_leaves_the_filter_enforcing_for_the_next_run() -> anyhow::Result<()> {
+    let lab = Lab::new(&[443, 8080])?;
+    let rules = RulesDir::new(&lab, WEB_A_443)?;
+    let daemon = gateway(&lab, &rules, &["--keep-on-stop"])?;
+    daemon.signal("TERM")?;
+    assert!(daemon.wait_exit(Duration::from_secs(10))?, "a clean exit");
+    assert!(
+        daemon
+            .notifications()
+            .iter()
+            .any(|n| n.contains("STOPPING=1")),
+        "{:?}",
+        daemon.notifications()
+    );
+    // Stopped, and the filter still enforces: what a rolling update's next pod adopts.
+    assert!(
+        !lab.client.connects(WEB_A_V4, 8080, 1),
+        "still enforcing after SIGTERM"
+    );
+    assert!(lab.client.connects(WEB_A_V4, 443, 2), "and still allowing");
+    let next = gateway(&lab, &rules, &["--keep-on-stop"])?;
+    next.wait_for_log("adopted the pinned link", Duration::from_secs(1))?;
+    assert!(!lab.client.connects(WEB_A_V4, 8080, 1));
+    // `detach` removes what was kept.
+    next.signal("TERM")?;
+    assert!(next.wait_exit(Duration::from_secs(10))?);
+    let detached = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", lab.gw.name))
+        .arg(binary()?)
+        .args(["detach", "--pin-path", &lab.pin_path()])
+        .output()?;
+    assert!(
+        detached.status.success(),
+        "{}",
+        String::from_utf8_lossy(&detached.stderr)
+    );
+    assert!(
+        lab.client.connects(WEB_A_V4, 8080, 2),
+        "unfiltered after detach"
+    );
+    Ok(())
+}
+
+#[test]
 fn sighup_with_a_broken_file_keeps_the_running_policy() -> anyhow::Result<()> {
     let lab = Lab::new(&[443, 8080])?;
     let rules = RulesDir::new(&lab, WEB_A_443)?;

@@ -127,7 +127,13 @@ fn the_daemonset_runs_unprivileged_with_the_daemons_capabilities() -> anyhow::Re
             .filter_map(Value::as_str)
             .collect();
         assert_eq!(args[0], "run");
-        for flag in ["--watch-rules", "--tc", "--pin-path", "--metrics-listen"] {
+        for flag in [
+            "--watch-rules",
+            "--keep-on-stop",
+            "--tc",
+            "--pin-path",
+            "--metrics-listen",
+        ] {
             assert!(
                 args.contains(&flag),
                 "{overlay}: {flag} missing from {args:?}"

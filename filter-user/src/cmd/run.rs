@@ -29,6 +29,11 @@ pub struct Args {
     /// swap of a Kubernetes ConfigMap update. Changes settle for 300 ms first.
     #[arg(long)]
     pub watch_rules: bool,
+    /// On SIGTERM or SIGINT leave the filter attached and pinned, enforcing, as a crash would,
+    /// instead of detaching: the next `run` with the same --pin-path adopts it with no gap (an
+    /// upgrade, a pod replaced by a rolling update). `egress-filter detach` removes it.
+    #[arg(long)]
+    pub keep_on_stop: bool,
     /// Attach XDP here: a gateway's LAN-facing interface. Repeatable.
     #[arg(long, value_name = "IFACE")]
     pub xdp: Vec<String>,
@@ -187,6 +192,7 @@ impl Args {
         Ok(RunOptions {
             rules: args.rules,
             watch_rules: args.watch_rules,
+            keep_on_stop: args.keep_on_stop,
             xdp: args.xdp,
             tc: args.tc,
             xdp_mode: args.xdp_mode,

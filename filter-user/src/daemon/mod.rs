@@ -126,6 +126,14 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     };
     let result = daemon.serve(&mut term, &mut int).await;
     daemon.notifier.stopping();
+    if daemon.opts.keep_on_stop {
+        tracing::info!(
+            "stopping: the filter stays attached and pinned at {} (--keep-on-stop); the next run \
+             adopts it, `egress-filter detach` removes it",
+            daemon.pins.root().display()
+        );
+        return result;
+    }
     tracing::info!("stopping: detaching and unpinning");
     daemon.pins.remove_all()?;
     result

@@ -30,6 +30,8 @@ pub struct RunOptions {
     pub rules: Vec<PathBuf>,
     /// Reload when the rules' directories change, as on SIGHUP.
     pub watch_rules: bool,
+    /// Leave the filter attached and pinned when stopped.
+    pub keep_on_stop: bool,
     pub xdp: Vec<String>,
     pub tc: Vec<String>,
     pub xdp_mode: XdpModeArg,
