@@ -27,13 +27,14 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context as _};
-use filter_tests::{dns::DnsServer, lab::sh};
+use filter_tests::{
+    dns::DnsServer,
+    lab::{enter_netns, sh},
+};
 use hickory_proto::{
     op::{Message, MessageType, OpCode, Query, ResponseCode},
     rr::{Name, RecordType},
 };
-
-use crate::throughput::enter_netns;
 
 /// Distinct listed names, each with its own IPv6 address: as many map writes.
 pub const NAMES: usize = 5_000;
