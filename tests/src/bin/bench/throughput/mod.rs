@@ -71,7 +71,7 @@ use self::{
 };
 
 #[derive(Debug)]
-pub struct ThroughputRow {
+pub(crate) struct ThroughputRow {
     /// e.g. "no filter", "egress-filter XDP", "egress-filter TC", "nftables forward", "nftables netdev ingress"
     pub setup: &'static str,
     /// packets per second the receiving side processed (see below)
@@ -90,7 +90,7 @@ const SENDER_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
 
 /// Runs every setup for `seconds` each, same traffic, and returns one row per setup.
 /// `egress_filter` is the path of the egress-filter binary to run as the filter under test.
-pub fn measure(egress_filter: &Path, seconds: u64) -> anyhow::Result<Vec<ThroughputRow>> {
+pub(crate) fn measure(egress_filter: &Path, seconds: u64) -> anyhow::Result<Vec<ThroughputRow>> {
     ensure!(
         egress_filter.exists(),
         "{} is missing: build it first (cargo build -p filter-user)",
