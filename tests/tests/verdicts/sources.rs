@@ -12,6 +12,19 @@ use crate::common::{grants, outcome_of, v4, v6, ALLOWED4, ALLOWED6};
 /// The interface the kernel's XDP test run says a frame came in on: the loopback device.
 const TEST_RUN_IFINDEX: u32 = 1;
 
+/// Writes `sources` and turns the check on, enforcing.
+fn check_sources(
+    filter: &mut Filter,
+    sources: &std::collections::BTreeSet<(u32, ipnet::IpNet)>,
+) -> anyhow::Result<()> {
+    filter.sources.set(sources)?;
+    filter.maps.set_config(Config {
+        flags: Config::CHECK_SOURCES,
+        ..Config::new(Mode::Enforce)
+    })?;
+    Ok(())
+}
+
 #[test]
 fn xdp_drops_sources_that_do_not_belong_on_the_interface() -> anyhow::Result<()> {
     let mut filter = Filter::new(&grants())?;
@@ -33,11 +46,7 @@ fn xdp_drops_sources_that_do_not_belong_on_the_interface() -> anyhow::Result<()>
     .iter()
     .map(|p| (TEST_RUN_IFINDEX, p.parse().expect("test prefix")))
     .collect();
-    filter.sources.set(&sources)?;
-    filter.maps.set_config(Config {
-        flags: Config::CHECK_SOURCES,
-        ..Config::new(Mode::Enforce)
-    })?;
+    check_sources(&mut filter, &sources)?;
     for (name, frame, want) in [
         ("a LAN client", own_lan.clone(), Reason::Allowed),
         (
@@ -114,11 +123,7 @@ fn sources_beyond_a_slot_are_checked_in_the_tries() -> anyhow::Result<()> {
         .chain(["192.0.2.0/24".to_owned()])
         .map(|p| (TEST_RUN_IFINDEX, p.parse().expect("test prefix")))
         .collect();
-    filter.sources.set(&sources)?;
-    filter.maps.set_config(Config {
-        flags: Config::CHECK_SOURCES,
-        ..Config::new(Mode::Enforce)
-    })?;
+    check_sources(&mut filter, &sources)?;
     for (name, src, want) in [
         ("a LAN client", "192.0.2.10", Reason::Allowed),
         ("the last of many prefixes", "10.9.1.1", Reason::Allowed),
