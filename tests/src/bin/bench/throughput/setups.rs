@@ -2,27 +2,17 @@
 //! policy in nftables; each put in place for its run and removed on drop.
 
 use std::{
-    io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    process::{Command, Stdio},
 };
 
-use anyhow::{bail, Context as _};
-use filter_tests::lab::sh;
+use anyhow::Context as _;
+use filter_tests::{daemon::Daemon, lab::sh};
 
 use super::{
     policy::{PolicyFiles, NFT_TABLE},
     topology::Topology,
 };
-
-/// How long the daemon may take to compile, load and attach.
-const DAEMON_START: Duration = Duration::from_secs(30);
-/// How long the daemon may take to detach after SIGTERM.
-const DAEMON_STOP: Duration = Duration::from_secs(10);
-/// How often bounded waits look again.
-const POLL: Duration = Duration::from_millis(20);
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum Setup {
@@ -59,9 +49,9 @@ impl Setup {
         binary: &Path,
         files: &PolicyFiles,
     ) -> anyhow::Result<Option<Filter>> {
-        let pin_path = PathBuf::from(format!("/sys/fs/bpf/ef-bench-{}-{}", topo.id, self as u8));
+        let pin_path = format!("/sys/fs/bpf/ef-bench-{}-{}", topo.id, self as u8);
         let daemon = |hook, dev| {
-            FilterDaemon::start(binary, &topo.rtr.name, &files.rules, hook, dev, pin_path)
+            FilterDaemon::start(binary, &topo.rtr.name, &files.rules, hook, dev, &pin_path)
         };
         Ok(match self {
             Self::NoFilter => None,
@@ -97,13 +87,12 @@ impl Filter {
     }
 }
 
-/// egress-filter running as the real daemon in the router namespace; stopped (SIGTERM, then
-/// SIGKILL and `detach` if it will not go) on drop.
+/// egress-filter running as the real daemon in the router namespace (the lab's daemon wrapper:
+/// ready once it notifies READY=1; on drop stopped with SIGTERM, then SIGKILL and `detach` if it
+/// will not go).
 pub(super) struct FilterDaemon {
-    child: Child,
+    daemon: Daemon,
     binary: PathBuf,
-    pin_path: PathBuf,
-    logs: Arc<Mutex<Vec<String>>>,
 }
 
 impl FilterDaemon {
@@ -113,75 +102,23 @@ impl FilterDaemon {
         rules: &Path,
         hook: &str,
         dev: &str,
-        pin_path: PathBuf,
+        pin_path: &str,
     ) -> anyhow::Result<Self> {
-        // nsenter, not `ip netns exec`: the latter mounts a fresh /sys without bpffs.
-        let mut child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{netns}"))
-            .arg(binary)
-            .arg("run")
-            .arg("--rules")
-            .arg(rules)
-            .args([hook, dev, "--event-rate", "0", "--event-burst", "0"])
-            .arg("--pin-path")
-            .arg(&pin_path)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("cannot start egress-filter")?;
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take();
-        // From here on, the guard stops the daemon whatever fails.
-        let mut daemon = Self {
-            child,
+        let rules = rules.to_str().context("UTF-8 rules path")?;
+        let args = [
+            "--rules",
+            rules,
+            hook,
+            dev,
+            "--event-rate",
+            "0",
+            "--event-burst",
+            "0",
+        ];
+        Ok(Self {
+            daemon: Daemon::start_binary(binary, netns, pin_path, &args)?,
             binary: binary.to_owned(),
-            pin_path,
-            logs: Arc::clone(&logs),
-        };
-        let stderr = stderr.context("egress-filter stderr")?;
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(mut lines) = logs.lock() {
-                    lines.push(line);
-                }
-            }
-        });
-        daemon.wait_enforcing()?;
-        Ok(daemon)
-    }
-
-    fn logs(&self) -> String {
-        self.logs.lock().map(|l| l.join("\n")).unwrap_or_default()
-    }
-
-    /// Waits (bounded) until it logs that it enforces.
-    fn wait_enforcing(&mut self) -> anyhow::Result<()> {
-        let deadline = Instant::now() + DAEMON_START;
-        for _ in 0..DAEMON_START.as_millis() / POLL.as_millis() {
-            if self
-                .logs
-                .lock()
-                .is_ok_and(|lines| lines.iter().any(|l| l.contains("enforcing")))
-            {
-                return Ok(());
-            }
-            if let Some(status) = self.child.try_wait()? {
-                bail!(
-                    "egress-filter exited ({status}) before enforcing:\n{}",
-                    self.logs()
-                );
-            }
-            if Instant::now() >= deadline {
-                break;
-            }
-            std::thread::sleep(POLL);
-        }
-        bail!(
-            "egress-filter did not report enforcing within {DAEMON_START:?}:\n{}",
-            self.logs()
-        )
+        })
     }
 
     /// Packets its programs counted under a dropping reason, so far.
@@ -191,7 +128,7 @@ impl FilterDaemon {
             "stats",
             "--json",
             "--pin-path",
-            &self.pin_path.to_string_lossy(),
+            &self.daemon.pin_path,
         ])?;
         let stats: serde_json::Value =
             serde_json::from_slice(&out.stdout).context("stats --json: not JSON")?;
@@ -203,47 +140,6 @@ impl FilterDaemon {
             .filter(|r| r["verdict"] == "drop")
             .filter_map(|r| r["packets"].as_u64())
             .sum())
-    }
-
-    /// Waits (bounded) for the daemon to exit; whether it did.
-    fn wait_exit(&mut self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        for _ in 0..timeout.as_millis() / POLL.as_millis() {
-            if matches!(self.child.try_wait(), Ok(Some(_)) | Err(_)) {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                break;
-            }
-            std::thread::sleep(POLL);
-        }
-        false
-    }
-}
-
-impl Drop for FilterDaemon {
-    fn drop(&mut self) {
-        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
-            // Safety: `pid` is our own child, not yet reaped (we hold its Child), so the id
-            // cannot have been reused; SIGTERM asks it to detach and exit.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-        }
-        if !self.wait_exit(DAEMON_STOP) {
-            eprintln!("bench: egress-filter ignored SIGTERM; killing it and detaching");
-            let _killed = self.child.kill();
-            let _reaped = self.child.wait();
-        }
-        // A daemon that could not clean up leaves its programs pinned and attached.
-        if self.pin_path.exists() {
-            let _detached = Command::new(&self.binary)
-                .arg("detach")
-                .arg("--pin-path")
-                .arg(&self.pin_path)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-            let _removed = std::fs::remove_dir_all(&self.pin_path);
-        }
     }
 }
 
