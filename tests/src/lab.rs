@@ -1,5 +1,6 @@
-//! Network-namespace labs for end-to-end tests: uniquely named namespaces and veths, only
-//! documentation and private ranges, everything removed on drop (also when a test fails).
+//! Network-namespace labs for end-to-end tests (and the namespaces of the throughput bench):
+//! uniquely named namespaces and veths, only documentation and private ranges, everything
+//! removed on drop (also when a test fails).
 //!
 //! ```text
 //!  client ──(lan)── gw ──(wan)── inet
