@@ -6,7 +6,7 @@
 use std::{
     io::{BufRead as _, BufReader},
     os::unix::net::UnixDatagram,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -38,6 +38,8 @@ pub struct Daemon {
     /// What the daemon told its service manager (`sd_notify` messages), in order.
     notifications: Arc<Mutex<Vec<String>>>,
     notify_socket: PathBuf,
+    /// The binary it runs, and `detach`es with if it leaves pins behind.
+    binary: PathBuf,
 }
 
 impl Daemon {
@@ -45,18 +47,6 @@ impl Daemon {
     /// service manager it is ready (enforcing).
     pub fn start(netns: &str, pin_path: &str, args: &[&str]) -> anyhow::Result<Self> {
         let daemon = Self::spawn(netns, pin_path, args)?;
-        daemon.wait_for_notification("READY=1", 0, Duration::from_mins(1))?;
-        Ok(daemon)
-    }
-
-    /// Like [`Daemon::start`], with another build of the binary (a packaged one).
-    pub fn start_binary(
-        binary: &std::path::Path,
-        netns: &str,
-        pin_path: &str,
-        args: &[&str],
-    ) -> anyhow::Result<Self> {
-        let daemon = Self::spawn_with(binary.to_path_buf(), netns, pin_path, args, false)?;
         daemon.wait_for_notification("READY=1", 0, Duration::from_mins(1))?;
         Ok(daemon)
     }
@@ -72,6 +62,19 @@ impl Daemon {
     /// Starts it without waiting.
     pub fn spawn(netns: &str, pin_path: &str, args: &[&str]) -> anyhow::Result<Self> {
         Self::spawn_with(binary()?, netns, pin_path, args, false)
+    }
+
+    /// Like [`Daemon::start`], running `binary` rather than [`binary`] (a packaged build, or the
+    /// benchmark's own).
+    pub fn start_binary(
+        binary: &Path,
+        netns: &str,
+        pin_path: &str,
+        args: &[&str],
+    ) -> anyhow::Result<Self> {
+        let daemon = Self::spawn_full(binary.to_owned(), netns, pin_path, args, false, &[])?;
+        daemon.wait_for_notification("READY=1", 0, Duration::from_mins(1))?;
+        Ok(daemon)
     }
 
     /// Like [`Daemon::start`], with more environment variables (`WATCHDOG_USEC`, …).
@@ -134,7 +137,7 @@ impl Daemon {
         });
         let mut child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{netns}"))
-            .arg(binary)
+            .arg(&binary)
             .arg("run")
             .args(args)
             .args(["--pin-path", pin_path])
@@ -178,6 +181,7 @@ impl Daemon {
             stderr,
             notifications,
             notify_socket,
+            binary,
         })
     }
 
@@ -337,12 +341,10 @@ impl Drop for Daemon {
         }
         let _removed = std::fs::remove_file(&self.notify_socket);
         // Whatever the test did (kill -9 included), leave no pins behind.
-        if std::path::Path::new(&self.pin_path).exists() {
-            if let Ok(bin) = binary() {
-                let _detached = Command::new(bin)
-                    .args(["detach", "--pin-path", &self.pin_path])
-                    .output();
-            }
+        if Path::new(&self.pin_path).exists() {
+            let _detached = Command::new(&self.binary)
+                .args(["detach", "--pin-path", &self.pin_path])
+                .output();
         }
     }
 }

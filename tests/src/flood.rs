@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{ensure, Context as _};
+use anyhow::ensure;
 use hickory_proto::{
     op::{Message, MessageType, OpCode, Query},
     rr::{rdata::CNAME, Name, RData, Record, RecordType},
@@ -21,18 +21,9 @@ pub fn in_netns<T: Send + 'static>(
     netns: &str,
     work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
 ) -> std::thread::JoinHandle<anyhow::Result<T>> {
-    let path = format!("/run/netns/{netns}");
     let netns = netns.to_owned();
     std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).with_context(|| format!("cannot open {path}"))?;
-        // Safety: setns on a namespace file descriptor affects only the calling thread.
-        let entered = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        ensure!(
-            entered == 0,
-            "setns into {netns}: {}",
-            std::io::Error::last_os_error()
-        );
-        drop(file);
+        crate::lab::enter_netns(&netns)?;
         work()
     })
 }

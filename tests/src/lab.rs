@@ -1,5 +1,6 @@
-//! Network-namespace labs for end-to-end tests: uniquely named namespaces and veths, only
-//! documentation and private ranges, everything removed on drop (also when a test fails).
+//! Network-namespace labs for end-to-end tests (and the namespaces of the throughput bench):
+//! uniquely named namespaces and veths, only documentation and private ranges, everything
+//! removed on drop (also when a test fails).
 //!
 //! ```text
 //!  client ──(lan)── gw ──(wan)── inet
@@ -9,6 +10,8 @@
 
 use std::{
     fmt::Write as _,
+    fs::File,
+    os::fd::AsRawFd as _,
     process::{Child, Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
@@ -58,6 +61,21 @@ pub fn sh(args: &[&str]) -> anyhow::Result<Output> {
         String::from_utf8_lossy(&out.stderr).trim()
     );
     Ok(out)
+}
+
+/// Moves the calling thread (only it) into the network namespace `/run/netns/NAME`.
+pub fn enter_netns(name: &str) -> anyhow::Result<()> {
+    let path = format!("/run/netns/{name}");
+    let ns = File::open(&path).with_context(|| format!("cannot open {path}"))?;
+    // Safety: `ns` is an open namespace file for the duration of the call; setns changes only
+    // the network namespace of the calling thread, a thread of ours that never goes back.
+    let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+    ensure!(
+        rc == 0,
+        "setns into {path}: {}",
+        std::io::Error::last_os_error()
+    );
+    Ok(())
 }
 
 /// A network namespace, deleted on drop.

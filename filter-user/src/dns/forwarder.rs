@@ -33,7 +33,7 @@
 //! a reload) bumps the daemon's epoch, which voids everything remembered under the old one.
 
 use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
@@ -54,11 +54,13 @@ use tokio::{
 use super::{
     counters::DnsCounters,
     in_flight::{Asking, Joined, Pending, PerClient},
-    message::{self, Incoming, Learnable, Question, UpstreamQuery},
+    message::{self, Incoming, Learnable, Question},
     names::NameMatcher,
     open_addresses::{Known, OpenAddresses},
     seen::SeenNames,
 };
+
+mod upstream;
 
 /// Queries waiting on the upstream at once.
 pub const MAX_IN_FLIGHT: usize = 1024;
@@ -436,59 +438,6 @@ impl Forwarder {
             DnsCounters::bump(&self.counters.late);
         }
     }
-
-    async fn ask_upstream(
-        &self,
-        question: &Question,
-        transport: Transport,
-    ) -> anyhow::Result<Message> {
-        let query = UpstreamQuery::new(question);
-        let wire = query.to_bytes().map_err(anyhow::Error::msg)?;
-        if transport == Transport::Udp {
-            let answer = timeout(self.config.upstream_timeout, self.ask_udp(&query, &wire))
-                .await
-                .context("timed out")??;
-            if !answer.metadata.truncation {
-                return Ok(answer);
-            }
-            DnsCounters::bump(&self.counters.tcp_retries);
-        }
-        timeout(self.config.upstream_timeout, self.ask_tcp(&query, &wire))
-            .await
-            .context("timed out over TCP")?
-    }
-
-    async fn ask_udp(&self, query: &UpstreamQuery, wire: &[u8]) -> anyhow::Result<Message> {
-        // Port 0: the kernel picks a random ephemeral port, new for every query. Connecting
-        // makes the kernel drop datagrams from anyone but the upstream.
-        let socket = UdpSocket::bind(unspecified(self.config.upstream)).await?;
-        socket.connect(self.config.upstream).await?;
-        socket.send(wire).await?;
-        // The upstream answers within the payload size the query advertises (512 without EDNS),
-        // or sets TC. One byte more shows an answer that broke that rule: it is cut short,
-        // fails to parse, and is ignored like any stray datagram.
-        let mut buffer = vec![0u8; query.udp_limit() + 1];
-        loop {
-            let len = socket.recv(&mut buffer).await?;
-            match query.check_answer(&buffer[..len]) {
-                Ok(answer) => return Ok(answer),
-                Err(err) => {
-                    // Maybe a forgery: keep waiting for the real answer, until the timeout.
-                    DnsCounters::bump(&self.counters.mismatched);
-                    tracing::debug!("ignored a datagram from {}: {err}", self.config.upstream);
-                }
-            }
-        }
-    }
-
-    async fn ask_tcp(&self, query: &UpstreamQuery, wire: &[u8]) -> anyhow::Result<Message> {
-        let mut stream = TcpStream::connect(self.config.upstream).await?;
-        stream.write_all(&frame(wire)?).await?;
-        let len = stream.read_u16().await?;
-        let mut bytes = vec![0u8; usize::from(len)];
-        stream.read_exact(&mut bytes).await?;
-        Ok(query.check_answer(&bytes)?)
-    }
 }
 
 /// DNS over TCP: each message behind its two-byte length (RFC 1035 4.2.2).
@@ -498,13 +447,6 @@ fn frame(message: &[u8]) -> anyhow::Result<Vec<u8>> {
     framed.extend_from_slice(&len.to_be_bytes());
     framed.extend_from_slice(message);
     Ok(framed)
-}
-
-fn unspecified(peer: SocketAddr) -> SocketAddr {
-    match peer {
-        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
-        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
-    }
 }
 
 #[cfg(test)]

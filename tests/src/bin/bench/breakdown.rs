@@ -39,14 +39,14 @@ const KINDS: [Kind; 4] = [
 ];
 
 /// One program's median cost per frame kind.
-pub struct Line {
+pub(crate) struct Line {
     pub program: String,
     pub left_out: String,
     pub ns: Vec<f64>,
 }
 
 /// Measures the breakdown on `filter` (holding `table`, sources written, source check on).
-pub fn measure(
+pub(crate) fn measure(
     filter: &mut Filter,
     baseline: &mut Baseline,
     table: &AllowTable,
@@ -118,7 +118,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 /// The config the per-packet figures run under: enforce, drop events off (the datapath is
 /// measured, not the ring buffer), and the source check on when asked, as the daemon has it.
-pub fn bench_config(checks_sources: bool) -> Config {
+pub(crate) fn bench_config(checks_sources: bool) -> Config {
     Config {
         events_per_sec: 0,
         event_burst: 0,
@@ -132,7 +132,7 @@ pub fn bench_config(checks_sources: bool) -> Config {
 }
 
 /// The markdown table.
-pub fn table(lines: &[Line], prefixes: usize, command: &str) -> anyhow::Result<String> {
+pub(crate) fn table(lines: &[Line], prefixes: usize, command: &str) -> anyhow::Result<String> {
     use std::fmt::Write as _;
     let full = lines
         .iter()

@@ -27,38 +27,39 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context as _};
-use filter_tests::{dns::DnsServer, lab::sh};
+use filter_tests::{
+    dns::DnsServer,
+    lab::{enter_netns, sh},
+};
 use hickory_proto::{
     op::{Message, MessageType, OpCode, Query, ResponseCode},
     rr::{Name, RecordType},
 };
 
-use crate::throughput::enter_netns;
-
 /// Distinct listed names, each with its own IPv6 address: as many map writes.
-pub const NAMES: usize = 5_000;
+pub(crate) const NAMES: usize = 5_000;
 /// Unlisted names (A records), cycled.
 const UNLISTED: usize = 250;
 /// Queries each load thread keeps in flight.
-pub const WINDOW: usize = 128;
-pub const QPS_SECONDS: u64 = 3;
+pub(crate) const WINDOW: usize = 128;
+pub(crate) const QPS_SECONDS: u64 = 3;
 const UPSTREAM: &str = "127.0.0.1:5300";
 const FORWARDER: &str = "127.0.0.1:5353";
 
 /// Latency percentiles.
-pub struct Latency {
+pub(crate) struct Latency {
     pub p50: Duration,
     pub p99: Duration,
 }
 
 /// One kind of query, asked directly and through the forwarder.
-pub struct LatencyRow {
+pub(crate) struct LatencyRow {
     pub label: &'static str,
     pub direct: Latency,
     pub forwarded: Latency,
 }
 
-pub struct DnsFigures {
+pub(crate) struct DnsFigures {
     pub rows: Vec<LatencyRow>,
     pub qps_direct: f64,
     pub qps_forwarder: f64,
@@ -66,7 +67,7 @@ pub struct DnsFigures {
     pub learned: u64,
 }
 
-pub fn measure(binary: &Path) -> anyhow::Result<DnsFigures> {
+pub(crate) fn measure(binary: &Path) -> anyhow::Result<DnsFigures> {
     let setup = Setup::start(binary)?;
     let ns = setup.ns.clone();
     // One thread in the namespace does the latency runs, in order.
@@ -359,7 +360,7 @@ impl Drop for Setup {
 }
 
 /// The BENCHMARKS.md section.
-pub fn table(f: &DnsFigures) -> String {
+pub(crate) fn table(f: &DnsFigures) -> String {
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     let mut t = format!(
         "## DNS forwarder\n\nOne query at a time over loopback in a namespace, {NAMES} queries per row, \

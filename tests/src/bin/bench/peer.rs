@@ -17,7 +17,7 @@ const IFNAME: &str = "efbench-xf0";
 const PEER_IFNAME: &str = "efbench-xf1";
 
 /// xdp-filter, loaded and pinned; unloaded on drop.
-pub struct XdpFilter {
+pub(crate) struct XdpFilter {
     program: Xdp,
     pin: PathBuf,
 }
@@ -39,7 +39,7 @@ fn run(program: &str, args: &[&str]) -> anyhow::Result<String> {
 impl XdpFilter {
     /// Loads xdp-filter with `addresses` and TCP 443 allowed; `Ok(None)` when it is not
     /// installed.
-    pub fn load(addresses: &[IpAddr]) -> anyhow::Result<Option<Self>> {
+    pub(crate) fn load(addresses: &[IpAddr]) -> anyhow::Result<Option<Self>> {
         if Command::new("xdp-filter").arg("help").output().is_err() {
             return Ok(None);
         }
@@ -93,7 +93,7 @@ impl XdpFilter {
     }
 
     /// Mean ns per run over `frames`, `repeat` runs each.
-    pub fn mean_ns(&mut self, frames: &[Vec<u8>], repeat: u32) -> anyhow::Result<f64> {
+    pub(crate) fn mean_ns(&mut self, frames: &[Vec<u8>], repeat: u32) -> anyhow::Result<f64> {
         let mut total = 0.0;
         for frame in frames {
             let result = self.program.test_run(TestRunOptions {

@@ -20,12 +20,12 @@ use filter_user::{loader::BASELINE_PASS_OBJECT, table::AllowTable};
 
 use crate::prefixes::{self, Rng};
 
-pub const KEYS: usize = 32;
-pub const REPEAT: u32 = 50_000;
+pub(crate) const KEYS: usize = 32;
+pub(crate) const REPEAT: u32 = 50_000;
 
 /// The packet kinds measured.
 #[derive(Clone, Copy, Debug)]
-pub enum Kind {
+pub(crate) enum Kind {
     AllowedTcpHit,
     DroppedTcpHitPort,
     DroppedTcpMiss,
@@ -35,7 +35,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] = [
+    pub(crate) const ALL: [Kind; 6] = [
         Self::AllowedTcpHit,
         Self::DroppedTcpHitPort,
         Self::DroppedTcpMiss,
@@ -44,7 +44,7 @@ impl Kind {
         Self::Ipv6ExtDroppedMiss,
     ];
 
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Self::AllowedTcpHit => "IPv4 TCP allowed (hit)",
             Self::DroppedTcpHitPort => "IPv4 TCP dropped, wrong port (hit)",
@@ -55,7 +55,7 @@ impl Kind {
         }
     }
 
-    pub fn is_hit(self) -> bool {
+    pub(crate) fn is_hit(self) -> bool {
         !matches!(self, Self::DroppedTcpMiss | Self::Ipv6ExtDroppedMiss)
     }
 
@@ -81,7 +81,7 @@ impl Kind {
 }
 
 /// One measured row.
-pub struct Row {
+pub(crate) struct Row {
     pub prefixes: usize,
     pub kind: Kind,
     pub baseline_ns: f64,
@@ -114,7 +114,7 @@ fn destination(frame: &[u8]) -> Option<std::net::IpAddr> {
 }
 
 /// Frames for every kind against a table.
-pub fn frames(table: &AllowTable, seed: u64) -> Vec<(Kind, Vec<Vec<u8>>)> {
+pub(crate) fn frames(table: &AllowTable, seed: u64) -> Vec<(Kind, Vec<Vec<u8>>)> {
     let mut rng = Rng::new(seed);
     Kind::ALL
         .iter()
@@ -127,7 +127,7 @@ const TEST_RUN_IFINDEX: u32 = 1;
 
 /// Writes the source prefixes of the measured frames for the test run's interface and turns
 /// the source check on, with drop events off: the per-packet cost the daemon's defaults give.
-pub fn configure_as_daemon(filter: &mut Filter) -> anyhow::Result<()> {
+pub(crate) fn configure_as_daemon(filter: &mut Filter) -> anyhow::Result<()> {
     let sources = [
         (TEST_RUN_IFINDEX, "192.0.2.0/24".parse()?),
         (TEST_RUN_IFINDEX, "2001:db8::/64".parse()?),
@@ -142,14 +142,14 @@ pub fn configure_as_daemon(filter: &mut Filter) -> anyhow::Result<()> {
 }
 
 /// The trivial program, loaded.
-pub struct Baseline {
+pub(crate) struct Baseline {
     ebpf: aya::Ebpf,
 }
 
 impl Baseline {
     const PROGRAM: &'static str = "baseline_pass";
 
-    pub fn load() -> anyhow::Result<Self> {
+    pub(crate) fn load() -> anyhow::Result<Self> {
         let mut ebpf = EbpfLoader::new()
             .load(BASELINE_PASS_OBJECT)
             .context("baseline object")?;
@@ -161,12 +161,16 @@ impl Baseline {
         Ok(Self { ebpf })
     }
 
-    pub fn mean_ns(&mut self, frames: &[Vec<u8>]) -> anyhow::Result<f64> {
+    pub(crate) fn mean_ns(&mut self, frames: &[Vec<u8>]) -> anyhow::Result<f64> {
         self.mean_ns_repeat(frames, REPEAT)
     }
 
     /// Like [`Baseline::mean_ns`], with `repeat` runs per frame.
-    pub fn mean_ns_repeat(&mut self, frames: &[Vec<u8>], repeat: u32) -> anyhow::Result<f64> {
+    pub(crate) fn mean_ns_repeat(
+        &mut self,
+        frames: &[Vec<u8>],
+        repeat: u32,
+    ) -> anyhow::Result<f64> {
         let program: &mut Xdp = self
             .ebpf
             .program_mut(Self::PROGRAM)
@@ -195,7 +199,7 @@ fn mean(
 }
 
 /// Measures every kind on both hooks against `filter` (already holding `table`).
-pub fn measure(
+pub(crate) fn measure(
     filter: &mut Filter,
     baseline: &mut Baseline,
     table: &AllowTable,
@@ -242,7 +246,7 @@ pub fn measure(
 
 /// Kernel memory of every BPF map this process holds open, from `/proc/self/fdinfo` (`memlock`:
 /// what the kernel charges for the map, preallocated arrays whole, tries as filled).
-pub fn map_memory_bytes() -> anyhow::Result<u64> {
+pub(crate) fn map_memory_bytes() -> anyhow::Result<u64> {
     let mut total = 0;
     for entry in std::fs::read_dir("/proc/self/fdinfo")? {
         let Ok(info) = std::fs::read_to_string(entry?.path()) else {

@@ -7,21 +7,21 @@ use filter_user::table::{AllowTable, Grant, PortSpec};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 /// xorshift64*: small, fast, reproducible; no crate needed for benchmark inputs.
-pub struct Rng(u64);
+pub(crate) struct Rng(u64);
 
 impl Rng {
-    pub fn new(seed: u64) -> Self {
+    pub(crate) fn new(seed: u64) -> Self {
         Self(seed.max(1))
     }
 
-    pub fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 
-    pub fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
 }
@@ -50,7 +50,7 @@ fn v6_len(rng: &mut Rng) -> u8 {
 }
 
 /// `count` distinct IPv4 prefixes across the unicast space (1.0.0.0-223.255.255.255).
-pub fn v4_prefixes(count: usize, rng: &mut Rng) -> Vec<Ipv4Net> {
+pub(crate) fn v4_prefixes(count: usize, rng: &mut Rng) -> Vec<Ipv4Net> {
     let mut out = std::collections::BTreeSet::new();
     while out.len() < count {
         let addr =
@@ -63,7 +63,7 @@ pub fn v4_prefixes(count: usize, rng: &mut Rng) -> Vec<Ipv4Net> {
 }
 
 /// `count` distinct IPv6 prefixes inside 2000::/3.
-pub fn v6_prefixes(count: usize, rng: &mut Rng) -> Vec<Ipv6Net> {
+pub(crate) fn v6_prefixes(count: usize, rng: &mut Rng) -> Vec<Ipv6Net> {
     let mut out = std::collections::BTreeSet::new();
     while out.len() < count {
         let high = (0x2000_u128 | u128::from(rng.next() as u16 & 0x1fff)) << 112;
@@ -77,7 +77,7 @@ pub fn v6_prefixes(count: usize, rng: &mut Rng) -> Vec<Ipv6Net> {
 }
 
 /// Grants allowing TCP 443 to every prefix, one service.
-pub fn grants(v4: &[Ipv4Net], v6: &[Ipv6Net]) -> Vec<Grant> {
+pub(crate) fn grants(v4: &[Ipv4Net], v6: &[Ipv6Net]) -> Vec<Grant> {
     v4.iter()
         .map(|n| IpNet::V4(*n))
         .chain(v6.iter().map(|n| IpNet::V6(*n)))
@@ -90,7 +90,7 @@ pub fn grants(v4: &[Ipv4Net], v6: &[Ipv6Net]) -> Vec<Grant> {
 }
 
 /// An address inside a randomly chosen prefix of the table.
-pub fn hit(table: &AllowTable, v6: bool, rng: &mut Rng) -> IpAddr {
+pub(crate) fn hit(table: &AllowTable, v6: bool, rng: &mut Rng) -> IpAddr {
     if v6 {
         let nets: Vec<&Ipv6Net> = table.v6.keys().collect();
         let net = nets[rng.below(nets.len() as u64) as usize];
@@ -115,7 +115,7 @@ pub fn hit(table: &AllowTable, v6: bool, rng: &mut Rng) -> IpAddr {
 }
 
 /// A unicast address no prefix of the table covers (a miss still walks the trie).
-pub fn miss(table: &AllowTable, v6: bool, rng: &mut Rng) -> IpAddr {
+pub(crate) fn miss(table: &AllowTable, v6: bool, rng: &mut Rng) -> IpAddr {
     loop {
         let addr = if v6 {
             let high = (0x2000_u128 | u128::from(rng.next() as u16 & 0x1fff)) << 112;

@@ -15,7 +15,7 @@ use filter_user::{
 const SCRAPES: usize = 200;
 
 /// Median and slowest scrape, in microseconds, and the exposition's size in bytes and lines.
-pub struct Scrape {
+pub(crate) struct Scrape {
     pub services: usize,
     pub median_us: f64,
     pub max_us: f64,
@@ -23,7 +23,7 @@ pub struct Scrape {
     pub lines: usize,
 }
 
-pub fn measure() -> anyhow::Result<Scrape> {
+pub(crate) fn measure() -> anyhow::Result<Scrape> {
     let rules = Rules::load(&[std::path::PathBuf::from("rules")])?;
     let filter = filter_tests::harness::Filter::empty()?;
     let metrics = Metrics::new(filter.counters()?, Some(Arc::new(DnsCounters::default())))?;
@@ -64,7 +64,7 @@ pub fn measure() -> anyhow::Result<Scrape> {
 }
 
 /// The section of BENCHMARKS.md.
-pub fn table(scrape: &Scrape, command: &str) -> String {
+pub(crate) fn table(scrape: &Scrape, command: &str) -> String {
     format!(
         "## A metrics scrape\n\n\
          One `GET /metrics` encoding with the shipped rules ({} services), two interfaces with \

@@ -16,14 +16,14 @@ use ipnet::IpNet;
 use crate::prefixes::{self, Rng};
 
 /// Loading one table into empty maps.
-pub struct Load {
+pub(crate) struct Load {
     pub prefixes_per_family: usize,
     pub compile: Duration,
     pub write: Duration,
 }
 
 /// Compiles and writes `v4` + `v6` prefixes into a fresh filter; returns the filter and timings.
-pub fn load(
+pub(crate) fn load(
     grants: &[Grant],
     prefixes_per_family: usize,
 ) -> anyhow::Result<(Filter, AllowTable, Load)> {
@@ -46,7 +46,7 @@ pub fn load(
 }
 
 /// A refresh in which 1000 resolved addresses change, on top of a loaded table.
-pub struct Refresh {
+pub(crate) struct Refresh {
     pub base_prefixes: usize,
     pub changed: usize,
     pub compile: Duration,
@@ -69,7 +69,7 @@ fn host_grants(count: usize, rng: &mut Rng) -> Vec<Grant> {
 
 /// Loads `base` plus 1k host routes, then swaps those for 1k others the way the daemon does
 /// (in place: `update_hosts` + `apply_changes`), timing the swap.
-pub fn refresh(base: &[Grant], changed: usize) -> anyhow::Result<Refresh> {
+pub(crate) fn refresh(base: &[Grant], changed: usize) -> anyhow::Result<Refresh> {
     let mut rng = Rng::new(0xfee1);
     let old_hosts = host_grants(changed, &mut rng);
     let new_hosts = host_grants(changed, &mut rng);
@@ -102,7 +102,7 @@ pub fn refresh(base: &[Grant], changed: usize) -> anyhow::Result<Refresh> {
 
 /// Runs the daemon with a rules file of `count` IPv4 prefixes on a veth in a namespace of its
 /// own and reads its resident memory once it enforces (VmRSS, and the peak VmHWM).
-pub fn daemon_memory(binary: &Path, count: usize) -> anyhow::Result<(u64, u64)> {
+pub(crate) fn daemon_memory(binary: &Path, count: usize) -> anyhow::Result<(u64, u64)> {
     let id = format!("{:x}", std::process::id());
     let ns = format!("ef-bench-mem-{id}");
     let dir = std::env::temp_dir().join(format!("ef-bench-rules-{id}"));
