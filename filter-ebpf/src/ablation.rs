@@ -11,25 +11,25 @@ use filter_common::{Config, PolicyId};
 use crate::{process, xdp_verdict};
 
 /// Bits of `process`'s `SKIP` parameter: the parts a variant leaves out.
-pub mod skip {
+pub(crate) mod skip {
     /// The real programs.
-    pub const NOTHING: u32 = 0;
+    pub(crate) const NOTHING: u32 = 0;
     /// The per-CPU reason and service counter updates.
-    pub const COUNT: u32 = 1 << 0;
+    pub(crate) const COUNT: u32 = 1 << 0;
     /// The `CONFIG` array read: [`super::CONSTANT_CONFIG`] instead.
-    pub const CONFIG: u32 = 1 << 1;
+    pub(crate) const CONFIG: u32 = 1 << 1;
     /// The destination lookup: every packet takes [`super::CONSTANT_POLICY_ID`].
-    pub const DESTINATION: u32 = 1 << 2;
+    pub(crate) const DESTINATION: u32 = 1 << 2;
     /// The policy-slot lookup and the rule scan: a covered destination is allowed.
-    pub const RULES: u32 = 1 << 3;
+    pub(crate) const RULES: u32 = 1 << 3;
     /// Everything after the parser: the program parses and returns.
-    pub const ALL_BUT_PARSE: u32 = 1 << 4;
+    pub(crate) const ALL_BUT_PARSE: u32 = 1 << 4;
     /// The kernel log lines (aya-log) on the damaged-map and unknown-config paths.
-    pub const KERNEL_LOG: u32 = 1 << 5;
+    pub(crate) const KERNEL_LOG: u32 = 1 << 5;
 }
 
 /// The config a variant without the config read assumes: enforce, sources checked, no events.
-pub const CONSTANT_CONFIG: Config = Config {
+pub(crate) const CONSTANT_CONFIG: Config = Config {
     mode: 0,
     events_per_sec: 0,
     event_burst: 0,
@@ -37,13 +37,13 @@ pub const CONSTANT_CONFIG: Config = Config {
 };
 
 /// The policy slot a variant without the destination lookup uses for every packet.
-pub const CONSTANT_POLICY_ID: PolicyId = 0;
+pub(crate) const CONSTANT_POLICY_ID: PolicyId = 0;
 
 macro_rules! variants {
     ($($(#[doc = $doc:literal])* $name:ident = $skip:expr;)*) => {$(
         $(#[doc = $doc])*
         #[xdp]
-        pub fn $name(ctx: XdpContext) -> u32 {
+        pub(crate) fn $name(ctx: XdpContext) -> u32 {
             xdp_verdict(process::<_, true, { $skip }>(&ctx))
         }
     )*};

@@ -7,7 +7,7 @@ use aya_ebpf::{
 use filter_common::Hook;
 
 /// A frame to judge, as seen by one hook.
-pub trait PacketContext: EbpfContext {
+pub(crate) trait PacketContext: EbpfContext {
     /// Which hook this is, for drop events.
     const HOOK: Hook;
     /// Whether this hook checks that sources belong on their interface: XDP sees what clients

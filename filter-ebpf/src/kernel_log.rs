@@ -31,7 +31,7 @@ fn may_log() -> bool {
 
 /// A covered destination named a policy slot that does not exist.
 #[inline(always)]
-pub fn policy_missing<C: EbpfContext>(ctx: &C) {
+pub(crate) fn policy_missing<C: EbpfContext>(ctx: &C) {
     if may_log() {
         error!(
             ctx,
@@ -43,7 +43,7 @@ pub fn policy_missing<C: EbpfContext>(ctx: &C) {
 
 /// The config holds a mode or flags this program does not know; it enforces.
 #[inline(always)]
-pub fn unknown_config<C: EbpfContext>(ctx: &C, mode: u32, flags: u32) {
+pub(crate) fn unknown_config<C: EbpfContext>(ctx: &C, mode: u32, flags: u32) {
     if may_log() {
         warn!(
             ctx,

@@ -46,7 +46,7 @@ enum Verdict {
     clippy::needless_pass_by_value,
     reason = "aya's macros hand the context over by value"
 )]
-pub fn egress_xdp(ctx: XdpContext) -> u32 {
+pub(crate) fn egress_xdp(ctx: XdpContext) -> u32 {
     xdp_verdict(process::<_, true, { skip::NOTHING }>(&ctx))
 }
 
@@ -56,7 +56,7 @@ pub fn egress_xdp(ctx: XdpContext) -> u32 {
     clippy::needless_pass_by_value,
     reason = "aya's macros hand the context over by value"
 )]
-pub fn egress_xdp_l3(ctx: XdpContext) -> u32 {
+pub(crate) fn egress_xdp_l3(ctx: XdpContext) -> u32 {
     xdp_verdict(process::<_, false, { skip::NOTHING }>(&ctx))
 }
 
@@ -76,7 +76,7 @@ const TC_PULL_LEN: u32 = (MAX_L4_OFFSET + 64) as u32;
     clippy::needless_pass_by_value,
     reason = "aya's macros hand the context over by value"
 )]
-pub fn egress_tc(ctx: TcContext) -> i32 {
+pub(crate) fn egress_tc(ctx: TcContext) -> i32 {
     tc_verdict::<true>(&ctx)
 }
 
@@ -86,7 +86,7 @@ pub fn egress_tc(ctx: TcContext) -> i32 {
     clippy::needless_pass_by_value,
     reason = "aya's macros hand the context over by value"
 )]
-pub fn egress_tc_l3(ctx: TcContext) -> i32 {
+pub(crate) fn egress_tc_l3(ctx: TcContext) -> i32 {
     tc_verdict::<false>(&ctx)
 }
 

@@ -18,88 +18,91 @@ use filter_common::{
 /// Two copies of the IPv4 destination index (`filter_common::ranges`); the daemon writes them
 /// through a memory mapping.
 #[map(name = "INDEX_V4")]
-pub static INDEX_V4: Array<u64> = Array::with_max_entries(2 * CHUNKS, BPF_F_MMAPABLE);
+pub(crate) static INDEX_V4: Array<u64> = Array::with_max_entries(2 * CHUNKS, BPF_F_MMAPABLE);
 
 /// Two copies of the IPv4 ranges.
 #[map(name = "RANGES_V4")]
-pub static RANGES_V4: Array<u64> = Array::with_max_entries(2 * RANGES_PER_COPY, BPF_F_MMAPABLE);
+pub(crate) static RANGES_V4: Array<u64> =
+    Array::with_max_entries(2 * RANGES_PER_COPY, BPF_F_MMAPABLE);
 
 /// Two copies of the IPv6 destination index.
 #[map(name = "INDEX_V6")]
-pub static INDEX_V6: Array<u64> = Array::with_max_entries(2 * CHUNKS, BPF_F_MMAPABLE);
+pub(crate) static INDEX_V6: Array<u64> = Array::with_max_entries(2 * CHUNKS, BPF_F_MMAPABLE);
 
 /// Two copies of the IPv6 ranges.
 #[map(name = "RANGES_V6")]
-pub static RANGES_V6: Array<RangeV6> = Array::with_max_entries(2 * RANGES_PER_COPY, BPF_F_MMAPABLE);
+pub(crate) static RANGES_V6: Array<RangeV6> =
+    Array::with_max_entries(2 * RANGES_PER_COPY, BPF_F_MMAPABLE);
 
 /// Index 0: which copy each family reads, or its trie (`filter_common::ranges::state`).
 #[map(name = "TABLE_STATE")]
-pub static TABLE_STATE: Array<u32> = Array::with_max_entries(1, 0);
+pub(crate) static TABLE_STATE: Array<u32> = Array::with_max_entries(1, 0);
 
 /// IPv4 destination prefix → policy, when the table outgrows the range index. LPM tries must be `BPF_F_NO_PREALLOC` (aya adds it).
 #[map(name = "ALLOW_V4")]
-pub static ALLOW_V4: LpmTrie<Ipv4KeyBytes, PolicyId> =
+pub(crate) static ALLOW_V4: LpmTrie<Ipv4KeyBytes, PolicyId> =
     LpmTrie::with_max_entries(names::MAX_PREFIXES, 0);
 
 /// IPv6 destination prefix → policy, when the table outgrows the range index.
 #[map(name = "ALLOW_V6")]
-pub static ALLOW_V6: LpmTrie<Ipv6KeyBytes, PolicyId> =
+pub(crate) static ALLOW_V6: LpmTrie<Ipv6KeyBytes, PolicyId> =
     LpmTrie::with_max_entries(names::MAX_PREFIXES, 0);
 
 /// (interface, IPv4 source prefix) → reserved: the sources that belong on each XDP interface.
 #[map(name = "SOURCES_V4")]
-pub static SOURCES_V4: LpmTrie<SourceKeyV4, u32> =
+pub(crate) static SOURCES_V4: LpmTrie<SourceKeyV4, u32> =
     LpmTrie::with_max_entries(names::MAX_SOURCE_PREFIXES, 0);
 
 /// (interface, IPv6 source prefix) → reserved.
 #[map(name = "SOURCES_V6")]
-pub static SOURCES_V6: LpmTrie<SourceKeyV6, u32> =
+pub(crate) static SOURCES_V6: LpmTrie<SourceKeyV6, u32> =
     LpmTrie::with_max_entries(names::MAX_SOURCE_PREFIXES, 0);
 
 /// Two copies of each interface's source prefixes, scanned before the source tries.
 #[map(name = "SOURCE_SLOTS")]
-pub static SOURCE_SLOTS: Array<SourceSlot> =
+pub(crate) static SOURCE_SLOTS: Array<SourceSlot> =
     Array::with_max_entries(2 * SOURCE_SLOT_INTERFACES, BPF_F_MMAPABLE);
 
 /// Index 0: which copy of `SOURCE_SLOTS` XDP reads.
 #[map(name = "SOURCE_COPY")]
-pub static SOURCE_COPY: Array<u32> = Array::with_max_entries(1, 0);
+pub(crate) static SOURCE_COPY: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Policy id → the rules allowed under every prefix that names it.
 #[map(name = "POLICIES")]
-pub static POLICIES: Array<Policy> = Array::with_max_entries(names::MAX_POLICIES, 0);
+pub(crate) static POLICIES: Array<Policy> = Array::with_max_entries(names::MAX_POLICIES, 0);
 
 /// Index 0: the runtime [`Config`]. All-zero (never written) means enforce with no events.
 #[map(name = "CONFIG")]
-pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+pub(crate) static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
 /// (Interface slot, hook, reason) → packets and bytes, per CPU (`filter_common::counters`).
 #[map(name = "REASON_STATS")]
-pub static REASON_STATS: PerCpuArray<PacketCount> =
+pub(crate) static REASON_STATS: PerCpuArray<PacketCount> =
     PerCpuArray::with_max_entries(counters::REASON_COUNTERS, 0);
 
 /// Interface index → its slot in `REASON_STATS`.
 #[map(name = "COUNTER_SLOTS")]
-pub static COUNTER_SLOTS: Array<u32> =
+pub(crate) static COUNTER_SLOTS: Array<u32> =
     Array::with_max_entries(counters::COUNTER_SLOT_IFINDEX_LIMIT, 0);
 
 /// Service id → allowed packets and bytes, per CPU.
 #[map(name = "SERVICE_STATS")]
-pub static SERVICE_STATS: PerCpuArray<PacketCount> =
+pub(crate) static SERVICE_STATS: PerCpuArray<PacketCount> =
     PerCpuArray::with_max_entries(names::MAX_SERVICES, 0);
 
 /// Event counter → count, per CPU.
 #[map(name = "EVENT_STATS")]
-pub static EVENT_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(EventCounter::COUNT, 0);
+pub(crate) static EVENT_STATS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(EventCounter::COUNT, 0);
 
 /// Index 0: this CPU's drop-event token bucket.
 #[map(name = "EVENT_BUDGET")]
-pub static EVENT_BUDGET: PerCpuArray<RateLimitState> = PerCpuArray::with_max_entries(1, 0);
+pub(crate) static EVENT_BUDGET: PerCpuArray<RateLimitState> = PerCpuArray::with_max_entries(1, 0);
 
 /// Index 0: when this CPU last wrote a kernel log line (`kernel_log`), in coarse nanoseconds.
 #[map(name = "LOG_BUDGET")]
-pub static LOG_BUDGET: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+pub(crate) static LOG_BUDGET: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// Drop events for the daemon.
 #[map(name = "EVENTS")]
-pub static EVENTS: RingBuf = RingBuf::with_byte_size(names::EVENTS_RING_BYTES, 0);
+pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(names::EVENTS_RING_BYTES, 0);

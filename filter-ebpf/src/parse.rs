@@ -27,37 +27,37 @@ use crate::context::PacketContext;
 
 /// VLAN tags followed before giving up; QinQ (an 802.1ad outer and an 802.1Q inner tag) is the
 /// deepest stacking seen on real access networks.
-pub const MAX_VLAN_TAGS: usize = 2;
+pub(crate) const MAX_VLAN_TAGS: usize = 2;
 /// IPv6 extension headers followed before giving up. Real traffic carries one or two; eight
 /// leaves room for every header type once while keeping the loop short for the verifier.
-pub const MAX_IPV6_EXT_HEADERS: usize = 8;
+pub(crate) const MAX_IPV6_EXT_HEADERS: usize = 8;
 /// Furthest offset at which a transport header may start. Bounds every variable offset so the
 /// verifier can prove packet reads safe, and caps the work an adversarial chain can demand.
-pub const MAX_L4_OFFSET: usize = 512;
+pub(crate) const MAX_L4_OFFSET: usize = 512;
 
 mod ethertype {
-    pub const IPV4: u16 = 0x0800;
-    pub const ARP: u16 = 0x0806;
-    pub const VLAN_8021Q: u16 = 0x8100;
-    pub const VLAN_8021AD: u16 = 0x88a8;
+    pub(super) const IPV4: u16 = 0x0800;
+    pub(super) const ARP: u16 = 0x0806;
+    pub(super) const VLAN_8021Q: u16 = 0x8100;
+    pub(super) const VLAN_8021AD: u16 = 0x88a8;
     /// Pre-standard QinQ outer tag, still emitted by some switches.
-    pub const VLAN_9100: u16 = 0x9100;
-    pub const IPV6: u16 = 0x86dd;
-    pub const PPPOE_SESSION: u16 = 0x8864;
-    pub const MPLS_UNICAST: u16 = 0x8847;
-    pub const MPLS_MULTICAST: u16 = 0x8848;
+    pub(super) const VLAN_9100: u16 = 0x9100;
+    pub(super) const IPV6: u16 = 0x86dd;
+    pub(super) const PPPOE_SESSION: u16 = 0x8864;
+    pub(super) const MPLS_UNICAST: u16 = 0x8847;
+    pub(super) const MPLS_MULTICAST: u16 = 0x8848;
 }
 
-pub mod ipproto {
-    pub const HOPOPTS: u8 = 0;
-    pub const ICMP: u8 = 1;
-    pub const TCP: u8 = 6;
-    pub const UDP: u8 = 17;
-    pub const ROUTING: u8 = 43;
-    pub const FRAGMENT: u8 = 44;
-    pub const AH: u8 = 51;
-    pub const ICMPV6: u8 = 58;
-    pub const DSTOPTS: u8 = 60;
+pub(crate) mod ipproto {
+    pub(crate) const HOPOPTS: u8 = 0;
+    pub(crate) const ICMP: u8 = 1;
+    pub(crate) const TCP: u8 = 6;
+    pub(crate) const UDP: u8 = 17;
+    pub(crate) const ROUTING: u8 = 43;
+    pub(crate) const FRAGMENT: u8 = 44;
+    pub(crate) const AH: u8 = 51;
+    pub(crate) const ICMPV6: u8 = 58;
+    pub(crate) const DSTOPTS: u8 = 60;
 }
 
 /// Minimum transport header lengths: the bytes that must be present before ports or types count.
@@ -67,7 +67,7 @@ const ICMP_HDR_LEN: usize = 8;
 const VLAN_TAG_LEN: usize = 4;
 
 /// What the parser learned. Zero where it did not get that far.
-pub struct Packet {
+pub(crate) struct Packet {
     /// 4 or 6; 0 for frames that are not IP.
     pub family: u8,
     /// IP protocol number after any IPv6 extension headers.
@@ -91,7 +91,7 @@ pub struct Packet {
 }
 
 impl Packet {
-    pub const EMPTY: Self = Self {
+    pub(crate) const EMPTY: Self = Self {
         family: 0,
         proto: 0,
         rule_proto: 0,
@@ -107,13 +107,13 @@ impl Packet {
 
     /// The IPv4 destination (first four bytes of `dst`).
     #[inline(always)]
-    pub const fn dst_v4(&self) -> [u8; 4] {
+    pub(crate) const fn dst_v4(&self) -> [u8; 4] {
         [self.dst[0], self.dst[1], self.dst[2], self.dst[3]]
     }
 }
 
 /// What kind of frame was parsed.
-pub enum Frame {
+pub(crate) enum Frame {
     /// An IPv4 or IPv6 packet; [`Packet`] holds its fields.
     Ip,
     Arp,
@@ -175,7 +175,7 @@ impl Cursor {
 /// Parses the frame in `ctx` into `packet`. See the module docs for the contract. `ETHERNET` is
 /// false for layer-3 devices, whose frames start at the IP header.
 #[inline(always)]
-pub fn parse<C: PacketContext, const ETHERNET: bool>(
+pub(crate) fn parse<C: PacketContext, const ETHERNET: bool>(
     ctx: &C,
     packet: &mut Packet,
 ) -> Result<Frame, Reason> {

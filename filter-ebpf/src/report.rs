@@ -20,7 +20,7 @@ const MAX_REFILL_NANOS: u64 = 10 * NANOS_PER_SEC;
 /// Counts a packet under its interface, hook and reason and, when a service allowed it, under
 /// that service.
 #[inline(always)]
-pub fn count<C: PacketContext>(ctx: &C, reason: Reason, service_id: Option<u16>) {
+pub(crate) fn count<C: PacketContext>(ctx: &C, reason: Reason, service_id: Option<u16>) {
     let bytes = ctx.packet_len();
     let ifindex = ctx.ifindex();
     // An interface the daemon did not number (or beyond the slot table) counts in slot 0.
@@ -57,7 +57,7 @@ fn bump(counter: EventCounter) {
 
 /// Reports a packet that enforcement drops, if the event budget allows.
 #[inline(always)]
-pub fn report<C: PacketContext>(ctx: &C, packet: &Packet, reason: Reason, config: &Config) {
+pub(crate) fn report<C: PacketContext>(ctx: &C, packet: &Packet, reason: Reason, config: &Config) {
     if !take_event_token(config) {
         bump(EventCounter::RateLimited);
         return;

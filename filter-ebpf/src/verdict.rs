@@ -26,7 +26,7 @@ use crate::{
 };
 
 /// The reason for a packet's fate, and the service that allowed it when one did.
-pub struct Judgement {
+pub(crate) struct Judgement {
     pub reason: Reason,
     pub service_id: Option<u16>,
 }
@@ -43,7 +43,7 @@ impl From<Reason> for Judgement {
 
 /// Judges an IP packet.
 #[inline(always)]
-pub fn judge<const SKIP: u32>(packet: &Packet) -> Judgement {
+pub(crate) fn judge<const SKIP: u32>(packet: &Packet) -> Judgement {
     let link_local = link_local_reason(packet);
     if let Some(reason) = link_local {
         if !matches!(reason, Reason::LinkScoped) || !is_link_local_unicast(packet) {
@@ -162,7 +162,7 @@ fn find_range_v6(hi: u64, lo: u64, copy: u32) -> Option<u32> {
 /// Whether the packet's source belongs on `ifindex`: some prefix routed out of that interface
 /// covers it (see `filter_common::sources`).
 #[inline(always)]
-pub fn source_belongs(ifindex: u32, packet: &Packet) -> bool {
+pub(crate) fn source_belongs(ifindex: u32, packet: &Packet) -> bool {
     if ifindex < SOURCE_SLOT_INTERFACES {
         let copy = SOURCE_COPY.get(0).copied().unwrap_or(0) & 1;
         if let Some(slot) = SOURCE_SLOTS.get(copy * SOURCE_SLOT_INTERFACES + ifindex) {

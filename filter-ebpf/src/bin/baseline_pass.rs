@@ -9,6 +9,6 @@ use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 mod object;
 
 #[xdp]
-pub fn baseline_pass(_ctx: XdpContext) -> u32 {
+pub(crate) fn baseline_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }

@@ -10,6 +10,6 @@ use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 mod object;
 
 #[xdp]
-pub fn tx_generator(_ctx: XdpContext) -> u32 {
+pub(crate) fn tx_generator(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_TX
 }
