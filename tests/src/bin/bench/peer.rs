@@ -111,6 +111,9 @@ fn cleanup(pin: &std::path::Path) {
     let _ = run("xdp-filter", &["unload", IFNAME]);
     let _ = std::fs::remove_file(pin);
     let _ = run("ip", &["link", "del", IFNAME]);
+    // libxdp leaves its (now empty) pin directory behind; remove it only when empty, so a
+    // directory another libxdp user still has programs in stays.
+    let _ = std::fs::remove_dir("/sys/fs/bpf/xdp");
 }
 
 impl Drop for XdpFilter {
