@@ -25,8 +25,13 @@ pub struct Config {
     pub event_burst: u32,
     /// [`Config::CHECK_SOURCES`] and future switches, one bit each.
     pub flags: u32,
+    /// A flow kept past its address's removal ends after this long without a packet
+    /// (`filter_common::flows`). 0 keeps no flow: an unwritten config keeps nothing open.
+    pub established_idle_secs: u32,
+    /// A kept flow ends this long after its first packet, however busy. 0 keeps no flow.
+    pub established_max_secs: u32,
 }
-const _: () = assert!(size_of::<Config>() == 16);
+const _: () = assert!(size_of::<Config>() == 24);
 
 impl Config {
     /// Defaults the daemon writes unless told otherwise.
@@ -40,7 +45,15 @@ impl Config {
             events_per_sec: Self::DEFAULT_EVENTS_PER_SEC,
             event_burst: Self::DEFAULT_EVENT_BURST,
             flags: 0,
+            established_idle_secs: 0,
+            established_max_secs: 0,
         }
+    }
+
+    /// Whether flows are put in the flow table and kept past their address (both bounds set).
+    #[must_use]
+    pub const fn keeps_flows(&self) -> bool {
+        self.established_idle_secs != 0 && self.established_max_secs != 0
     }
 
     /// XDP drops packets whose source address has no entry for the ingress interface in

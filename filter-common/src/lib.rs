@@ -13,6 +13,7 @@ extern crate std;
 pub mod config;
 pub mod counters;
 pub mod event;
+pub mod flows;
 pub mod maps;
 pub mod policy;
 pub mod ranges;
@@ -55,4 +56,10 @@ mod pod {
     unsafe impl aya::Pod for super::DropEvent {}
     // SAFETY: see the module docs.
     unsafe impl aya::Pod for super::event::RateLimitState {}
+    // SAFETY: see the module docs.
+    unsafe impl aya::Pod for super::flows::FlowKey {}
+    // SAFETY: see the module docs.
+    unsafe impl aya::Pod for super::flows::FlowState {}
+    // SAFETY: see the module docs.
+    unsafe impl aya::Pod for super::flows::AddressKey {}
 }

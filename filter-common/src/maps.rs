@@ -52,6 +52,20 @@ pub const EVENT_STATS: &str = "EVENT_STATS";
 pub const EVENT_BUDGET: &str = "EVENT_BUDGET";
 /// Per-CPU array with the time of this CPU's last kernel log line at index 0. Kernel-private.
 pub const LOG_BUDGET: &str = "LOG_BUDGET";
+/// LRU hash, [`crate::flows::FlowKey`] → [`crate::flows::FlowState`]: TCP flows started while
+/// allowed, kept past their address's removal (`filter_common::flows`). Written by the
+/// programs; read, and pruned on reloads, by the daemon.
+pub const TCP_FLOWS: &str = "TCP_FLOWS";
+/// The same for UDP flows: a table of its own, so that a stream of one-datagram flows (DNS
+/// queries from random ports) cannot push long-lived TCP connections out of theirs.
+pub const UDP_FLOWS: &str = "UDP_FLOWS";
+/// LRU hash, [`crate::flows::AddressKey`] → when the daemon removed the address
+/// (CLOCK_MONOTONIC nanoseconds): the addresses whose flows may go on. Written by the daemon,
+/// read by the programs.
+pub const EXPIRED_ADDRS: &str = "EXPIRED_ADDRS";
+/// Per-CPU array, [`crate::flows::FlowCounter`] → count. Written by the programs (and the
+/// daemon, for reloads), read by the daemon.
+pub const FLOW_STATS: &str = "FLOW_STATS";
 /// Ring buffer of [`crate::DropEvent`]. Written by the programs, read by the daemon.
 pub const EVENTS: &str = "EVENTS";
 
@@ -66,7 +80,7 @@ pub const PROG_XDP_L3: &str = "egress_xdp_l3";
 pub const PROG_TC_L3: &str = "egress_tc_l3";
 
 /// Every map the object must contain.
-pub const ALL_MAPS: [&str; 20] = [
+pub const ALL_MAPS: [&str; 24] = [
     ALLOW_V4,
     ALLOW_V6,
     INDEX_V4,
@@ -87,6 +101,10 @@ pub const ALL_MAPS: [&str; 20] = [
     EVENT_BUDGET,
     LOG_BUDGET,
     EVENTS,
+    TCP_FLOWS,
+    UDP_FLOWS,
+    EXPIRED_ADDRS,
+    FLOW_STATS,
 ];
 /// Every program the object must contain.
 pub const ALL_PROGRAMS: [&str; 4] = [PROG_XDP, PROG_TC, PROG_XDP_L3, PROG_TC_L3];
@@ -100,6 +118,10 @@ pub const MAX_SOURCE_PREFIXES: u32 = 1 << 16;
 pub const MAX_POLICIES: u32 = 4096;
 /// Capacity of [`SERVICE_STATS`]: service ids run from 0 to this minus one.
 pub const MAX_SERVICES: u32 = 1024;
+/// Capacity of [`TCP_FLOWS`] and of [`UDP_FLOWS`]: past it the least recently used flow goes (the LRU's choice).
+pub const MAX_FLOWS: u32 = 1 << 17;
+/// Capacity of [`EXPIRED_ADDRS`].
+pub const MAX_EXPIRED_ADDRS: u32 = 1 << 16;
 /// Size of the [`EVENTS`] ring buffer in bytes (a power of two and a multiple of the page size).
 pub const EVENTS_RING_BYTES: u32 = 1 << 20;
 

@@ -129,6 +129,11 @@ reasons! {
     /// On a layer-3 device (TUN, WireGuard, PPP, IP tunnels) a packet whose version field is
     /// neither 4 nor 6. Closed.
     NotIpOnL3Device = 24, Drop, "not-ip-on-l3-device";
+    /// A TCP or UDP packet of a flow whose first packet was allowed, to an address the daemon
+    /// has since removed (its TTL and grace ran out, or it left the answers), within
+    /// `--established-idle` and `--established-max` (`filter_common::flows`). Open: the
+    /// connection was allowed; a new one to the same address is not.
+    EstablishedFlow = 25, Pass, "established-flow";
 }
 
 impl Reason {

@@ -26,6 +26,8 @@ pub(crate) mod skip {
     pub(crate) const ALL_BUT_PARSE: u32 = 1 << 4;
     /// The kernel log lines (aya-log) on the damaged-map and unknown-config paths.
     pub(crate) const KERNEL_LOG: u32 = 1 << 5;
+    /// The flow table: flows neither started, ended nor kept.
+    pub(crate) const FLOWS: u32 = 1 << 6;
 }
 
 /// The config a variant without the config read assumes: enforce, sources checked, no events.
@@ -34,6 +36,8 @@ pub(crate) const CONSTANT_CONFIG: Config = Config {
     events_per_sec: 0,
     event_burst: 0,
     flags: Config::CHECK_SOURCES,
+    established_idle_secs: 0,
+    established_max_secs: 0,
 };
 
 /// The policy slot a variant without the destination lookup uses for every packet.
@@ -62,4 +66,6 @@ variants! {
     abl_parse_only = skip::ALL_BUT_PARSE;
     /// Without the kernel log lines.
     abl_no_log = skip::KERNEL_LOG;
+    /// Without the flow table.
+    abl_no_flows = skip::FLOWS;
 }

@@ -13,6 +13,7 @@
 
 mod ablation;
 mod context;
+mod flows;
 mod kernel_log;
 mod maps;
 mod object;
@@ -134,8 +135,10 @@ fn process<C: PacketContext, const ETHERNET: bool, const SKIP: u32>(ctx: &C) -> 
             let spoofed = checks_sources && !verdict::source_belongs(ctx.ifindex(), &packet);
             if spoofed {
                 Reason::SpoofedSource.into()
-            } else {
+            } else if SKIP & skip::FLOWS != 0 {
                 verdict::judge::<SKIP>(&packet)
+            } else {
+                flows::follow(&packet, verdict::judge::<SKIP>(&packet))
             }
         }
         Ok(Frame::Arp) => Reason::Arp.into(),

@@ -4,11 +4,12 @@
 use aya_ebpf::bindings::BPF_F_MMAPABLE;
 use aya_ebpf::{
     macros::map,
-    maps::{Array, LpmTrie, PerCpuArray, RingBuf},
+    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use filter_common::{
     counters,
     event::RateLimitState,
+    flows::{AddressKey, FlowCounter, FlowKey, FlowState},
     maps as names,
     ranges::{RangeV6, CHUNKS, RANGES_PER_COPY},
     sources::{SourceKeyV4, SourceKeyV6, SourceSlot, SOURCE_SLOT_INTERFACES},
@@ -106,3 +107,23 @@ pub(crate) static LOG_BUDGET: PerCpuArray<u64> = PerCpuArray::with_max_entries(1
 /// Drop events for the daemon.
 #[map(name = "EVENTS")]
 pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(names::EVENTS_RING_BYTES, 0);
+
+/// TCP flows started while allowed (`filter_common::flows`).
+#[map(name = "TCP_FLOWS")]
+pub(crate) static TCP_FLOWS: LruHashMap<FlowKey, FlowState> =
+    LruHashMap::with_max_entries(names::MAX_FLOWS, 0);
+
+/// UDP flows started while allowed.
+#[map(name = "UDP_FLOWS")]
+pub(crate) static UDP_FLOWS: LruHashMap<FlowKey, FlowState> =
+    LruHashMap::with_max_entries(names::MAX_FLOWS, 0);
+
+/// Addresses the daemon removed → when (CLOCK_MONOTONIC nanoseconds): their flows may go on.
+#[map(name = "EXPIRED_ADDRS")]
+pub(crate) static EXPIRED_ADDRS: LruHashMap<AddressKey, u64> =
+    LruHashMap::with_max_entries(names::MAX_EXPIRED_ADDRS, 0);
+
+/// Flow counter → count, per CPU.
+#[map(name = "FLOW_STATS")]
+pub(crate) static FLOW_STATS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(FlowCounter::COUNT, 0);

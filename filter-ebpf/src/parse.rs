@@ -88,6 +88,8 @@ pub(crate) struct Packet {
     /// Transport ports in host order, 0 when absent.
     pub sport: u16,
     pub dport: u16,
+    /// TCP header flags (`filter_common::flows::tcp_flags`), 0 for other protocols.
+    pub tcp_flags: u8,
 }
 
 impl Packet {
@@ -103,6 +105,7 @@ impl Packet {
         dst: [0; 16],
         sport: 0,
         dport: 0,
+        tcp_flags: 0,
     };
 
     /// The IPv4 destination (first four bytes of `dst`).
@@ -398,6 +401,7 @@ fn parse_l4(cursor: &Cursor, offset: usize, packet: &mut Packet) -> Result<(), R
         let header = unsafe { &*header };
         packet.sport = u16::from_be_bytes([header[0], header[1]]);
         packet.dport = u16::from_be_bytes([header[2], header[3]]);
+        packet.tcp_flags = header[13];
     } else if rule_proto == RuleProto::Udp as u8 {
         let header: *const [u8; UDP_HDR_LEN] = cursor.ptr_at(offset).ok_or(Reason::TruncatedL4)?;
         // Safety: `ptr_at` checked the whole UDP header.

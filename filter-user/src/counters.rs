@@ -1,5 +1,5 @@
 //! The kernel's per-CPU counters (`REASON_STATS` with its slot table, `SERVICE_STATS`,
-//! `EVENT_STATS`), opened from a pinned filter or a loaded object, and read summed over CPUs.
+//! `EVENT_STATS`, `FLOW_STATS`), opened from a pinned filter or a loaded object, and read summed over CPUs.
 //! The one place that knows how.
 
 use std::os::fd::AsFd as _;
@@ -11,16 +11,18 @@ use aya::{
 };
 use filter_common::{
     counters::{reason_counter, COUNTED_INTERFACES, COUNTER_SLOT_IFINDEX_LIMIT},
+    flows::FlowCounter,
     maps as names, EventCounter, Hook, PacketCount, Reason,
 };
 
 use crate::pins::PinDir;
 
-/// Handles on the three counter maps.
+/// Handles on the counter maps.
 pub struct Counters {
     reasons: PerCpuArray<MapData, PacketCount>,
     services: PerCpuArray<MapData, PacketCount>,
     events: PerCpuArray<MapData, u64>,
+    flows: PerCpuArray<MapData, u64>,
 }
 
 impl std::fmt::Debug for Counters {
@@ -44,6 +46,7 @@ impl Counters {
             reasons: per_cpu(open(names::REASON_STATS)?)?,
             services: per_cpu(open(names::SERVICE_STATS)?)?,
             events: per_cpu(open(names::EVENT_STATS)?)?,
+            flows: per_cpu(open(names::FLOW_STATS)?)?,
         })
     }
 
@@ -54,6 +57,7 @@ impl Counters {
             reasons: per_cpu(open(names::REASON_STATS)?)?,
             services: per_cpu(open(names::SERVICE_STATS)?)?,
             events: per_cpu(open(names::EVENT_STATS)?)?,
+            flows: per_cpu(open(names::FLOW_STATS)?)?,
         })
     }
 
@@ -121,6 +125,22 @@ impl Counters {
     /// An event counter.
     pub fn event(&self, counter: EventCounter) -> anyhow::Result<u64> {
         Ok(self.events.get(&(counter as u32), 0)?.iter().sum())
+    }
+
+    /// A flow counter.
+    pub fn flow(&self, counter: FlowCounter) -> anyhow::Result<u64> {
+        Ok(self.flows.get(&(counter as u32), 0)?.iter().sum())
+    }
+
+    /// Adds to a flow counter the daemon moves, on the first CPU's slot.
+    pub fn add_flow(&mut self, counter: FlowCounter, count: u64) -> anyhow::Result<()> {
+        let mut values: Vec<u64> = self.flows.get(&(counter as u32), 0)?.to_vec();
+        if let Some(first) = values.first_mut() {
+            *first += count;
+        }
+        self.flows
+            .set(counter as u32, PerCpuValues::try_from(values)?, 0)?;
+        Ok(())
     }
 }
 

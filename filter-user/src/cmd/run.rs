@@ -8,7 +8,10 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use anyhow::Context as _;
 
 use crate::{
-    daemon::{self, events::EventFormat, hosts::RefreshPolicy, DnsOptions, RunOptions, XdpModeArg},
+    daemon::{
+        self, events::EventFormat, hosts::RefreshPolicy, DnsOptions, FlowOptions, RunOptions,
+        XdpModeArg,
+    },
     dns::LearnPolicy,
     pins::DEFAULT_PIN_PATH,
     table::PortSpec,
@@ -107,6 +110,19 @@ pub struct Args {
     /// Most learned (address, service) entries kept; past it the oldest go first.
     #[arg(long, default_value_t = 65_536, value_name = "N")]
     pub dns_max_learned: usize,
+    /// A connection started while its address was allowed keeps passing after the address
+    /// expires, until it has been idle this long (counted from the later of its last packet and
+    /// the address's expiry; 0 keeps no connection). Sized for push channels' keepalives.
+    #[arg(long, default_value_t = 3600, value_name = "SECS")]
+    pub established_idle: u64,
+    /// A connection kept past its address's expiry ends this long after it started, however
+    /// busy (0 keeps no connection).
+    #[arg(long, default_value_t = 86_400, value_name = "SECS")]
+    pub established_max: u64,
+    /// A reload that removes what allowed a connection leaves the connection alive (as an
+    /// expiry would) instead of closing it.
+    #[arg(long)]
+    pub keep_flows_on_reload: bool,
     /// Serve Prometheus metrics on /metrics and the health on /healthz here (HTTP). Off by
     /// default; give a loopback or management address, never one the filtered clients reach.
     #[arg(long, value_name = "ADDR:PORT")]
@@ -183,6 +199,8 @@ impl Args {
             ("--max-refresh", args.max_refresh),
             ("--grace", args.grace),
             ("--dns-min-ttl", args.dns_min_ttl),
+            ("--established-idle", args.established_idle),
+            ("--established-max", args.established_max),
         ] {
             anyhow::ensure!(
                 value <= WEEK,
@@ -221,6 +239,11 @@ impl Args {
                 },
             }),
             metrics_listen: args.metrics_listen,
+            flows: FlowOptions {
+                idle: Duration::from_secs(args.established_idle),
+                max: Duration::from_secs(args.established_max),
+                keep_on_reload: args.keep_flows_on_reload,
+            },
         })
     }
 }
@@ -260,6 +283,10 @@ mod tests {
             ["tcp/22", "udp/53", "tcp/53", "udp/67", "udp/547", "icmp"]
         );
         assert!(opts.dns.is_none());
+        assert_eq!(
+            (opts.flows.idle, opts.flows.max, opts.flows.keep_on_reload),
+            (Duration::from_hours(1), Duration::from_hours(24), false)
+        );
     }
 
     #[test]
@@ -295,6 +322,11 @@ mod tests {
                 "--max-refresh must not be below --min-refresh",
             ),
             ("--grace", "999999999", "--grace must be at most a week"),
+            (
+                "--established-max",
+                "999999999",
+                "--established-max must be at most a week",
+            ),
         ] {
             let err = options(&[flag, value]).expect_err(flag).to_string();
             assert!(err.contains(message), "{flag}: {err}");

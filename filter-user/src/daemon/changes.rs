@@ -6,6 +6,7 @@ use std::{sync::Arc, time::Instant};
 
 use super::{
     allowances::Allowances,
+    flows::Cause,
     grants,
     policy::{Update, Written},
     service_names, Daemon,
@@ -43,6 +44,24 @@ impl Daemon {
     /// enriched with along. Logs the policy's size when a rebuild changed something, or always
     /// with `log_always` (at start).
     pub(super) fn apply(&mut self, update: Update, log_always: bool) -> anyhow::Result<()> {
+        self.apply_as(update, log_always, Cause::Other)
+    }
+
+    /// [`Daemon::apply`], saying why a whole table is written: what happens to the connections
+    /// whose destination it takes away depends on it (see `flows::fate`).
+    pub(super) fn apply_as(
+        &mut self,
+        update: Update,
+        log_always: bool,
+        cause: Cause,
+    ) -> anyhow::Result<()> {
+        if let Update::Grants { remove, .. } = &update {
+            if !remove.is_empty() {
+                // Before the addresses go: no packet of a connection to them finds them gone
+                // and unmarked.
+                self.flows.before_removal(remove);
+            }
+        }
         let touched: Vec<std::net::IpAddr> = match &update {
             Update::Grants { add, remove, .. } => {
                 add.iter().chain(remove).map(|g| g.prefix.addr()).collect()
@@ -60,6 +79,11 @@ impl Daemon {
             .enricher
             .write()
             .map_err(|_| anyhow::anyhow!("enricher lock poisoned"))?;
+        // What the maps hold now judges the flows before a whole table replaces it.
+        let flows_before = matches!(update, Update::Full).then(|| {
+            self.flows
+                .before_update(&enricher.table, &enricher.service_names)
+        });
         let (rules, hosts, learner, allowances) =
             (&self.rules, &self.hosts, &self.learner, &self.allowances);
         let written = self.policy.apply(
@@ -72,6 +96,14 @@ impl Daemon {
             Written::Nothing => {}
             Written::Rebuilt(stats) => {
                 enricher.refresh_all(service_names(&self.rules), &self.hosts, &self.learner);
+                if let Some(before) = flows_before {
+                    self.flows.after_update(
+                        before,
+                        &enricher.table,
+                        &enricher.service_names,
+                        cause,
+                    );
+                }
                 if log_always || stats != ApplyStats::default() {
                     tracing::info!(
                         services = self.rules.services.len(),
@@ -116,7 +148,7 @@ impl Daemon {
         self.notifier.reloading();
         let reloaded = self.reload();
         // The new policy must be in the kernel before the reload counts as done.
-        let written = reloaded.is_ok() && self.apply(Update::Full, false).is_ok();
+        let written = reloaded.is_ok() && self.apply_as(Update::Full, false, Cause::Reload).is_ok();
         let status = match (reloaded, written) {
             (Ok(()), true) => {
                 self.observer.policy_in_place(true);

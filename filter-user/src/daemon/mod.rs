@@ -10,6 +10,7 @@
 //! - [`attach`]: loading with pinned maps (adopting a previous daemon's), attaching, pinning;
 //! - [`settings`]: mode, event budget and the XDP interfaces' source prefixes in the kernel;
 //! - [`policy`]: keeping the maps equal to the allow table through failures;
+//! - [`flows`]: connections kept past their address's expiry, marked before it goes;
 //! - [`grants`]: what the rules, addresses and allowances put in the table;
 //! - [`allowances`]: the host's own addresses on the failsafe ports, the resolvers on 53;
 //! - [`hosts`]: hostname refresh with TTLs and grace; [`learning`]: what DNS answers open;
@@ -26,6 +27,7 @@ pub mod attach;
 mod changes;
 pub mod event_stream;
 pub mod events;
+pub mod flows;
 pub mod grants;
 pub mod hosts;
 pub mod interfaces;
@@ -54,7 +56,7 @@ use tokio::{
     task::JoinSet,
 };
 
-pub use self::options::{DnsOptions, RunOptions, XdpModeArg};
+pub use self::options::{DnsOptions, FlowOptions, RunOptions, XdpModeArg};
 use self::{
     allowances::Allowances,
     event_stream::{stream_events, SuppressedReporter, SUPPRESSED_REPORT},
@@ -149,6 +151,8 @@ struct Daemon {
     allowances: Allowances,
     settings: Settings,
     policy: PolicySync<PolicyMaps>,
+    /// Connections kept past their address's expiry.
+    flows: flows::FlowKeeper,
     /// What drop events are enriched with; holds the allow table the maps mirror.
     enricher: Arc<RwLock<Enricher>>,
     /// Which services each DNS name belongs to, for the forwarder and for learning.

@@ -1,7 +1,7 @@
 //! Everything `run` is told: the options of the command line as the daemon takes them
 //! (`cmd::run` parses and checks them).
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use super::{events::EventFormat, hosts::RefreshPolicy};
 use crate::{
@@ -51,6 +51,19 @@ pub struct RunOptions {
     pub dns: Option<DnsOptions>,
     /// Where `/metrics` and `/healthz` are served, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// How long connections outlive their address.
+    pub flows: FlowOptions,
+}
+
+/// `--established-idle`, `--established-max`, `--keep-flows-on-reload`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowOptions {
+    /// A kept connection ends after this long without a packet.
+    pub idle: Duration,
+    /// A kept connection ends this long after it started.
+    pub max: Duration,
+    /// A reload that removes what allowed a connection keeps it, as an expiry would.
+    pub keep_on_reload: bool,
 }
 
 /// `--dns-listen` and the options that go with it.

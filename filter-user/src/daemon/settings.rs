@@ -84,6 +84,9 @@ fn config_for(opts: &RunOptions) -> Config {
         } else {
             0
         },
+        // `run` bounds both to a week.
+        established_idle_secs: u32::try_from(opts.flows.idle.as_secs()).unwrap_or(u32::MAX),
+        established_max_secs: u32::try_from(opts.flows.max.as_secs()).unwrap_or(u32::MAX),
         ..Config::new(mode)
     }
 }
@@ -126,5 +129,13 @@ mod tests {
         ]));
         assert!(config.is_audit() && !config.checks_sources());
         assert_eq!((config.events_per_sec, config.event_burst), (5, 7));
+        assert!(config.keeps_flows(), "flows are kept by default");
+        let config = config_for(&opts(&["--tc", "eth0", "--established-idle", "0"]));
+        assert!(!config.keeps_flows(), "an idle bound of 0 keeps no flow");
+        let config = config_for(&opts(&["--tc", "eth0", "--established-max", "120"]));
+        assert_eq!(
+            (config.established_idle_secs, config.established_max_secs),
+            (3600, 120)
+        );
     }
 }

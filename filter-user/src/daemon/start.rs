@@ -13,6 +13,7 @@ use super::{
     allowances::Allowances,
     attach,
     events::Enricher,
+    flows::{Cause, FlowKeeper},
     hosts::{record_answers, resolve_now, HostTable},
     learning::Learner,
     notify::Notifier,
@@ -24,7 +25,7 @@ use super::{
 use crate::{
     counters::Counters,
     dns::{DnsCounters, LearnPolicy, Listeners, NameMatcher},
-    maps::{PolicyMaps, SourceMaps},
+    maps::{FlowMaps, PolicyMaps, SourceMaps},
     metrics::{self, CountedInterface, Metrics},
     pins::PinDir,
     resolve::Resolver,
@@ -101,6 +102,11 @@ impl Daemon {
         observer.lookups(&answers);
         let mut maps = PolicyMaps::take_from(&mut ebpf)?;
         let sources = SourceMaps::take_from(&mut ebpf)?;
+        let flows = FlowKeeper::new(
+            FlowMaps::take_from(&mut ebpf)?,
+            opts.flows,
+            Counters::loaded(&ebpf).ok(),
+        );
         let settings = Settings::write(&mut maps, sources, &opts).await?;
         let allowances = Allowances::read(&opts, rules.services.len())?;
         let enricher = Arc::new(RwLock::new(Enricher {
@@ -116,6 +122,7 @@ impl Daemon {
             allowances,
             settings,
             policy: PolicySync::new(maps),
+            flows,
             enricher,
             matcher: watch::Sender::new(matcher),
             learner,
@@ -128,7 +135,7 @@ impl Daemon {
             metrics_listener,
             ebpf,
         };
-        daemon.apply(Update::Full, true)?;
+        daemon.apply_as(Update::Full, true, Cause::Start)?;
         daemon.observer.policy_in_place(false);
         attach::attach_all(
             &mut daemon.ebpf,

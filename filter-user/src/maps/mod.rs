@@ -43,12 +43,16 @@ use crate::{
 
 mod adopt;
 mod copies;
+pub mod flows;
 mod patch;
 mod slots;
 mod sources;
 mod tries;
 
-pub use self::sources::{InterfaceSource, SourceMaps};
+pub use self::{
+    flows::FlowMaps,
+    sources::{InterfaceSource, SourceMaps},
+};
 use self::{
     slots::PolicySlots,
     tries::{key_v4, key_v6, sync_family},

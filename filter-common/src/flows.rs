@@ -1,0 +1,106 @@
+//! Established flows that outlive their address: the flow table's key and value, the marks the
+//! daemon leaves on addresses it removed, and the flow counters.
+//!
+//! The programs put a flow in `TCP_FLOWS` or `UDP_FLOWS` when its first packet is allowed (a TCP SYN without ACK,
+//! a UDP datagram of a flow not yet in the table) and take it out on FIN or RST. They read the
+//! table only when the policy drops a packet: a TCP or UDP packet whose 5-tuple is there, to an
+//! address the daemon marked in `EXPIRED_ADDRS` (it removed the address, not a reload without
+//! `--keep-flows-on-reload`), passes as `established-flow` while the flow is younger than
+//! [`crate::Config::established_max_secs`] and has not been idle for
+//! [`crate::Config::established_idle_secs`] (idle time counts from the later of its last packet
+//! seen on this path and the address's removal: allowed packets are never looked up).
+
+/// A flow as the client sends it: addresses in network order (IPv4 in the first four bytes),
+/// ports in host order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    /// 4 or 6.
+    pub family: u8,
+    /// IP protocol number: 6 (TCP) or 17 (UDP).
+    pub proto: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<FlowKey>() == 40);
+
+/// What the programs know of a flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowState {
+    /// When its first packet was allowed (`bpf_ktime_get_coarse_ns`, CLOCK_MONOTONIC).
+    pub started_ns: u64,
+    /// When a packet last passed on the flow alone; its start until then.
+    pub last_seen_ns: u64,
+    /// The service that allowed its first packet (counted for the packets it keeps passing).
+    pub service_id: u16,
+    /// 1 once a packet passed on the flow alone.
+    pub kept: u8,
+    pub _pad: [u8; 5],
+}
+const _: () = assert!(size_of::<FlowState>() == 24);
+
+/// An address in `EXPIRED_ADDRS`, as [`FlowKey::dst`] and [`FlowKey::family`] spell it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AddressKey {
+    pub addr: [u8; 16],
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<AddressKey>() == 20);
+
+/// Indices of the `FLOW_STATS` counters (per CPU).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlowCounter {
+    /// Flows put in the table by an allowed first packet.
+    Started = 0,
+    /// Flows whose packets passed after their address was removed (counted once per flow).
+    Kept = 1,
+    /// Kept flows ended by `--established-idle`.
+    EndedIdle = 2,
+    /// Kept flows ended by `--established-max`.
+    EndedMax = 3,
+    /// Flows ended by FIN or RST after their address was removed.
+    Closed = 4,
+    /// Flows the daemon closed because a reload removed what allowed them (written by the
+    /// daemon, on the first CPU's slot).
+    ClosedByReload = 5,
+}
+
+impl FlowCounter {
+    pub const COUNT: u32 = 6;
+    pub const ALL: [FlowCounter; 6] = [
+        Self::Started,
+        Self::Kept,
+        Self::EndedIdle,
+        Self::EndedMax,
+        Self::Closed,
+        Self::ClosedByReload,
+    ];
+
+    /// A stable, lower-case name for `stats` and the metrics.
+    #[must_use]
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::Started => "started",
+            Self::Kept => "kept",
+            Self::EndedIdle => "ended_idle",
+            Self::EndedMax => "ended_max",
+            Self::Closed => "closed",
+            Self::ClosedByReload => "closed_by_reload",
+        }
+    }
+}
+
+/// TCP header flags the programs act on.
+pub mod tcp_flags {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const ACK: u8 = 0x10;
+}
