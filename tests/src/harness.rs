@@ -12,7 +12,7 @@ use filter_common::{maps as names, Config, DropEvent, EventCounter, PacketCount,
 use filter_user::{
     counters::Counters,
     loader,
-    maps::{PolicyMaps, SourceMaps},
+    maps::{FlowMaps, PolicyMaps, SourceMaps},
     table::{AllowTable, Grant},
 };
 
@@ -49,6 +49,7 @@ pub struct Filter {
     ebpf: Ebpf,
     pub maps: PolicyMaps,
     pub sources: SourceMaps,
+    pub flows: FlowMaps,
     /// A second handle on the IPv4 trie, for writing what the daemon never would.
     raw_allow_v4: LpmTrie<MapData, [u8; 4], u32>,
     /// A second handle on the table state, to send IPv4 to that trie.
@@ -89,11 +90,13 @@ impl Filter {
         };
         let mut maps = PolicyMaps::take_from(&mut ebpf)?;
         let sources = SourceMaps::take_from(&mut ebpf)?;
+        let flows = FlowMaps::take_from(&mut ebpf)?;
         maps.set_config(Config::new(filter_common::Mode::Enforce))?;
         Ok(Self {
             ebpf,
             maps,
             sources,
+            flows,
             raw_allow_v4,
             raw_table_state,
         })

@@ -3,6 +3,8 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+pub use filter_common::flows::tcp_flags;
+
 pub const TPID_8021Q: u16 = 0x8100;
 pub const TPID_8021AD: u16 = 0x88a8;
 pub const ETH_IPV4: u16 = 0x0800;
@@ -86,6 +88,8 @@ pub enum L4 {
     Tcp {
         sport: u16,
         dport: u16,
+        /// The flags byte: SYN (0x02) unless told otherwise.
+        flags: u8,
     },
     Udp {
         sport: u16,
@@ -120,12 +124,16 @@ impl L4 {
 
     fn bytes(&self) -> Vec<u8> {
         match self {
-            Self::Tcp { sport, dport } => {
+            Self::Tcp {
+                sport,
+                dport,
+                flags,
+            } => {
                 let mut h = Vec::with_capacity(20);
                 h.extend(sport.to_be_bytes());
                 h.extend(dport.to_be_bytes());
                 h.extend([0, 0, 0, 1, 0, 0, 0, 0]); // seq, ack
-                h.extend([0x50, 0x02, 0xff, 0xff]); // data offset 5, SYN, window
+                h.extend([0x50, *flags, 0xff, 0xff]); // data offset 5, flags, window
                 h.extend([0, 0, 0, 0]); // checksum, urgent
                 h
             }
@@ -171,6 +179,7 @@ impl Pkt {
             l4: L4::Tcp {
                 sport: 40000,
                 dport: 443,
+                flags: tcp_flags::SYN,
             },
             ipv4_options: Vec::new(),
             ipv4_fragment_offset: 0,
@@ -185,6 +194,18 @@ impl Pkt {
         self.l4 = L4::Tcp {
             sport: 40000,
             dport,
+            flags: tcp_flags::SYN,
+        };
+        self
+    }
+
+    /// TCP from `sport` to `dport` with these header flags (`tcp_flags`).
+    #[must_use]
+    pub fn tcp_with(mut self, sport: u16, dport: u16, flags: u8) -> Self {
+        self.l4 = L4::Tcp {
+            sport,
+            dport,
+            flags,
         };
         self
     }
