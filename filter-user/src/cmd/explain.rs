@@ -77,9 +77,30 @@ pub struct Explanation {
     pub policy: Vec<RuleReport>,
     /// Every grant covering DST, with its origin.
     pub covered_by: Vec<Covering>,
+    /// Connections to DST in the running filter's flow tables (for the packet's protocol and
+    /// port, when one is given): those marked `kept` pass as `established-flow` while the
+    /// policy drops new ones.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub flows: Vec<FlowReport>,
     /// Caveats: a link-scoped destination, rules on disk that differ from the running policy.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+}
+
+/// A connection to DST the running filter recorded.
+#[derive(Debug, Serialize)]
+pub struct FlowReport {
+    pub proto: &'static str,
+    pub source: SocketAddr,
+    pub dport: u16,
+    pub service: String,
+    /// `kept` (its packets passed after DST expired), `expired` (DST is marked as expired, no
+    /// packet since) or `recorded` (DST has not expired).
+    pub state: &'static str,
+    pub age_secs: u64,
+    /// Since its last packet after DST expired, or since DST expired, whichever is later.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_secs: Option<u64>,
 }
 
 /// One service's grant covering DST.
@@ -184,6 +205,19 @@ pub async fn run(args: &Args) -> anyhow::Result<Explanation> {
                 .into(),
         );
     }
+    let flows = if running {
+        flow_reports(&pins, args.destination, args.packet.as_ref(), &names).unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    if verdict == Some("drop") && flows.iter().any(|f| f.state != "recorded") {
+        notes.push(format!(
+            "new connections are dropped; the connections listed, started while {} was \
+             allowed, pass as {} within --established-idle and --established-max",
+            args.destination,
+            Reason::EstablishedFlow.label()
+        ));
+    }
     let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
     Ok(Explanation {
         destination: args.destination,
@@ -194,8 +228,62 @@ pub async fn run(args: &Args) -> anyhow::Result<Explanation> {
         answered_from,
         policy: policy.map_or_else(Vec::new, |set| rule_reports(&set, &name_refs)),
         covered_by,
+        flows,
         notes,
     })
+}
+
+/// The connections to `destination` in the flow tables of the filter pinned at `pins`.
+fn flow_reports(
+    pins: &PinDir,
+    destination: IpAddr,
+    packet: Option<&PortSpec>,
+    names: &[String],
+) -> anyhow::Result<Vec<FlowReport>> {
+    use crate::maps::{
+        flows::{flow_addresses, monotonic_ns},
+        FlowMaps,
+    };
+    let maps = FlowMaps::pinned(pins)?;
+    let now = monotonic_ns();
+    let expired_at = maps.expired_at(destination);
+    let secs = |since: u64| now.saturating_sub(since) / 1_000_000_000;
+    let mut reports: Vec<FlowReport> = maps
+        .flows()
+        .into_iter()
+        .filter_map(|(key, state)| {
+            let (source, dst) = flow_addresses(&key);
+            let proto = RuleProto::from_ip_proto(key.proto)?;
+            let wanted = match packet {
+                None => true,
+                Some(PortSpec::Tcp(ports)) => proto == RuleProto::Tcp && ports.contains(&key.dport),
+                Some(PortSpec::Udp(ports)) => proto == RuleProto::Udp && ports.contains(&key.dport),
+                Some(PortSpec::Icmp) => false,
+            };
+            (dst == destination && wanted).then(|| FlowReport {
+                proto: if proto == RuleProto::Tcp {
+                    "tcp"
+                } else {
+                    "udp"
+                },
+                source: SocketAddr::new(source, key.sport),
+                dport: key.dport,
+                service: names
+                    .get(usize::from(state.service_id))
+                    .cloned()
+                    .unwrap_or_else(|| format!("#{}", state.service_id)),
+                state: match (state.kept, expired_at) {
+                    (0, None) => "recorded",
+                    (0, Some(_)) => "expired",
+                    _ => "kept",
+                },
+                age_secs: secs(state.started_ns),
+                idle_secs: expired_at.map(|at| secs(at.max(state.last_seen_ns))),
+            })
+        })
+        .collect();
+    reports.sort_by_key(|f| (f.proto, f.source, f.dport));
+    Ok(reports)
 }
 
 /// The verdict, its reason label, and the allowing service.
@@ -393,6 +481,19 @@ impl Explanation {
                     grant.prefix,
                     grant.service,
                     grant.ports.join(",")
+                );
+            }
+        }
+        if !self.flows.is_empty() {
+            let _ = writeln!(out, "connections to {}:", self.destination);
+            for flow in &self.flows {
+                let idle = flow
+                    .idle_secs
+                    .map_or_else(String::new, |idle| format!(", idle {idle} s"));
+                let _ = writeln!(
+                    out,
+                    "  {} {} -> :{}  {}  {}, started {} s ago{idle}",
+                    flow.proto, flow.source, flow.dport, flow.service, flow.state, flow.age_secs
                 );
             }
         }

@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use filter_common::{EventCounter, Reason};
+use filter_common::{flows::FlowCounter, EventCounter, Reason};
 use serde::Serialize;
 
 use crate::{
@@ -32,6 +32,7 @@ pub struct Stats {
     pub reasons: Vec<ReasonStat>,
     pub services: Vec<ServiceStat>,
     pub events: EventStats,
+    pub flows: FlowStats,
     /// The DNS forwarder's counters, when it runs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dns: Option<DnsStats>,
@@ -57,6 +58,37 @@ pub struct EventStats {
     pub emitted: u64,
     pub rate_limited: u64,
     pub ring_full: u64,
+}
+
+/// Connections kept past their address's expiry (`filter_common::flows`).
+#[derive(Debug, Serialize)]
+pub struct FlowStats {
+    /// Connections recorded at their first allowed packet.
+    pub started: u64,
+    /// Connections whose packets passed after their address expired.
+    pub kept: u64,
+    /// Kept connections ended by `--established-idle`.
+    pub ended_idle: u64,
+    /// Kept connections ended by `--established-max`.
+    pub ended_max: u64,
+    /// Kept connections ended by FIN or RST.
+    pub closed: u64,
+    /// Connections a reload closed.
+    pub closed_by_reload: u64,
+}
+
+impl FlowStats {
+    fn read(counters: &Counters) -> anyhow::Result<Self> {
+        let flow = |c: FlowCounter| counters.flow(c);
+        Ok(Self {
+            started: flow(FlowCounter::Started)?,
+            kept: flow(FlowCounter::Kept)?,
+            ended_idle: flow(FlowCounter::EndedIdle)?,
+            ended_max: flow(FlowCounter::EndedMax)?,
+            closed: flow(FlowCounter::Closed)?,
+            closed_by_reload: flow(FlowCounter::ClosedByReload)?,
+        })
+    }
 }
 
 /// Reads every counter.
@@ -102,6 +134,7 @@ pub fn read(pins: &PinDir) -> anyhow::Result<Stats> {
             rate_limited: event(EventCounter::RateLimited)?,
             ring_full: event(EventCounter::RingFull)?,
         },
+        flows: FlowStats::read(&counters)?,
         dns: state.dns,
     })
 }
@@ -129,6 +162,13 @@ impl Stats {
             out,
             "\nevents: {} sent, {} suppressed by the rate limit, {} lost to a full ring",
             self.events.emitted, self.events.rate_limited, self.events.ring_full
+        );
+        let f = &self.flows;
+        let _ = writeln!(
+            out,
+            "connections: {} recorded at their start; {} kept past their address's expiry, of \
+             which {} ended idle, {} at the age bound, {} by FIN or RST; {} closed by a reload",
+            f.started, f.kept, f.ended_idle, f.ended_max, f.closed, f.closed_by_reload
         );
         if let Some(dns) = &self.dns {
             let (f, l) = (&dns.forwarder, &dns.learning);

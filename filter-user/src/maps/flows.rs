@@ -187,7 +187,8 @@ pub fn table_allows(table: &AllowTable, key: &FlowKey) -> bool {
 #[must_use]
 pub fn monotonic_ns() -> u64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
-        t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+        // CLOCK_MONOTONIC never goes below zero.
+        t.tv_sec().unsigned_abs() * 1_000_000_000 + t.tv_nsec().unsigned_abs()
     })
 }
 

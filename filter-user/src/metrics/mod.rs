@@ -20,7 +20,8 @@ use std::{
 };
 
 use filter_common::{
-    counters::COUNTED_INTERFACES, maps::MAX_PREFIXES, EventCounter, Hook, PacketCount, Reason,
+    counters::COUNTED_INTERFACES, flows::FlowCounter, maps::MAX_PREFIXES, EventCounter, Hook,
+    PacketCount, Reason,
 };
 use prometheus::{
     core::Collector as _, proto::MetricFamily, Gauge, IntCounter, IntCounterVec, IntGaugeVec, Opts,
@@ -301,6 +302,20 @@ impl Metrics {
                 Some((
                     vec![(*outcome).to_owned()],
                     self.kernel.event(*counter).ok()?,
+                ))
+            }),
+        )?;
+        families.counter(
+            "egress_filter_flows_total",
+            "Connections: recorded at their first allowed packet (started), kept past their \
+             address's expiry (kept), ended by --established-idle (ended_idle) or \
+             --established-max (ended_max), by FIN or RST while kept (closed), or by a reload \
+             (closed_by_reload).",
+            &["event"],
+            FlowCounter::ALL.iter().filter_map(|counter| {
+                Some((
+                    vec![counter.label().to_owned()],
+                    self.kernel.flow(*counter).ok()?,
                 ))
             }),
         )
