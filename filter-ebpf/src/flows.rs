@@ -64,7 +64,7 @@ fn on_allowed(table: &LruHashMap<FlowKey, FlowState>, packet: &Packet, service_i
     let key = flow_key(packet);
     if packet.proto == ipproto::TCP {
         if packet.tcp_flags & (tcp_flags::FIN | tcp_flags::RST) != 0 {
-            let _gone = table.remove(&key);
+            let _gone = table.remove(key);
             return;
         }
         // A SYN with ACK is the answer of a server the client talks to, not a connection the
@@ -72,7 +72,7 @@ fn on_allowed(table: &LruHashMap<FlowKey, FlowState>, packet: &Packet, service_i
         if packet.tcp_flags & tcp_flags::ACK != 0 {
             return;
         }
-    } else if table.get_ptr(&key).is_some() {
+    } else if table.get_ptr(key).is_some() {
         return;
     }
     start(table, &key, service_id);
@@ -89,7 +89,7 @@ fn start(table: &LruHashMap<FlowKey, FlowState>, key: &FlowKey, service_id: u16)
         kept: 0,
         _pad: [0; 5],
     };
-    if table.insert(key, &flow, BPF_NOEXIST).is_ok() {
+    if table.insert(key, flow, BPF_NOEXIST).is_ok() {
         bump(FlowCounter::Started);
     }
 }
@@ -104,7 +104,7 @@ fn kept(table: &LruHashMap<FlowKey, FlowState>, packet: &Packet) -> Option<u16> 
         return None;
     }
     let key = flow_key(packet);
-    let flow = table.get_ptr_mut(&key)?;
+    let flow = table.get_ptr_mut(key)?;
     let address = AddressKey {
         addr: packet.dst,
         family: packet.family,
@@ -113,7 +113,7 @@ fn kept(table: &LruHashMap<FlowKey, FlowState>, packet: &Packet) -> Option<u16> 
     // An address the daemon did not mark was not removed by expiry (or a reload closed its
     // flows): the flow stays in the table but keeps nothing open.
     // Safety: a value of our own map, read once.
-    let removed_at = unsafe { *EXPIRED_ADDRS.get(&address)? };
+    let removed_at = unsafe { *EXPIRED_ADDRS.get(address)? };
     // Safety: bpf_ktime_get_coarse_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     // Safety: a value of our own map; other CPUs may write the same fields, and a torn race
