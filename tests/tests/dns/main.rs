@@ -7,5 +7,6 @@
 //! client's view.
 
 mod common;
+mod flows;
 mod forgery;
 mod learning;
