@@ -71,13 +71,15 @@ fn every_case_gets_its_reason_and_verdict_on_both_hooks() -> anyhow::Result<()> 
         failures.join("\n")
     );
     // Every reason the datapath can reach from a frame has a case. PolicyMissing needs a damaged
-    // map, SpoofedSource the source check and NotIpOnL3Device the layer-3 program: each has its
-    // own test: in `policy_maps`, `sources` and `layer3`.
+    // map, SpoofedSource the source check, NotIpOnL3Device the layer-3 program and
+    // EstablishedFlow a flow and an expired address: each has its own test: in `policy_maps`,
+    // `sources`, `layer3` and `flows`.
     for reason in Reason::ALL {
         if ![
             Reason::PolicyMissing,
             Reason::SpoofedSource,
             Reason::NotIpOnL3Device,
+            Reason::EstablishedFlow,
         ]
         .contains(&reason)
         {
