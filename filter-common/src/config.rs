@@ -37,6 +37,11 @@ impl Config {
     /// Defaults the daemon writes unless told otherwise.
     pub const DEFAULT_EVENTS_PER_SEC: u32 = 100;
     pub const DEFAULT_EVENT_BURST: u32 = 200;
+    /// `--established-idle`: an hour, twice the longest push-channel keepalive interval
+    /// documented (see the README, "Connections outlive their address").
+    pub const DEFAULT_ESTABLISHED_IDLE_SECS: u32 = 3600;
+    /// `--established-max`: a day.
+    pub const DEFAULT_ESTABLISHED_MAX_SECS: u32 = 86_400;
 
     #[must_use]
     pub const fn new(mode: Mode) -> Self {

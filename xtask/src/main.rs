@@ -36,7 +36,7 @@ enum Command {
     /// BENCHMARKS.md.
     Bench {
         /// Measure only this part and print it, leaving BENCHMARKS.md alone (`dns`, `breakdown`,
-        /// `per-packet`).
+        /// `per-packet`, `scrape`, `flows`).
         #[arg(long, value_name = "PART")]
         only: Option<String>,
     },

@@ -113,11 +113,11 @@ pub struct Args {
     /// A connection started while its address was allowed keeps passing after the address
     /// expires, until it has been idle this long (counted from the later of its last packet and
     /// the address's expiry; 0 keeps no connection). Sized for push channels' keepalives.
-    #[arg(long, default_value_t = 3600, value_name = "SECS")]
+    #[arg(long, default_value_t = filter_common::Config::DEFAULT_ESTABLISHED_IDLE_SECS.into(), value_name = "SECS")]
     pub established_idle: u64,
     /// A connection kept past its address's expiry ends this long after it started, however
     /// busy (0 keeps no connection).
-    #[arg(long, default_value_t = 86_400, value_name = "SECS")]
+    #[arg(long, default_value_t = filter_common::Config::DEFAULT_ESTABLISHED_MAX_SECS.into(), value_name = "SECS")]
     pub established_max: u64,
     /// A reload that removes what allowed a connection leaves the connection alive (as an
     /// expiry would) instead of closing it.

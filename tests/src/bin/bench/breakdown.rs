@@ -15,7 +15,7 @@ const ROUNDS: usize = 5;
 const REPEAT: u32 = 20_000;
 
 /// The variants, with what each leaves out.
-const VARIANTS: [(&str, &str); 6] = [
+const VARIANTS: [(&str, &str); 7] = [
     (
         "abl_no_count",
         "counter updates (REASON_STATS per interface slot, SERVICE_STATS)",
@@ -27,6 +27,10 @@ const VARIANTS: [(&str, &str); 6] = [
     (
         "abl_no_log",
         "kernel log lines (aya-log, on the damaged-map and unknown-config paths)",
+    ),
+    (
+        "abl_no_flows",
+        "flow table (TCP_FLOWS/UDP_FLOWS, EXPIRED_ADDRS)",
     ),
 ];
 
@@ -117,11 +121,14 @@ fn median(mut values: Vec<f64>) -> f64 {
 }
 
 /// The config the per-packet figures run under: enforce, drop events off (the datapath is
-/// measured, not the ring buffer), and the source check on when asked, as the daemon has it.
+/// measured, not the ring buffer), the source check on when asked and flows kept with the
+/// default bounds, as the daemon has them.
 pub(crate) fn bench_config(checks_sources: bool) -> Config {
     Config {
         events_per_sec: 0,
         event_burst: 0,
+        established_idle_secs: Config::DEFAULT_ESTABLISHED_IDLE_SECS,
+        established_max_secs: Config::DEFAULT_ESTABLISHED_MAX_SECS,
         flags: if checks_sources {
             Config::CHECK_SOURCES
         } else {

@@ -7,6 +7,7 @@
 
 mod breakdown;
 mod dns;
+mod flows;
 mod peer;
 mod per_packet;
 mod prefixes;
@@ -107,8 +108,9 @@ fn args() -> anyhow::Result<Args> {
                     "dns" => Part::Dns,
                     "breakdown" => Part::Breakdown,
                     "per-packet" => Part::PerPacket,
+                    "flows" => Part::Flows,
                     "scrape" => Part::Scrape,
-                    _ => anyhow::bail!("--only knows dns, breakdown, per-packet, scrape"),
+                    _ => anyhow::bail!("--only knows dns, breakdown, per-packet, scrape, flows"),
                 });
             }
             other => {
@@ -131,6 +133,7 @@ enum Part {
     Breakdown,
     PerPacket,
     Scrape,
+    Flows,
 }
 
 /// The table size the breakdown runs at: the per-packet goal's first size.
@@ -175,6 +178,14 @@ fn main() -> anyhow::Result<()> {
             print!(
                 "{}",
                 breakdown_section("cargo xtask bench --only breakdown")?
+            );
+            return Ok(());
+        }
+        Some(Part::Flows) => {
+            let rows = flows::measure(BREAKDOWN_PREFIXES)?;
+            print!(
+                "{}",
+                flows::table(&rows, BREAKDOWN_PREFIXES, "cargo xtask bench --only flows")
             );
             return Ok(());
         }
@@ -229,6 +240,12 @@ fn main() -> anyhow::Result<()> {
     let _ = writeln!(report, "{}", memory_table(&memory));
     let _ = writeln!(report, "{}", breakdown_section(&args.command)?);
     let _ = writeln!(report, "{BREAKDOWN_BEFORE}");
+    let flow_rows = flows::measure(BREAKDOWN_PREFIXES)?;
+    let _ = writeln!(
+        report,
+        "{}",
+        flows::table(&flow_rows, BREAKDOWN_PREFIXES, &args.command)
+    );
 
     let mut rng = Rng::new(0x100);
     let base_v4 = prefixes::v4_prefixes(100_000, &mut rng);

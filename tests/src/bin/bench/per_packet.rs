@@ -14,7 +14,7 @@ use aya::{
 };
 use filter_tests::{
     harness::{Filter, Hook},
-    packet::{Ext, Pkt, TPID_8021Q},
+    packet::{tcp_flags, Ext, Pkt, TPID_8021Q},
 };
 use filter_user::{loader::BASELINE_PASS_OBJECT, table::AllowTable};
 
@@ -68,12 +68,15 @@ impl Kind {
         };
         let src = if v6 { "2001:db8::1" } else { "192.0.2.1" };
         let pkt = Pkt::ip(src, &dst.to_string());
+        // Segments in the middle of a connection (ACK), the packets a connection is made of; a
+        // SYN also records the connection (the flows section measures that).
+        let tcp = |pkt: Pkt, dport| pkt.tcp_with(40000, dport, tcp_flags::ACK);
         match self {
-            Self::AllowedTcpHit | Self::DroppedTcpMiss => pkt.tcp(443),
-            Self::DroppedTcpHitPort => pkt.tcp(22),
-            Self::TaggedAllowedHit => pkt.vlan(TPID_8021Q, 100).tcp(443),
+            Self::AllowedTcpHit | Self::DroppedTcpMiss => tcp(pkt, 443),
+            Self::DroppedTcpHitPort => tcp(pkt, 22),
+            Self::TaggedAllowedHit => tcp(pkt.vlan(TPID_8021Q, 100), 443),
             Self::Ipv6ExtAllowedHit | Self::Ipv6ExtDroppedMiss => {
-                pkt.ext(Ext::HopByHop { units: 0 }).tcp(443)
+                tcp(pkt.ext(Ext::HopByHop { units: 0 }), 443)
             }
         }
         .build()
