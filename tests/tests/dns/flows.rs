@@ -100,7 +100,7 @@ struct Exchange {
 }
 
 impl Exchange {
-    fn start(lab: &Lab) -> anyhow::Result<Self> {
+    fn start(lab: &Lab, rounds: u32) -> anyhow::Result<Self> {
         let client = lab.client.name.clone();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let handle = std::thread::spawn(move || {
@@ -127,7 +127,7 @@ impl Exchange {
             let mut failures = Vec::new();
             let mut buf = [0u8; 64];
             let started = Instant::now();
-            for round in 0..ROUNDS {
+            for round in 0..rounds {
                 let message = format!("round {round}");
                 let tcp_ok = tcp.write_all(message.as_bytes()).is_ok()
                     && tcp.read_exact(&mut buf[..message.len()]).is_ok()
@@ -197,7 +197,7 @@ fn connections_outlive_their_learned_address_and_new_ones_are_blocked() -> anyho
     let servers = echo_servers(&lab, &stop)?;
 
     assert_eq!(resolve(&lab, "push.cdn.example.test"), [WEB_A_V4]);
-    let exchange = Exchange::start(&lab)?;
+    let exchange = Exchange::start(&lab, ROUNDS)?;
 
     // TTL 1 s + grace 2 s: the address expires while the exchange goes on.
     assert!(
@@ -258,5 +258,60 @@ fn connections_outlive_their_learned_address_and_new_ones_are_blocked() -> anyho
     eprintln!("the exchanges outlived their address by {outlived:?}");
     let flows = flows_stats(&lab)?;
     assert!(flows["kept"].as_u64() >= Some(2), "{flows}");
+    Ok(())
+}
+
+/// The rules after a reload that removes the CDN service.
+const RULES_WITHOUT_CDN: &str = r#"
+[[service]]
+name = "lab-portal"
+source = "test"
+hosts = ["*.mdm.example.test"]
+tcp = [443]
+"#;
+
+#[test]
+fn a_reload_that_removes_the_service_closes_its_connections_unless_told_to_keep_them(
+) -> anyhow::Result<()> {
+    let lab = Lab::new(&[])?;
+    let _upstream = Upstream::start(&lab, 60)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let servers = echo_servers(&lab, &stop)?;
+    for keep in [false, true] {
+        let rules = RulesDir::new(&lab, RULES)?;
+        let mut args = vec!["--dns-min-ttl", "60"];
+        if keep {
+            args.push("--keep-flows-on-reload");
+        }
+        let daemon = gateway(&lab, &rules, &args)?;
+        assert_eq!(resolve(&lab, "push.cdn.example.test"), [WEB_A_V4]);
+        let exchange = Exchange::start(&lab, 8)?;
+        std::thread::sleep(Duration::from_secs(2));
+        std::fs::write(rules.0.join("lab.toml"), RULES_WITHOUT_CDN)?;
+        assert_eq!(daemon.reload()?, "enforcing the reloaded rules");
+        assert!(
+            eventually(Duration::from_secs(3), || !lab
+                .client
+                .connects(WEB_A_V4, 443, 1)),
+            "the address is closed to new connections (keep: {keep})"
+        );
+        let failures = exchange.failures()?;
+        let flows = flows_stats(&lab)?;
+        if keep {
+            assert!(failures.is_empty(), "kept: {failures:?}");
+            assert_eq!(flows["closed_by_reload"], 0, "{flows}");
+            assert!(flows["kept"].as_u64() >= Some(2), "{flows}");
+        } else {
+            assert!(
+                failures.iter().any(|f| f.starts_with("tcp")),
+                "the reload closed the TCP connection: {failures:?}"
+            );
+            assert!(flows["closed_by_reload"].as_u64() >= Some(2), "{flows}");
+            daemon.wait_for_log("the reload closed 2 connections", Duration::from_secs(1))?;
+        }
+        drop(daemon);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = servers.join();
     Ok(())
 }
