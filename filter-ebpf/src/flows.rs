@@ -19,8 +19,8 @@ use crate::{
 };
 
 const NANOS_PER_SEC: u64 = 1_000_000_000;
-/// `BPF_NOEXIST`: add a flow only if it is not there, so a retransmitted first packet does not
-/// restart it.
+/// `BPF_NOEXIST`: add a flow only if it is not there, so a first packet that another CPU
+/// recorded a moment ago does not restart it.
 const BPF_NOEXIST: u64 = 1;
 
 /// The verdict with flows taken into account: an allowed first packet starts a flow, an allowed
@@ -72,7 +72,10 @@ fn on_allowed(table: &LruHashMap<FlowKey, FlowState>, packet: &Packet, service_i
         if packet.tcp_flags & tcp_flags::ACK != 0 {
             return;
         }
-    } else if table.get_ptr(key).is_some() {
+    }
+    // A lookup first: an LRU insert takes a free element (evicting one when none is free) before
+    // it finds the key already there, which costs several times a lookup.
+    if table.get_ptr(key).is_some() {
         return;
     }
     start(table, &key, service_id);
