@@ -100,9 +100,12 @@ impl FlowKeeper {
     }
 
     /// The flows as `table` (what the maps hold now) judges them, before a whole-table update.
-    #[must_use]
-    pub fn before_update(&self, table: &AllowTable, service_names: &[String]) -> Vec<Before> {
-        self.maps
+    /// Marks the destinations of the flows it allows: a flow whose destination the update takes
+    /// away must not find it gone and unmarked before [`FlowKeeper::after_update`] settles its
+    /// fate (a mark on an address still allowed changes nothing).
+    pub fn before_update(&mut self, table: &AllowTable, service_names: &[String]) -> Vec<Before> {
+        let before: Vec<Before> = self
+            .maps
             .flows()
             .into_iter()
             .map(|(key, state)| Before {
@@ -110,7 +113,18 @@ impl FlowKeeper {
                 service: service_names.get(usize::from(state.service_id)).cloned(),
                 key,
             })
-            .collect()
+            .collect();
+        let mut allowed: Vec<_> = before
+            .iter()
+            .filter(|flow| flow.allowed)
+            .map(|flow| flow_addresses(&flow.key).1)
+            .collect();
+        allowed.sort_unstable();
+        allowed.dedup();
+        if let Err(err) = self.maps.mark_expired(allowed, monotonic_ns()) {
+            tracing::warn!("cannot mark addresses for their connections: {err}");
+        }
+        before
     }
 
     /// After a whole-table update to `table`: closes or marks the flows it took the destination
