@@ -200,60 +200,42 @@ impl FlowKeeper {
 mod tests {
     use super::*;
 
-    fn flow(allowed: bool) -> Before {
-        Before {
-            key: FlowKey::default(),
-            service: Some("push".into()),
-            allowed,
+    #[test]
+    fn fates_across_whole_table_updates() {
+        use Cause::{Other, Reload, Start};
+        use Fate::{Close, Leave, MarkExpired};
+        // (allowed before, allowed now, its service still there, cause, keep on reload, fate)
+        let cases = [
+            // Still allowed: nothing to do, whatever the cause.
+            (true, true, true, Start, false, Leave),
+            (true, true, true, Reload, false, Leave),
+            (true, true, true, Other, false, Leave),
+            // A reload that takes the destination away closes, unless told to keep.
+            (true, false, true, Reload, false, Close),
+            (true, false, true, Reload, true, MarkExpired),
+            // Already kept past its address's expiry: its service going closes it; its service
+            // staying, or keeping flows, leaves it as it was.
+            (false, false, false, Reload, false, Close),
+            (false, false, true, Reload, false, Leave),
+            (false, false, false, Reload, true, Leave),
+            // Other updates treat a destination they take away as expired.
+            (true, false, true, Other, false, MarkExpired),
+            (false, false, true, Other, false, Leave),
+            // A start cannot know what its predecessor allowed: what it does not allow expired.
+            (false, false, true, Start, false, MarkExpired),
+        ];
+        for (allowed, allowed_now, service_kept, cause, keep, want) in cases {
+            let before = Before {
+                key: FlowKey::default(),
+                service: Some("push".into()),
+                allowed,
+            };
+            assert_eq!(
+                fate(&before, allowed_now, service_kept, cause, keep),
+                want,
+                "allowed {allowed} -> {allowed_now}, service kept {service_kept}, {cause:?}, \
+                 keep {keep}"
+            );
         }
-    }
-
-    #[test]
-    fn a_flow_still_allowed_is_left_alone() {
-        for cause in [Cause::Start, Cause::Reload, Cause::Other] {
-            assert_eq!(fate(&flow(true), true, true, cause, false), Fate::Leave);
-        }
-    }
-
-    #[test]
-    fn a_reload_closes_what_it_removes_unless_told_to_keep_it() {
-        assert_eq!(
-            fate(&flow(true), false, true, Cause::Reload, false),
-            Fate::Close
-        );
-        assert_eq!(
-            fate(&flow(true), false, true, Cause::Reload, true),
-            Fate::MarkExpired
-        );
-        // Already kept past its address's expiry: its service going closes it, ...
-        assert_eq!(
-            fate(&flow(false), false, false, Cause::Reload, false),
-            Fate::Close
-        );
-        // ... its service staying does not, and keeping flows leaves it as it was.
-        assert_eq!(
-            fate(&flow(false), false, true, Cause::Reload, false),
-            Fate::Leave
-        );
-        assert_eq!(
-            fate(&flow(false), false, false, Cause::Reload, true),
-            Fate::Leave
-        );
-    }
-
-    #[test]
-    fn other_updates_treat_a_removed_destination_as_expired() {
-        assert_eq!(
-            fate(&flow(true), false, true, Cause::Other, false),
-            Fate::MarkExpired
-        );
-        assert_eq!(
-            fate(&flow(false), false, true, Cause::Other, false),
-            Fate::Leave
-        );
-        assert_eq!(
-            fate(&flow(false), false, true, Cause::Start, false),
-            Fate::MarkExpired
-        );
     }
 }
