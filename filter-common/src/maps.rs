@@ -118,10 +118,15 @@ pub const MAX_SOURCE_PREFIXES: u32 = 1 << 16;
 pub const MAX_POLICIES: u32 = 4096;
 /// Capacity of [`SERVICE_STATS`]: service ids run from 0 to this minus one.
 pub const MAX_SERVICES: u32 = 1024;
-/// Capacity of [`TCP_FLOWS`] and of [`UDP_FLOWS`]: past it the least recently used flow goes (the LRU's choice).
-pub const MAX_FLOWS: u32 = 1 << 17;
-/// Capacity of [`EXPIRED_ADDRS`].
-pub const MAX_EXPIRED_ADDRS: u32 = 1 << 16;
+/// Capacity of [`TCP_FLOWS`]: past it the least recently used flow goes (the LRU's choice).
+/// LRU hashes are preallocated: 65,536 flows take 8.4 MB of kernel memory (`memlock`), sized to
+/// keep every map within the 160 MB goal.
+pub const MAX_TCP_FLOWS: u32 = 1 << 16;
+/// Capacity of [`UDP_FLOWS`] (4.2 MB).
+pub const MAX_UDP_FLOWS: u32 = 1 << 15;
+/// Capacity of [`EXPIRED_ADDRS`] (3.1 MB): past it the oldest mark goes, and with it what it
+/// kept open.
+pub const MAX_EXPIRED_ADDRS: u32 = 1 << 15;
 /// Size of the [`EVENTS`] ring buffer in bytes (a power of two and a multiple of the page size).
 pub const EVENTS_RING_BYTES: u32 = 1 << 20;
 

@@ -111,12 +111,12 @@ pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(names::EVENTS_RING_B
 /// TCP flows started while allowed (`filter_common::flows`).
 #[map(name = "TCP_FLOWS")]
 pub(crate) static TCP_FLOWS: LruHashMap<FlowKey, FlowState> =
-    LruHashMap::with_max_entries(names::MAX_FLOWS, 0);
+    LruHashMap::with_max_entries(names::MAX_TCP_FLOWS, 0);
 
 /// UDP flows started while allowed.
 #[map(name = "UDP_FLOWS")]
 pub(crate) static UDP_FLOWS: LruHashMap<FlowKey, FlowState> =
-    LruHashMap::with_max_entries(names::MAX_FLOWS, 0);
+    LruHashMap::with_max_entries(names::MAX_UDP_FLOWS, 0);
 
 /// Addresses the daemon removed → when (CLOCK_MONOTONIC nanoseconds): their flows may go on.
 #[map(name = "EXPIRED_ADDRS")]

@@ -103,7 +103,12 @@ impl FlowKeeper {
     /// Marks the destinations of the flows it allows: a flow whose destination the update takes
     /// away must not find it gone and unmarked before [`FlowKeeper::after_update`] settles its
     /// fate (a mark on an address still allowed changes nothing).
-    pub fn before_update(&mut self, table: &AllowTable, service_names: &[String]) -> Vec<Before> {
+    pub fn before_update(
+        &mut self,
+        table: &AllowTable,
+        service_names: &[String],
+        cause: Cause,
+    ) -> Vec<Before> {
         let before: Vec<Before> = self
             .maps
             .flows()
@@ -114,6 +119,11 @@ impl FlowKeeper {
                 key,
             })
             .collect();
+        // A reload that closes what it removes needs no marks (and must not flood the bounded
+        // marks with addresses that stay allowed).
+        if cause == Cause::Reload && !self.options.keep_on_reload {
+            return before;
+        }
         let mut allowed: Vec<_> = before
             .iter()
             .filter(|flow| flow.allowed)
