@@ -82,7 +82,7 @@ impl Daemon {
         // What the maps hold now judges the flows before a whole table replaces it.
         let flows_before = matches!(update, Update::Full).then(|| {
             self.flows
-                .before_update(&enricher.table, &enricher.service_names)
+                .before_update(&enricher.table, &enricher.service_names, cause)
         });
         let (rules, hosts, learner, allowances) =
             (&self.rules, &self.hosts, &self.learner, &self.allowances);
