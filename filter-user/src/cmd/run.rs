@@ -8,9 +8,12 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use anyhow::Context as _;
 
 use crate::{
-    daemon::{self, events::EventFormat, hosts::RefreshPolicy, DnsOptions, RunOptions, XdpModeArg},
+    daemon::{
+        self, attachments::InterfacePattern, events::EventFormat, hosts::RefreshPolicy,
+        DnsOptions, RunOptions, XdpModeArg,
+    },
     dns::LearnPolicy,
-    pins::DEFAULT_PIN_PATH,
+    pins::{HookKind, DEFAULT_PIN_PATH},
     table::PortSpec,
 };
 
@@ -34,12 +37,19 @@ pub struct Args {
     /// upgrade, a pod replaced by a rolling update). `egress-filter detach` removes it.
     #[arg(long)]
     pub keep_on_stop: bool,
-    /// Attach XDP here: a gateway's LAN-facing interface. Repeatable.
+    /// Attach XDP here: a gateway's LAN-facing interface. A name or a shell-style pattern
+    /// ('lan*'); interfaces that appear later, or are deleted and created again, are attached
+    /// within a second. Repeatable.
     #[arg(long, value_name = "IFACE")]
     pub xdp: Vec<String>,
-    /// Attach TC egress here: a host's uplink. Repeatable.
+    /// Attach TC egress here: a host's uplink. A name or a pattern, as for --xdp. Repeatable.
     #[arg(long, value_name = "IFACE")]
     pub tc: Vec<String>,
+    /// Attach TC ingress here: the host side of a pod's or container's veth, where what the
+    /// pod sends comes in ('lxc*', 'cali*', 'veth*'). A name or a pattern, as for --xdp.
+    /// Repeatable.
+    #[arg(long, value_name = "IFACE")]
+    pub tc_ingress: Vec<String>,
     /// XDP attach mode.
     #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
     pub xdp_mode: XdpModeArg,
@@ -189,12 +199,20 @@ impl Args {
                 "{flag} must be at most a week ({WEEK} seconds)"
             );
         }
+        let interfaces = [
+            (HookKind::Xdp, &args.xdp),
+            (HookKind::Tc, &args.tc),
+            (HookKind::TcIngress, &args.tc_ingress),
+        ]
+        .into_iter()
+        .flat_map(|(hook, given)| given.iter().map(move |text| (hook, text)))
+        .map(|(hook, text)| InterfacePattern::new(hook, text))
+        .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(RunOptions {
             rules: args.rules,
             watch_rules: args.watch_rules,
             keep_on_stop: args.keep_on_stop,
-            xdp: args.xdp,
-            tc: args.tc,
+            interfaces,
             xdp_mode: args.xdp_mode,
             audit: args.audit,
             events: args.events,

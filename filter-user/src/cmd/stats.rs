@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::{
     counters::Counters,
     pins::PinDir,
-    state::{DnsStats, State},
+    state::{DnsStats, InterfaceReport, State},
 };
 
 /// `stats`: print the counters of the running filter: per service, per reason, events.
@@ -35,6 +35,7 @@ pub struct Stats {
     /// The DNS forwarder's counters, when it runs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dns: Option<DnsStats>,
+    pub interfaces: InterfaceReport,
 }
 
 #[derive(Debug, Serialize)]
@@ -103,13 +104,16 @@ pub fn read(pins: &PinDir) -> anyhow::Result<Stats> {
             ring_full: event(EventCounter::RingFull)?,
         },
         dns: state.dns,
+        interfaces: state.interfaces,
     })
 }
 
 impl Stats {
     #[must_use]
     pub fn to_text(&self) -> String {
-        let mut out = format!("mode: {}\n\nallowed per service:\n", self.mode);
+        let mut out = format!("mode: {}\n", self.mode);
+        self.interfaces_text(&mut out);
+        out.push_str("\nallowed per service:\n");
         for s in self.services.iter().filter(|s| s.packets > 0) {
             let _ = writeln!(
                 out,
@@ -155,5 +159,46 @@ impl Stats {
             );
         }
         out
+    }
+
+    /// The attachments, and loudly the interfaces asked for that are not filtered.
+    fn interfaces_text(&self, out: &mut String) {
+        let report = &self.interfaces;
+        let attached: Vec<String> = report
+            .attached
+            .iter()
+            .map(|a| format!("{} ({})", a.iface, a.hook))
+            .collect();
+        let _ = writeln!(
+            out,
+            "interfaces: {}",
+            if attached.is_empty() {
+                "none attached".to_owned()
+            } else {
+                attached.join(", ")
+            }
+        );
+        for missing in &report.missing {
+            let _ = writeln!(
+                out,
+                "  MISSING: {} ({}) does not exist; nothing is filtered there",
+                missing.iface, missing.hook
+            );
+        }
+        for failed in &report.failed {
+            let _ = writeln!(
+                out,
+                "  FAILED: {} on {}: {}",
+                failed.hook,
+                failed.iface,
+                failed.error.as_deref().unwrap_or("unknown error")
+            );
+        }
+        let counts = report.counts;
+        let _ = writeln!(
+            out,
+            "  since start: {} attached, {} released, {} failed",
+            counts.attached, counts.released, counts.failed
+        );
     }
 }

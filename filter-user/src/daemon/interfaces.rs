@@ -1,5 +1,5 @@
-//! What the daemon must know about an interface before attaching to it: whether its frames carry
-//! an Ethernet header, and which source addresses belong on it.
+//! What the daemon must know about interfaces: which exist (and when that changes), whether an
+//! interface's frames carry an Ethernet header, and which source addresses belong on it.
 //!
 //! Both are read from the daemon's own network namespace (an ioctl and rtnetlink), never from
 //! `/sys/class/net`, which shows the namespace of whoever mounted sysfs.
@@ -8,6 +8,8 @@ use std::{collections::BTreeSet, net::Ipv4Addr, net::Ipv6Addr};
 
 use anyhow::{bail, Context as _};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+
+use super::attachments::NamedLink;
 
 /// The link layer in front of the IP header, which decides the program variant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -246,6 +248,111 @@ pub async fn read_links_and_routes() -> anyhow::Result<(Vec<Link>, Vec<Route>)> 
     .await;
     connection.abort();
     result.context("cannot read links and routes over rtnetlink")
+}
+
+/// Reads every link of the daemon's namespace with its name and link type, over rtnetlink.
+pub async fn read_named_links() -> anyhow::Result<Vec<NamedLink>> {
+    use futures::TryStreamExt as _;
+    use rtnetlink::packet_route::link::LinkAttribute;
+
+    let (connection, handle, _) =
+        rtnetlink::new_connection().context("cannot open an rtnetlink socket")?;
+    let connection = tokio::spawn(connection);
+    let result = async {
+        let mut links = Vec::new();
+        let mut dump = handle.link().get().execute();
+        while let Some(message) = dump.try_next().await? {
+            let name = message.attributes.iter().find_map(|a| match a {
+                LinkAttribute::IfName(name) => Some(name.clone()),
+                _ => None,
+            });
+            if let Some(name) = name {
+                links.push(NamedLink {
+                    index: message.header.index,
+                    name,
+                    link_type: u16::from(message.header.link_layer_type),
+                });
+            }
+        }
+        Ok::<_, rtnetlink::Error>(links)
+    }
+    .await;
+    connection.abort();
+    result.context("cannot read the links over rtnetlink")
+}
+
+/// The kernel's link notifications (`RTMGRP_LINK`): a link was created, changed (renamed, up,
+/// down) or deleted. Each only says that something changed; the daemon then reads the links
+/// whole, so a lost notification costs nothing but time, and the periodic check catches it.
+pub struct LinkWatch {
+    messages: futures::channel::mpsc::UnboundedReceiver<(
+        rtnetlink::packet_core::NetlinkMessage<rtnetlink::packet_route::RouteNetlinkMessage>,
+        rtnetlink::sys::SocketAddr,
+    )>,
+    connection: tokio::task::JoinHandle<()>,
+    /// False once the subscription ended (its socket failed).
+    alive: bool,
+}
+
+impl LinkWatch {
+    /// Subscribes; links read after this returns miss no later change.
+    pub fn subscribe() -> anyhow::Result<Self> {
+        use rtnetlink::sys::AsyncSocket as _;
+
+        let (mut connection, _, messages) =
+            rtnetlink::new_connection().context("cannot open an rtnetlink socket")?;
+        connection
+            .socket_mut()
+            .socket_mut()
+            .bind(&rtnetlink::sys::SocketAddr::new(
+                0,
+                rtnetlink::constants::RTMGRP_LINK,
+            ))
+            .context("cannot subscribe to link notifications")?;
+        Ok(Self {
+            messages,
+            connection: tokio::spawn(connection),
+            alive: true,
+        })
+    }
+
+    /// Whether notifications still arrive.
+    #[must_use]
+    pub fn is_alive(&self) -> bool {
+        self.alive
+    }
+
+    /// Waits for the next link notification, then takes every one already queued with it: one
+    /// reading of the links answers them all. Once the subscription ended, waits forever.
+    pub async fn changed(&mut self) {
+        use futures::StreamExt as _;
+        use rtnetlink::{packet_core::NetlinkPayload, packet_route::RouteNetlinkMessage};
+
+        loop {
+            let Some((message, _)) = self.messages.next().await else {
+                if self.alive {
+                    tracing::error!("link notifications stopped; subscribing again shortly");
+                }
+                self.alive = false;
+                return std::future::pending().await;
+            };
+            if matches!(
+                message.payload,
+                NetlinkPayload::InnerMessage(
+                    RouteNetlinkMessage::NewLink(_) | RouteNetlinkMessage::DelLink(_)
+                )
+            ) {
+                while self.messages.try_recv().is_ok() {}
+                return;
+            }
+        }
+    }
+}
+
+impl Drop for LinkWatch {
+    fn drop(&mut self) {
+        self.connection.abort();
+    }
 }
 
 #[cfg(test)]

@@ -8,6 +8,8 @@
 //! - [`rules_watch`]: what asks for a reload (SIGHUP, and with `--watch-rules` the rules'
 //!   directory changing);
 //! - [`attach`]: loading with pinned maps (adopting a previous daemon's), attaching, pinning;
+//! - [`attachments`]: which interfaces to attach to, following links as they come and go
+//!   (`links` is the loop's step for it);
 //! - [`settings`]: mode, event budget and the XDP interfaces' source prefixes in the kernel;
 //! - [`policy`]: keeping the maps equal to the allow table through failures;
 //! - [`grants`]: what the rules, addresses and allowances put in the table;
@@ -19,10 +21,12 @@
 //!   (`crate::metrics` serves them);
 //! - `crate::state`: the state file `stats`, `learned` and a restart read; `crate::pins`: the
 //!   pin path;
-//! - [`interfaces`]: link types and the source prefixes routed out of an interface.
+//! - [`interfaces`]: the links and their notifications, link types, and the source prefixes
+//!   routed out of an interface.
 
 pub mod allowances;
 pub mod attach;
+pub mod attachments;
 mod changes;
 pub mod event_stream;
 pub mod events;
@@ -31,6 +35,7 @@ pub mod hosts;
 pub mod interfaces;
 pub mod kernel_log;
 pub mod learning;
+mod links;
 pub mod notify;
 pub mod observe;
 pub mod options;
@@ -57,14 +62,17 @@ use tokio::{
 pub use self::options::{DnsOptions, RunOptions, XdpModeArg};
 use self::{
     allowances::Allowances,
+    attachments::Attachments,
     event_stream::{stream_events, SuppressedReporter, SUPPRESSED_REPORT},
     events::Enricher,
     hosts::{record_answers, resolve_in_background, HostTable},
+    interfaces::LinkWatch,
     learning::Learner,
     notify::Notifier,
     observe::Observer,
     policy::{PolicySync, Update},
     settings::Settings,
+    start::FirstAttachments,
 };
 use crate::{
     dns::{forwarder::MAX_IN_FLIGHT, DnsCounters, LearnRequest, Listeners, NameMatcher},
@@ -85,12 +93,15 @@ const STATE_SAVE: Duration = Duration::from_secs(1);
 /// Runs the filter until SIGINT or SIGTERM.
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     ensure!(
-        !opts.xdp.is_empty() || !opts.tc.is_empty(),
-        "nothing to attach: give --xdp IFACE and/or --tc IFACE"
+        !opts.interfaces.is_empty(),
+        "nothing to attach: give --xdp IFACE, --tc IFACE and/or --tc-ingress IFACE"
     );
     // Bad rules or interfaces: fail before anything is attached or pinned.
     let rules = Rules::load(&opts.rules)?;
-    let interfaces = attach::check_interfaces(&opts)?;
+    let watch = LinkWatch::subscribe()?;
+    let links = interfaces::read_named_links().await?;
+    let plan = attach::first_plan(&opts, &links)?;
+    let first = FirstAttachments { watch, links, plan };
 
     let pins = PinDir::new(&opts.pin_path);
     let _lock = pins.lock()?;
@@ -110,7 +121,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let started = tokio::select! {
-        started = Daemon::start(opts, rules, pins.clone(), interfaces, listeners, metrics_listener)
+        started = Daemon::start(opts, rules, pins.clone(), first, listeners, metrics_listener)
             => started,
         _ = term.recv() => Err(anyhow::anyhow!("stopped while starting")),
         _ = int.recv() => Err(anyhow::anyhow!("stopped while starting")),
@@ -160,8 +171,12 @@ struct Daemon {
     saver: StateSaver,
     notifier: Notifier,
     observer: Observer,
-    /// The interfaces attached to, as the kernel's counters number them.
+    /// The interface names and patterns asked for, as the kernel's counters number them.
     counted: Vec<CountedInterface>,
+    /// The interfaces attached to now.
+    attachments: Attachments,
+    /// Link notifications; `None` once the subscription broke (the periodic check remains).
+    link_watch: Option<LinkWatch>,
     /// Bound at start, served once the filter is attached.
     metrics_listener: Option<tokio::net::TcpListener>,
     /// Keeps the programs (and with them the links' fds) alive until the daemon stops.
@@ -226,8 +241,7 @@ impl Daemon {
                     let mut update = grants::changes(&self.rules, &hosts_gone, &[], &learned_gone);
                     if now >= next_self_check {
                         next_self_check = now + SELF_ADDRESS_CHECK;
-                        self.settings.reread_sources(&self.opts).await;
-                        if self.reread_allowances() {
+                        if self.check_links_and_addresses().await {
                             update = Update::Full;
                         }
                     }
@@ -237,6 +251,10 @@ impl Daemon {
                     self.observer.lookups(&answers);
                     let changes = record_answers(&mut self.hosts, &answers);
                     grants::changes(&self.rules, &changes, &[], &[])
+                }
+                Some(()) = link_change(self.link_watch.as_mut()) => {
+                    self.follow_links().await;
+                    Update::None
                 }
                 Some(request) = learn_rx.recv() => {
                     self.learn(request);
@@ -278,6 +296,30 @@ impl Daemon {
         Ok(())
     }
 
+    /// The periodic check: the links (in case a notification was lost), the XDP interfaces'
+    /// routes, the host's own addresses. True when the allowances changed.
+    async fn check_links_and_addresses(&mut self) -> bool {
+        self.check_link_watch();
+        self.follow_links().await;
+        let xdp = self.attachments.xdp_indices();
+        self.settings.reread_sources(&self.opts, &xdp).await;
+        self.reread_allowances()
+    }
+
+    /// Subscribes to link notifications again if the subscription broke.
+    fn check_link_watch(&mut self) {
+        if self.link_watch.as_ref().is_some_and(LinkWatch::is_alive) {
+            return;
+        }
+        match LinkWatch::subscribe() {
+            Ok(watch) => self.link_watch = Some(watch),
+            Err(err) => tracing::warn!(
+                "no link notifications ({err:#}): interfaces are followed every {} s only",
+                SELF_ADDRESS_CHECK.as_secs()
+            ),
+        }
+    }
+
     /// Starts answering DNS, if asked to.
     fn start_forwarder(&mut self, learn: mpsc::Sender<LearnRequest>) -> Option<JoinSet<()>> {
         let listeners = self.listeners.take()?;
@@ -292,6 +334,18 @@ impl Daemon {
             self.learner.epoch(),
             seen.unwrap_or_default(),
         ))
+    }
+}
+
+/// The next link notification; never, without a subscription (or once it ended:
+/// `check_link_watch` subscribes again).
+async fn link_change(watch: Option<&mut LinkWatch>) -> Option<()> {
+    match watch {
+        Some(watch) => {
+            watch.changed().await;
+            Some(())
+        }
+        None => std::future::pending().await,
     }
 }
 

@@ -3,9 +3,10 @@
 
 use std::{net::SocketAddr, path::PathBuf};
 
-use super::{events::EventFormat, hosts::RefreshPolicy};
+use super::{attachments::InterfacePattern, events::EventFormat, hosts::RefreshPolicy};
 use crate::{
     dns::{ForwarderConfig, LearnPolicy, Listeners},
+    pins::HookKind,
     table::PortSpec,
 };
 
@@ -32,8 +33,8 @@ pub struct RunOptions {
     pub watch_rules: bool,
     /// Leave the filter attached and pinned when stopped.
     pub keep_on_stop: bool,
-    pub xdp: Vec<String>,
-    pub tc: Vec<String>,
+    /// `--xdp`, `--tc` and `--tc-ingress`, in that order: names or patterns.
+    pub interfaces: Vec<InterfacePattern>,
     pub xdp_mode: XdpModeArg,
     pub audit: bool,
     pub events: EventFormat,
@@ -51,6 +52,14 @@ pub struct RunOptions {
     pub dns: Option<DnsOptions>,
     /// Where `/metrics` and `/healthz` are served, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+}
+
+impl RunOptions {
+    /// Whether any interface is asked for with `hook`.
+    #[must_use]
+    pub fn uses(&self, hook: HookKind) -> bool {
+        self.interfaces.iter().any(|p| p.hook == hook)
+    }
 }
 
 /// `--dns-listen` and the options that go with it.

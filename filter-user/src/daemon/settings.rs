@@ -3,7 +3,6 @@
 
 use std::collections::BTreeSet;
 
-use anyhow::Context as _;
 use filter_common::{Config, Mode};
 
 use super::{interfaces, RunOptions};
@@ -25,10 +24,11 @@ impl Settings {
         maps: &mut PolicyMaps,
         mut sources: SourceMaps,
         opts: &RunOptions,
+        xdp: &[u32],
     ) -> anyhow::Result<Self> {
         let config = config_for(opts);
         let written = if opts.check_sources {
-            let wanted = xdp_sources(&opts.xdp).await?;
+            let wanted = xdp_sources(xdp).await?;
             sources.set(&wanted)?;
             wanted
         } else {
@@ -46,13 +46,15 @@ impl Settings {
         })
     }
 
-    /// Reads the routes out of the XDP interfaces again and writes what changed. On failure the
-    /// tries keep what they hold: a client is never refused because a read went wrong.
-    pub async fn reread_sources(&mut self, opts: &RunOptions) {
+    /// Reads the routes out of the XDP interfaces (by index) again and writes what changed: every
+    /// 30 s, and before XDP is attached to an interface that appeared, so that its clients are
+    /// not refused as spoofed. On failure the tries keep what they hold: a client is never
+    /// refused because a read went wrong.
+    pub async fn reread_sources(&mut self, opts: &RunOptions, xdp: &[u32]) {
         if !opts.check_sources {
             return;
         }
-        let result = xdp_sources(&opts.xdp).await.and_then(|wanted| {
+        let result = xdp_sources(xdp).await.and_then(|wanted| {
             if wanted != self.written {
                 self.sources.set(&wanted)?;
                 tracing::info!(
@@ -89,16 +91,9 @@ fn config_for(opts: &RunOptions) -> Config {
 }
 
 /// The source prefixes that belong on each XDP interface (see [`interfaces::sources_of`]).
-async fn xdp_sources(xdp: &[String]) -> anyhow::Result<BTreeSet<InterfaceSource>> {
-    let indices = xdp
-        .iter()
-        .map(|iface| {
-            nix::net::if_::if_nametoindex(iface.as_str())
-                .with_context(|| format!("no interface named {iface}"))
-        })
-        .collect::<anyhow::Result<Vec<u32>>>()?;
+async fn xdp_sources(xdp: &[u32]) -> anyhow::Result<BTreeSet<InterfaceSource>> {
     let (links, routes) = interfaces::read_links_and_routes().await?;
-    Ok(interfaces::sources_of(&indices, &links, &routes))
+    Ok(interfaces::sources_of(xdp, &links, &routes))
 }
 
 #[cfg(test)]

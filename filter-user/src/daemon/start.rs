@@ -1,8 +1,8 @@
 //! Starting the daemon: resolve, load (adopting pins), number the counted interfaces, fill the
-//! maps, then attach, so the programs never run on maps that do not hold the policy yet.
+//! maps, then attach (through the same step that follows link changes later), so the programs
+//! never run on maps that do not hold the policy yet.
 
 use std::{
-    collections::BTreeMap,
     sync::{Arc, RwLock},
     time::{Duration, Instant},
 };
@@ -12,8 +12,10 @@ use tokio::sync::watch;
 use super::{
     allowances::Allowances,
     attach,
+    attachments::{Attachments, NamedLink, Plan},
     events::Enricher,
     hosts::{record_answers, resolve_now, HostTable},
+    interfaces::LinkWatch,
     learning::Learner,
     notify::Notifier,
     observe::Observer,
@@ -25,8 +27,8 @@ use crate::{
     counters::Counters,
     dns::{DnsCounters, LearnPolicy, Listeners, NameMatcher},
     maps::{PolicyMaps, SourceMaps},
-    metrics::{self, CountedInterface, Metrics},
-    pins::PinDir,
+    metrics::{self, Metrics},
+    pins::{HookKind, PinDir},
     resolve::Resolver,
     rules::Rules,
     state::{State, StateSaver},
@@ -39,7 +41,7 @@ impl Daemon {
         opts: RunOptions,
         rules: Rules,
         pins: PinDir,
-        interfaces: attach::Interfaces,
+        first: FirstAttachments,
         listeners: Option<Listeners>,
         metrics_listener: Option<tokio::net::TcpListener>,
     ) -> anyhow::Result<Self> {
@@ -86,9 +88,9 @@ impl Daemon {
         );
 
         let mut ebpf = attach::load_with_pins(&pins)?;
-        let counted = metrics::number_interfaces(&opts.xdp, &opts.tc);
-        let mut kernel_counters = Counters::loaded(&ebpf)?;
-        kernel_counters.assign_slots(&ebpf, &counter_slots(&counted, &interfaces.names))?;
+        let counted = metrics::number_interfaces(&opts.interfaces);
+        // Counter slots are assigned as the interfaces are attached (`carry_out`).
+        let kernel_counters = Counters::loaded(&ebpf)?;
         let dns_counters = Arc::new(DnsCounters::default());
         let metrics = match metrics_listener {
             Some(_) => Some(Arc::new(Metrics::new(
@@ -101,12 +103,16 @@ impl Daemon {
         observer.lookups(&answers);
         let mut maps = PolicyMaps::take_from(&mut ebpf)?;
         let sources = SourceMaps::take_from(&mut ebpf)?;
-        let settings = Settings::write(&mut maps, sources, &opts).await?;
+        let xdp: Vec<u32> = first
+            .plan
+            .attach
+            .iter()
+            .filter(|t| t.hook == HookKind::Xdp)
+            .map(|t| t.index)
+            .collect();
+        let settings = Settings::write(&mut maps, sources, &opts, &xdp).await?;
         let allowances = Allowances::read(&opts, rules.services.len())?;
-        let enricher = Arc::new(RwLock::new(Enricher {
-            iface_names: interfaces.names,
-            ..Enricher::default()
-        }));
+        let enricher = Arc::new(RwLock::new(Enricher::default()));
         let mut daemon = Self {
             opts,
             rules,
@@ -126,27 +132,22 @@ impl Daemon {
             observer,
             counted,
             metrics_listener,
+            attachments: Attachments::default(),
+            link_watch: Some(first.watch),
             ebpf,
         };
         daemon.apply(Update::Full, true)?;
         daemon.observer.policy_in_place(false);
-        attach::attach_all(
-            &mut daemon.ebpf,
-            &daemon.pins,
-            &daemon.opts,
-            &interfaces.layers,
-        )?;
+        daemon.carry_out(first.plan, &first.links, true).await?;
+        attach::remove_leftover_pins(&daemon.pins, &daemon.attachments.held)?;
         Ok(daemon)
     }
 }
 
-/// (Interface index, counter slot) for each numbered interface.
-fn counter_slots(counted: &[CountedInterface], names: &BTreeMap<u32, String>) -> Vec<(u32, u32)> {
-    names
-        .iter()
-        .filter_map(|(index, name)| {
-            let slot = counted.iter().find(|c| &c.name == name)?.slot;
-            Some((*index, slot))
-        })
-        .collect()
+/// What the first attachments are, worked out before anything is loaded.
+pub(super) struct FirstAttachments {
+    /// Subscribed before `links` were read, so no change after the reading is missed.
+    pub watch: LinkWatch,
+    pub links: Vec<NamedLink>,
+    pub plan: Plan,
 }
