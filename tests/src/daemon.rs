@@ -301,6 +301,19 @@ impl Daemon {
         Ok(child.try_wait()?)
     }
 
+    /// `egress-filter stats --json` for this daemon's pin path.
+    pub fn stats(&self) -> anyhow::Result<serde_json::Value> {
+        let out = Command::new(&self.binary)
+            .args(["stats", "--json", "--pin-path", &self.pin_path])
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "stats failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
     fn pid(&self) -> u32 {
         self.child.lock().map_or(0, |c| c.id())
     }

@@ -9,8 +9,8 @@ use anyhow::Context as _;
 
 use crate::{
     daemon::{
-        self, attachments::InterfacePattern, events::EventFormat, hosts::RefreshPolicy,
-        DnsOptions, RunOptions, XdpModeArg,
+        self, attachments::InterfacePattern, events::EventFormat, hosts::RefreshPolicy, DnsOptions,
+        RunOptions, XdpModeArg,
     },
     dns::LearnPolicy,
     pins::{HookKind, DEFAULT_PIN_PATH},
@@ -149,6 +149,10 @@ fn raise_file_limit() {
     }
 }
 
+/// Logs at info and up, except the netlink parser's complaints about attributes newer kernels
+/// add (each link read would log several): `RUST_LOG` replaces the whole filter.
+const DEFAULT_LOG_FILTER: &str = "info,netlink_packet_route=error";
+
 /// The longest refresh, grace or TTL floor `run` takes, in seconds.
 const WEEK: u64 = 7 * 24 * 3600;
 
@@ -159,7 +163,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| DEFAULT_LOG_FILTER.into()),
         );
     match log_format {
         LogFormat::Text => logs

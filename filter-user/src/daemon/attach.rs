@@ -157,8 +157,7 @@ pub fn attach_one(
             pin_link(program.take_link(id)?, &path, "XDP (kernel < 5.9?)")?;
         }
         HookKind::Tc | HookKind::TcIngress => {
-            let program: &mut SchedClassifier =
-                loader::program(ebpf, program_for(*hook, *layer))?;
+            let program: &mut SchedClassifier = loader::program(ebpf, program_for(*hook, *layer))?;
             let direction = if *hook == HookKind::Tc {
                 TcAttachType::Egress
             } else {
@@ -235,8 +234,7 @@ pub fn remove_leftover_pins(
 fn pinned_link_ifindex(path: &Path) -> anyhow::Result<Option<u32>> {
     let link = open_pinned(path).with_context(|| format!("cannot open {}", path.display()))?;
     let fdinfo = format!("/proc/self/fdinfo/{}", link.as_raw_fd());
-    let text =
-        std::fs::read_to_string(&fdinfo).with_context(|| format!("cannot read {fdinfo}"))?;
+    let text = std::fs::read_to_string(&fdinfo).with_context(|| format!("cannot read {fdinfo}"))?;
     let index = text
         .lines()
         .find_map(|line| line.strip_prefix("ifindex:"))

@@ -232,7 +232,11 @@ impl Attachments {
                 .iter()
                 .map(|(key, index)| view(key, Some(*index), None))
                 .collect(),
-            missing: self.missing.iter().map(|key| view(key, None, None)).collect(),
+            missing: self
+                .missing
+                .iter()
+                .map(|key| view(key, None, None))
+                .collect(),
             failed: self
                 .failed
                 .iter()
@@ -318,7 +322,12 @@ mod tests {
             (HookKind::TcIngress, "lxc1*"),
             (HookKind::Tc, "lan0"),
         ]);
-        let links = [link(2, "lan0"), link(7, "lxc11"), link(9, "lxc2"), link(4, "eth0")];
+        let links = [
+            link(2, "lan0"),
+            link(7, "lxc11"),
+            link(9, "lxc2"),
+            link(4, "eth0"),
+        ];
         let plan = plan(&wanted, &links, &BTreeMap::new());
         assert_eq!(
             names(&plan.attach),
@@ -359,7 +368,10 @@ mod tests {
         let attached = BTreeMap::from([((HookKind::Xdp, "lan0".to_owned()), 3)]);
         let plan = plan(&wanted, &[link(12, "lan0")], &attached);
         assert_eq!(names(&plan.attach), [(HookKind::Xdp, "lan0", 12)]);
-        assert!(plan.release.is_empty(), "the pin is taken over, not released");
+        assert!(
+            plan.release.is_empty(),
+            "the pin is taken over, not released"
+        );
     }
 
     #[test]

@@ -281,8 +281,9 @@ pub async fn read_named_links() -> anyhow::Result<Vec<NamedLink>> {
     result.context("cannot read the links over rtnetlink")
 }
 
-/// The kernel's link notifications (`RTMGRP_LINK`): a link was created, changed (renamed, up,
-/// down) or deleted. Each only says that something changed; the daemon then reads the links
+/// The kernel's link and route notifications: a link was created, changed (renamed, up, down)
+/// or deleted; a route came or went (an address added to a new interface brings its prefix
+/// route). Each only says that something changed; the daemon then reads the links or routes
 /// whole, so a lost notification costs nothing but time, and the periodic check catches it.
 pub struct LinkWatch {
     messages: futures::channel::mpsc::UnboundedReceiver<(
@@ -306,9 +307,11 @@ impl LinkWatch {
             .socket_mut()
             .bind(&rtnetlink::sys::SocketAddr::new(
                 0,
-                rtnetlink::constants::RTMGRP_LINK,
+                rtnetlink::constants::RTMGRP_LINK
+                    | rtnetlink::constants::RTMGRP_IPV4_ROUTE
+                    | rtnetlink::constants::RTMGRP_IPV6_ROUTE,
             ))
-            .context("cannot subscribe to link notifications")?;
+            .context("cannot subscribe to link and route notifications")?;
         Ok(Self {
             messages,
             connection: tokio::spawn(connection),
@@ -322,11 +325,11 @@ impl LinkWatch {
         self.alive
     }
 
-    /// Waits for the next link notification, then takes every one already queued with it: one
-    /// reading of the links answers them all. Once the subscription ended, waits forever.
-    pub async fn changed(&mut self) {
+    /// Waits for the next notification, then takes every one already queued with it: one
+    /// reading of the links (or routes) answers them all. Once the subscription ended, waits
+    /// forever.
+    pub async fn changed(&mut self) -> NetworkChange {
         use futures::StreamExt as _;
-        use rtnetlink::{packet_core::NetlinkPayload, packet_route::RouteNetlinkMessage};
 
         loop {
             let Some((message, _)) = self.messages.next().await else {
@@ -336,16 +339,48 @@ impl LinkWatch {
                 self.alive = false;
                 return std::future::pending().await;
             };
-            if matches!(
-                message.payload,
-                NetlinkPayload::InnerMessage(
-                    RouteNetlinkMessage::NewLink(_) | RouteNetlinkMessage::DelLink(_)
-                )
-            ) {
-                while self.messages.try_recv().is_ok() {}
-                return;
+            let mut change = NetworkChange::of(&message.payload);
+            if change == NetworkChange::default() {
+                continue;
             }
+            while let Ok((message, _)) = self.messages.try_recv() {
+                change.add(NetworkChange::of(&message.payload));
+            }
+            return change;
         }
+    }
+}
+
+/// What a batch of notifications changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetworkChange {
+    pub links: bool,
+    pub routes: bool,
+}
+
+impl NetworkChange {
+    fn of(
+        payload: &rtnetlink::packet_core::NetlinkPayload<
+            rtnetlink::packet_route::RouteNetlinkMessage,
+        >,
+    ) -> Self {
+        use rtnetlink::{packet_core::NetlinkPayload, packet_route::RouteNetlinkMessage as M};
+        match payload {
+            NetlinkPayload::InnerMessage(M::NewLink(_) | M::DelLink(_)) => Self {
+                links: true,
+                routes: false,
+            },
+            NetlinkPayload::InnerMessage(M::NewRoute(_) | M::DelRoute(_)) => Self {
+                links: false,
+                routes: true,
+            },
+            _ => Self::default(),
+        }
+    }
+
+    fn add(&mut self, other: Self) {
+        self.links |= other.links;
+        self.routes |= other.routes;
     }
 }
 

@@ -106,16 +106,17 @@ impl Daemon {
                     self.attachments.failed.remove(&key);
                     self.attachments.counts.attached += 1;
                     if let Ok(mut enricher) = self.enricher.write() {
-                        enricher.iface_names.insert(target.index, target.name.clone());
+                        enricher
+                            .iface_names
+                            .insert(target.index, target.name.clone());
                     }
                 }
                 Err(err) => {
                     self.attachments.counts.failed += 1;
-                    let exact = self
-                        .opts
-                        .interfaces
-                        .iter()
-                        .any(|p| p.hook == target.hook && p.is_exact() && p.text == target.name);
+                    let exact =
+                        self.opts.interfaces.iter().any(|p| {
+                            p.hook == target.hook && p.is_exact() && p.text == target.name
+                        });
                     if strict && exact {
                         return Err(err);
                     }

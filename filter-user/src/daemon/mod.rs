@@ -66,7 +66,7 @@ use self::{
     event_stream::{stream_events, SuppressedReporter, SUPPRESSED_REPORT},
     events::Enricher,
     hosts::{record_answers, resolve_in_background, HostTable},
-    interfaces::LinkWatch,
+    interfaces::{LinkWatch, NetworkChange},
     learning::Learner,
     notify::Notifier,
     observe::Observer,
@@ -227,33 +227,31 @@ impl Daemon {
         self.publish();
         self.notifier.ready(&enforcing);
         loop {
-            let wake = [self.hosts.next_event(), self.learner.table().next_expiry()]
-                .into_iter()
-                .flatten()
-                .fold(next_self_check, Instant::min);
+            let wake = [
+                self.hosts.next_event(),
+                self.learner.table().next_expiry(),
+                self.settings.reread_due(),
+            ]
+            .into_iter()
+            .flatten()
+            .fold(next_self_check, Instant::min);
             let update = tokio::select! {
                 () = tokio::time::sleep_until(wake.into()) => {
-                    let now = Instant::now();
-                    resolve_in_background(&mut self.hosts, &self.resolver, &resolved_tx, now);
-                    let hosts_gone = self.hosts.expire(now);
-                    let learned_gone = self.learner.expire(now);
-                    self.saver.dirty |= !learned_gone.is_empty();
-                    let mut update = grants::changes(&self.rules, &hosts_gone, &[], &learned_gone);
-                    if now >= next_self_check {
-                        next_self_check = now + SELF_ADDRESS_CHECK;
-                        if self.check_links_and_addresses().await {
-                            update = Update::Full;
-                        }
-                    }
-                    update
+                    self.timers_fired(&resolved_tx, &mut next_self_check).await
                 }
                 Some(answers) = resolved_rx.recv() => {
                     self.observer.lookups(&answers);
                     let changes = record_answers(&mut self.hosts, &answers);
                     grants::changes(&self.rules, &changes, &[], &[])
                 }
-                Some(()) = link_change(self.link_watch.as_mut()) => {
-                    self.follow_links().await;
+                Some(change) = network_change(self.link_watch.as_mut()) => {
+                    if change.links {
+                        self.follow_links().await;
+                    }
+                    if change.routes {
+                        // The source check follows the routes out of the XDP interfaces.
+                        self.settings.routes_changed(Instant::now());
+                    }
                     Update::None
                 }
                 Some(request) = learn_rx.recv() => {
@@ -296,14 +294,43 @@ impl Daemon {
         Ok(())
     }
 
+    /// What the loop's timers ask for: lookups due, hostnames and learned addresses expired, the
+    /// periodic check, source prefixes to read again after route changes.
+    async fn timers_fired(
+        &mut self,
+        resolved_tx: &mpsc::Sender<crate::resolve::Lookups>,
+        next_self_check: &mut Instant,
+    ) -> Update {
+        let now = Instant::now();
+        resolve_in_background(&mut self.hosts, &self.resolver, resolved_tx, now);
+        let hosts_gone = self.hosts.expire(now);
+        let learned_gone = self.learner.expire(now);
+        self.saver.dirty |= !learned_gone.is_empty();
+        let mut update = grants::changes(&self.rules, &hosts_gone, &[], &learned_gone);
+        if now >= *next_self_check {
+            *next_self_check = now + SELF_ADDRESS_CHECK;
+            if self.check_links_and_addresses().await {
+                update = Update::Full;
+            }
+        } else if self.settings.reread_due().is_some_and(|due| now >= due) {
+            self.reread_sources().await;
+        }
+        update
+    }
+
     /// The periodic check: the links (in case a notification was lost), the XDP interfaces'
     /// routes, the host's own addresses. True when the allowances changed.
     async fn check_links_and_addresses(&mut self) -> bool {
         self.check_link_watch();
         self.follow_links().await;
+        self.reread_sources().await;
+        self.reread_allowances()
+    }
+
+    /// Reads the source prefixes of the XDP interfaces attached to now.
+    async fn reread_sources(&mut self) {
         let xdp = self.attachments.xdp_indices();
         self.settings.reread_sources(&self.opts, &xdp).await;
-        self.reread_allowances()
     }
 
     /// Subscribes to link notifications again if the subscription broke.
@@ -337,14 +364,11 @@ impl Daemon {
     }
 }
 
-/// The next link notification; never, without a subscription (or once it ended:
+/// The next link or route notifications; never, without a subscription (or once it ended:
 /// `check_link_watch` subscribes again).
-async fn link_change(watch: Option<&mut LinkWatch>) -> Option<()> {
+async fn network_change(watch: Option<&mut LinkWatch>) -> Option<NetworkChange> {
     match watch {
-        Some(watch) => {
-            watch.changed().await;
-            Some(())
-        }
+        Some(watch) => Some(watch.changed().await),
         None => std::future::pending().await,
     }
 }
