@@ -57,7 +57,17 @@ impl HookKind {
         }
     }
 
-    /// How logs and `stats` name it.
+    /// How log sentences name it.
+    #[must_use]
+    pub const fn title(self) -> &'static str {
+        match self {
+            Self::Xdp => "XDP",
+            Self::Tc => "TC egress",
+            Self::TcIngress => "TC ingress",
+        }
+    }
+
+    /// How log fields, `stats` and the metrics name it.
     #[must_use]
     pub const fn name(self) -> &'static str {
         match self {

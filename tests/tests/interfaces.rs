@@ -94,7 +94,7 @@ fn lan_is_filtered_again(by: &str) -> anyhow::Result<()> {
         "blocked right after re-creation"
     );
     let attached_after =
-        logged_after(&daemon, &format!("xdp attached to {}", lab.gw_lan), created)?;
+        logged_after(&daemon, &format!("XDP attached to {}", lab.gw_lan), created)?;
     eprintln!("LAN by {by}: attached again {attached_after:?} after its re-creation began");
     assert!(attached_after < ATTACH_WITHIN, "{attached_after:?}");
     assert!(lab.client.connects(WEB_A_V4, 443, 2), "allowed after");
@@ -125,7 +125,7 @@ fn a_lan_deleted_and_created_again_is_filtered_again_by_pattern() -> anyhow::Res
 /// A node with an uplink to the simulated internet, and pods on veths of their own.
 struct Node {
     id: String,
-    node: Netns,
+    host: Netns,
     inet: Netns,
     pods: Vec<Netns>,
     listeners: Vec<std::process::Child>,
@@ -156,7 +156,7 @@ impl Node {
         inet.count_arrivals(&[("blocked", "ip daddr 198.51.100.20")])?;
         Ok(Self {
             id,
-            node,
+            host: node,
             inet,
             pods: Vec::new(),
             listeners,
@@ -177,12 +177,11 @@ impl Node {
     /// the veth first, then addresses and routes; returns when the pod can send.
     fn add_pod(&mut self, n: u8) -> anyhow::Result<usize> {
         let name = format!("ef-{}-pod{n}", self.id);
-        let index = match self.pods.iter().position(|p| p.name == name) {
-            Some(index) => index,
-            None => {
-                self.pods.push(Netns::create(name)?);
-                self.pods.len() - 1
-            }
+        let index = if let Some(index) = self.pods.iter().position(|p| p.name == name) {
+            index
+        } else {
+            self.pods.push(Netns::create(name)?);
+            self.pods.len() - 1
         };
         let veth = self.veth(n);
         let pod = &self.pods[index];
@@ -192,7 +191,7 @@ impl Node {
             "add",
             &veth,
             "netns",
-            &self.node.name,
+            &self.host.name,
             "type",
             "veth",
             "peer",
@@ -201,7 +200,7 @@ impl Node {
             "netns",
             &pod.name,
         ])?;
-        address(&self.node, &veth, &[&format!("10.88.{n}.1/24")])?;
+        address(&self.host, &veth, &[&format!("10.88.{n}.1/24")])?;
         address(pod, "eth0", &[&format!("10.88.{n}.2/24")])?;
         pod.exec(&[
             "ip",
@@ -215,7 +214,7 @@ impl Node {
     }
 
     fn delete_pod_veth(&self, n: u8) -> anyhow::Result<()> {
-        self.node.exec(&["ip", "link", "del", &self.veth(n)])?;
+        self.host.exec(&["ip", "link", "del", &self.veth(n)])?;
         Ok(())
     }
 
@@ -225,7 +224,7 @@ impl Node {
 
     fn start(&self, rules: &str) -> anyhow::Result<Daemon> {
         Daemon::start(
-            &self.node.name,
+            &self.host.name,
             &self.pin_path(),
             &["--rules", rules, "--tc-ingress", &self.pattern()],
         )
@@ -284,7 +283,7 @@ fn pods_are_filtered_as_their_veths_come_and_go() -> anyhow::Result<()> {
     );
     let attached_after = logged_after(
         &daemon,
-        &format!("tc-ingress attached to {}", node.veth(2)),
+        &format!("TC ingress attached to {}", node.veth(2)),
         created,
     )?;
     eprintln!("pod 2: able to send {ready:?} after its veth was created, attached after {attached_after:?}");

@@ -129,7 +129,7 @@ pub fn attach_one(
     if let Ok(old) = PinnedLink::from_pin(&path) {
         if pinned_link_ifindex(&path)? == Some(target.index) {
             adopt(ebpf, target, FdLink::from(old))?;
-            tracing::info!(iface = %name, hook = hook.name(), "{} on {name}: adopted the pinned link", hook.name());
+            tracing::info!(iface = %name, hook = hook.name(), "{} on {name}: adopted the pinned link", hook.title());
             return Ok(());
         }
         std::fs::remove_file(&path).with_context(|| format!("cannot unpin {}", path.display()))?;
@@ -166,7 +166,7 @@ pub fn attach_one(
             // aya picks TCX on kernels ≥ 6.6 (a pinnable bpf_link) and clsact before that.
             let id = program
                 .attach(name, direction)
-                .with_context(|| format!("cannot attach {} to {name}", hook.name()))?;
+                .with_context(|| format!("cannot attach {} to {name}", hook.title()))?;
             pin_link(program.take_link(id)?, &path, "TC (kernel < 6.6?)")?;
         }
     }
@@ -176,7 +176,7 @@ pub fn attach_one(
         ifindex = target.index,
         layer = ?layer,
         "{} attached to {name}{}",
-        hook.name(),
+        hook.title(),
         layer_note(*layer)
     );
     Ok(())
@@ -185,7 +185,7 @@ pub fn attach_one(
 /// Swaps this build's program into a pinned link. The link is not kept open here: its pin alone
 /// holds it, so unpinning it later detaches it.
 fn adopt(ebpf: &mut Ebpf, target: &Target, old: FdLink) -> anyhow::Result<()> {
-    let context = || format!("cannot update {} on {}", target.hook.name(), target.name);
+    let context = || format!("cannot update {} on {}", target.hook.title(), target.name);
     let program_name = program_for(target.hook, target.layer);
     if target.hook == HookKind::Xdp {
         let program: &mut Xdp = loader::program(ebpf, program_name)?;

@@ -63,7 +63,7 @@ impl Daemon {
             if let Ok(mut enricher) = self.enricher.write() {
                 enricher.iface_names.remove(&index);
             }
-            tracing::info!(iface = %name, hook = hook.name(), ifindex = index, "{} on {name} let go: the interface {why}", hook.name());
+            tracing::info!(iface = %name, hook = hook.name(), ifindex = index, "{} on {name} let go: the interface {why}", hook.title());
         }
         if plan.attach.is_empty() {
             return Ok(());
