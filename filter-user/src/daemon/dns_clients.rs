@@ -6,8 +6,9 @@
 //! its bridges and VLANs) unless `--dns-listen-any` says otherwise, and whatever it listens on,
 //! the forwarder answers only sources on the guarded interfaces' connected subnets, the host's
 //! own addresses and `--dns-allow-from` (see `dns::clients`). The set is read at start, when the
-//! attachments change and every 30 s, so a LAN that appears or an address added to one is
-//! served without a restart.
+//! attachments or the routes change (a LAN's addresses bring its connected routes, often a moment
+//! after the link) and every 30 s, so a LAN that appears or an address added to one is served
+//! without a restart.
 
 use std::{
     net::{IpAddr, SocketAddr},

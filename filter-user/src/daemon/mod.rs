@@ -338,15 +338,17 @@ impl Daemon {
         self.check_link_watch();
         self.follow_links().await;
         self.reread_sources().await;
-        let guarded = self.attachments.indices();
-        dns_clients::reread(&self.served, &self.opts, &guarded).await;
         self.reread_allowances()
     }
 
-    /// Reads the source prefixes of the XDP interfaces attached to now.
+    /// Reads the source prefixes of the XDP interfaces attached to now, and whom the DNS
+    /// forwarder answers: both follow the routes (a LAN's addresses come with its connected
+    /// routes, often a moment after the link itself).
     async fn reread_sources(&mut self) {
         let xdp = self.attachments.xdp_indices();
         self.settings.reread_sources(&self.opts, &xdp).await;
+        let guarded = self.attachments.indices();
+        dns_clients::reread(&self.served, &self.opts, &guarded).await;
     }
 
     /// Subscribes to link notifications again if the subscription broke.

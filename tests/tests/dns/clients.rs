@@ -373,3 +373,44 @@ fn one_client_holding_tcp_connections_does_not_shut_out_another() -> anyhow::Res
     drop(held);
     Ok(())
 }
+
+#[test]
+fn a_lan_created_again_is_answered_again_once_it_has_its_addresses() -> anyhow::Result<()> {
+    let lab = Lab::new(&[443])?;
+    let _upstream = Upstream::start(&lab, 60)?;
+    let rules = RulesDir::new(&lab, RULES)?;
+    let pattern = format!("e{}l*", lab.id);
+    let upstream = format!("{DNS_V4}:53");
+    // The LAN by pattern, the forwarder on every address: the LAN's own goes with the LAN.
+    let mut args = gateway_args(&lab, &rules, "0.0.0.0:5300", &upstream);
+    args[3] = &pattern;
+    args.push("--dns-listen-any");
+    let _daemon = Daemon::start(&lab.gw.name, &lab.pin_path(), &args)?;
+    let server = at(GW_LAN, 5300);
+    let name = "again.cdn.example.test.";
+    let answered = || {
+        ask_udp(
+            &lab.client.name,
+            "10.77.0.2",
+            server,
+            dns_query(name, 5, None)?,
+        )
+        .map(|reply| reply.is_some())
+    };
+    assert!(answered()?, "answered before");
+    lab.delete_lan()?;
+    lab.create_lan_again()?;
+    let created = std::time::Instant::now();
+    // The link comes first and its addresses a moment later: whom the forwarder answers
+    // follows the routes they bring, not only the 30 s check.
+    let mut again = false;
+    while !again && created.elapsed() < Duration::from_secs(10) {
+        again = answered()?;
+    }
+    eprintln!(
+        "answered again {:?} after the LAN's re-creation",
+        created.elapsed()
+    );
+    assert!(again && created.elapsed() < Duration::from_secs(5));
+    Ok(())
+}
