@@ -6,6 +6,7 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
+use ipnet::IpNet;
 
 use crate::{
     daemon::{
@@ -104,6 +105,16 @@ pub struct Args {
     /// the gateway's LAN address, never a public one.
     #[arg(long, value_name = "ADDR:PORT", requires = "dns_upstream")]
     pub dns_listen: Vec<SocketAddr>,
+    /// Let --dns-listen take a wildcard (0.0.0.0, ::) or an address that is neither loopback
+    /// nor on an --xdp/--tc interface. Without it such an address is refused: on a gateway it
+    /// would also listen on the WAN side. Clients are still limited as --dns-allow-from says.
+    #[arg(long, requires = "dns_listen")]
+    pub dns_listen_any: bool,
+    /// Answer DNS clients from PREFIX too (repeatable), e.g. a network behind a downstream
+    /// router. Without it only sources on the --xdp/--tc interfaces' connected subnets and the
+    /// host itself get answers; others get none (counted as unserved).
+    #[arg(long, value_name = "PREFIX", requires = "dns_listen")]
+    pub dns_allow_from: Vec<IpNet>,
     /// The DNS server the forwarder asks.
     #[arg(long, value_name = "IP:PORT", requires = "dns_listen")]
     pub dns_upstream: Option<SocketAddr>,
@@ -114,7 +125,8 @@ pub struct Args {
     /// record's TTL: a zero TTL must not fail the device's next connection.
     #[arg(long, default_value_t = 30, value_name = "SECS")]
     pub dns_min_ttl: u64,
-    /// Most learned (address, service) entries kept; past it the oldest go first.
+    /// Most learned (address, service) entries kept; past it the service that grew loses its
+    /// oldest first (or, below its share of the table, the service holding the most does).
     #[arg(long, default_value_t = 65_536, value_name = "N")]
     pub dns_max_learned: usize,
     /// Serve Prometheus metrics on /metrics and the health on /healthz here (HTTP). Off by
@@ -193,6 +205,14 @@ impl Args {
             args.dns_max_learned >= 1,
             "--dns-max-learned must be at least 1"
         );
+        daemon::dns_clients::refuse_wildcards(&args.dns_listen, args.dns_listen_any)?;
+        for prefix in &args.dns_allow_from {
+            anyhow::ensure!(
+                *prefix == prefix.trunc(),
+                "--dns-allow-from {prefix} has host bits set; did you mean {}?",
+                prefix.trunc()
+            );
+        }
         // Bounds that keep every deadline the daemon computes far from overflowing.
         for (flag, value) in [
             ("--max-refresh", args.max_refresh),
@@ -235,6 +255,8 @@ impl Args {
             event_burst: args.event_burst,
             dns: args.dns_upstream.map(|upstream| DnsOptions {
                 listen: args.dns_listen,
+                listen_any: args.dns_listen_any,
+                allow_from: args.dns_allow_from,
                 upstream,
                 block_unlisted: args.dns_block_unlisted,
                 learn: LearnPolicy {
@@ -302,6 +324,49 @@ mod tests {
         assert_eq!(dns.learn.grace, Duration::from_mins(1));
         assert_eq!(dns.learn.min_ttl, Duration::from_secs(5));
         assert_eq!(opts.refresh.grace, Duration::from_mins(1));
+    }
+
+    #[test]
+    fn a_wildcard_listen_address_needs_its_flag_and_allowed_prefixes_no_host_bits() {
+        let dns = ["--dns-upstream", "192.0.2.53:53"];
+        let err = options(&[&["--dns-listen", "0.0.0.0:53"][..], &dns].concat())
+            .expect_err("a wildcard")
+            .to_string();
+        assert!(err.contains("--dns-listen 0.0.0.0:53"), "{err}");
+        let opts = options(&[&["--dns-listen", "[::]:53", "--dns-listen-any"][..], &dns].concat())
+            .expect("asked for");
+        assert!(opts.dns.expect("DNS options").listen_any);
+        let opts = options(
+            &[
+                &[
+                    "--dns-listen",
+                    "10.0.0.1:53",
+                    "--dns-allow-from",
+                    "10.9.0.0/16",
+                    "--dns-allow-from",
+                    "2001:db8:9::/48",
+                ][..],
+                &dns,
+            ]
+            .concat(),
+        )
+        .expect("valid");
+        assert_eq!(opts.dns.expect("DNS options").allow_from.len(), 2);
+        let err = options(
+            &[
+                &[
+                    "--dns-listen",
+                    "10.0.0.1:53",
+                    "--dns-allow-from",
+                    "10.9.0.1/16",
+                ][..],
+                &dns,
+            ]
+            .concat(),
+        )
+        .expect_err("host bits")
+        .to_string();
+        assert!(err.contains("did you mean 10.9.0.0/16"), "{err}");
     }
 
     #[test]

@@ -157,6 +157,12 @@ impl Stats {
                 f.mismatched,
                 f.late
             );
+            let _ = writeln!(
+                out,
+                "     {} from sources it does not serve (no reply), {} UDP replies truncated, \
+                 {} TCP connections over the per-client limit, {} with every TCP slot taken",
+                f.unserved, f.truncated, f.tcp_client_limited, f.tcp_full
+            );
         }
         out
     }

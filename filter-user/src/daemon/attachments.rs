@@ -215,6 +215,14 @@ impl Attachments {
         indices.collect::<BTreeSet<_>>().into_iter().collect()
     }
 
+    /// The indices of every interface attached to, whatever the hook: the guarded networks,
+    /// whose clients the DNS forwarder answers.
+    #[must_use]
+    pub fn indices(&self) -> Vec<u32> {
+        let indices = self.held.values().copied();
+        indices.collect::<BTreeSet<_>>().into_iter().collect()
+    }
+
     /// What `stats` shows.
     #[must_use]
     pub fn report(&self) -> InterfaceReport {

@@ -4,7 +4,10 @@
 //! Both are read from the daemon's own network namespace (an ioctl and rtnetlink), never from
 //! `/sys/class/net`, which shows the namespace of whoever mounted sysfs.
 
-use std::{collections::BTreeSet, net::Ipv4Addr, net::Ipv6Addr};
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use anyhow::{bail, Context as _};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -169,39 +172,111 @@ fn related_links(index: u32, links: &[Link]) -> BTreeSet<u32> {
     related
 }
 
-/// Reads the links and the unicast routes of the daemon's namespace over rtnetlink.
-pub async fn read_links_and_routes() -> anyhow::Result<(Vec<Link>, Vec<Route>)> {
-    use futures::TryStreamExt as _;
-    use rtnetlink::packet_route::{
-        link::LinkAttribute,
-        route::{RouteAddress, RouteAttribute, RouteType},
-    };
+/// `indices` and every link related to one of them as [`sources_of`] relates them (their
+/// bridges and bonds, the VLANs stacked on them): where a guarded network's addresses sit.
+#[must_use]
+pub fn guarded_links(indices: &[u32], links: &[Link]) -> BTreeSet<u32> {
+    indices
+        .iter()
+        .flat_map(|&index| related_links(index, links))
+        .collect()
+}
 
+/// One address of an interface, with the subnet it makes directly reachable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InterfaceAddress {
+    pub index: u32,
+    /// The host's own address.
+    pub address: IpAddr,
+    /// The connected subnet (the peer's prefix on a point-to-point link).
+    pub subnet: IpNet,
+}
+
+/// Runs `read` on a fresh rtnetlink connection of the daemon's namespace.
+async fn with_rtnetlink<T, F>(read: impl FnOnce(rtnetlink::Handle) -> F) -> anyhow::Result<T>
+where
+    F: std::future::Future<Output = Result<T, rtnetlink::Error>>,
+{
     let (connection, handle, _) =
         rtnetlink::new_connection().context("cannot open an rtnetlink socket")?;
     let connection = tokio::spawn(connection);
-    let result = async {
-        let mut links = Vec::new();
-        let mut dump = handle.link().get().execute();
+    let result = read(handle).await;
+    connection.abort();
+    Ok(result?)
+}
+
+async fn dump_links(handle: &rtnetlink::Handle) -> Result<Vec<Link>, rtnetlink::Error> {
+    use futures::TryStreamExt as _;
+    use rtnetlink::packet_route::link::LinkAttribute;
+
+    let mut links = Vec::new();
+    let mut dump = handle.link().get().execute();
+    while let Some(message) = dump.try_next().await? {
+        let mut link = Link {
+            index: message.header.index,
+            ..Link::default()
+        };
+        // A peer in another namespace (a veth's) is not stacked on anything here.
+        let elsewhere = message
+            .attributes
+            .iter()
+            .any(|a| matches!(a, LinkAttribute::LinkNetNsId(_)));
+        for attribute in &message.attributes {
+            match attribute {
+                LinkAttribute::Controller(master) => link.master = Some(*master),
+                LinkAttribute::Link(parent) if !elsewhere => link.parent = Some(*parent),
+                _ => {}
+            }
+        }
+        links.push(link);
+    }
+    Ok(links)
+}
+
+/// Reads the links and every address of the daemon's namespace over rtnetlink.
+pub async fn read_links_and_addresses() -> anyhow::Result<(Vec<Link>, Vec<InterfaceAddress>)> {
+    use futures::TryStreamExt as _;
+    use rtnetlink::packet_route::address::AddressAttribute;
+
+    with_rtnetlink(|handle| async move {
+        let links = dump_links(&handle).await?;
+        let mut addresses = Vec::new();
+        let mut dump = handle.address().get().execute();
         while let Some(message) = dump.try_next().await? {
-            let mut link = Link {
-                index: message.header.index,
-                ..Link::default()
-            };
-            // A peer in another namespace (a veth's) is not stacked on anything here.
-            let elsewhere = message
-                .attributes
-                .iter()
-                .any(|a| matches!(a, LinkAttribute::LinkNetNsId(_)));
+            let (mut local, mut peer) = (None, None);
             for attribute in &message.attributes {
                 match attribute {
-                    LinkAttribute::Controller(master) => link.master = Some(*master),
-                    LinkAttribute::Link(parent) if !elsewhere => link.parent = Some(*parent),
+                    AddressAttribute::Local(a) => local = Some(*a),
+                    AddressAttribute::Address(a) => peer = Some(*a),
                     _ => {}
                 }
             }
-            links.push(link);
+            // IFA_LOCAL is the host's end where it differs from IFA_ADDRESS (point-to-point).
+            let Some(address) = local.or(peer) else {
+                continue;
+            };
+            let Ok(subnet) = IpNet::new(peer.unwrap_or(address), message.header.prefix_len) else {
+                continue;
+            };
+            addresses.push(InterfaceAddress {
+                index: message.header.index,
+                address,
+                subnet: subnet.trunc(),
+            });
         }
+        Ok((links, addresses))
+    })
+    .await
+    .context("cannot read links and addresses over rtnetlink")
+}
+
+/// Reads the links and the unicast routes of the daemon's namespace over rtnetlink.
+pub async fn read_links_and_routes() -> anyhow::Result<(Vec<Link>, Vec<Route>)> {
+    use futures::TryStreamExt as _;
+    use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteType};
+
+    with_rtnetlink(|handle| async move {
+        let links = dump_links(&handle).await?;
         let mut routes = Vec::new();
         for query in [
             rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new().build(),
@@ -243,11 +318,10 @@ pub async fn read_links_and_routes() -> anyhow::Result<(Vec<Link>, Vec<Route>)> 
                 }
             }
         }
-        Ok::<_, rtnetlink::Error>((links, routes))
-    }
-    .await;
-    connection.abort();
-    result.context("cannot read links and routes over rtnetlink")
+        Ok((links, routes))
+    })
+    .await
+    .context("cannot read links and routes over rtnetlink")
 }
 
 /// Reads every link of the daemon's namespace with its name and link type, over rtnetlink.

@@ -7,7 +7,7 @@ use std::time::Instant;
 use super::{
     attach,
     attachments::{self, NamedLink, Plan},
-    interfaces, Daemon,
+    dns_clients, interfaces, Daemon,
 };
 use crate::{counters::Counters, metrics};
 
@@ -29,6 +29,9 @@ impl Daemon {
             tracing::warn!("{err:#}");
         }
         if changed {
+            // A guarded network that came or went changes whom the DNS forwarder answers.
+            let guarded = self.attachments.indices();
+            dns_clients::reread(&self.served, &self.opts, &guarded).await;
             tracing::debug!(elapsed = ?started.elapsed(), "attachments follow the links");
         }
     }

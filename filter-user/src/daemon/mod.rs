@@ -21,13 +21,15 @@
 //!   (`crate::metrics` serves them);
 //! - `crate::state`: the state file `stats`, `learned` and a restart read; `crate::pins`: the
 //!   pin path;
-//! - [`interfaces`]: the links and their notifications, link types, and the source prefixes
-//!   routed out of an interface.
+//! - [`interfaces`]: the links and their notifications, link types, the source prefixes routed
+//!   out of an interface, and its addresses;
+//! - [`dns_clients`]: where the forwarder may listen and whom it answers.
 
 pub mod allowances;
 pub mod attach;
 pub mod attachments;
 mod changes;
+pub mod dns_clients;
 pub mod event_stream;
 pub mod events;
 pub mod grants;
@@ -63,6 +65,7 @@ pub use self::options::{DnsOptions, RunOptions, XdpModeArg};
 use self::{
     allowances::Allowances,
     attachments::Attachments,
+    dns_clients::GuardedAddresses,
     event_stream::{stream_events, SuppressedReporter, SUPPRESSED_REPORT},
     events::Enricher,
     hosts::{record_answers, resolve_in_background, HostTable},
@@ -75,7 +78,10 @@ use self::{
     start::FirstAttachments,
 };
 use crate::{
-    dns::{forwarder::MAX_IN_FLIGHT, DnsCounters, LearnRequest, Listeners, NameMatcher},
+    dns::{
+        forwarder::MAX_IN_FLIGHT, DnsCounters, LearnRequest, Listeners, NameMatcher, ServedClients,
+        Shared,
+    },
     maps::PolicyMaps,
     metrics::{self, CountedInterface},
     pins::PinDir,
@@ -101,6 +107,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let watch = LinkWatch::subscribe()?;
     let links = interfaces::read_named_links().await?;
     let plan = attach::first_plan(&opts, &links)?;
+    if let Some(dns) = opts.dns.as_ref().filter(|dns| !dns.listen_any) {
+        let guarded: Vec<u32> = plan.attach.iter().map(|t| t.index).collect();
+        GuardedAddresses::read(&guarded)
+            .await?
+            .check_listen(&dns.listen)?;
+    }
     let first = FirstAttachments { watch, links, plan };
 
     let pins = PinDir::new(&opts.pin_path);
@@ -164,6 +176,8 @@ struct Daemon {
     enricher: Arc<RwLock<Enricher>>,
     /// Which services each DNS name belongs to, for the forwarder and for learning.
     matcher: watch::Sender<Arc<NameMatcher>>,
+    /// Whom the forwarder answers, read again with the routes.
+    served: watch::Sender<Arc<ServedClients>>,
     learner: Learner,
     /// Bound at start, served once the policy is in place.
     listeners: Option<Listeners>,
@@ -327,10 +341,14 @@ impl Daemon {
         self.reread_allowances()
     }
 
-    /// Reads the source prefixes of the XDP interfaces attached to now.
+    /// Reads the source prefixes of the XDP interfaces attached to now, and whom the DNS
+    /// forwarder answers: both follow the routes (a LAN's addresses come with its connected
+    /// routes, often a moment after the link itself).
     async fn reread_sources(&mut self) {
         let xdp = self.attachments.xdp_indices();
         self.settings.reread_sources(&self.opts, &xdp).await;
+        let guarded = self.attachments.indices();
+        dns_clients::reread(&self.served, &self.opts, &guarded).await;
     }
 
     /// Subscribes to link notifications again if the subscription broke.
@@ -352,14 +370,21 @@ impl Daemon {
         let listeners = self.listeners.take()?;
         let dns = self.opts.dns.as_ref()?;
         tracing::info!("answering DNS on {}", dns.describe(&listeners));
+        tracing::info!(
+            "answering DNS clients from {}",
+            dns_clients::describe(&self.served.borrow())
+        );
         let seen = self.enricher.read().map(|e| Arc::clone(&e.seen));
         Some(listeners.serve(
             dns.forwarder_config(),
-            self.matcher.subscribe(),
-            learn,
-            Arc::clone(&self.dns_counters),
-            self.learner.epoch(),
-            seen.unwrap_or_default(),
+            Shared {
+                matcher: self.matcher.subscribe(),
+                served: self.served.subscribe(),
+                learn,
+                counters: Arc::clone(&self.dns_counters),
+                epoch: self.learner.epoch(),
+                seen: seen.unwrap_or_default(),
+            },
         ))
     }
 }

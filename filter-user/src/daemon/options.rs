@@ -3,6 +3,8 @@
 
 use std::{net::SocketAddr, path::PathBuf};
 
+use ipnet::IpNet;
+
 use super::{attachments::InterfacePattern, events::EventFormat, hosts::RefreshPolicy};
 use crate::{
     dns::{ForwarderConfig, LearnPolicy, Listeners},
@@ -66,6 +68,10 @@ impl RunOptions {
 #[derive(Clone, Debug)]
 pub struct DnsOptions {
     pub listen: Vec<SocketAddr>,
+    /// Listen on wildcard and non-guarded addresses too (`--dns-listen-any`).
+    pub listen_any: bool,
+    /// Client prefixes answered besides the guarded subnets and the host (`--dns-allow-from`).
+    pub allow_from: Vec<IpNet>,
     pub upstream: SocketAddr,
     pub block_unlisted: bool,
     pub learn: LearnPolicy,

@@ -13,6 +13,7 @@ use super::{
     allowances::Allowances,
     attach,
     attachments::{Attachments, NamedLink, Plan},
+    dns_clients,
     events::Enricher,
     hosts::{record_answers, resolve_now, HostTable},
     interfaces::LinkWatch,
@@ -113,6 +114,8 @@ impl Daemon {
         let settings = Settings::write(&mut maps, sources, &opts, &xdp).await?;
         let allowances = Allowances::read(&opts, rules.services.len())?;
         let enricher = Arc::new(RwLock::new(Enricher::default()));
+        let guarded: Vec<u32> = first.plan.attach.iter().map(|t| t.index).collect();
+        let served = dns_clients::read_served(&opts, &guarded).await?;
         let mut daemon = Self {
             opts,
             rules,
@@ -124,6 +127,7 @@ impl Daemon {
             policy: PolicySync::new(maps),
             enricher,
             matcher: watch::Sender::new(matcher),
+            served: watch::Sender::new(Arc::new(served)),
             learner,
             listeners,
             dns_counters,

@@ -371,7 +371,9 @@ fn dns_counters(
         "egress_filter_dns_queries_total",
         "Client DNS queries, by outcome: forwarded upstream, merged into an identical query in \
          flight, refused (--dns-block-unlisted), malformed, failed (upstream error or timeout), \
-         overloaded (too many in flight) or client_limited (the client's bound in flight).",
+         overloaded (too many in flight), client_limited (the client's bound in flight) or \
+         unserved (a datagram or TCP connection from a source the forwarder does not serve, \
+         dropped without a reply).",
         &["outcome"],
         [
             outcome("forwarded", values.forwarded),
@@ -381,6 +383,24 @@ fn dns_counters(
             outcome("failed", values.servfail),
             outcome("overloaded", values.overloaded),
             outcome("client_limited", values.client_limited),
+            outcome("unserved", values.unserved),
+        ],
+    )?;
+    families.counter(
+        "egress_filter_dns_truncated_replies_total",
+        "UDP replies sent truncated (TC set, the client retries over TCP): the answer exceeded \
+         the client's UDP size or the 1,232-byte cap.",
+        &[],
+        [(vec![], values.truncated)],
+    )?;
+    families.counter(
+        "egress_filter_dns_tcp_connections_refused_total",
+        "TCP client connections closed at once, by reason: client_limited (that client holds \
+         its bound of connections) or full (every slot is taken).",
+        &["reason"],
+        [
+            outcome("client_limited", values.tcp_client_limited),
+            outcome("full", values.tcp_full),
         ],
     )?;
     families.counter(
