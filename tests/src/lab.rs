@@ -252,21 +252,7 @@ impl Lab {
             gw_wan: uplink_dev.clone(),
             listeners: Vec::new(),
         };
-        sh(&[
-            "ip",
-            "link",
-            "add",
-            &client_dev,
-            "netns",
-            &lab.client.name,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &lan_dev,
-            "netns",
-            &lab.gw.name,
-        ])?;
+        lab.add_lan_veth(&client_dev)?;
         sh(&[
             "ip",
             "link",
@@ -371,11 +357,17 @@ impl Lab {
     /// Creates the LAN again under the same names, with its addresses and routes.
     pub fn create_lan_again(&self) -> anyhow::Result<()> {
         let client_dev = format!("e{}c", self.id);
+        self.add_lan_veth(&client_dev)?;
+        self.wire_lan(&client_dev)
+    }
+
+    /// The LAN's veth pair: `client_dev` in the client, the gateway's LAN end in the gateway.
+    fn add_lan_veth(&self, client_dev: &str) -> anyhow::Result<()> {
         sh(&[
             "ip",
             "link",
             "add",
-            &client_dev,
+            client_dev,
             "netns",
             &self.client.name,
             "type",
@@ -386,7 +378,7 @@ impl Lab {
             "netns",
             &self.gw.name,
         ])?;
-        self.wire_lan(&client_dev)
+        Ok(())
     }
 
     /// Waits (bounded) until the client reaches the internet side with no filter in place.

@@ -7,7 +7,7 @@ use std::{
 };
 
 use filter_tests::{
-    daemon::{binary, Daemon},
+    daemon::{binary, query_json, Daemon},
     dns::DnsServer,
     lab::{Lab, Netns, RulesDir, DNS_V4, WEB_A_V4, WEB_A_V6, WEB_B_V4},
 };
@@ -158,15 +158,7 @@ pub(crate) fn resolve(lab: &Lab, name: &str) -> Vec<String> {
 
 /// `egress-filter VERB --pin-path PIN --json`, parsed.
 pub(crate) fn query(lab: &Lab, verb: &str) -> anyhow::Result<serde_json::Value> {
-    let out = Command::new(binary()?)
-        .args([verb, "--pin-path", &lab.pin_path(), "--json"])
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "{verb}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(serde_json::from_slice(&out.stdout)?)
+    query_json(&binary()?, verb, &lab.pin_path())
 }
 
 /// Waits (bounded: the state file is written every second) until `learned` lists an entry
