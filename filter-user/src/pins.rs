@@ -3,7 +3,8 @@
 //! ```text
 //! <pin-path>/                       default /sys/fs/bpf/egress-filter
 //!   maps/<MAP>                      every map of filter_common::maps::ALL_MAPS
-//!   links/xdp-<iface>, tc-<iface>   one bpf_link per attachment
+//!   links/xdp-<iface>, tc-<iface>,  one bpf_link per attachment
+//!         tci-<iface>
 //! /run/egress-filter/<pin-path as a file name>.lock   held (flock) while a daemon runs
 //! /run/egress-filter/<pin-path as a file name>.json   service names and resolved addresses
 //! ```
@@ -26,17 +27,53 @@ pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/egress-filter";
 const RUN_DIR: &str = "/run/egress-filter";
 
 /// Which hook an attachment uses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum HookKind {
     Xdp,
+    /// TC in the egress direction: what a host sends out of its uplink.
     Tc,
+    /// TC in the ingress direction: what a pod sends into the host side of its veth.
+    TcIngress,
 }
 
 impl HookKind {
+    pub const ALL: [Self; 3] = [Self::Xdp, Self::Tc, Self::TcIngress];
+
     const fn prefix(self) -> &'static str {
         match self {
             Self::Xdp => "xdp-",
             Self::Tc => "tc-",
+            Self::TcIngress => "tci-",
+        }
+    }
+
+    /// The option of `run` that asks for this hook.
+    #[must_use]
+    pub const fn option(self) -> &'static str {
+        match self {
+            Self::Xdp => "--xdp",
+            Self::Tc => "--tc",
+            Self::TcIngress => "--tc-ingress",
+        }
+    }
+
+    /// How log sentences name it.
+    #[must_use]
+    pub const fn title(self) -> &'static str {
+        match self {
+            Self::Xdp => "XDP",
+            Self::Tc => "TC egress",
+            Self::TcIngress => "TC ingress",
+        }
+    }
+
+    /// How log fields, `stats` and the metrics name it.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Xdp => "xdp",
+            Self::Tc => "tc",
+            Self::TcIngress => "tc-ingress",
         }
     }
 }
@@ -149,7 +186,7 @@ impl PinDir {
             .filter_map(Result::ok)
             .filter_map(|e| {
                 let name = e.file_name().to_string_lossy().into_owned();
-                [HookKind::Xdp, HookKind::Tc].into_iter().find_map(|hook| {
+                HookKind::ALL.into_iter().find_map(|hook| {
                     Some((hook, name.strip_prefix(hook.prefix())?.to_owned(), e.path()))
                 })
             })

@@ -11,7 +11,10 @@ use std::{
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
-use crate::dns::{DnsCounterValues, LearnCounters, LearnedView};
+use crate::{
+    daemon::attachments::AttachmentCounts,
+    dns::{DnsCounterValues, LearnCounters, LearnedView},
+};
 
 #[derive(Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct State {
@@ -27,6 +30,31 @@ pub struct State {
     pub learned: Vec<LearnedView>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns: Option<DnsStats>,
+    /// The interfaces attached to, and those asked for that are not.
+    #[serde(default)]
+    pub interfaces: InterfaceReport,
+}
+
+/// What `stats` says about interfaces: every attachment held, the exact names asked for that do
+/// not exist, the attachments that failed, and what happened since the daemon started.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InterfaceReport {
+    pub attached: Vec<AttachmentView>,
+    pub missing: Vec<AttachmentView>,
+    pub failed: Vec<AttachmentView>,
+    pub counts: AttachmentCounts,
+}
+
+/// One attachment: the hook and the interface (with its index, when it exists; with why, when
+/// attaching it failed).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AttachmentView {
+    pub hook: String,
+    pub iface: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ifindex: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// The forwarder's counters and the learned table's, as `stats` shows them.

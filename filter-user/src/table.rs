@@ -154,25 +154,41 @@ impl AllowTable {
     /// Compiles grants into the table: groups them by (normalised) prefix, then gives every
     /// prefix the union with all prefixes that cover it, and checks kernel capacities.
     pub fn build(grants: &[Grant]) -> Result<Self, TableError> {
-        let mut v4: BTreeMap<Ipv4Net, Vec<PortRule>> = BTreeMap::new();
-        let mut v6: BTreeMap<Ipv6Net, Vec<PortRule>> = BTreeMap::new();
-        let mut host_grants: BTreeMap<IpNet, BTreeMap<PortRule, u32>> = BTreeMap::new();
+        // Flat vectors sorted once, and maps built from sorted runs in bulk: a million grants
+        // inserted one by one into ordered maps cost most of a large table's compile time.
+        let mut v4: Vec<(Ipv4Net, PortRule)> = Vec::new();
+        let mut v6: Vec<(Ipv6Net, PortRule)> = Vec::new();
+        let mut hosts: Vec<(IpNet, PortRule)> = Vec::new();
         for grant in grants {
-            let rules = grant.ports.iter().map(|spec| to_rule(spec, grant.service));
-            if is_host_route(grant.prefix) {
-                let counts = host_grants.entry(grant.prefix.trunc()).or_default();
-                for rule in rules.clone() {
-                    *counts.entry(rule).or_default() += 1;
+            let prefix = grant.prefix.trunc();
+            for rule in grant.ports.iter().map(|spec| to_rule(spec, grant.service)) {
+                if is_host_route(prefix) {
+                    hosts.push((prefix, rule));
+                }
+                match prefix {
+                    IpNet::V4(net) => v4.push((net, rule)),
+                    IpNet::V6(net) => v6.push((net, rule)),
                 }
             }
-            match grant.prefix.trunc() {
-                IpNet::V4(net) => v4.entry(net).or_default().extend(rules),
-                IpNet::V6(net) => v6.entry(net).or_default().extend(rules),
-            }
         }
+        hosts.sort_unstable();
+        let host_grants = runs(&hosts)
+            .map(|(prefix, rules)| {
+                let mut counts: Vec<(PortRule, u32)> = Vec::new();
+                for (_, rule) in rules {
+                    match counts.last_mut() {
+                        Some((last, count)) if last == rule => *count += 1,
+                        _ => counts.push((*rule, 1)),
+                    }
+                }
+                (prefix, counts.into_iter().collect())
+            })
+            .collect();
+        v4.sort_unstable();
+        v6.sort_unstable();
         let table = Self {
-            v4: inherit_covering(v4, |net| IpNet::V4(*net))?,
-            v6: inherit_covering(v6, |net| IpNet::V6(*net))?,
+            v4: inherit_covering(runs(&v4), |net| IpNet::V4(*net))?,
+            v6: inherit_covering(runs(&v6), |net| IpNet::V6(*net))?,
             host_grants,
         };
         for (family, len) in [("IPv4", table.v4.len()), ("IPv6", table.v6.len())] {
@@ -337,13 +353,14 @@ impl Prefix for Ipv6Net {
 /// Prefixes sort by (network address, length), so a covering prefix always comes before the
 /// prefixes it covers, and the ones covering the current prefix form a stack: one pass, no
 /// per-prefix search of all shorter lengths.
-fn inherit_covering<N: Prefix>(
-    own: BTreeMap<N, Vec<PortRule>>,
+fn inherit_covering<'a, N: Prefix + 'a>(
+    own: impl Iterator<Item = (N, &'a [(N, PortRule)])>,
     to_ipnet: impl Fn(&N) -> IpNet,
 ) -> Result<BTreeMap<N, RuleSet>, TableError> {
-    let mut out = BTreeMap::new();
+    let mut out = Vec::new();
     let mut covering: Vec<(N, RuleSet)> = Vec::new();
     for (prefix, rules) in own {
+        let rules = rules.iter().map(|(_, rule)| *rule);
         while covering
             .last()
             .is_some_and(|(open, _)| !open.contains_prefix(&prefix))
@@ -362,9 +379,18 @@ fn inherit_covering<N: Prefix>(
             });
         }
         covering.push((prefix, effective.clone()));
-        out.insert(prefix, effective);
+        out.push((prefix, effective));
     }
-    Ok(out)
+    // Sorted and distinct already: the map is built in bulk.
+    Ok(out.into_iter().collect())
+}
+
+/// The runs of equal keys in a sorted slice of (key, value) pairs: each key once, with its
+/// pairs.
+fn runs<K: Copy + PartialEq, V>(sorted: &[(K, V)]) -> impl Iterator<Item = (K, &[(K, V)])> {
+    sorted
+        .chunk_by(|a, b| a.0 == b.0)
+        .map(|run| (run[0].0, run))
 }
 
 fn longest_match_v4(

@@ -132,6 +132,22 @@ fn dns_options_go_together_and_are_bounded() {
 }
 
 #[test]
+fn a_wildcard_dns_listen_address_is_refused_by_name_before_anything_is_touched() {
+    // No such interface: whatever happens, nothing is attached.
+    let run = ["run", "--rules", "rules/", "--xdp", "ef-no-such-if"];
+    let wildcard = ["--dns-listen", "[::]:53", "--dns-upstream", "127.0.0.1:53"];
+    let (code, _, stderr) = egress_filter(&[&run[..], &wildcard].concat());
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("--dns-listen [::]:53") && stderr.contains("--dns-listen-any"),
+        "{stderr}"
+    );
+    // --dns-listen-any belongs to the forwarder: alone it is refused.
+    let (code, _, stderr) = egress_filter(&[&run[..], &["--dns-listen-any"]].concat());
+    assert_eq!(code, 2, "{stderr}");
+}
+
+#[test]
 fn learned_without_a_running_filter_says_so() {
     let (code, stdout, stderr) =
         egress_filter(&["learned", "--pin-path", "/nonexistent/egress-filter"]);

@@ -29,6 +29,19 @@ pub fn binary() -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// `egress-filter VERB --pin-path PIN --json` (`stats`, `learned`), parsed.
+pub fn query_json(binary: &Path, verb: &str, pin_path: &str) -> anyhow::Result<serde_json::Value> {
+    let out = Command::new(binary)
+        .args([verb, "--pin-path", pin_path, "--json"])
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{verb}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
 /// A running daemon whose stdout (events) and stderr (logs) are collected.
 pub struct Daemon {
     child: Mutex<Child>,
@@ -299,6 +312,11 @@ impl Daemon {
             .lock()
             .map_err(|_| anyhow::anyhow!("child lock poisoned"))?;
         Ok(child.try_wait()?)
+    }
+
+    /// `egress-filter stats --json` for this daemon's pin path.
+    pub fn stats(&self) -> anyhow::Result<serde_json::Value> {
+        query_json(&self.binary, "stats", &self.pin_path)
     }
 
     fn pid(&self) -> u32 {

@@ -151,6 +151,15 @@ impl Netns {
     }
 }
 
+/// Gives `dev` in `ns` its addresses (no duplicate address detection) and brings it up.
+pub fn address(ns: &Netns, dev: &str, addrs: &[&str]) -> anyhow::Result<()> {
+    for addr in addrs {
+        ns.exec(&["ip", "addr", "add", addr, "dev", dev, "nodad"])?;
+    }
+    ns.exec(&["ip", "link", "set", dev, "up"])?;
+    Ok(())
+}
+
 /// The crafted-packet tool (`tests/tools/packets.py`), run with Debian's python3, which has
 /// scapy (`cargo xtask setup` installs python3-scapy).
 #[must_use]
@@ -243,21 +252,7 @@ impl Lab {
             gw_wan: uplink_dev.clone(),
             listeners: Vec::new(),
         };
-        sh(&[
-            "ip",
-            "link",
-            "add",
-            &client_dev,
-            "netns",
-            &lab.client.name,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &lan_dev,
-            "netns",
-            &lab.gw.name,
-        ])?;
+        lab.add_lan_veth(&client_dev)?;
         sh(&[
             "ip",
             "link",
@@ -290,16 +285,6 @@ impl Lab {
     fn wire(&self, client_dev: &str, inet_dev: &str) -> anyhow::Result<()> {
         for (ns, dev, addrs) in [
             (
-                &self.client,
-                &client_dev,
-                &["10.77.0.2/24", "fd00:77::2/64"][..],
-            ),
-            (
-                &self.gw,
-                &self.gw_lan.as_str(),
-                &["10.77.0.1/24", "fd00:77::1/64"][..],
-            ),
-            (
                 &self.gw,
                 &self.gw_wan.as_str(),
                 &["192.0.2.1/24", "2001:db8:ffff::1/64"][..],
@@ -310,11 +295,9 @@ impl Lab {
                 &["192.0.2.2/24", "2001:db8:ffff::2/64"][..],
             ),
         ] {
-            for addr in addrs {
-                ns.exec(&["ip", "addr", "add", addr, "dev", dev, "nodad"])?;
-            }
-            ns.exec(&["ip", "link", "set", dev, "up"])?;
+            address(ns, dev, addrs)?;
         }
+        self.wire_lan(client_dev)?;
         for addr in [
             "198.51.100.10/32",
             "198.51.100.20/32",
@@ -325,10 +308,6 @@ impl Lab {
             self.inet
                 .exec(&["ip", "addr", "add", addr, "dev", "lo", "nodad"])?;
         }
-        self.client
-            .exec(&["ip", "route", "add", "default", "via", "10.77.0.1"])?;
-        self.client
-            .exec(&["ip", "-6", "route", "add", "default", "via", "fd00:77::1"])?;
         self.gw
             .exec(&["ip", "route", "add", "default", "via", "192.0.2.2"])?;
         self.gw.exec(&[
@@ -355,6 +334,50 @@ impl Lab {
             .exec(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])?;
         self.gw
             .exec(&["sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1"])?;
+        Ok(())
+    }
+
+    /// The LAN's addresses and the client's default routes.
+    fn wire_lan(&self, client_dev: &str) -> anyhow::Result<()> {
+        address(&self.client, client_dev, &["10.77.0.2/24", "fd00:77::2/64"])?;
+        address(&self.gw, &self.gw_lan, &["10.77.0.1/24", "fd00:77::1/64"])?;
+        self.client
+            .exec(&["ip", "route", "add", "default", "via", "10.77.0.1"])?;
+        self.client
+            .exec(&["ip", "-6", "route", "add", "default", "via", "fd00:77::1"])?;
+        Ok(())
+    }
+
+    /// Deletes the LAN (both ends of its veth), as a networkd restart or a replugged NIC does.
+    pub fn delete_lan(&self) -> anyhow::Result<()> {
+        self.gw.exec(&["ip", "link", "del", &self.gw_lan])?;
+        Ok(())
+    }
+
+    /// Creates the LAN again under the same names, with its addresses and routes.
+    pub fn create_lan_again(&self) -> anyhow::Result<()> {
+        let client_dev = format!("e{}c", self.id);
+        self.add_lan_veth(&client_dev)?;
+        self.wire_lan(&client_dev)
+    }
+
+    /// The LAN's veth pair: `client_dev` in the client, the gateway's LAN end in the gateway.
+    fn add_lan_veth(&self, client_dev: &str) -> anyhow::Result<()> {
+        sh(&[
+            "ip",
+            "link",
+            "add",
+            client_dev,
+            "netns",
+            &self.client.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &self.gw_lan,
+            "netns",
+            &self.gw.name,
+        ])?;
         Ok(())
     }
 

@@ -5,10 +5,12 @@
 //! - `demo`: the filter on a gateway in a namespace lab, with the shipped rules.
 //! - `bench`: the benchmarks, written to BENCHMARKS.md.
 //! - `dist`: the static binary, the .deb and the OCI image, in `target/dist/`.
+//! - `fuzz`: the coverage-guided fuzz targets, each for a given time.
 
 mod bench;
 mod demo;
 mod dist;
+mod fuzz;
 mod setup;
 mod test;
 
@@ -36,9 +38,16 @@ enum Command {
     /// BENCHMARKS.md.
     Bench {
         /// Measure only this part and print it, leaving BENCHMARKS.md alone (`dns`, `breakdown`,
-        /// `per-packet`, `scrape`, `flows`).
+        /// `per-packet`, `scrape`, `flows`, `check`).
         #[arg(long, value_name = "PART")]
         only: Option<String>,
+    },
+    /// Run every fuzz target (rule files, DNS queries and answers, the state file, drop
+    /// events) for a given time each; a crash fails the run and leaves its input in
+    /// fuzz/artifacts/.
+    Fuzz {
+        #[arg(long, default_value_t = 60, value_name = "N")]
+        seconds: u32,
     },
 }
 
@@ -49,6 +58,7 @@ fn main() -> std::process::ExitCode {
         Command::Demo => setup::run().and_then(|()| demo::run()),
         Command::Dist => setup::run().and_then(|()| dist::run()),
         Command::Bench { only } => setup::run().and_then(|()| bench::run(only.as_deref())),
+        Command::Fuzz { seconds } => setup::run().and_then(|()| fuzz::run(seconds)),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -40,8 +40,10 @@ const APT_PACKAGES: &[&str] = &[
     "systemd",
     "python3-venv",
 ];
-const NIGHTLY: &str = "nightly";
+pub(crate) const NIGHTLY: &str = "nightly";
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// The libFuzzer driver the fuzz targets run under.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 /// The Kubernetes API schemas the manifests are validated against, offline (PyPI).
 const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
@@ -52,6 +54,7 @@ pub(crate) fn run() -> anyhow::Result<()> {
     apt_packages()?;
     nightly_rust_src()?;
     bpf_linker()?;
+    cargo_fuzz()?;
     musl_target()?;
     kubernetes_validate()?;
     Ok(())
@@ -163,6 +166,21 @@ fn bpf_linker() -> anyhow::Result<()> {
             .args(["--no-default-features", "--features", "llvm-22"])
             .env("LLVM_PREFIX", LLVM_PREFIX),
     )
+}
+
+fn cargo_fuzz() -> anyhow::Result<()> {
+    let present = Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains(CARGO_FUZZ_VERSION));
+    if present {
+        return Ok(());
+    }
+    run_cmd(Command::new("cargo").args([
+        "install",
+        &format!("cargo-fuzz@{CARGO_FUZZ_VERSION}"),
+        "--locked",
+    ]))
 }
 
 fn output(cmd: &mut Command) -> anyhow::Result<String> {

@@ -13,6 +13,8 @@ pub(crate) fn run() -> anyhow::Result<()> {
     let root = workspace_root();
 
     run_cmd(cargo().args(["fmt", "--all", "--check"]))?;
+    // The fuzz targets are a workspace of their own (nightly, sanitizers).
+    run_cmd(cargo().args(["fmt", "--manifest-path", "fuzz/Cargo.toml", "--check"]))?;
     run_cmd(cargo().args([
         "clippy",
         "--workspace",
@@ -89,10 +91,17 @@ pub(crate) fn run() -> anyhow::Result<()> {
         "the privileged suites ran no test: that is a failure, not a pass"
     );
 
+    // Every parser that takes outside input, coverage-guided, briefly (`cargo xtask fuzz` runs
+    // longer): a crash fails the test.
+    crate::fuzz::run(FUZZ_SECONDS)?;
+
     println!("xtask test: {unit} unit tests and {privileged} privileged tests passed");
     println!("{} passed, 0 failed", unit + privileged);
     Ok(())
 }
+
+/// Seconds each fuzz target runs in `cargo xtask test`.
+const FUZZ_SECONDS: u32 = 15;
 
 unsafe extern "C" {
     #[link_name = "geteuid"]

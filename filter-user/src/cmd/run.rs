@@ -6,14 +6,15 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
+use ipnet::IpNet;
 
 use crate::{
     daemon::{
-        self, events::EventFormat, hosts::RefreshPolicy, DnsOptions, FlowOptions, RunOptions,
-        XdpModeArg,
+        self, attachments::InterfacePattern, events::EventFormat, hosts::RefreshPolicy, DnsOptions,
+        FlowOptions, RunOptions, XdpModeArg,
     },
     dns::LearnPolicy,
-    pins::DEFAULT_PIN_PATH,
+    pins::{HookKind, DEFAULT_PIN_PATH},
     table::PortSpec,
 };
 
@@ -37,12 +38,19 @@ pub struct Args {
     /// upgrade, a pod replaced by a rolling update). `egress-filter detach` removes it.
     #[arg(long)]
     pub keep_on_stop: bool,
-    /// Attach XDP here: a gateway's LAN-facing interface. Repeatable.
+    /// Attach XDP here: a gateway's LAN-facing interface. A name or a shell-style pattern
+    /// ('lan*'); interfaces that appear later, or are deleted and created again, are attached
+    /// within a second. Repeatable.
     #[arg(long, value_name = "IFACE")]
     pub xdp: Vec<String>,
-    /// Attach TC egress here: a host's uplink. Repeatable.
+    /// Attach TC egress here: a host's uplink. A name or a pattern, as for --xdp. Repeatable.
     #[arg(long, value_name = "IFACE")]
     pub tc: Vec<String>,
+    /// Attach TC ingress here: the host side of a pod's or container's veth, where what the
+    /// pod sends comes in ('lxc*', 'cali*', 'veth*'). A name or a pattern, as for --xdp.
+    /// Repeatable.
+    #[arg(long, value_name = "IFACE")]
+    pub tc_ingress: Vec<String>,
     /// XDP attach mode.
     #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
     pub xdp_mode: XdpModeArg,
@@ -97,6 +105,16 @@ pub struct Args {
     /// the gateway's LAN address, never a public one.
     #[arg(long, value_name = "ADDR:PORT", requires = "dns_upstream")]
     pub dns_listen: Vec<SocketAddr>,
+    /// Let --dns-listen take a wildcard (0.0.0.0, ::) or an address that is neither loopback
+    /// nor on an --xdp/--tc interface. Without it such an address is refused: on a gateway it
+    /// would also listen on the WAN side. Clients are still limited as --dns-allow-from says.
+    #[arg(long, requires = "dns_listen")]
+    pub dns_listen_any: bool,
+    /// Answer DNS clients from PREFIX too (repeatable), e.g. a network behind a downstream
+    /// router. Without it only sources on the --xdp/--tc interfaces' connected subnets and the
+    /// host itself get answers; others get none (counted as unserved).
+    #[arg(long, value_name = "PREFIX", requires = "dns_listen")]
+    pub dns_allow_from: Vec<IpNet>,
     /// The DNS server the forwarder asks.
     #[arg(long, value_name = "IP:PORT", requires = "dns_listen")]
     pub dns_upstream: Option<SocketAddr>,
@@ -107,7 +125,8 @@ pub struct Args {
     /// record's TTL: a zero TTL must not fail the device's next connection.
     #[arg(long, default_value_t = 30, value_name = "SECS")]
     pub dns_min_ttl: u64,
-    /// Most learned (address, service) entries kept; past it the oldest go first.
+    /// Most learned (address, service) entries kept; past it the service that grew loses its
+    /// oldest first (or, below its share of the table, the service holding the most does).
     #[arg(long, default_value_t = 65_536, value_name = "N")]
     pub dns_max_learned: usize,
     /// A connection started while its address was allowed keeps passing after the address
@@ -155,6 +174,10 @@ fn raise_file_limit() {
     }
 }
 
+/// Logs at info and up, except the netlink parser's complaints about attributes newer kernels
+/// add (each link read would log several): `RUST_LOG` replaces the whole filter.
+const DEFAULT_LOG_FILTER: &str = "info,netlink_packet_route=error";
+
 /// The longest refresh, grace or TTL floor `run` takes, in seconds.
 const WEEK: u64 = 7 * 24 * 3600;
 
@@ -165,7 +188,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| DEFAULT_LOG_FILTER.into()),
         );
     match log_format {
         LogFormat::Text => logs
@@ -194,6 +218,14 @@ impl Args {
             args.dns_max_learned >= 1,
             "--dns-max-learned must be at least 1"
         );
+        daemon::dns_clients::refuse_wildcards(&args.dns_listen, args.dns_listen_any)?;
+        for prefix in &args.dns_allow_from {
+            anyhow::ensure!(
+                *prefix == prefix.trunc(),
+                "--dns-allow-from {prefix} has host bits set; did you mean {}?",
+                prefix.trunc()
+            );
+        }
         // Bounds that keep every deadline the daemon computes far from overflowing.
         for (flag, value) in [
             ("--max-refresh", args.max_refresh),
@@ -207,12 +239,20 @@ impl Args {
                 "{flag} must be at most a week ({WEEK} seconds)"
             );
         }
+        let interfaces = [
+            (HookKind::Xdp, &args.xdp),
+            (HookKind::Tc, &args.tc),
+            (HookKind::TcIngress, &args.tc_ingress),
+        ]
+        .into_iter()
+        .flat_map(|(hook, given)| given.iter().map(move |text| (hook, text)))
+        .map(|(hook, text)| InterfacePattern::new(hook, text))
+        .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(RunOptions {
             rules: args.rules,
             watch_rules: args.watch_rules,
             keep_on_stop: args.keep_on_stop,
-            xdp: args.xdp,
-            tc: args.tc,
+            interfaces,
             xdp_mode: args.xdp_mode,
             audit: args.audit,
             events: args.events,
@@ -230,6 +270,8 @@ impl Args {
             event_burst: args.event_burst,
             dns: args.dns_upstream.map(|upstream| DnsOptions {
                 listen: args.dns_listen,
+                listen_any: args.dns_listen_any,
+                allow_from: args.dns_allow_from,
                 upstream,
                 block_unlisted: args.dns_block_unlisted,
                 learn: LearnPolicy {
@@ -306,6 +348,49 @@ mod tests {
         assert_eq!(dns.learn.grace, Duration::from_mins(1));
         assert_eq!(dns.learn.min_ttl, Duration::from_secs(5));
         assert_eq!(opts.refresh.grace, Duration::from_mins(1));
+    }
+
+    #[test]
+    fn a_wildcard_listen_address_needs_its_flag_and_allowed_prefixes_no_host_bits() {
+        let dns = ["--dns-upstream", "192.0.2.53:53"];
+        let err = options(&[&["--dns-listen", "0.0.0.0:53"][..], &dns].concat())
+            .expect_err("a wildcard")
+            .to_string();
+        assert!(err.contains("--dns-listen 0.0.0.0:53"), "{err}");
+        let opts = options(&[&["--dns-listen", "[::]:53", "--dns-listen-any"][..], &dns].concat())
+            .expect("asked for");
+        assert!(opts.dns.expect("DNS options").listen_any);
+        let opts = options(
+            &[
+                &[
+                    "--dns-listen",
+                    "10.0.0.1:53",
+                    "--dns-allow-from",
+                    "10.9.0.0/16",
+                    "--dns-allow-from",
+                    "2001:db8:9::/48",
+                ][..],
+                &dns,
+            ]
+            .concat(),
+        )
+        .expect("valid");
+        assert_eq!(opts.dns.expect("DNS options").allow_from.len(), 2);
+        let err = options(
+            &[
+                &[
+                    "--dns-listen",
+                    "10.0.0.1:53",
+                    "--dns-allow-from",
+                    "10.9.0.1/16",
+                ][..],
+                &dns,
+            ]
+            .concat(),
+        )
+        .expect_err("host bits")
+        .to_string();
+        assert!(err.contains("did you mean 10.9.0.0/16"), "{err}");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::{
     counters::Counters,
     pins::PinDir,
-    state::{DnsStats, State},
+    state::{DnsStats, InterfaceReport, State},
 };
 
 /// `stats`: print the counters of the running filter: per service, per reason, events.
@@ -36,6 +36,7 @@ pub struct Stats {
     /// The DNS forwarder's counters, when it runs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dns: Option<DnsStats>,
+    pub interfaces: InterfaceReport,
 }
 
 #[derive(Debug, Serialize)]
@@ -136,13 +137,16 @@ pub fn read(pins: &PinDir) -> anyhow::Result<Stats> {
         },
         flows: FlowStats::read(&counters)?,
         dns: state.dns,
+        interfaces: state.interfaces,
     })
 }
 
 impl Stats {
     #[must_use]
     pub fn to_text(&self) -> String {
-        let mut out = format!("mode: {}\n\nallowed per service:\n", self.mode);
+        let mut out = format!("mode: {}\n", self.mode);
+        self.interfaces_text(&mut out);
+        out.push_str("\nallowed per service:\n");
         for s in self.services.iter().filter(|s| s.packets > 0) {
             let _ = writeln!(
                 out,
@@ -193,7 +197,54 @@ impl Stats {
                 f.mismatched,
                 f.late
             );
+            let _ = writeln!(
+                out,
+                "     {} from sources it does not serve (no reply), {} UDP replies truncated, \
+                 {} TCP connections over the per-client limit, {} with every TCP slot taken",
+                f.unserved, f.truncated, f.tcp_client_limited, f.tcp_full
+            );
         }
         out
+    }
+
+    /// The attachments, and loudly the interfaces asked for that are not filtered.
+    fn interfaces_text(&self, out: &mut String) {
+        let report = &self.interfaces;
+        let attached: Vec<String> = report
+            .attached
+            .iter()
+            .map(|a| format!("{} ({})", a.iface, a.hook))
+            .collect();
+        let _ = writeln!(
+            out,
+            "interfaces: {}",
+            if attached.is_empty() {
+                "none attached".to_owned()
+            } else {
+                attached.join(", ")
+            }
+        );
+        for missing in &report.missing {
+            let _ = writeln!(
+                out,
+                "  MISSING: {} ({}) does not exist; nothing is filtered there",
+                missing.iface, missing.hook
+            );
+        }
+        for failed in &report.failed {
+            let _ = writeln!(
+                out,
+                "  FAILED: {} on {}: {}",
+                failed.hook,
+                failed.iface,
+                failed.error.as_deref().unwrap_or("unknown error")
+            );
+        }
+        let counts = report.counts;
+        let _ = writeln!(
+            out,
+            "  since start: {} attached, {} released, {} failed",
+            counts.attached, counts.released, counts.failed
+        );
     }
 }

@@ -10,7 +10,10 @@ use anyhow::Context as _;
 use ipnet::IpNet;
 
 use super::RunOptions;
-use crate::table::{Grant, PortSpec};
+use crate::{
+    pins::HookKind,
+    table::{Grant, PortSpec},
+};
 
 /// The allowances, as read at start and every address check since.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,12 +56,12 @@ impl Allowances {
         }
         // Only TC on an uplink sees the daemon's own lookups; on an XDP gateway this would
         // merely open the resolver to the LAN.
-        let mut resolvers = match (opts.tc.is_empty(), opts.resolver) {
+        let mut resolvers = match (!opts.uses(HookKind::Tc), opts.resolver) {
             (true, _) => Vec::new(),
             (false, Some(server)) => vec![server.ip()],
             (false, None) => system_resolvers,
         };
-        if let (false, Some(dns)) = (opts.tc.is_empty(), &opts.dns) {
+        if let (false, Some(dns)) = (!opts.uses(HookKind::Tc), &opts.dns) {
             resolvers.push(dns.upstream.ip());
         }
         resolvers.sort();

@@ -1,13 +1,19 @@
 //! Bringing the programs into the kernel and onto the interfaces: loading the object with its
 //! maps pinned (adopting a previous daemon's), attaching each hook with the program built for
-//! the interface's link layer, and pinning the links so the filter outlives the daemon.
+//! the interface's link layer, and pinning the links so the filter outlives the daemon. Which
+//! interfaces, and when, is [`super::attachments`]' business; this module carries it out.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
-    path::PathBuf,
+    collections::BTreeMap,
+    ffi::CString,
+    os::{
+        fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+        unix::ffi::OsStrExt as _,
+    },
+    path::{Path, PathBuf},
 };
 
-use anyhow::{ensure, Context as _};
+use anyhow::{bail, ensure, Context as _};
 use aya::{
     programs::{
         links::{FdLink, PinnedLink},
@@ -19,40 +25,39 @@ use aya::{
 };
 use filter_common::maps::{self as names, ALL_MAPS};
 
-use super::{interfaces::LinkLayer, RunOptions, XdpModeArg};
+use super::{
+    attachments::{self, AttachmentKey, NamedLink, Plan, Target},
+    interfaces::LinkLayer,
+    RunOptions, XdpModeArg,
+};
 use crate::{
     loader::{self, OBJECT},
     pins::{HookKind, PinDir},
 };
 
-/// The interfaces to attach to, as checked before anything is loaded.
-pub struct Interfaces {
-    /// Names by index, for drop events.
-    pub names: BTreeMap<u32, String>,
-    /// Each interface's link layer, which picks its programs.
-    pub layers: BTreeMap<String, LinkLayer>,
-}
-
-/// Checks every interface before anything is loaded: it exists, and the programs can parse its
-/// link layer (a device they cannot parse is refused here, never attached blindly).
-pub fn check_interfaces(opts: &RunOptions) -> anyhow::Result<Interfaces> {
-    let mut names = BTreeMap::new();
-    let mut layers = BTreeMap::new();
-    for iface in opts.xdp.iter().chain(&opts.tc) {
-        let index = nix::net::if_::if_nametoindex(iface.as_str())
-            .with_context(|| format!("no interface named {iface}"))?;
-        names.insert(index, iface.clone());
-        let layer = LinkLayer::of(iface)?;
-        layers.insert(iface.clone(), layer);
+/// Checks, before anything is loaded, what the first attachments will be: every exact name
+/// exists and has a link layer the programs parse (a typo or a loopback device fails the start
+/// instead of being attached blindly or not at all); patterns may match nothing yet.
+pub fn first_plan(opts: &RunOptions, links: &[NamedLink]) -> anyhow::Result<Plan> {
+    let plan = attachments::plan(&opts.interfaces, links, &BTreeMap::new());
+    if let Some((hook, name)) = plan.missing.first() {
+        bail!("no interface named {name} ({})", hook.option());
+    }
+    for pattern in opts.interfaces.iter().filter(|p| p.is_exact()) {
+        if let Some(why) = plan.unsupported.get(&(pattern.hook, pattern.text.clone())) {
+            bail!("{why}");
+        }
+    }
+    for target in &plan.attach {
         ensure!(
-            !(layer == LinkLayer::Ip
-                && opts.xdp_mode == XdpModeArg::Native
-                && opts.xdp.contains(iface)),
-            "{iface} is a layer-3 device: XDP runs on it in generic mode only (drop --xdp-mode \
-             native)"
+            !(target.hook == HookKind::Xdp
+                && target.layer == LinkLayer::Ip
+                && opts.xdp_mode == XdpModeArg::Native),
+            "{} is a layer-3 device: XDP runs on it in generic mode only (drop --xdp-mode native)",
+            target.name
         );
     }
-    Ok(Interfaces { names, layers })
+    Ok(plan)
 }
 
 /// Loads the object with every map pinned under the pin path (reused when already there).
@@ -107,86 +112,170 @@ fn check_pinned_layouts(pins: &PinDir) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Attaches every requested hook, adopting pinned links (atomically swapping in the new program)
-/// and pinning new ones; then removes pinned links nobody asked for.
-pub fn attach_all(
+/// Attaches one hook to one interface, pinning the link so it outlives the daemon. A link pinned
+/// by an earlier run on this very device is adopted (the new program swapped in atomically, no
+/// gap); one pinned for a device that is gone (the name was deleted and created again, maybe
+/// while no daemon ran) is defunct, so it is unpinned and the new device attached afresh.
+pub fn attach_one(
     ebpf: &mut Ebpf,
     pins: &PinDir,
-    opts: &RunOptions,
-    layers: &BTreeMap<String, LinkLayer>,
+    xdp_mode: XdpModeArg,
+    target: &Target,
 ) -> anyhow::Result<()> {
-    let mut wanted = BTreeSet::new();
-    for iface in &opts.xdp {
-        let path = pins.link_path(HookKind::Xdp, iface);
-        wanted.insert(path.clone());
-        let layer = *layers
-            .get(iface)
-            .with_context(|| format!("{iface} was not checked"))?;
-        let program: &mut Xdp = loader::program(ebpf, program_for(HookKind::Xdp, layer))?;
-        if let Ok(old) = PinnedLink::from_pin(&path) {
-            program
-                .attach_to_link(XdpLink::try_from(FdLink::from(old))?)
-                .with_context(|| format!("cannot update XDP on {iface}"))?;
-            tracing::info!(iface = %iface, hook = "xdp", "XDP on {iface}: adopted the pinned link");
-            continue;
+    let Target {
+        hook, name, layer, ..
+    } = target;
+    let path = pins.link_path(*hook, name);
+    if let Ok(old) = PinnedLink::from_pin(&path) {
+        if pinned_link_ifindex(&path)? == Some(target.index) {
+            adopt(ebpf, target, FdLink::from(old))?;
+            tracing::info!(iface = %name, hook = hook.name(), "{} on {name}: adopted the pinned link", hook.title());
+            return Ok(());
         }
-        let id = match xdp_modes(opts.xdp_mode, layer) {
-            (only, None) => program.attach(iface, only.into()),
-            (first, Some(fallback)) => program.attach(iface, first.into()).or_else(|err| {
-                tracing::info!(
-                    "XDP {} mode unavailable on {iface} ({err}); using {} mode",
-                    first.name(),
-                    fallback.name()
-                );
-                program.attach(iface, fallback.into())
-            }),
-        }
-        .with_context(|| format!("cannot attach XDP to {iface}"))?;
-        pin_link(program.take_link(id)?, &path, "XDP (kernel < 5.9?)")?;
+        std::fs::remove_file(&path).with_context(|| format!("cannot unpin {}", path.display()))?;
         tracing::info!(
-            iface = %iface,
-            hook = "xdp",
-            layer = ?layer,
-            "XDP attached to {iface}{}",
-            layer_note(layer)
+            iface = %name,
+            hook = hook.name(),
+            "the link pinned for {name} belonged to a device that is gone; attaching afresh"
         );
     }
-    for iface in &opts.tc {
-        let path = pins.link_path(HookKind::Tc, iface);
-        wanted.insert(path.clone());
-        let layer = *layers
-            .get(iface)
-            .with_context(|| format!("{iface} was not checked"))?;
-        let program: &mut SchedClassifier =
-            loader::program(ebpf, program_for(HookKind::Tc, layer))?;
-        if let Ok(old) = PinnedLink::from_pin(&path) {
-            program
-                .attach_to_link(SchedClassifierLink::try_from(FdLink::from(old))?)
-                .with_context(|| format!("cannot update TC on {iface}"))?;
-            tracing::info!(iface = %iface, hook = "tc", "TC egress on {iface}: adopted the pinned link");
-            continue;
+    match hook {
+        HookKind::Xdp => {
+            let program: &mut Xdp = loader::program(ebpf, program_for(*hook, *layer))?;
+            let id = match xdp_modes(xdp_mode, *layer) {
+                (only, None) => program.attach(name, only.into()),
+                (first, Some(fallback)) => program.attach(name, first.into()).or_else(|err| {
+                    tracing::info!(
+                        "XDP {} mode unavailable on {name} ({err}); using {} mode",
+                        first.name(),
+                        fallback.name()
+                    );
+                    program.attach(name, fallback.into())
+                }),
+            }
+            .with_context(|| format!("cannot attach XDP to {name}"))?;
+            pin_link(program.take_link(id)?, &path, "XDP (kernel < 5.9?)")?;
         }
-        // aya picks TCX on kernels ≥ 6.6 (a pinnable bpf_link) and clsact before that.
+        HookKind::Tc | HookKind::TcIngress => {
+            let program: &mut SchedClassifier = loader::program(ebpf, program_for(*hook, *layer))?;
+            let direction = if *hook == HookKind::Tc {
+                TcAttachType::Egress
+            } else {
+                TcAttachType::Ingress
+            };
+            // aya picks TCX on kernels ≥ 6.6 (a pinnable bpf_link) and clsact before that.
+            let id = program
+                .attach(name, direction)
+                .with_context(|| format!("cannot attach {} to {name}", hook.title()))?;
+            pin_link(program.take_link(id)?, &path, "TC (kernel < 6.6?)")?;
+        }
+    }
+    tracing::info!(
+        iface = %name,
+        hook = hook.name(),
+        ifindex = target.index,
+        layer = ?layer,
+        "{} attached to {name}{}",
+        hook.title(),
+        layer_note(*layer)
+    );
+    Ok(())
+}
+
+/// Swaps this build's program into a pinned link. The link is not kept open here: its pin alone
+/// holds it, so unpinning it later detaches it.
+fn adopt(ebpf: &mut Ebpf, target: &Target, old: FdLink) -> anyhow::Result<()> {
+    let context = || format!("cannot update {} on {}", target.hook.title(), target.name);
+    let program_name = program_for(target.hook, target.layer);
+    if target.hook == HookKind::Xdp {
+        let program: &mut Xdp = loader::program(ebpf, program_name)?;
         let id = program
-            .attach(iface, TcAttachType::Egress)
-            .with_context(|| format!("cannot attach TC egress to {iface}"))?;
-        pin_link(program.take_link(id)?, &path, "TC (kernel < 6.6?)")?;
-        tracing::info!(
-            iface = %iface,
-            hook = "tc",
-            layer = ?layer,
-            "TC egress attached to {iface}{}",
-            layer_note(layer)
-        );
+            .attach_to_link(XdpLink::try_from(old)?)
+            .with_context(context)?;
+        drop(program.take_link(id)?);
+    } else {
+        let program: &mut SchedClassifier = loader::program(ebpf, program_name)?;
+        let id = program
+            .attach_to_link(SchedClassifierLink::try_from(old)?)
+            .with_context(context)?;
+        drop(program.take_link(id)?);
     }
-    for (_, iface, path) in pins.pinned_links() {
-        if !wanted.contains(&path) {
+    Ok(())
+}
+
+/// Unpins an attachment: the kernel detaches the link (or frees it, if its device is gone).
+pub fn release(pins: &PinDir, (hook, name): &AttachmentKey) -> anyhow::Result<()> {
+    let path = pins.link_path(*hook, name);
+    match std::fs::remove_file(&path) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(err) => Err(err).with_context(|| format!("cannot unpin {}", path.display())),
+    }
+}
+
+/// Removes pinned links nobody asked for: an interface dropped from the command line, or one
+/// that vanished while no daemon ran.
+pub fn remove_leftover_pins(
+    pins: &PinDir,
+    held: &BTreeMap<AttachmentKey, u32>,
+) -> anyhow::Result<()> {
+    for (hook, iface, path) in pins.pinned_links() {
+        if !held.contains_key(&(hook, iface.clone())) {
             std::fs::remove_file(&path)
                 .with_context(|| format!("cannot unpin {}", path.display()))?;
-            tracing::info!("detached the leftover filter on {iface}");
+            tracing::info!("detached the leftover filter ({}) on {iface}", hook.name());
         }
     }
     Ok(())
+}
+
+/// The interface a pinned XDP or TCX link is attached to; `None` when its device is gone (the
+/// kernel then reports index 0). Read from the link's fdinfo, which aya does not expose.
+fn pinned_link_ifindex(path: &Path) -> anyhow::Result<Option<u32>> {
+    let link = open_pinned(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let fdinfo = format!("/proc/self/fdinfo/{}", link.as_raw_fd());
+    let text = std::fs::read_to_string(&fdinfo).with_context(|| format!("cannot read {fdinfo}"))?;
+    let index = text
+        .lines()
+        .find_map(|line| line.strip_prefix("ifindex:"))
+        .and_then(|value| value.trim().parse::<u32>().ok());
+    Ok(index.filter(|&index| index != 0))
+}
+
+/// `BPF_OBJ_GET`: a new descriptor for the object pinned at `path`.
+fn open_pinned(path: &Path) -> std::io::Result<OwnedFd> {
+    /// The `obj_get` member of `union bpf_attr`; the kernel reads only the size passed.
+    #[repr(C)]
+    struct ObjGet {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+        path_fd: i32,
+    }
+    const BPF_OBJ_GET: libc::c_long = 7;
+    let path = CString::new(path.as_os_str().as_bytes())?;
+    let attr = ObjGet {
+        pathname: path.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+        path_fd: 0,
+    };
+    // Safety: `attr` is a valid obj_get attribute whose path outlives the call; the kernel
+    // writes nothing into it.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            std::ptr::from_ref(&attr),
+            size_of::<ObjGet>(),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let fd = i32::try_from(fd).map_err(|_| std::io::Error::other("descriptor out of range"))?;
+    // Safety: the kernel just returned this descriptor; nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// The program for a hook on a device with this link layer.
@@ -194,8 +283,8 @@ fn program_for(hook: HookKind, layer: LinkLayer) -> &'static str {
     match (hook, layer) {
         (HookKind::Xdp, LinkLayer::Ethernet) => names::PROG_XDP,
         (HookKind::Xdp, LinkLayer::Ip) => names::PROG_XDP_L3,
-        (HookKind::Tc, LinkLayer::Ethernet) => names::PROG_TC,
-        (HookKind::Tc, LinkLayer::Ip) => names::PROG_TC_L3,
+        (HookKind::Tc | HookKind::TcIngress, LinkLayer::Ethernet) => names::PROG_TC,
+        (HookKind::Tc | HookKind::TcIngress, LinkLayer::Ip) => names::PROG_TC_L3,
     }
 }
 
@@ -243,7 +332,7 @@ fn layer_note(layer: LinkLayer) -> &'static str {
 
 /// Pins a freshly attached link so it outlives the daemon. Only bpf_links can be pinned; a
 /// netlink attachment (old kernels) is refused, since it could not be adopted or detached later.
-fn pin_link<L>(link: L, path: &std::path::Path, what: &str) -> anyhow::Result<()>
+fn pin_link<L>(link: L, path: &Path, what: &str) -> anyhow::Result<()>
 where
     FdLink: TryFrom<L, Error = aya::programs::links::LinkError>,
 {

@@ -1,13 +1,18 @@
-//! What the daemon must know about an interface before attaching to it: whether its frames carry
-//! an Ethernet header, and which source addresses belong on it.
+//! What the daemon must know about interfaces: which exist (and when that changes), whether an
+//! interface's frames carry an Ethernet header, and which source addresses belong on it.
 //!
 //! Both are read from the daemon's own network namespace (an ioctl and rtnetlink), never from
 //! `/sys/class/net`, which shows the namespace of whoever mounted sysfs.
 
-use std::{collections::BTreeSet, net::Ipv4Addr, net::Ipv6Addr};
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use anyhow::{bail, Context as _};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+
+use super::attachments::NamedLink;
 
 /// The link layer in front of the IP header, which decides the program variant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -167,39 +172,111 @@ fn related_links(index: u32, links: &[Link]) -> BTreeSet<u32> {
     related
 }
 
-/// Reads the links and the unicast routes of the daemon's namespace over rtnetlink.
-pub async fn read_links_and_routes() -> anyhow::Result<(Vec<Link>, Vec<Route>)> {
-    use futures::TryStreamExt as _;
-    use rtnetlink::packet_route::{
-        link::LinkAttribute,
-        route::{RouteAddress, RouteAttribute, RouteType},
-    };
+/// `indices` and every link related to one of them as [`sources_of`] relates them (their
+/// bridges and bonds, the VLANs stacked on them): where a guarded network's addresses sit.
+#[must_use]
+pub fn guarded_links(indices: &[u32], links: &[Link]) -> BTreeSet<u32> {
+    indices
+        .iter()
+        .flat_map(|&index| related_links(index, links))
+        .collect()
+}
 
+/// One address of an interface, with the subnet it makes directly reachable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InterfaceAddress {
+    pub index: u32,
+    /// The host's own address.
+    pub address: IpAddr,
+    /// The connected subnet (the peer's prefix on a point-to-point link).
+    pub subnet: IpNet,
+}
+
+/// Runs `read` on a fresh rtnetlink connection of the daemon's namespace.
+async fn with_rtnetlink<T, F>(read: impl FnOnce(rtnetlink::Handle) -> F) -> anyhow::Result<T>
+where
+    F: std::future::Future<Output = Result<T, rtnetlink::Error>>,
+{
     let (connection, handle, _) =
         rtnetlink::new_connection().context("cannot open an rtnetlink socket")?;
     let connection = tokio::spawn(connection);
-    let result = async {
-        let mut links = Vec::new();
-        let mut dump = handle.link().get().execute();
+    let result = read(handle).await;
+    connection.abort();
+    Ok(result?)
+}
+
+async fn dump_links(handle: &rtnetlink::Handle) -> Result<Vec<Link>, rtnetlink::Error> {
+    use futures::TryStreamExt as _;
+    use rtnetlink::packet_route::link::LinkAttribute;
+
+    let mut links = Vec::new();
+    let mut dump = handle.link().get().execute();
+    while let Some(message) = dump.try_next().await? {
+        let mut link = Link {
+            index: message.header.index,
+            ..Link::default()
+        };
+        // A peer in another namespace (a veth's) is not stacked on anything here.
+        let elsewhere = message
+            .attributes
+            .iter()
+            .any(|a| matches!(a, LinkAttribute::LinkNetNsId(_)));
+        for attribute in &message.attributes {
+            match attribute {
+                LinkAttribute::Controller(master) => link.master = Some(*master),
+                LinkAttribute::Link(parent) if !elsewhere => link.parent = Some(*parent),
+                _ => {}
+            }
+        }
+        links.push(link);
+    }
+    Ok(links)
+}
+
+/// Reads the links and every address of the daemon's namespace over rtnetlink.
+pub async fn read_links_and_addresses() -> anyhow::Result<(Vec<Link>, Vec<InterfaceAddress>)> {
+    use futures::TryStreamExt as _;
+    use rtnetlink::packet_route::address::AddressAttribute;
+
+    with_rtnetlink(|handle| async move {
+        let links = dump_links(&handle).await?;
+        let mut addresses = Vec::new();
+        let mut dump = handle.address().get().execute();
         while let Some(message) = dump.try_next().await? {
-            let mut link = Link {
-                index: message.header.index,
-                ..Link::default()
-            };
-            // A peer in another namespace (a veth's) is not stacked on anything here.
-            let elsewhere = message
-                .attributes
-                .iter()
-                .any(|a| matches!(a, LinkAttribute::LinkNetNsId(_)));
+            let (mut local, mut peer) = (None, None);
             for attribute in &message.attributes {
                 match attribute {
-                    LinkAttribute::Controller(master) => link.master = Some(*master),
-                    LinkAttribute::Link(parent) if !elsewhere => link.parent = Some(*parent),
+                    AddressAttribute::Local(a) => local = Some(*a),
+                    AddressAttribute::Address(a) => peer = Some(*a),
                     _ => {}
                 }
             }
-            links.push(link);
+            // IFA_LOCAL is the host's end where it differs from IFA_ADDRESS (point-to-point).
+            let Some(address) = local.or(peer) else {
+                continue;
+            };
+            let Ok(subnet) = IpNet::new(peer.unwrap_or(address), message.header.prefix_len) else {
+                continue;
+            };
+            addresses.push(InterfaceAddress {
+                index: message.header.index,
+                address,
+                subnet: subnet.trunc(),
+            });
         }
+        Ok((links, addresses))
+    })
+    .await
+    .context("cannot read links and addresses over rtnetlink")
+}
+
+/// Reads the links and the unicast routes of the daemon's namespace over rtnetlink.
+pub async fn read_links_and_routes() -> anyhow::Result<(Vec<Link>, Vec<Route>)> {
+    use futures::TryStreamExt as _;
+    use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteType};
+
+    with_rtnetlink(|handle| async move {
+        let links = dump_links(&handle).await?;
         let mut routes = Vec::new();
         for query in [
             rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new().build(),
@@ -241,11 +318,150 @@ pub async fn read_links_and_routes() -> anyhow::Result<(Vec<Link>, Vec<Route>)> 
                 }
             }
         }
-        Ok::<_, rtnetlink::Error>((links, routes))
+        Ok((links, routes))
+    })
+    .await
+    .context("cannot read links and routes over rtnetlink")
+}
+
+/// Reads every link of the daemon's namespace with its name and link type, over rtnetlink.
+pub async fn read_named_links() -> anyhow::Result<Vec<NamedLink>> {
+    use futures::TryStreamExt as _;
+    use rtnetlink::packet_route::link::LinkAttribute;
+
+    let (connection, handle, _) =
+        rtnetlink::new_connection().context("cannot open an rtnetlink socket")?;
+    let connection = tokio::spawn(connection);
+    let result = async {
+        let mut links = Vec::new();
+        let mut dump = handle.link().get().execute();
+        while let Some(message) = dump.try_next().await? {
+            let name = message.attributes.iter().find_map(|a| match a {
+                LinkAttribute::IfName(name) => Some(name.clone()),
+                _ => None,
+            });
+            if let Some(name) = name {
+                links.push(NamedLink {
+                    index: message.header.index,
+                    name,
+                    link_type: u16::from(message.header.link_layer_type),
+                });
+            }
+        }
+        Ok::<_, rtnetlink::Error>(links)
     }
     .await;
     connection.abort();
-    result.context("cannot read links and routes over rtnetlink")
+    result.context("cannot read the links over rtnetlink")
+}
+
+/// The kernel's link and route notifications: a link was created, changed (renamed, up, down)
+/// or deleted; a route came or went (an address added to a new interface brings its prefix
+/// route). Each only says that something changed; the daemon then reads the links or routes
+/// whole, so a lost notification costs nothing but time, and the periodic check catches it.
+pub struct LinkWatch {
+    messages: futures::channel::mpsc::UnboundedReceiver<(
+        rtnetlink::packet_core::NetlinkMessage<rtnetlink::packet_route::RouteNetlinkMessage>,
+        rtnetlink::sys::SocketAddr,
+    )>,
+    connection: tokio::task::JoinHandle<()>,
+    /// False once the subscription ended (its socket failed).
+    alive: bool,
+}
+
+impl LinkWatch {
+    /// Subscribes; links read after this returns miss no later change.
+    pub fn subscribe() -> anyhow::Result<Self> {
+        use rtnetlink::sys::AsyncSocket as _;
+
+        let (mut connection, _, messages) =
+            rtnetlink::new_connection().context("cannot open an rtnetlink socket")?;
+        connection
+            .socket_mut()
+            .socket_mut()
+            .bind(&rtnetlink::sys::SocketAddr::new(
+                0,
+                rtnetlink::constants::RTMGRP_LINK
+                    | rtnetlink::constants::RTMGRP_IPV4_ROUTE
+                    | rtnetlink::constants::RTMGRP_IPV6_ROUTE,
+            ))
+            .context("cannot subscribe to link and route notifications")?;
+        Ok(Self {
+            messages,
+            connection: tokio::spawn(connection),
+            alive: true,
+        })
+    }
+
+    /// Whether notifications still arrive.
+    #[must_use]
+    pub fn is_alive(&self) -> bool {
+        self.alive
+    }
+
+    /// Waits for the next notification, then takes every one already queued with it: one
+    /// reading of the links (or routes) answers them all. Once the subscription ended, waits
+    /// forever.
+    pub async fn changed(&mut self) -> NetworkChange {
+        use futures::StreamExt as _;
+
+        loop {
+            let Some((message, _)) = self.messages.next().await else {
+                if self.alive {
+                    tracing::error!("link notifications stopped; subscribing again shortly");
+                }
+                self.alive = false;
+                return std::future::pending().await;
+            };
+            let mut change = NetworkChange::of(&message.payload);
+            if change == NetworkChange::default() {
+                continue;
+            }
+            while let Ok((message, _)) = self.messages.try_recv() {
+                change.add(NetworkChange::of(&message.payload));
+            }
+            return change;
+        }
+    }
+}
+
+/// What a batch of notifications changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetworkChange {
+    pub links: bool,
+    pub routes: bool,
+}
+
+impl NetworkChange {
+    fn of(
+        payload: &rtnetlink::packet_core::NetlinkPayload<
+            rtnetlink::packet_route::RouteNetlinkMessage,
+        >,
+    ) -> Self {
+        use rtnetlink::{packet_core::NetlinkPayload, packet_route::RouteNetlinkMessage as M};
+        match payload {
+            NetlinkPayload::InnerMessage(M::NewLink(_) | M::DelLink(_)) => Self {
+                links: true,
+                routes: false,
+            },
+            NetlinkPayload::InnerMessage(M::NewRoute(_) | M::DelRoute(_)) => Self {
+                links: false,
+                routes: true,
+            },
+            _ => Self::default(),
+        }
+    }
+
+    fn add(&mut self, other: Self) {
+        self.links |= other.links;
+        self.routes |= other.routes;
+    }
+}
+
+impl Drop for LinkWatch {
+    fn drop(&mut self) {
+        self.connection.abort();
+    }
 }
 
 #[cfg(test)]

@@ -33,7 +33,8 @@ pub struct Learner {
 pub struct Learned {
     /// (address, service) entries new to the table.
     pub added: Vec<LearnedKey>,
-    /// Entries pushed out to make room (learned longest ago).
+    /// Entries pushed out to make room (the grown service's oldest, or the largest service's
+    /// while the grown one holds less than its share: see `dns::learned`).
     pub evicted: Vec<LearnedKey>,
     /// Whether every entry the answer asks for is in the table: an answer with more addresses
     /// than the table holds pushes out its own, and is not confirmed.

@@ -8,6 +8,8 @@
 //! - [`rules_watch`]: what asks for a reload (SIGHUP, and with `--watch-rules` the rules'
 //!   directory changing);
 //! - [`attach`]: loading with pinned maps (adopting a previous daemon's), attaching, pinning;
+//! - [`attachments`]: which interfaces to attach to, following links as they come and go
+//!   (`links` is the loop's step for it);
 //! - [`settings`]: mode, event budget and the XDP interfaces' source prefixes in the kernel;
 //! - [`policy`]: keeping the maps equal to the allow table through failures;
 //! - [`flows`]: connections kept past their address's expiry, marked before it goes;
@@ -20,11 +22,15 @@
 //!   (`crate::metrics` serves them);
 //! - `crate::state`: the state file `stats`, `learned` and a restart read; `crate::pins`: the
 //!   pin path;
-//! - [`interfaces`]: link types and the source prefixes routed out of an interface.
+//! - [`interfaces`]: the links and their notifications, link types, the source prefixes routed
+//!   out of an interface, and its addresses;
+//! - [`dns_clients`]: where the forwarder may listen and whom it answers.
 
 pub mod allowances;
 pub mod attach;
+pub mod attachments;
 mod changes;
+pub mod dns_clients;
 pub mod event_stream;
 pub mod events;
 pub mod flows;
@@ -33,6 +39,7 @@ pub mod hosts;
 pub mod interfaces;
 pub mod kernel_log;
 pub mod learning;
+mod links;
 pub mod notify;
 pub mod observe;
 pub mod options;
@@ -59,17 +66,24 @@ use tokio::{
 pub use self::options::{DnsOptions, FlowOptions, RunOptions, XdpModeArg};
 use self::{
     allowances::Allowances,
+    attachments::Attachments,
+    dns_clients::GuardedAddresses,
     event_stream::{stream_events, SuppressedReporter, SUPPRESSED_REPORT},
     events::Enricher,
     hosts::{record_answers, resolve_in_background, HostTable},
+    interfaces::{LinkWatch, NetworkChange},
     learning::Learner,
     notify::Notifier,
     observe::Observer,
     policy::{PolicySync, Update},
     settings::Settings,
+    start::FirstAttachments,
 };
 use crate::{
-    dns::{forwarder::MAX_IN_FLIGHT, DnsCounters, LearnRequest, Listeners, NameMatcher},
+    dns::{
+        forwarder::MAX_IN_FLIGHT, DnsCounters, LearnRequest, Listeners, NameMatcher, ServedClients,
+        Shared,
+    },
     maps::PolicyMaps,
     metrics::{self, CountedInterface},
     pins::PinDir,
@@ -87,12 +101,21 @@ const STATE_SAVE: Duration = Duration::from_secs(1);
 /// Runs the filter until SIGINT or SIGTERM.
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     ensure!(
-        !opts.xdp.is_empty() || !opts.tc.is_empty(),
-        "nothing to attach: give --xdp IFACE and/or --tc IFACE"
+        !opts.interfaces.is_empty(),
+        "nothing to attach: give --xdp IFACE, --tc IFACE and/or --tc-ingress IFACE"
     );
     // Bad rules or interfaces: fail before anything is attached or pinned.
     let rules = Rules::load(&opts.rules)?;
-    let interfaces = attach::check_interfaces(&opts)?;
+    let watch = LinkWatch::subscribe()?;
+    let links = interfaces::read_named_links().await?;
+    let plan = attach::first_plan(&opts, &links)?;
+    if let Some(dns) = opts.dns.as_ref().filter(|dns| !dns.listen_any) {
+        let guarded: Vec<u32> = plan.attach.iter().map(|t| t.index).collect();
+        GuardedAddresses::read(&guarded)
+            .await?
+            .check_listen(&dns.listen)?;
+    }
+    let first = FirstAttachments { watch, links, plan };
 
     let pins = PinDir::new(&opts.pin_path);
     let _lock = pins.lock()?;
@@ -112,7 +135,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let started = tokio::select! {
-        started = Daemon::start(opts, rules, pins.clone(), interfaces, listeners, metrics_listener)
+        started = Daemon::start(opts, rules, pins.clone(), first, listeners, metrics_listener)
             => started,
         _ = term.recv() => Err(anyhow::anyhow!("stopped while starting")),
         _ = int.recv() => Err(anyhow::anyhow!("stopped while starting")),
@@ -157,6 +180,8 @@ struct Daemon {
     enricher: Arc<RwLock<Enricher>>,
     /// Which services each DNS name belongs to, for the forwarder and for learning.
     matcher: watch::Sender<Arc<NameMatcher>>,
+    /// Whom the forwarder answers, read again with the routes.
+    served: watch::Sender<Arc<ServedClients>>,
     learner: Learner,
     /// Bound at start, served once the policy is in place.
     listeners: Option<Listeners>,
@@ -164,8 +189,12 @@ struct Daemon {
     saver: StateSaver,
     notifier: Notifier,
     observer: Observer,
-    /// The interfaces attached to, as the kernel's counters number them.
+    /// The interface names and patterns asked for, as the kernel's counters number them.
     counted: Vec<CountedInterface>,
+    /// The interfaces attached to now.
+    attachments: Attachments,
+    /// Link notifications; `None` once the subscription broke (the periodic check remains).
+    link_watch: Option<LinkWatch>,
     /// Bound at start, served once the filter is attached.
     metrics_listener: Option<tokio::net::TcpListener>,
     /// Keeps the programs (and with them the links' fds) alive until the daemon stops.
@@ -216,31 +245,32 @@ impl Daemon {
         self.publish();
         self.notifier.ready(&enforcing);
         loop {
-            let wake = [self.hosts.next_event(), self.learner.table().next_expiry()]
-                .into_iter()
-                .flatten()
-                .fold(next_self_check, Instant::min);
+            let wake = [
+                self.hosts.next_event(),
+                self.learner.table().next_expiry(),
+                self.settings.reread_due(),
+            ]
+            .into_iter()
+            .flatten()
+            .fold(next_self_check, Instant::min);
             let update = tokio::select! {
                 () = tokio::time::sleep_until(wake.into()) => {
-                    let now = Instant::now();
-                    resolve_in_background(&mut self.hosts, &self.resolver, &resolved_tx, now);
-                    let hosts_gone = self.hosts.expire(now);
-                    let learned_gone = self.learner.expire(now);
-                    self.saver.dirty |= !learned_gone.is_empty();
-                    let mut update = grants::changes(&self.rules, &hosts_gone, &[], &learned_gone);
-                    if now >= next_self_check {
-                        next_self_check = now + SELF_ADDRESS_CHECK;
-                        self.settings.reread_sources(&self.opts).await;
-                        if self.reread_allowances() {
-                            update = Update::Full;
-                        }
-                    }
-                    update
+                    self.timers_fired(&resolved_tx, &mut next_self_check).await
                 }
                 Some(answers) = resolved_rx.recv() => {
                     self.observer.lookups(&answers);
                     let changes = record_answers(&mut self.hosts, &answers);
                     grants::changes(&self.rules, &changes, &[], &[])
+                }
+                Some(change) = network_change(self.link_watch.as_mut()) => {
+                    if change.links {
+                        self.follow_links().await;
+                    }
+                    if change.routes {
+                        // The source check follows the routes out of the XDP interfaces.
+                        self.settings.routes_changed(Instant::now());
+                    }
+                    Update::None
                 }
                 Some(request) = learn_rx.recv() => {
                     self.learn(request);
@@ -282,20 +312,93 @@ impl Daemon {
         Ok(())
     }
 
+    /// What the loop's timers ask for: lookups due, hostnames and learned addresses expired, the
+    /// periodic check, source prefixes to read again after route changes.
+    async fn timers_fired(
+        &mut self,
+        resolved_tx: &mpsc::Sender<crate::resolve::Lookups>,
+        next_self_check: &mut Instant,
+    ) -> Update {
+        let now = Instant::now();
+        resolve_in_background(&mut self.hosts, &self.resolver, resolved_tx, now);
+        let hosts_gone = self.hosts.expire(now);
+        let learned_gone = self.learner.expire(now);
+        self.saver.dirty |= !learned_gone.is_empty();
+        let mut update = grants::changes(&self.rules, &hosts_gone, &[], &learned_gone);
+        if now >= *next_self_check {
+            *next_self_check = now + SELF_ADDRESS_CHECK;
+            if self.check_links_and_addresses().await {
+                update = Update::Full;
+            }
+        } else if self.settings.reread_due().is_some_and(|due| now >= due) {
+            self.reread_sources().await;
+        }
+        update
+    }
+
+    /// The periodic check: the links (in case a notification was lost), the XDP interfaces'
+    /// routes, the host's own addresses. True when the allowances changed.
+    async fn check_links_and_addresses(&mut self) -> bool {
+        self.check_link_watch();
+        self.follow_links().await;
+        self.reread_sources().await;
+        self.reread_allowances()
+    }
+
+    /// Reads the source prefixes of the XDP interfaces attached to now, and whom the DNS
+    /// forwarder answers: both follow the routes (a LAN's addresses come with its connected
+    /// routes, often a moment after the link itself).
+    async fn reread_sources(&mut self) {
+        let xdp = self.attachments.xdp_indices();
+        self.settings.reread_sources(&self.opts, &xdp).await;
+        let guarded = self.attachments.indices();
+        dns_clients::reread(&self.served, &self.opts, &guarded).await;
+    }
+
+    /// Subscribes to link notifications again if the subscription broke.
+    fn check_link_watch(&mut self) {
+        if self.link_watch.as_ref().is_some_and(LinkWatch::is_alive) {
+            return;
+        }
+        match LinkWatch::subscribe() {
+            Ok(watch) => self.link_watch = Some(watch),
+            Err(err) => tracing::warn!(
+                "no link notifications ({err:#}): interfaces are followed every {} s only",
+                SELF_ADDRESS_CHECK.as_secs()
+            ),
+        }
+    }
+
     /// Starts answering DNS, if asked to.
     fn start_forwarder(&mut self, learn: mpsc::Sender<LearnRequest>) -> Option<JoinSet<()>> {
         let listeners = self.listeners.take()?;
         let dns = self.opts.dns.as_ref()?;
         tracing::info!("answering DNS on {}", dns.describe(&listeners));
+        tracing::info!(
+            "answering DNS clients from {}",
+            dns_clients::describe(&self.served.borrow())
+        );
         let seen = self.enricher.read().map(|e| Arc::clone(&e.seen));
         Some(listeners.serve(
             dns.forwarder_config(),
-            self.matcher.subscribe(),
-            learn,
-            Arc::clone(&self.dns_counters),
-            self.learner.epoch(),
-            seen.unwrap_or_default(),
+            Shared {
+                matcher: self.matcher.subscribe(),
+                served: self.served.subscribe(),
+                learn,
+                counters: Arc::clone(&self.dns_counters),
+                epoch: self.learner.epoch(),
+                seen: seen.unwrap_or_default(),
+            },
         ))
+    }
+}
+
+/// The next link or route notifications; never, without a subscription (or once it ended:
+/// `check_link_watch` subscribes again).
+async fn network_change(watch: Option<&mut LinkWatch>) -> Option<NetworkChange> {
+    match watch {
+        Some(watch) => Some(watch.changed().await),
+        None => std::future::pending().await,
     }
 }
 

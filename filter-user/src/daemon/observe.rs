@@ -10,6 +10,7 @@ use std::{
 use crate::{
     metrics::{CountedInterface, Health, Metrics, Published},
     resolve::Lookups,
+    state::InterfaceReport,
 };
 
 /// The metrics (with `--metrics-listen`) and what the health depends on.
@@ -27,6 +28,9 @@ pub struct Snapshot {
     pub audit: bool,
     pub services: Vec<String>,
     pub interfaces: Vec<CountedInterface>,
+    /// Why some interface asked for is not filtered (missing, or its attachment failed).
+    pub interface_trouble: Option<String>,
+    pub attachments: InterfaceReport,
     pub prefixes: (usize, usize),
     pub hostnames_resolved: usize,
     pub hostnames_failing: usize,
@@ -104,6 +108,7 @@ impl Observer {
             snapshot.attached,
             snapshot.policy_behind.as_deref(),
             self.refused_reload.as_deref(),
+            snapshot.interface_trouble.as_deref(),
         );
         metrics.publish(|published| {
             *published = Published {
@@ -112,6 +117,7 @@ impl Observer {
                 audit: snapshot.audit,
                 services: snapshot.services,
                 interfaces: snapshot.interfaces,
+                attachments: snapshot.attachments,
                 prefixes_v4: snapshot.prefixes.0,
                 prefixes_v6: snapshot.prefixes.1,
                 hostnames_resolved: snapshot.hostnames_resolved,
@@ -122,17 +128,25 @@ impl Observer {
     }
 }
 
-/// Enforcing only when attached, with the maps holding the table, compiled from the rules on
-/// disk. A refused reload keeps the old policy running (the filter is safe), but it is not what
-/// the operator asked for: degraded, with the reason, until a reload succeeds.
-fn health(attached: bool, policy_behind: Option<&str>, refused_reload: Option<&str>) -> Health {
-    match (attached, policy_behind, refused_reload) {
-        (false, _, _) => Health::Starting,
-        (true, Some(why), _) => Health::Degraded(format!("maps behind the policy: {why}")),
-        (true, None, Some(why)) => {
+/// Enforcing only when attached to every interface asked for, with the maps holding the table,
+/// compiled from the rules on disk. A refused reload keeps the old policy running (the filter is
+/// safe), but it is not what the operator asked for: degraded, with the reason, until a reload
+/// succeeds. An interface named exactly that does not exist, or one whose attachment failed, is
+/// degraded too: whatever comes through it once it is back would not be filtered otherwise.
+fn health(
+    attached: bool,
+    policy_behind: Option<&str>,
+    refused_reload: Option<&str>,
+    interface_trouble: Option<&str>,
+) -> Health {
+    match (attached, policy_behind, refused_reload, interface_trouble) {
+        (false, ..) => Health::Starting,
+        (true, Some(why), ..) => Health::Degraded(format!("maps behind the policy: {why}")),
+        (true, None, Some(why), _) => {
             Health::Degraded(format!("reload refused, the previous policy runs: {why}"))
         }
-        (true, None, None) => Health::Enforcing,
+        (true, None, None, Some(why)) => Health::Degraded(format!("interfaces: {why}")),
+        (true, None, None, None) => Health::Enforcing,
     }
 }
 
@@ -148,15 +162,19 @@ mod tests {
 
     #[test]
     fn health_is_enforcing_only_with_the_intended_policy_in_the_kernel() {
-        assert_eq!(health(false, None, None), Health::Starting);
-        assert_eq!(health(true, None, None), Health::Enforcing);
+        assert_eq!(health(false, None, None, None), Health::Starting);
+        assert_eq!(health(true, None, None, None), Health::Enforcing);
         assert!(matches!(
-            health(true, Some("ENOMEM"), None),
+            health(true, Some("ENOMEM"), None, None),
             Health::Degraded(why) if why.contains("ENOMEM")
         ));
         assert!(matches!(
-            health(true, None, Some("a.toml:3:1: unknown field")),
+            health(true, None, Some("a.toml:3:1: unknown field"), None),
             Health::Degraded(why) if why.contains("a.toml:3:1")
+        ));
+        assert!(matches!(
+            health(true, None, None, Some("lan0 (--xdp) does not exist")),
+            Health::Degraded(why) if why == "interfaces: lan0 (--xdp) does not exist"
         ));
     }
 

@@ -3,9 +3,12 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use super::{events::EventFormat, hosts::RefreshPolicy};
+use ipnet::IpNet;
+
+use super::{attachments::InterfacePattern, events::EventFormat, hosts::RefreshPolicy};
 use crate::{
     dns::{ForwarderConfig, LearnPolicy, Listeners},
+    pins::HookKind,
     table::PortSpec,
 };
 
@@ -32,8 +35,8 @@ pub struct RunOptions {
     pub watch_rules: bool,
     /// Leave the filter attached and pinned when stopped.
     pub keep_on_stop: bool,
-    pub xdp: Vec<String>,
-    pub tc: Vec<String>,
+    /// `--xdp`, `--tc` and `--tc-ingress`, in that order: names or patterns.
+    pub interfaces: Vec<InterfacePattern>,
     pub xdp_mode: XdpModeArg,
     pub audit: bool,
     pub events: EventFormat,
@@ -66,10 +69,22 @@ pub struct FlowOptions {
     pub keep_on_reload: bool,
 }
 
+impl RunOptions {
+    /// Whether any interface is asked for with `hook`.
+    #[must_use]
+    pub fn uses(&self, hook: HookKind) -> bool {
+        self.interfaces.iter().any(|p| p.hook == hook)
+    }
+}
+
 /// `--dns-listen` and the options that go with it.
 #[derive(Clone, Debug)]
 pub struct DnsOptions {
     pub listen: Vec<SocketAddr>,
+    /// Listen on wildcard and non-guarded addresses too (`--dns-listen-any`).
+    pub listen_any: bool,
+    /// Client prefixes answered besides the guarded subnets and the host (`--dns-allow-from`).
+    pub allow_from: Vec<IpNet>,
     pub upstream: SocketAddr,
     pub block_unlisted: bool,
     pub learn: LearnPolicy,

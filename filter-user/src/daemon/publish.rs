@@ -37,6 +37,8 @@ impl Daemon {
             audit: self.settings.mode == Mode::Audit,
             services: service_names(&self.rules),
             interfaces: self.counted.clone(),
+            interface_trouble: self.attachments.trouble(),
+            attachments: self.attachments.report(),
             prefixes: (v4, v6),
             hostnames_resolved: self.hosts.resolved_count(),
             hostnames_failing: self.hosts.failing().len(),
@@ -74,6 +76,7 @@ impl Daemon {
             },
             learned: self.learner.table().views(Instant::now()),
             dns: self.dns_stats(),
+            interfaces: self.attachments.report(),
         };
         self.saver.save(&self.pins.state_file(), &state);
     }

@@ -1,13 +1,21 @@
 //! The runtime settings the programs read: the mode, the event budget, and which sources belong
 //! on each XDP interface (anti-spoofing).
 
-use std::collections::BTreeSet;
+use std::{
+    collections::BTreeSet,
+    time::{Duration, Instant},
+};
 
-use anyhow::Context as _;
 use filter_common::{Config, Mode};
 
 use super::{interfaces, RunOptions};
 use crate::maps::{InterfaceSource, PolicyMaps, SourceMaps};
+
+/// After a route notification, how soon the source prefixes are read again: soon, and at most
+/// this often, so that a router whose routing table churns (a BGP feed) is not re-read whole at
+/// every batch of changes.
+const ROUTE_SETTLE: Duration = Duration::from_millis(100);
+const ROUTE_REREAD_SPACING: Duration = Duration::from_secs(1);
 
 /// The source tries and what they hold.
 pub struct Settings {
@@ -15,6 +23,9 @@ pub struct Settings {
     /// What `sources` holds: the source prefixes routed out of each XDP interface.
     written: BTreeSet<InterfaceSource>,
     pub mode: Mode,
+    /// When the routes were last read, and when they must be read again after a change.
+    last_read: Instant,
+    reread_due: Option<Instant>,
 }
 
 impl Settings {
@@ -25,10 +36,11 @@ impl Settings {
         maps: &mut PolicyMaps,
         mut sources: SourceMaps,
         opts: &RunOptions,
+        xdp: &[u32],
     ) -> anyhow::Result<Self> {
         let config = config_for(opts);
         let written = if opts.check_sources {
-            let wanted = xdp_sources(&opts.xdp).await?;
+            let wanted = xdp_sources(xdp).await?;
             sources.set(&wanted)?;
             wanted
         } else {
@@ -43,16 +55,35 @@ impl Settings {
             } else {
                 Mode::Enforce
             },
+            last_read: Instant::now(),
+            reread_due: None,
         })
     }
 
-    /// Reads the routes out of the XDP interfaces again and writes what changed. On failure the
-    /// tries keep what they hold: a client is never refused because a read went wrong.
-    pub async fn reread_sources(&mut self, opts: &RunOptions) {
+    /// The kernel reported route changes: read the source prefixes again shortly.
+    pub fn routes_changed(&mut self, now: Instant) {
+        if self.reread_due.is_none() {
+            self.reread_due = Some((now + ROUTE_SETTLE).max(self.last_read + ROUTE_REREAD_SPACING));
+        }
+    }
+
+    /// When the source prefixes must be read again after route changes, if they must.
+    #[must_use]
+    pub fn reread_due(&self) -> Option<Instant> {
+        self.reread_due
+    }
+
+    /// Reads the routes out of the XDP interfaces (by index) again and writes what changed: every
+    /// 30 s, and before XDP is attached to an interface that appeared, so that its clients are
+    /// not refused as spoofed. On failure the tries keep what they hold: a client is never
+    /// refused because a read went wrong.
+    pub async fn reread_sources(&mut self, opts: &RunOptions, xdp: &[u32]) {
+        self.reread_due = None;
         if !opts.check_sources {
             return;
         }
-        let result = xdp_sources(&opts.xdp).await.and_then(|wanted| {
+        self.last_read = Instant::now();
+        let result = xdp_sources(xdp).await.and_then(|wanted| {
             if wanted != self.written {
                 self.sources.set(&wanted)?;
                 tracing::info!(
@@ -92,16 +123,9 @@ fn config_for(opts: &RunOptions) -> Config {
 }
 
 /// The source prefixes that belong on each XDP interface (see [`interfaces::sources_of`]).
-async fn xdp_sources(xdp: &[String]) -> anyhow::Result<BTreeSet<InterfaceSource>> {
-    let indices = xdp
-        .iter()
-        .map(|iface| {
-            nix::net::if_::if_nametoindex(iface.as_str())
-                .with_context(|| format!("no interface named {iface}"))
-        })
-        .collect::<anyhow::Result<Vec<u32>>>()?;
+async fn xdp_sources(xdp: &[u32]) -> anyhow::Result<BTreeSet<InterfaceSource>> {
     let (links, routes) = interfaces::read_links_and_routes().await?;
-    Ok(interfaces::sources_of(&indices, &links, &routes))
+    Ok(interfaces::sources_of(xdp, &links, &routes))
 }
 
 #[cfg(test)]

@@ -1,8 +1,8 @@
 //! Starting the daemon: resolve, load (adopting pins), number the counted interfaces, fill the
-//! maps, then attach, so the programs never run on maps that do not hold the policy yet.
+//! maps, then attach (through the same step that follows link changes later), so the programs
+//! never run on maps that do not hold the policy yet.
 
 use std::{
-    collections::BTreeMap,
     sync::{Arc, RwLock},
     time::{Duration, Instant},
 };
@@ -12,9 +12,12 @@ use tokio::sync::watch;
 use super::{
     allowances::Allowances,
     attach,
+    attachments::{Attachments, NamedLink, Plan},
+    dns_clients,
     events::Enricher,
     flows::{Cause, FlowKeeper},
     hosts::{record_answers, resolve_now, HostTable},
+    interfaces::LinkWatch,
     learning::Learner,
     notify::Notifier,
     observe::Observer,
@@ -26,8 +29,8 @@ use crate::{
     counters::Counters,
     dns::{DnsCounters, LearnPolicy, Listeners, NameMatcher},
     maps::{FlowMaps, PolicyMaps, SourceMaps},
-    metrics::{self, CountedInterface, Metrics},
-    pins::PinDir,
+    metrics::{self, Metrics},
+    pins::{HookKind, PinDir},
     resolve::Resolver,
     rules::Rules,
     state::{State, StateSaver},
@@ -40,7 +43,7 @@ impl Daemon {
         opts: RunOptions,
         rules: Rules,
         pins: PinDir,
-        interfaces: attach::Interfaces,
+        first: FirstAttachments,
         listeners: Option<Listeners>,
         metrics_listener: Option<tokio::net::TcpListener>,
     ) -> anyhow::Result<Self> {
@@ -63,20 +66,15 @@ impl Daemon {
             |dns| dns.learn,
         ));
         if adopting {
-            // Keep what the last daemon had resolved and learned until fresh answers replace
-            // it: the pinned maps still allow it, and clients still hold those answers.
-            if let Some(state) = State::take_back(&pins.state_file()) {
-                for (name, addrs) in &state.hosts {
-                    hosts.seed(name, addrs, now + opts.refresh.grace);
-                }
-                let elapsed = State::now_secs().saturating_sub(state.written_at);
-                let views = state.learned.into_iter().filter(|_| opts.dns.is_some());
-                let views = views.map(|mut view| {
-                    view.expires_in_secs = view.expires_in_secs.saturating_sub(elapsed);
-                    view
-                });
-                learner.seed(&rules, &matcher, views, now);
-            }
+            seed_from_state(
+                &pins,
+                &opts,
+                &rules,
+                &matcher,
+                &mut hosts,
+                &mut learner,
+                now,
+            );
         }
         let answers = resolve_now(&resolver, &mut hosts, now).await;
         record_answers(&mut hosts, &answers);
@@ -87,9 +85,9 @@ impl Daemon {
         );
 
         let mut ebpf = attach::load_with_pins(&pins)?;
-        let counted = metrics::number_interfaces(&opts.xdp, &opts.tc);
-        let mut kernel_counters = Counters::loaded(&ebpf)?;
-        kernel_counters.assign_slots(&ebpf, &counter_slots(&counted, &interfaces.names))?;
+        let counted = metrics::number_interfaces(&opts.interfaces);
+        // Counter slots are assigned as the interfaces are attached (`carry_out`).
+        let kernel_counters = Counters::loaded(&ebpf)?;
         let dns_counters = Arc::new(DnsCounters::default());
         let metrics = match metrics_listener {
             Some(_) => Some(Arc::new(Metrics::new(
@@ -107,12 +105,18 @@ impl Daemon {
             opts.flows,
             Counters::loaded(&ebpf).ok(),
         );
-        let settings = Settings::write(&mut maps, sources, &opts).await?;
+        let xdp: Vec<u32> = first
+            .plan
+            .attach
+            .iter()
+            .filter(|t| t.hook == HookKind::Xdp)
+            .map(|t| t.index)
+            .collect();
+        let settings = Settings::write(&mut maps, sources, &opts, &xdp).await?;
         let allowances = Allowances::read(&opts, rules.services.len())?;
-        let enricher = Arc::new(RwLock::new(Enricher {
-            iface_names: interfaces.names,
-            ..Enricher::default()
-        }));
+        let enricher = Arc::new(RwLock::new(Enricher::default()));
+        let guarded: Vec<u32> = first.plan.attach.iter().map(|t| t.index).collect();
+        let served = dns_clients::read_served(&opts, &guarded).await?;
         let mut daemon = Self {
             opts,
             rules,
@@ -125,6 +129,7 @@ impl Daemon {
             flows,
             enricher,
             matcher: watch::Sender::new(matcher),
+            served: watch::Sender::new(Arc::new(served)),
             learner,
             listeners,
             dns_counters,
@@ -133,27 +138,47 @@ impl Daemon {
             observer,
             counted,
             metrics_listener,
+            attachments: Attachments::default(),
+            link_watch: Some(first.watch),
             ebpf,
         };
         daemon.apply_as(Update::Full, true, Cause::Start)?;
         daemon.observer.policy_in_place(false);
-        attach::attach_all(
-            &mut daemon.ebpf,
-            &daemon.pins,
-            &daemon.opts,
-            &interfaces.layers,
-        )?;
+        daemon.carry_out(first.plan, &first.links, true).await?;
+        attach::remove_leftover_pins(&daemon.pins, &daemon.attachments.held)?;
         Ok(daemon)
     }
 }
 
-/// (Interface index, counter slot) for each numbered interface.
-fn counter_slots(counted: &[CountedInterface], names: &BTreeMap<u32, String>) -> Vec<(u32, u32)> {
-    names
-        .iter()
-        .filter_map(|(index, name)| {
-            let slot = counted.iter().find(|c| &c.name == name)?.slot;
-            Some((*index, slot))
-        })
-        .collect()
+/// Keeps what the last daemon had resolved and learned until fresh answers replace it: the
+/// pinned maps still allow it, and clients still hold those answers.
+fn seed_from_state(
+    pins: &PinDir,
+    opts: &RunOptions,
+    rules: &Rules,
+    matcher: &NameMatcher,
+    hosts: &mut HostTable,
+    learner: &mut Learner,
+    now: Instant,
+) {
+    if let Some(state) = State::take_back(&pins.state_file()) {
+        for (name, addrs) in &state.hosts {
+            hosts.seed(name, addrs, now + opts.refresh.grace);
+        }
+        let elapsed = State::now_secs().saturating_sub(state.written_at);
+        let views = state.learned.into_iter().filter(|_| opts.dns.is_some());
+        let views = views.map(|mut view| {
+            view.expires_in_secs = view.expires_in_secs.saturating_sub(elapsed);
+            view
+        });
+        learner.seed(rules, matcher, views, now);
+    }
+}
+
+/// What the first attachments are, worked out before anything is loaded.
+pub(super) struct FirstAttachments {
+    /// Subscribed before `links` were read, so no change after the reading is missed.
+    pub watch: LinkWatch,
+    pub links: Vec<NamedLink>,
+    pub plan: Plan,
 }

@@ -25,6 +25,10 @@ pub struct DnsCounters {
     pub(super) mismatched: AtomicU64,
     pub(super) late: AtomicU64,
     pub(super) already_open: AtomicU64,
+    pub(super) unserved: AtomicU64,
+    pub(super) truncated: AtomicU64,
+    pub(super) tcp_client_limited: AtomicU64,
+    pub(super) tcp_full: AtomicU64,
     /// How long answers were held while their addresses were written to the kernel.
     hold_time: Histogram,
 }
@@ -60,6 +64,10 @@ impl Default for DnsCounters {
             mismatched: AtomicU64::default(),
             late: AtomicU64::default(),
             already_open: AtomicU64::default(),
+            unserved: AtomicU64::default(),
+            truncated: AtomicU64::default(),
+            tcp_client_limited: AtomicU64::default(),
+            tcp_full: AtomicU64::default(),
             hold_time: hold_time_histogram(),
         }
     }
@@ -101,6 +109,22 @@ pub struct DnsCounterValues {
     /// daemon).
     #[serde(default)]
     pub already_open: u64,
+    /// Datagrams and TCP connections from sources the forwarder does not serve (outside the
+    /// guarded interfaces' subnets, the host and `--dns-allow-from`), dropped without a reply.
+    #[serde(default)]
+    pub unserved: u64,
+    /// UDP replies cut to their question with TC set: the answer exceeded the client's UDP size
+    /// or [`super::message::MAX_UDP_REPLY`].
+    #[serde(default)]
+    pub truncated: u64,
+    /// TCP connections closed at once because their client held its bound of connections
+    /// already ([`super::forwarder::MAX_TCP_PER_CLIENT`]).
+    #[serde(default)]
+    pub tcp_client_limited: u64,
+    /// TCP connections closed at once because every slot was taken
+    /// ([`super::forwarder::MAX_TCP_CLIENTS`]).
+    #[serde(default)]
+    pub tcp_full: u64,
 }
 
 impl DnsCounters {
@@ -136,6 +160,10 @@ impl DnsCounters {
             mismatched: read(&self.mismatched),
             late: read(&self.late),
             already_open: read(&self.already_open),
+            unserved: read(&self.unserved),
+            truncated: read(&self.truncated),
+            tcp_client_limited: read(&self.tcp_client_limited),
+            tcp_full: read(&self.tcp_full),
         }
     }
 }

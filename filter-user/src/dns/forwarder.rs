@@ -19,10 +19,16 @@
 //! as hard to land as against a resolver that uses them. The upstream must itself be a
 //! validating recursive resolver that checks bailiwick: what it believes, the forwarder believes.
 //!
+//! Whom it answers: only sources the daemon says it serves ([`ServedClients`]); anything else
+//! is ignored without a reply (datagrams) or closed before a byte is read (connections), and
+//! counted (`unserved`).
+//!
 //! Bounds: at most [`MAX_IN_FLIGHT`] queries wait on the upstream at once, and at most
 //! [`MAX_QUERIES_PER_CLIENT`] from one client address (past either, SERVFAIL at once rather
-//! than queueing); at most [`MAX_TCP_CLIENTS`] TCP connections, each closed after [`TCP_IDLE`]
-//! of silence.
+//! than queueing); at most [`MAX_TCP_CLIENTS`] TCP connections, at most
+//! [`MAX_TCP_PER_CLIENT`] of them from one client address, each closed after [`TCP_IDLE`] of
+//! silence. A UDP reply carries at most [`message::MAX_UDP_REPLY`] bytes whatever size the
+//! client claims; a larger answer goes truncated (TC), and the client asks again over TCP.
 //!
 //! An answer with listed names waits until the daemon confirms its addresses are in the maps.
 //! Asked again (the common case: devices re-resolve the same few names all day), it need not:
@@ -52,6 +58,7 @@ use tokio::{
 };
 
 use super::{
+    clients::ServedClients,
     counters::DnsCounters,
     in_flight::{Asking, Joined, Pending, PerClient},
     message::{self, Incoming, Learnable, Question},
@@ -70,6 +77,10 @@ pub const MAX_IN_FLIGHT: usize = 1024;
 pub const MAX_QUERIES_PER_CLIENT: usize = 32;
 /// TCP client connections at once.
 pub const MAX_TCP_CLIENTS: usize = 64;
+/// TCP connections one client address may hold at once: a stub resolver falls back to TCP for
+/// one truncated answer at a time, and one that holds more must not take every slot of
+/// [`MAX_TCP_CLIENTS`] from the other clients.
+pub const MAX_TCP_PER_CLIENT: usize = 8;
 /// A TCP client silent this long, or not reading its answer this long, is disconnected.
 pub const TCP_IDLE: Duration = Duration::from_secs(10);
 /// No TCP connection lasts longer than this: 64 slow clients cannot hold every slot for ever.
@@ -94,6 +105,7 @@ pub struct ForwarderConfig {
     pub upstream_timeout: Duration,
     pub max_in_flight: usize,
     pub max_queries_per_client: usize,
+    pub max_tcp_per_client: usize,
     /// The daemon's floor on learned TTLs (`--dns-min-ttl`).
     pub min_ttl: Duration,
     /// How long the daemon keeps learned entries past their TTL (`--grace`).
@@ -101,8 +113,8 @@ pub struct ForwarderConfig {
 }
 
 impl ForwarderConfig {
-    /// The defaults: [`UPSTREAM_TIMEOUT`], [`MAX_IN_FLIGHT`], [`MAX_QUERIES_PER_CLIENT`], no
-    /// TTL floor.
+    /// The defaults: [`UPSTREAM_TIMEOUT`], [`MAX_IN_FLIGHT`], [`MAX_QUERIES_PER_CLIENT`],
+    /// [`MAX_TCP_PER_CLIENT`], no TTL floor.
     #[must_use]
     pub fn new(upstream: SocketAddr, block_unlisted: bool) -> Self {
         Self {
@@ -111,6 +123,7 @@ impl ForwarderConfig {
             upstream_timeout: UPSTREAM_TIMEOUT,
             max_in_flight: MAX_IN_FLIGHT,
             max_queries_per_client: MAX_QUERIES_PER_CLIENT,
+            max_tcp_per_client: MAX_TCP_PER_CLIENT,
             min_ttl: Duration::ZERO,
             grace: Duration::ZERO,
         }
@@ -124,6 +137,21 @@ pub struct LearnRequest {
     pub learnable: Learnable,
     /// Answered `true` once the maps hold the addresses, `false` if writing them failed.
     pub done: oneshot::Sender<bool>,
+}
+
+/// What the forwarder shares with the daemon while it serves.
+pub struct Shared {
+    /// Which services each name belongs to (replaced on reload).
+    pub matcher: watch::Receiver<Arc<NameMatcher>>,
+    /// Whom to answer (replaced when the guarded interfaces' subnets change).
+    pub served: watch::Receiver<Arc<ServedClients>>,
+    /// Where answers' addresses go to be opened before the answer is released.
+    pub learn: mpsc::Sender<LearnRequest>,
+    pub counters: Arc<DnsCounters>,
+    /// Bumped by the daemon whenever learned entries may go before their time (eviction,
+    /// reload).
+    pub epoch: Arc<AtomicU64>,
+    pub seen: Arc<SeenNames>,
 }
 
 /// Sockets bound on every listen address, UDP and TCP. Bound before anything is attached, so a
@@ -165,18 +193,17 @@ impl Listeners {
             .collect()
     }
 
-    /// Serves until the returned set is dropped or aborted. `epoch` is bumped by the daemon
-    /// whenever learned entries may go before their time (eviction, reload).
+    /// Serves until the returned set is dropped or aborted.
     #[must_use]
-    pub fn serve(
-        self,
-        config: ForwarderConfig,
-        matcher: watch::Receiver<Arc<NameMatcher>>,
-        learn: mpsc::Sender<LearnRequest>,
-        counters: Arc<DnsCounters>,
-        epoch: Arc<AtomicU64>,
-        seen: Arc<SeenNames>,
-    ) -> JoinSet<()> {
+    pub fn serve(self, config: ForwarderConfig, shared: Shared) -> JoinSet<()> {
+        let Shared {
+            matcher,
+            served,
+            learn,
+            counters,
+            epoch,
+            seen,
+        } = shared;
         let forwarder = Arc::new(Forwarder {
             seen,
             open: Arc::default(),
@@ -186,9 +213,11 @@ impl Listeners {
             per_client: PerClient::default(),
             config,
             matcher,
+            served,
             learn,
             counters,
-            tcp_clients: Arc::new(Semaphore::new(MAX_TCP_CLIENTS)),
+            tcp_clients: Semaphore::new(MAX_TCP_CLIENTS),
+            tcp_per_client: PerClient::default(),
         });
         let mut tasks = JoinSet::new();
         for socket in self.udp {
@@ -213,15 +242,27 @@ struct Forwarder {
     epoch: Arc<AtomicU64>,
     config: ForwarderConfig,
     matcher: watch::Receiver<Arc<NameMatcher>>,
+    served: watch::Receiver<Arc<ServedClients>>,
     learn: mpsc::Sender<LearnRequest>,
     counters: Arc<DnsCounters>,
     in_flight: Semaphore,
     pending: Arc<Pending>,
     per_client: PerClient,
-    tcp_clients: Arc<Semaphore>,
+    tcp_clients: Semaphore,
+    /// TCP connections open, by client address.
+    tcp_per_client: PerClient,
 }
 
 impl Forwarder {
+    /// Whether `client` is one the forwarder answers; counts it if not.
+    fn serves(&self, client: IpAddr) -> bool {
+        let served = self.served.borrow().serves(client);
+        if !served {
+            DnsCounters::bump(&self.counters.unserved);
+        }
+        served
+    }
+
     async fn serve_udp(self: Arc<Self>, socket: Arc<UdpSocket>) {
         let mut buffer = vec![0u8; usize::from(u16::MAX)];
         loop {
@@ -233,6 +274,9 @@ impl Forwarder {
                     continue;
                 }
             };
+            if !self.serves(client.ip()) {
+                continue;
+            }
             let bytes = buffer[..len].to_vec();
             let (forwarder, socket) = (Arc::clone(&self), Arc::clone(&socket));
             tokio::spawn(async move {
@@ -256,16 +300,24 @@ impl Forwarder {
                     continue;
                 }
             };
-            // Past the bound, new connections are closed at once; the existing ones go on.
-            let Ok(permit) = Arc::clone(&self.tcp_clients).try_acquire_owned() else {
+            if !self.serves(client.ip()) {
                 continue;
-            };
+            }
             let forwarder = Arc::clone(&self);
             tokio::spawn(async move {
+                // Past either bound, the new connection is closed at once; the others go on.
+                let limit = forwarder.config.max_tcp_per_client;
+                let Some(_slot) = forwarder.tcp_per_client.take(client.ip(), limit) else {
+                    DnsCounters::bump(&forwarder.counters.tcp_client_limited);
+                    return;
+                };
+                let Ok(_permit) = forwarder.tcp_clients.try_acquire() else {
+                    DnsCounters::bump(&forwarder.counters.tcp_full);
+                    return;
+                };
                 if let Err(err) = forwarder.serve_tcp_client(stream, client.ip()).await {
                     tracing::debug!("DNS over TCP from {client}: {err}");
                 }
-                drop(permit);
             });
         }
     }
@@ -338,11 +390,15 @@ impl Forwarder {
             Transport::Udp => query.udp_limit(),
             Transport::Tcp => usize::from(u16::MAX),
         };
-        Some(
-            query
-                .reply(&answer, limit)
-                .unwrap_or_else(|_| query.servfail()),
-        )
+        match query.reply(&answer, limit) {
+            Ok(reply) => {
+                if reply.truncated {
+                    DnsCounters::bump(&self.counters.truncated);
+                }
+                Some(reply.bytes)
+            }
+            Err(_) => Some(query.servfail()),
+        }
     }
 
     /// Asks the upstream once for every client waiting on `asking`'s question, and opens what

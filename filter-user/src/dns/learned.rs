@@ -3,8 +3,13 @@
 //! - An entry lives for the record's TTL plus the grace period, with the TTL raised to a floor
 //!   first: a zero-TTL answer must still let the device connect a moment later. An answer seen
 //!   again extends the entry (never shortens it: the earlier answer is still in some cache).
-//! - The table is bounded: past its capacity the entry learned (or renewed) longest ago goes
-//!   first, counted as evicted, so a flood of unique names cannot grow memory or the kernel maps.
+//! - The table is bounded: past its capacity an entry goes, counted as evicted, so a flood of
+//!   unique names cannot grow memory or the kernel maps. Which one is fair across services: the
+//!   service that grew pays with its own entry learned (or renewed) longest ago, unless it holds
+//!   no more than its share of the table (capacity over the services holding entries); then the
+//!   service holding the most pays. One answer of thousands of addresses, or a flood of names
+//!   under one wildcard, thus pushes out its own service's entries, never another service's
+//!   that clients still hold answers for.
 //!
 //! Pure bookkeeping over a caller-given clock, like `daemon::hosts`.
 
@@ -101,6 +106,8 @@ pub struct LearnedTable {
     policy: LearnPolicy,
     entries: HashMap<IpAddr, BTreeMap<String, Entry>>,
     by_order: BTreeMap<u64, LearnedKey>,
+    /// Each service's entries in learning order, to evict within a service.
+    by_service: HashMap<String, BTreeSet<u64>>,
     by_expiry: BTreeSet<(Instant, u64)>,
     next_order: u64,
     counters: LearnCounters,
@@ -113,6 +120,7 @@ impl LearnedTable {
             policy,
             entries: HashMap::new(),
             by_order: BTreeMap::new(),
+            by_service: HashMap::new(),
             by_expiry: BTreeSet::new(),
             next_order: 0,
             counters: LearnCounters::default(),
@@ -160,7 +168,10 @@ impl LearnedTable {
         let order = self.next_order;
         self.next_order += 1;
         let services = self.entries.entry(key.0).or_default();
+        let service_orders = self.by_service.entry(key.1.clone()).or_default();
         if let Some(entry) = services.get_mut(&key.1) {
+            service_orders.remove(&entry.order);
+            service_orders.insert(order);
             self.by_order.remove(&entry.order);
             self.by_expiry.remove(&(entry.until, entry.order));
             entry.until = entry.until.max(until);
@@ -183,23 +194,43 @@ impl LearnedTable {
                 order,
             },
         );
+        service_orders.insert(order);
         self.by_order.insert(order, key.clone());
         self.by_expiry.insert((until, order));
         self.counters.learned += 1;
         let mut evicted = Vec::new();
         while self.by_order.len() > self.policy.capacity {
-            let Some((_, oldest)) = self.by_order.first_key_value() else {
+            let Some(victim) = self.eviction_victim(&key.1) else {
                 break;
             };
-            let oldest = oldest.clone();
-            self.remove(&oldest);
+            self.remove(&victim);
             self.counters.evicted += 1;
-            evicted.push(oldest);
+            evicted.push(victim);
         }
         LearnOutcome {
             added: Some(key),
             evicted,
         }
+    }
+
+    /// The entry to evict when `grown` has just added one past capacity: its own oldest, unless
+    /// it holds no more than its share; then the oldest of the service holding the most (ties:
+    /// the one with the older entry).
+    fn eviction_victim(&self, grown: &str) -> Option<LearnedKey> {
+        let held = |service: &str| self.by_service.get(service).map_or(0, BTreeSet::len);
+        let share = self.policy.capacity / self.by_service.len().max(1);
+        let payer = if held(grown) > share {
+            grown
+        } else {
+            self.by_service
+                .iter()
+                .max_by_key(|(_, orders)| {
+                    (orders.len(), std::cmp::Reverse(orders.first().copied()))
+                })
+                .map(|(service, _)| service.as_str())?
+        };
+        let oldest = self.by_service.get(payer)?.first()?;
+        self.by_order.get(oldest).cloned()
     }
 
     /// Takes back an entry just learned (its map write failed). Counts nothing.
@@ -216,6 +247,12 @@ impl LearnedTable {
         let entry = services.remove(&key.1)?;
         if services.is_empty() {
             self.entries.remove(&key.0);
+        }
+        if let Some(orders) = self.by_service.get_mut(&key.1) {
+            orders.remove(&entry.order);
+            if orders.is_empty() {
+                self.by_service.remove(&key.1);
+            }
         }
         self.by_order.remove(&entry.order);
         self.by_expiry.remove(&(entry.until, entry.order));
@@ -399,6 +436,57 @@ mod tests {
         let mut left: Vec<String> = t.keys().map(|(a, _)| a.to_string()).collect();
         left.sort();
         assert_eq!(left, ["192.0.2.1", "192.0.2.3", "192.0.2.4"]);
+    }
+
+    #[test]
+    fn an_answer_larger_than_the_table_evicts_its_own_service_not_the_others() {
+        let t0 = Instant::now();
+        let policy = LearnPolicy {
+            capacity: 1000,
+            ..POLICY
+        };
+        let mut t = LearnedTable::new(policy);
+        t.learn(t0, key("192.0.2.1", "mdm"), "a.manage.example", "q", 60);
+        t.learn(t0, key("192.0.2.2", "portal"), "portal.example", "q", 60);
+        // One answer of 4,000 addresses for the CDN, learned after the others.
+        let mut evicted = Vec::new();
+        for i in 0..4000u32 {
+            let [_, _, x, y] = i.to_be_bytes();
+            let address = format!("10.78.{x}.{y}");
+            evicted.extend(
+                t.learn(t0, key(&address, "cdn"), "big.cdn.example", "q", 60)
+                    .evicted,
+            );
+        }
+        assert_eq!(t.len(), 1000);
+        assert_eq!(evicted.len(), 3002);
+        assert!(evicted.iter().all(|(_, s)| s == "cdn"), "only its own went");
+        let services: BTreeSet<&str> = t.keys().map(|(_, s)| s).collect();
+        assert_eq!(services, BTreeSet::from(["cdn", "mdm", "portal"]));
+        assert_eq!(t.counters().evicted, 3002);
+    }
+
+    #[test]
+    fn a_service_below_its_share_takes_room_from_the_largest() {
+        let t0 = Instant::now();
+        let mut t = LearnedTable::new(LearnPolicy {
+            capacity: 4,
+            ..POLICY
+        });
+        for i in 1..=4 {
+            t.learn(t0, key(&format!("192.0.2.{i}"), "cdn"), "n", "n", 60);
+        }
+        // The table is the CDN's alone; the portal holds less than its share (2 of 4).
+        let out = t.learn(t0, key("198.51.100.1", "portal"), "p", "p", 60);
+        assert_eq!(out.evicted, [key("192.0.2.1", "cdn")]);
+        let out = t.learn(t0, key("198.51.100.2", "portal"), "p", "p", 60);
+        assert_eq!(out.evicted, [key("192.0.2.2", "cdn")]);
+        // At its share now, the portal pays for its own growth.
+        let out = t.learn(t0, key("198.51.100.3", "portal"), "p", "p", 60);
+        assert_eq!(out.evicted, [key("198.51.100.1", "portal")]);
+        // Expiry and removal keep the per-service index in step.
+        assert_eq!(t.expire(t0 + secs(1000)).len(), 4);
+        assert!(t.is_empty() && t.by_service.is_empty());
     }
 
     #[test]

@@ -28,6 +28,22 @@ pub const MAX_CHAIN: usize = 16;
 /// Larger answers come back truncated and are fetched over TCP.
 pub const UPSTREAM_UDP_PAYLOAD: u16 = 1232;
 
+/// The most a UDP reply to a client carries, whatever EDNS size the client claims: BIND's and
+/// Unbound's default (the DNS Flag Day 2020 value). The claim is the sender's word, and the
+/// sender of a UDP query may be anyone: honouring 65,535 let 1,510 bytes of spoofed queries send
+/// about a megabyte to a victim, and made answers too large for one datagram go nowhere at all.
+/// Past it the client gets a truncated reply (TC) and asks again over TCP, where the source is
+/// proven by the handshake.
+pub const MAX_UDP_REPLY: u16 = 1232;
+
+/// A reply to a client, as sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    pub bytes: Vec<u8>,
+    /// Cut to the header and question (TC set): the answer did not fit.
+    pub truncated: bool,
+}
+
 /// A client's query that passed the checks: one question, opcode QUERY.
 #[derive(Clone, Debug)]
 pub struct ClientQuery {
@@ -172,16 +188,17 @@ impl ClientQuery {
         error_reply(&self.message, ResponseCode::ServFail)
     }
 
-    /// The most a UDP reply to this client may carry (512, or what its EDNS says).
+    /// The most a UDP reply to this client may carry: 512, or what its EDNS says, at most
+    /// [`MAX_UDP_REPLY`].
     #[must_use]
     pub fn udp_limit(&self) -> usize {
-        usize::from(self.message.max_payload())
+        usize::from(self.message.max_payload().min(MAX_UDP_REPLY))
     }
 
     /// The answer as the client gets it: under its own ID and its own spelling of the
     /// question, and, when it does not fit in `limit` bytes, truncated (TC set, question only)
     /// so the client asks again over TCP.
-    pub fn reply(&self, answer: &Message, limit: usize) -> Result<Vec<u8>, String> {
+    pub fn reply(&self, answer: &Message, limit: usize) -> Result<Reply, String> {
         let mut answer = answer.clone();
         answer.metadata.id = self.message.metadata.id;
         answer.queries.clone_from(&self.message.queries);
@@ -196,9 +213,16 @@ impl ClientQuery {
         }
         let bytes = answer.to_vec().map_err(|e| e.to_string())?;
         if bytes.len() <= limit {
-            return Ok(bytes);
+            return Ok(Reply {
+                bytes,
+                truncated: false,
+            });
         }
-        answer.truncate().to_vec().map_err(|e| e.to_string())
+        let bytes = answer.truncate().to_vec().map_err(|e| e.to_string())?;
+        Ok(Reply {
+            bytes,
+            truncated: true,
+        })
     }
 }
 

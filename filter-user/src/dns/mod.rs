@@ -16,11 +16,16 @@
 //!   entries, seen names, events);
 //! - upstream queries carry a random source port, a random ID and the name in random case
 //!   (0x20), answers must echo all three; identical questions in flight share one upstream
-//!   query; each client address has a bounded number of queries in flight ([`forwarder`]).
+//!   query; each client address has a bounded number of queries in flight and of TCP
+//!   connections ([`forwarder`]);
+//! - it answers only the clients it serves ([`clients`]), and never more than
+//!   [`message::MAX_UDP_REPLY`] bytes over UDP, so it is no open resolver nor an amplifier.
 //!
 //! It trusts its upstream to be an honest, validating recursive resolver: what the upstream
 //! believes, the forwarder opens (README, "DNS awareness").
 //!
+//! - [`clients`]: whom the forwarder answers (the guarded subnets, the host, configured
+//!   prefixes), and why others get no reply at all;
 //! - [`names`]: which services a name belongs to (exact, expansions, `*.` at any depth);
 //! - [`message`]: message handling without sockets (checks, questions, chains, replies), via
 //!   hickory-proto;
@@ -31,6 +36,7 @@
 //! - [`counters`]: what the forwarder counts, for `stats`;
 //! - [`seen`]: the names clients looked up, by address, to name the host in drop events.
 
+pub mod clients;
 pub mod counters;
 pub mod forwarder;
 mod in_flight;
@@ -41,8 +47,9 @@ mod open_addresses;
 pub mod seen;
 
 pub use self::{
+    clients::ServedClients,
     counters::{DnsCounterValues, DnsCounters},
-    forwarder::{ForwarderConfig, LearnRequest, Listeners},
+    forwarder::{ForwarderConfig, LearnRequest, Listeners, Shared},
     learned::{LearnCounters, LearnPolicy, LearnedTable, LearnedView},
     names::NameMatcher,
     seen::SeenNames,

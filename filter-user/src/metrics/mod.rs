@@ -28,7 +28,10 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-use crate::{counters::Counters, dns::DnsCounters, dns::LearnCounters};
+use crate::{
+    counters::Counters, daemon::attachments::InterfacePattern, dns::DnsCounters,
+    dns::LearnCounters, pins::HookKind, state::InterfaceReport,
+};
 
 /// One interface the daemon attached to, as its counters are labelled.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,6 +68,8 @@ pub struct Published {
     /// Service names by id (the ids of the kernel's service counters).
     pub services: Vec<String>,
     pub interfaces: Vec<CountedInterface>,
+    /// The attachments held, missing and failed, and their counts since start.
+    pub attachments: InterfaceReport,
     pub prefixes_v4: usize,
     pub prefixes_v6: usize,
     pub hostnames_resolved: usize,
@@ -81,6 +86,7 @@ impl Default for Published {
             audit: false,
             services: Vec::new(),
             interfaces: Vec::new(),
+            attachments: InterfaceReport::default(),
             prefixes_v4: 0,
             prefixes_v6: 0,
             hostnames_resolved: 0,
@@ -336,6 +342,7 @@ fn loop_state(families: &mut Families, published: &Published) -> anyhow::Result<
         &[],
         [(vec![], i64::from(published.audit))],
     )?;
+    attachment_state(families, &published.attachments)?;
     let family = |f: &str, v: usize| (vec![f.to_owned()], i64::try_from(v).unwrap_or(i64::MAX));
     families.gauge(
         "egress_filter_table_prefixes",
@@ -379,7 +386,9 @@ fn dns_counters(
         "egress_filter_dns_queries_total",
         "Client DNS queries, by outcome: forwarded upstream, merged into an identical query in \
          flight, refused (--dns-block-unlisted), malformed, failed (upstream error or timeout), \
-         overloaded (too many in flight) or client_limited (the client's bound in flight).",
+         overloaded (too many in flight), client_limited (the client's bound in flight) or \
+         unserved (a datagram or TCP connection from a source the forwarder does not serve, \
+         dropped without a reply).",
         &["outcome"],
         [
             outcome("forwarded", values.forwarded),
@@ -389,6 +398,24 @@ fn dns_counters(
             outcome("failed", values.servfail),
             outcome("overloaded", values.overloaded),
             outcome("client_limited", values.client_limited),
+            outcome("unserved", values.unserved),
+        ],
+    )?;
+    families.counter(
+        "egress_filter_dns_truncated_replies_total",
+        "UDP replies sent truncated (TC set, the client retries over TCP): the answer exceeded \
+         the client's UDP size or the 1,232-byte cap.",
+        &[],
+        [(vec![], values.truncated)],
+    )?;
+    families.counter(
+        "egress_filter_dns_tcp_connections_refused_total",
+        "TCP client connections closed at once, by reason: client_limited (that client holds \
+         its bound of connections) or full (every slot is taken).",
+        &["reason"],
+        [
+            outcome("client_limited", values.tcp_client_limited),
+            outcome("full", values.tcp_full),
         ],
     )?;
     families.counter(
@@ -479,6 +506,50 @@ impl Families {
     }
 }
 
+/// The attachments: how many per hook, how many asked for are missing or failed, and what
+/// happened since start. Hooks label them, never interface names: pods come and go.
+fn attachment_state(families: &mut Families, report: &InterfaceReport) -> anyhow::Result<()> {
+    let per_hook = |views: &[crate::state::AttachmentView]| {
+        HookKind::ALL.map(|hook| {
+            let count = views.iter().filter(|v| v.hook == hook.name()).count();
+            (
+                vec![hook.name().to_owned()],
+                i64::try_from(count).unwrap_or(i64::MAX),
+            )
+        })
+    };
+    families.gauge(
+        "egress_filter_interfaces_attached",
+        "Interfaces the filter is attached to now, by hook (tc: egress, tc-ingress: ingress).",
+        &["hook"],
+        per_hook(&report.attached),
+    )?;
+    families.gauge(
+        "egress_filter_interfaces_missing",
+        "Interfaces named exactly on the command line that do not exist now, by hook.",
+        &["hook"],
+        per_hook(&report.missing),
+    )?;
+    families.gauge(
+        "egress_filter_interfaces_failed",
+        "Interfaces that match but whose attachment failed (tried again at each check), by hook.",
+        &["hook"],
+        per_hook(&report.failed),
+    )?;
+    let counts = report.counts;
+    families.counter(
+        "egress_filter_interface_changes_total",
+        "Attachments made (at start and as interfaces appear), released (an interface vanished, \
+         was renamed or no longer matches) and failed, since the daemon started.",
+        &["change"],
+        [
+            (vec!["attached".to_owned()], counts.attached),
+            (vec!["released".to_owned()], counts.released),
+            (vec!["failed".to_owned()], counts.failed),
+        ],
+    )
+}
+
 fn hook_label(hook: Hook) -> &'static str {
     match hook {
         Hook::Xdp => "xdp",
@@ -494,25 +565,39 @@ fn verdict_label(reason: Reason) -> &'static str {
     }
 }
 
-/// Slots for the interfaces attached to, in the order given (XDP first): slot 0 counts every
-/// other interface, so at most [`COUNTED_INTERFACES`] - 1 get their own.
+/// Slots for the interface names and patterns asked for, in the order given (XDP first): every
+/// interface a pattern matches counts in the pattern's slot, so the labels stay as few as the
+/// options however many pods come and go. Slot 0 counts every other interface, so at most
+/// [`COUNTED_INTERFACES`] - 1 get their own.
 #[must_use]
-pub fn number_interfaces(xdp: &[String], tc: &[String]) -> Vec<CountedInterface> {
+pub fn number_interfaces(patterns: &[InterfacePattern]) -> Vec<CountedInterface> {
     let mut numbered: Vec<CountedInterface> = Vec::new();
-    for (name, hook) in xdp
-        .iter()
-        .map(|n| (n, Hook::Xdp))
-        .chain(tc.iter().map(|n| (n, Hook::Tc)))
-    {
-        if let Some(known) = numbered.iter_mut().find(|i| &i.name == name) {
-            known.hooks.push(hook);
+    for pattern in patterns {
+        let hook = match pattern.hook {
+            HookKind::Xdp => Hook::Xdp,
+            HookKind::Tc | HookKind::TcIngress => Hook::Tc,
+        };
+        if let Some(known) = numbered.iter_mut().find(|i| i.name == pattern.text) {
+            if !known.hooks.contains(&hook) {
+                known.hooks.push(hook);
+            }
         } else if (numbered.len() as u32) < COUNTED_INTERFACES - 1 {
             numbered.push(CountedInterface {
                 slot: numbered.len() as u32 + 1,
-                name: name.clone(),
+                name: pattern.text.clone(),
                 hooks: vec![hook],
             });
         }
     }
     numbered
+}
+
+/// The counter slot of the interface `name`: that of the first name or pattern matching it.
+#[must_use]
+pub fn slot_of(name: &str, patterns: &[InterfacePattern], counted: &[CountedInterface]) -> u32 {
+    patterns
+        .iter()
+        .filter(|p| p.matches(name))
+        .find_map(|p| counted.iter().find(|c| c.name == p.text))
+        .map_or(0, |c| c.slot)
 }

@@ -107,22 +107,35 @@ impl Rules {
         register_of: &dyn Fn(&Path) -> Option<&'r Register>,
     ) -> Result<Self, RulesError> {
         let mut errors = Vec::new();
+        // The TOML first, all of it: the service limit is known before any service is checked,
+        // so a file far over it is refused at once, with the true count.
+        let mut parsed = Vec::new();
+        for (path, text) in sources {
+            match toml::from_str::<RawFile>(text) {
+                Ok(raw) => parsed.push((*path, *text, raw)),
+                Err(err) => errors.push(Diagnostic {
+                    file: path.to_path_buf(),
+                    location: err.span().map(|span| Lines::new(text).locate(span.start)),
+                    message: err.message().to_owned(),
+                }),
+            }
+        }
+        let count: usize = parsed.iter().map(|(_, _, raw)| raw.service.len()).sum();
+        if count > MAX_SERVICES as usize {
+            errors.push(Diagnostic {
+                file: PathBuf::from("(all rules)"),
+                location: None,
+                message: format!(
+                    "{count} services, more than the {MAX_SERVICES} the kernel counts"
+                ),
+            });
+            return Err(RulesError(errors));
+        }
         let mut services: Vec<Service> = Vec::new();
         let mut first_definition: HashMap<String, (PathBuf, usize)> = HashMap::new();
-        for (path, text) in sources {
-            let at = |span: Range<usize>| Location::of(text, span.start);
-            let raw: RawFile = match toml::from_str(text) {
-                Ok(raw) => raw,
-                Err(err) => {
-                    let location = err.span().map(at);
-                    errors.push(Diagnostic {
-                        file: path.to_path_buf(),
-                        location,
-                        message: err.message().to_owned(),
-                    });
-                    continue;
-                }
-            };
+        for (path, text, raw) in parsed {
+            let lines = Lines::new(text);
+            let at = |span: Range<usize>| lines.locate(span.start);
             if raw.service.is_empty() {
                 errors.push(Diagnostic::file(
                     path,
@@ -164,16 +177,6 @@ impl Rules {
                     .insert(service.name.clone(), (path.to_path_buf(), service_at.line));
                 services.push(service);
             }
-        }
-        if services.len() > MAX_SERVICES as usize {
-            errors.push(Diagnostic {
-                file: PathBuf::from("(all rules)"),
-                location: None,
-                message: format!(
-                    "{} services, more than the {MAX_SERVICES} the kernel counts",
-                    services.len()
-                ),
-            });
         }
         if errors.is_empty() {
             Ok(Self {
@@ -408,14 +411,33 @@ pub struct Location {
     pub column: usize,
 }
 
-impl Location {
-    fn of(text: &str, offset: usize) -> Self {
-        let before = &text[..offset.min(text.len())];
-        let line = before.matches('\n').count() + 1;
-        let column = before.rfind('\n').map_or(before.chars().count(), |nl| {
-            before[nl + 1..].chars().count()
-        }) + 1;
-        Self { line, column }
+/// Where each line of a file starts, so that placing a byte offset costs a binary search: a
+/// file of 100k services has 100k spans to place, and scanning from the start for each made
+/// checking it quadratic.
+pub(crate) struct Lines<'t> {
+    text: &'t str,
+    starts: Vec<usize>,
+}
+
+impl<'t> Lines<'t> {
+    pub(crate) fn new(text: &'t str) -> Self {
+        let starts = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(newline, _)| newline + 1))
+            .collect();
+        Self { text, starts }
+    }
+
+    /// The line and column (in characters) of the byte at `offset`.
+    pub(crate) fn locate(&self, offset: usize) -> Location {
+        let offset = offset.min(self.text.len());
+        let line = self.starts.partition_point(|&start| start <= offset);
+        let start = self.starts[line - 1];
+        let column = self
+            .text
+            .get(start..offset)
+            .map_or(offset - start, |before| before.chars().count())
+            + 1;
+        Location { line, column }
     }
 }
 

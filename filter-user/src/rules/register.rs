@@ -16,7 +16,7 @@ use std::{
 use serde::Deserialize;
 use toml::{value::Datetime, Spanned};
 
-use super::{Diagnostic, Location};
+use super::{Diagnostic, Lines, Location};
 
 /// The register's file name. Directory loads skip it; it is never a rules file.
 pub const REGISTER_FILE: &str = "sources.toml";
@@ -58,7 +58,8 @@ impl Register {
 
     /// Parses a register; every problem is reported with its location.
     pub fn parse(file: &Path, text: &str) -> Result<Self, Vec<Diagnostic>> {
-        let at = |offset: usize| Location::of(text, offset);
+        let lines = Lines::new(text);
+        let at = |offset: usize| lines.locate(offset);
         let diagnostic = |offset: Option<usize>, message: String| Diagnostic {
             file: file.to_path_buf(),
             location: offset.map(at),

@@ -1,4 +1,4 @@
-use std::path::Path;
+use std::{fmt::Write as _, path::Path};
 
 use super::*;
 
@@ -458,4 +458,37 @@ fn seed_endpoints(seed: &str) -> (Vec<String>, Vec<IpNet>) {
     nets.sort();
     nets.dedup();
     (hosts, nets)
+}
+
+#[test]
+fn offsets_are_placed_by_line_and_character_column() {
+    let text = "a = 1\nbé = 2\n\nlast";
+    let lines = Lines::new(text);
+    let at = |offset| {
+        let location = lines.locate(offset);
+        (location.line, location.column)
+    };
+    assert_eq!(at(0), (1, 1));
+    assert_eq!(at(4), (1, 5));
+    assert_eq!(at(5), (1, 6), "the newline itself ends line 1");
+    assert_eq!(at(6), (2, 1));
+    // "bé" is three bytes, two characters: the column counts characters.
+    assert_eq!(at(9), (2, 3));
+    assert_eq!(at(14), (3, 1), "the empty line");
+    assert_eq!(at(15), (4, 1));
+    assert_eq!(at(text.len()), (4, 5));
+    assert_eq!(at(text.len() + 10), (4, 5), "past the end: the end");
+}
+
+#[test]
+fn the_service_limit_is_reported_first_with_the_true_count() {
+    // More than a service id can number: every one must be counted, none dropped silently.
+    let mut text = String::new();
+    for i in 0..66_000 {
+        let _ = write!(text, "[[service]]\nname = \"s{i}\"\ntcp = [1]\n");
+    }
+    let err = Rules::parse_sources(&[(Path::new("many.toml"), &text)])
+        .expect_err("over the limit")
+        .to_string();
+    assert!(err.contains("66000 services, more than the 1024"), "{err}");
 }

@@ -7,7 +7,7 @@ use std::{
 };
 
 use filter_tests::{
-    daemon::{binary, Daemon},
+    daemon::{binary, query_json, Daemon},
     dns::DnsServer,
     lab::{Lab, Netns, RulesDir, DNS_V4, WEB_A_V4, WEB_A_V6, WEB_B_V4},
 };
@@ -38,24 +38,36 @@ pub(crate) struct Upstream {
 
 impl Upstream {
     pub(crate) fn start(lab: &Lab, ttl: u32) -> anyhow::Result<Self> {
-        let hosts_file = std::env::temp_dir().join(format!("ef-dns-hosts-{}", lab.id));
-        std::fs::write(
-            &hosts_file,
-            format!(
+        Self::with_hosts(
+            lab,
+            ttl,
+            &format!(
                 "{WEB_B_V4} edge.unlisted.test\n{WEB_B_V4} tracker.example.net\n\
                  {WEB_A_V4} one.mdm.example.test\n{WEB_B_V4} two.mdm.example.test\n"
             ),
-        )?;
-        let server = DnsServer::start_with_options(
-            &hosts_file,
-            ttl,
-            format!("{DNS_V4}:53").parse()?,
-            &lab.inet.name,
             &[
                 format!("--address=/cdn.example.test/{WEB_A_V4}"),
                 format!("--address=/cdn.example.test/{WEB_A_V6}"),
                 "--cname=portal.mdm.example.test,edge.unlisted.test".into(),
             ],
+        )
+    }
+
+    /// A server answering the lines of a hosts file, `hosts`, with dnsmasq's `options` too.
+    pub(crate) fn with_hosts(
+        lab: &Lab,
+        ttl: u32,
+        hosts: &str,
+        options: &[String],
+    ) -> anyhow::Result<Self> {
+        let hosts_file = std::env::temp_dir().join(format!("ef-dns-hosts-{}", lab.id));
+        std::fs::write(&hosts_file, hosts)?;
+        let server = DnsServer::start_with_options(
+            &hosts_file,
+            ttl,
+            format!("{DNS_V4}:53").parse()?,
+            &lab.inet.name,
+            options,
         )?;
         Ok(Self {
             _server: server,
@@ -74,7 +86,23 @@ impl Drop for Upstream {
 pub(crate) fn gateway(lab: &Lab, rules: &RulesDir, extra: &[&str]) -> anyhow::Result<Daemon> {
     lab.client.use_resolver("10.77.0.1")?;
     let upstream = format!("{DNS_V4}:53");
-    let mut args = vec![
+    let mut args = gateway_args(lab, rules, "10.77.0.1:53", &upstream);
+    args.extend_from_slice(extra);
+    let daemon = Daemon::start(&lab.gw.name, &lab.pin_path(), &args)?;
+    daemon.wait_for_log("answering DNS on 10.77.0.1:53", Duration::from_secs(5))?;
+    Ok(daemon)
+}
+
+/// `run`'s arguments for the gateway: XDP on its LAN side, JSON events, the forwarder on
+/// `listen` asking `upstream`, which polling asks too (else the host's resolver, unreachable from
+/// the lab).
+pub(crate) fn gateway_args<'a>(
+    lab: &'a Lab,
+    rules: &'a RulesDir,
+    listen: &'a str,
+    upstream: &'a str,
+) -> Vec<&'a str> {
+    vec![
         "--rules",
         rules.path(),
         "--xdp",
@@ -82,17 +110,12 @@ pub(crate) fn gateway(lab: &Lab, rules: &RulesDir, extra: &[&str]) -> anyhow::Re
         "--events",
         "json",
         "--dns-listen",
-        "10.77.0.1:53",
+        listen,
         "--dns-upstream",
-        &upstream,
-        // Polling asks the same server (else the host's resolver, unreachable from the lab).
+        upstream,
         "--resolver",
-        &upstream,
-    ];
-    args.extend_from_slice(extra);
-    let daemon = Daemon::start(&lab.gw.name, &lab.pin_path(), &args)?;
-    daemon.wait_for_log("answering DNS on 10.77.0.1:53", Duration::from_secs(5))?;
-    Ok(daemon)
+        upstream,
+    ]
 }
 
 /// Resolves `name` in the client namespace and connects to it on `port` (IPv4): the name is
@@ -135,15 +158,7 @@ pub(crate) fn resolve(lab: &Lab, name: &str) -> Vec<String> {
 
 /// `egress-filter VERB --pin-path PIN --json`, parsed.
 pub(crate) fn query(lab: &Lab, verb: &str) -> anyhow::Result<serde_json::Value> {
-    let out = Command::new(binary()?)
-        .args([verb, "--pin-path", &lab.pin_path(), "--json"])
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "{verb}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(serde_json::from_slice(&out.stdout)?)
+    query_json(&binary()?, verb, &lab.pin_path())
 }
 
 /// Waits (bounded: the state file is written every second) until `learned` lists an entry

@@ -22,8 +22,8 @@ use super::*;
 use crate::{dns::counters::DnsCounterValues, rules::Rules};
 
 /// What the stub upstream does, by the question's first label (in any case): `slow…` never
-/// answers, `delay…` answers after [`STUB_DELAY`], `big` comes back truncated over UDP and as
-/// 40 addresses over TCP, `spoof` is preceded by an answer under the wrong ID, `lower…` echoes
+/// answers, `delay…` answers after [`STUB_DELAY`], `big` and `huge` come back truncated over
+/// UDP and as 40 and 200 addresses over TCP, `spoof` is preceded by an answer under the wrong ID, `lower…` echoes
 /// the question in lower case; the labels of [`attack_records`] answer with records that do not
 /// answer the question. Everything else is 192.0.2.1 with TTL 60, owned by the question.
 struct Stub {
@@ -99,7 +99,12 @@ fn stub_answer(query: &Message, full: bool) -> Message {
         answer.add_answers(records);
         return answer;
     }
-    let count = if full && label == "big" { 40 } else { 1 };
+    let count = match label.as_str() {
+        "big" if full => 40,
+        // Past the 1,232 bytes any client gets over UDP, whatever EDNS size it claims.
+        "huge" if full => 200,
+        _ => 1,
+    };
     for i in 0..count {
         answer.add_answer(Record::from_rdata(
             name.clone(),
@@ -138,7 +143,7 @@ async fn stub() -> Stub {
                         let lowered = answer.queries[0].name().to_lowercase();
                         answer.queries[0].set_name(lowered);
                     }
-                    "big" => {
+                    "big" | "huge" => {
                         answer.answers.clear();
                         answer.metadata.truncation = true;
                     }
@@ -181,6 +186,8 @@ struct Harness {
     counters: Arc<DnsCounters>,
     epoch: Arc<AtomicU64>,
     learned: Learned,
+    /// Whom the forwarder answers; tests narrow it.
+    served: watch::Sender<Arc<ServedClients>>,
     _tasks: JoinSet<()>,
     _matcher: watch::Sender<Arc<NameMatcher>>,
 }
@@ -213,19 +220,25 @@ async fn forwarder(config: ForwarderConfig, ack_delay: Duration) -> Harness {
     let addr = listeners.local_addresses()[0];
     let counters = Arc::new(DnsCounters::default());
     let epoch = Arc::new(AtomicU64::new(0));
+    // Loopback only: the tests' clients, 127.0.0.1 and 127.0.0.2, are the host itself.
+    let (served, served_rx) = watch::channel(Arc::new(ServedClients::new([])));
     let tasks = listeners.serve(
         config,
-        matcher_rx,
-        learn_tx,
-        Arc::clone(&counters),
-        Arc::clone(&epoch),
-        Arc::default(),
+        Shared {
+            matcher: matcher_rx,
+            served: served_rx,
+            learn: learn_tx,
+            counters: Arc::clone(&counters),
+            epoch: Arc::clone(&epoch),
+            seen: Arc::default(),
+        },
     );
     Harness {
         addr,
         counters,
         epoch,
         learned,
+        served,
         _tasks: tasks,
         _matcher: matcher,
     }
@@ -271,5 +284,6 @@ async fn ask_tcp(server: SocketAddr, bytes: &[u8]) -> Message {
     Message::from_vec(&reply).unwrap()
 }
 
+mod clients;
 mod guards;
 mod learning;

@@ -75,13 +75,58 @@ fn an_answer_too_big_for_udp_is_truncated_for_a_retry_over_tcp() {
         }))
         .collect();
     let answer = answer_to(&UpstreamQuery::new(&q.question()), records);
-    let reply = Message::from_vec(&q.reply(&answer, q.udp_limit()).unwrap()).unwrap();
+    let reply = Message::from_vec(&q.reply(&answer, q.udp_limit()).unwrap().bytes).unwrap();
     assert!(reply.metadata.truncation && reply.answers.is_empty());
     assert_eq!(reply.queries, q.message.queries);
-    let full = Message::from_vec(&q.reply(&answer, usize::from(u16::MAX)).unwrap()).unwrap();
+    let full = Message::from_vec(&q.reply(&answer, usize::from(u16::MAX)).unwrap().bytes).unwrap();
     assert!(
         !full.metadata.truncation && full.answers.len() == 50,
         "over TCP it all goes"
+    );
+}
+
+#[test]
+fn a_client_claiming_a_huge_edns_size_gets_at_most_the_cap_over_udp_truncated() {
+    let mut m = query_message("big.example.com.", RecordType::A, 9);
+    let mut edns = Edns::new();
+    edns.set_max_payload(u16::MAX);
+    m.set_edns(edns);
+    let q = read(&m);
+    assert_eq!(q.udp_limit(), usize::from(MAX_UDP_REPLY));
+    // 4,000 addresses: about 64 KB, the answer that once got no UDP reply at all.
+    let records: Vec<Record> = (0..4000u32)
+        .map(|i| {
+            let [_, _, x, y] = i.to_be_bytes();
+            a(
+                "big.example.com.",
+                60,
+                &Ipv4Addr::new(10, 78, x, y).to_string(),
+            )
+        })
+        .collect();
+    let answer = answer_to(&UpstreamQuery::new(&q.question()), records);
+    let reply = q.reply(&answer, q.udp_limit()).unwrap();
+    assert!(reply.truncated);
+    assert!(
+        reply.bytes.len() <= usize::from(MAX_UDP_REPLY),
+        "{}",
+        reply.bytes.len()
+    );
+    let parsed = Message::from_vec(&reply.bytes).unwrap();
+    assert!(parsed.metadata.truncation && parsed.answers.is_empty());
+    assert_eq!(parsed.metadata.id, 9);
+    let small = answer_to(
+        &UpstreamQuery::new(&q.question()),
+        vec![a("big.example.com.", 60, "192.0.2.1")],
+    );
+    assert!(
+        !q.reply(&small, q.udp_limit()).unwrap().truncated,
+        "what fits goes whole"
+    );
+    assert_eq!(
+        client_query("a.example.com.").udp_limit(),
+        512,
+        "no EDNS: 512"
     );
 }
 
@@ -96,7 +141,7 @@ fn ttls_passed_on_are_capped_like_the_learned_entries() {
             a("a.example.com.", 300, "192.0.2.3"),
         ],
     );
-    let reply = Message::from_vec(&q.reply(&answer, 512).unwrap()).unwrap();
+    let reply = Message::from_vec(&q.reply(&answer, 512).unwrap().bytes).unwrap();
     let ttls: Vec<u32> = reply.answers.iter().map(|r| r.ttl).collect();
     assert_eq!(ttls, [86_400, 0, 300]);
 }
@@ -195,7 +240,7 @@ proptest! {
             });
             prop_assert!(answers_the_question, "{} does not answer {:?} for {}", address, asked, end);
         }
-        let reply = Message::from_vec(&q.reply(&checked, usize::from(u16::MAX)).unwrap()).unwrap();
+        let reply = Message::from_vec(&q.reply(&checked, usize::from(u16::MAX)).unwrap().bytes).unwrap();
         prop_assert_eq!(reply.metadata.id, 7);
         prop_assert_eq!(reply.answers.len(), records.len());
     }
