@@ -47,7 +47,9 @@ pub struct DropEvent {
     pub hook: u8,
     /// An [`Action`] number.
     pub action: u8,
-    pub _pad: [u8; 2],
+    /// The source's client group (`crate::groups`): 0, `default`, when the rules name none.
+    pub group: u8,
+    pub _pad: u8,
 }
 const _: () = assert!(size_of::<DropEvent>() == 64);
 
@@ -66,7 +68,8 @@ impl DropEvent {
         proto: 0,
         hook: 0,
         action: 0,
-        _pad: [0; 2],
+        group: 0,
+        _pad: 0,
     };
 }
 

@@ -14,6 +14,7 @@ pub mod config;
 pub mod counters;
 pub mod event;
 pub mod flows;
+pub mod groups;
 pub mod maps;
 pub mod policy;
 pub mod ranges;

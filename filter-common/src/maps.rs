@@ -32,6 +32,14 @@ pub const RANGES_V6: &str = "RANGES_V6";
 /// Array with one `u32` at index 0: which copy of the index each family reads, or its trie
 /// (`filter_common::ranges::state`). Written by the daemon, read by the programs.
 pub const TABLE_STATE: &str = "TABLE_STATE";
+/// Array, two copies of the IPv4 source ranges and their client groups
+/// (`filter_common::groups`). Written by the daemon, read by the programs.
+pub const GROUP_RANGES_V4: &str = "GROUP_RANGES_V4";
+/// Array, two copies of the IPv6 source ranges ([`crate::ranges::RangeV6`], the group as value).
+pub const GROUP_RANGES_V6: &str = "GROUP_RANGES_V6";
+/// Array of `u32`: which copy of the group ranges each family reads, and how many ranges each
+/// copy holds (`filter_common::groups`). Written by the daemon, read by the programs.
+pub const GROUP_STATE: &str = "GROUP_STATE";
 /// Array, [`crate::PolicyId`] → [`crate::Policy`] (the protocols and ports allowed). Written by
 /// the daemon, read by the programs.
 pub const POLICIES: &str = "POLICIES";
@@ -80,7 +88,7 @@ pub const PROG_XDP_L3: &str = "egress_xdp_l3";
 pub const PROG_TC_L3: &str = "egress_tc_l3";
 
 /// Every map the object must contain.
-pub const ALL_MAPS: [&str; 24] = [
+pub const ALL_MAPS: [&str; 27] = [
     ALLOW_V4,
     ALLOW_V6,
     INDEX_V4,
@@ -92,6 +100,9 @@ pub const ALL_MAPS: [&str; 24] = [
     SOURCES_V6,
     SOURCE_SLOTS,
     SOURCE_COPY,
+    GROUP_RANGES_V4,
+    GROUP_RANGES_V6,
+    GROUP_STATE,
     POLICIES,
     CONFIG,
     REASON_STATS,

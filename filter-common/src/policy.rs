@@ -18,6 +18,8 @@
 //! longest-prefix lookup answers "does some service allow this?" Identical rule sets share one
 //! policy id, which keeps the policy array small however many prefixes there are.
 
+use crate::groups::{GroupMask, ALL_GROUPS};
+
 /// Address part of an IPv4 LPM key, network byte order.
 pub type Ipv4KeyBytes = [u8; 4];
 /// Address part of an IPv6 LPM key, network byte order.
@@ -66,8 +68,10 @@ pub struct PortRule {
     pub port_lo: u16,
     /// Last allowed destination port (inclusive), host order. Ignored for ICMP.
     pub port_hi: u16,
+    /// The client groups this rule applies to (`crate::groups`), bit `g` for group `g`.
+    pub groups: GroupMask,
 }
-const _: () = assert!(size_of::<PortRule>() == 8);
+const _: () = assert!(size_of::<PortRule>() == 16);
 
 impl PortRule {
     #[must_use]
@@ -78,7 +82,14 @@ impl PortRule {
             service_id,
             port_lo: ports_lo,
             port_hi: ports_hi,
+            groups: ALL_GROUPS,
         }
+    }
+
+    /// The same rule, applying only to `groups`.
+    #[must_use]
+    pub const fn for_groups(self, groups: GroupMask) -> Self {
+        Self { groups, ..self }
     }
 
     /// Whether this rule allows `proto` (a [`RuleProto`] number) to `port` (host order).
@@ -99,7 +110,7 @@ pub struct Policy {
     pub _pad: u32,
     pub rules: [PortRule; MAX_RULES_PER_POLICY],
 }
-const _: () = assert!(size_of::<Policy>() == 8 + 8 * MAX_RULES_PER_POLICY);
+const _: () = assert!(size_of::<Policy>() == 8 + 16 * MAX_RULES_PER_POLICY);
 
 impl Default for Policy {
     fn default() -> Self {

@@ -28,6 +28,8 @@ pub(crate) mod skip {
     pub(crate) const KERNEL_LOG: u32 = 1 << 5;
     /// The flow table: flows neither started, ended nor kept.
     pub(crate) const FLOWS: u32 = 1 << 6;
+    /// The source's client-group lookup: every source is in the default group.
+    pub(crate) const GROUPS: u32 = 1 << 7;
 }
 
 /// The config a variant without the config read assumes: enforce, sources checked, no events.
@@ -68,4 +70,6 @@ variants! {
     abl_no_log = skip::KERNEL_LOG;
     /// Without the flow table.
     abl_no_flows = skip::FLOWS;
+    /// Without the client-group lookup.
+    abl_no_groups = skip::GROUPS;
 }

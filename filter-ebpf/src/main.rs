@@ -26,7 +26,7 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use filter_common::{Config, Reason};
+use filter_common::{groups::DEFAULT_GROUP, Config, Reason};
 
 use crate::{
     ablation::skip,
@@ -130,15 +130,21 @@ fn process<C: PacketContext, const ETHERNET: bool, const SKIP: u32>(ctx: &C) -> 
             Verdict::Drop
         };
     }
+    let mut group = DEFAULT_GROUP;
     let Judgement { reason, service_id } = match parsed {
         Ok(Frame::Ip) => {
             let spoofed = checks_sources && !verdict::source_belongs(ctx.ifindex(), &packet);
             if spoofed {
                 Reason::SpoofedSource.into()
-            } else if SKIP & skip::FLOWS != 0 {
-                verdict::judge::<SKIP>(&packet)
             } else {
-                flows::follow(&packet, verdict::judge::<SKIP>(&packet))
+                if SKIP & skip::GROUPS == 0 {
+                    group = verdict::source_group(&packet);
+                }
+                if SKIP & skip::FLOWS != 0 {
+                    verdict::judge::<SKIP>(&packet, group)
+                } else {
+                    flows::follow(&packet, verdict::judge::<SKIP>(&packet, group))
+                }
             }
         }
         Ok(Frame::Arp) => Reason::Arp.into(),
@@ -162,7 +168,7 @@ fn process<C: PacketContext, const ETHERNET: bool, const SKIP: u32>(ctx: &C) -> 
     if SKIP & skip::KERNEL_LOG == 0 && !config.is_understood() {
         kernel_log::unknown_config(ctx, config.mode, config.flags);
     }
-    report::report(ctx, &packet, reason, &config);
+    report::report(ctx, &packet, group, reason, &config);
     if config.is_audit() {
         Verdict::Pass
     } else {

@@ -10,6 +10,7 @@ use filter_common::{
     counters,
     event::RateLimitState,
     flows::{AddressKey, FlowCounter, FlowKey, FlowState},
+    groups::{GROUP_RANGES_PER_COPY, GROUP_STATE_ENTRIES},
     maps as names,
     ranges::{RangeV6, CHUNKS, RANGES_PER_COPY},
     sources::{SourceKeyV4, SourceKeyV6, SourceSlot, SOURCE_SLOT_INTERFACES},
@@ -67,6 +68,20 @@ pub(crate) static SOURCE_SLOTS: Array<SourceSlot> =
 /// Index 0: which copy of `SOURCE_SLOTS` XDP reads.
 #[map(name = "SOURCE_COPY")]
 pub(crate) static SOURCE_COPY: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Two copies of the IPv4 source ranges and their client groups (`filter_common::groups`).
+#[map(name = "GROUP_RANGES_V4")]
+pub(crate) static GROUP_RANGES_V4: Array<u64> =
+    Array::with_max_entries(2 * GROUP_RANGES_PER_COPY, 0);
+
+/// Two copies of the IPv6 source ranges and their client groups.
+#[map(name = "GROUP_RANGES_V6")]
+pub(crate) static GROUP_RANGES_V6: Array<RangeV6> =
+    Array::with_max_entries(2 * GROUP_RANGES_PER_COPY, 0);
+
+/// Which copy of the group ranges each family reads, and the ranges in each copy.
+#[map(name = "GROUP_STATE")]
+pub(crate) static GROUP_STATE: Array<u32> = Array::with_max_entries(GROUP_STATE_ENTRIES, 0);
 
 /// Policy id → the rules allowed under every prefix that names it.
 #[map(name = "POLICIES")]

@@ -57,7 +57,13 @@ fn bump(counter: EventCounter) {
 
 /// Reports a packet that enforcement drops, if the event budget allows.
 #[inline(always)]
-pub(crate) fn report<C: PacketContext>(ctx: &C, packet: &Packet, reason: Reason, config: &Config) {
+pub(crate) fn report<C: PacketContext>(
+    ctx: &C,
+    packet: &Packet,
+    group: u32,
+    reason: Reason,
+    config: &Config,
+) {
     if !take_event_token(config) {
         bump(EventCounter::RateLimited);
         return;
@@ -85,7 +91,8 @@ pub(crate) fn report<C: PacketContext>(ctx: &C, packet: &Packet, reason: Reason,
         } else {
             Action::Drop as u8
         },
-        _pad: [0; 2],
+        group: group as u8,
+        _pad: 0,
     };
     entry.write(event);
     entry.submit(0);

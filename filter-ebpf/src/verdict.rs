@@ -7,6 +7,10 @@
 
 use aya_ebpf::maps::{lpm_trie::Key, Array};
 use filter_common::{
+    groups::{
+        group_bit, group_count_entry, GroupMask, DEFAULT_GROUP, GROUP_RANGES_PER_COPY,
+        GROUP_SEARCH_STEPS, GROUP_V4_COPY_1, GROUP_V6_COPY_1,
+    },
     policy::MAX_RULES_PER_POLICY,
     ranges::{state, CHUNKS, CHUNK_BITS, SEARCH_STEPS},
     sources::{
@@ -19,8 +23,9 @@ use filter_common::{
 use crate::{
     ablation::{self, skip},
     maps::{
-        ALLOW_V4, ALLOW_V6, INDEX_V4, INDEX_V6, POLICIES, RANGES_V4, RANGES_V6, SOURCES_V4,
-        SOURCES_V6, SOURCE_COPY, SOURCE_SLOTS, TABLE_STATE,
+        ALLOW_V4, ALLOW_V6, GROUP_RANGES_V4, GROUP_RANGES_V6, GROUP_STATE, INDEX_V4, INDEX_V6,
+        POLICIES, RANGES_V4, RANGES_V6, SOURCES_V4, SOURCES_V6, SOURCE_COPY, SOURCE_SLOTS,
+        TABLE_STATE,
     },
     parse::{ipproto, Packet},
 };
@@ -41,9 +46,9 @@ impl From<Reason> for Judgement {
     }
 }
 
-/// Judges an IP packet.
+/// Judges an IP packet from a source in client group `group`.
 #[inline(always)]
-pub(crate) fn judge<const SKIP: u32>(packet: &Packet) -> Judgement {
+pub(crate) fn judge<const SKIP: u32>(packet: &Packet, group: u32) -> Judgement {
     let link_local = link_local_reason(packet);
     if let Some(reason) = link_local {
         if !matches!(reason, Reason::LinkScoped) || !is_link_local_unicast(packet) {
@@ -62,12 +67,6 @@ pub(crate) fn judge<const SKIP: u32>(packet: &Packet) -> Judgement {
     };
     // Listed link-local unicast addresses are the filtering host's own (the daemon adds them
     // with its failsafe ports): a service there could relay further, so policy decides.
-    if packet.non_first_fragment {
-        return Reason::AllowedFragment.into();
-    }
-    if packet.rule_proto == RuleProto::Icmp as u8 && is_icmp_error(packet) {
-        return Reason::AllowedIcmpError.into();
-    }
     if SKIP & skip::RULES != 0 {
         return Judgement {
             reason: Reason::Allowed,
@@ -77,7 +76,26 @@ pub(crate) fn judge<const SKIP: u32>(packet: &Packet) -> Judgement {
     let Some(policy) = POLICIES.get(policy_id) else {
         return Reason::PolicyMissing.into();
     };
-    match_rules(policy, packet.rule_proto, packet.dport)
+    let group = group_bit(group);
+    // Fragments after the first and ICMP errors carry no ports: they pass to a destination
+    // some service lets the source's group reach (the first fragment, or the flow the error
+    // is about, was judged in full).
+    let portless = if packet.non_first_fragment {
+        Some(Reason::AllowedFragment)
+    } else if packet.rule_proto == RuleProto::Icmp as u8 && is_icmp_error(packet) {
+        Some(Reason::AllowedIcmpError)
+    } else {
+        None
+    };
+    if let Some(reason) = portless {
+        let reason = if serves_group(policy, group) {
+            reason
+        } else {
+            Reason::NoService
+        };
+        return reason.into();
+    }
+    match_rules(policy, packet.rule_proto, packet.dport, group)
 }
 
 /// The policy of the destination's longest matching prefix: from the range index, or from the
@@ -159,6 +177,73 @@ fn find_range_v6(hi: u64, lo: u64, copy: u32) -> Option<u32> {
     Some(RANGES_V6.get(first)?.value)
 }
 
+/// The client group of the packet's source (`filter_common::groups`): the value of the last
+/// range starting at or below it in the copy the state names; [`DEFAULT_GROUP`] when that copy
+/// holds no ranges (rules without groups).
+#[inline(always)]
+pub(crate) fn source_group(packet: &Packet) -> u32 {
+    let copy_bits = GROUP_STATE.get(0).copied().unwrap_or(0);
+    let copy_bit = if packet.family == 4 {
+        GROUP_V4_COPY_1
+    } else {
+        GROUP_V6_COPY_1
+    };
+    let copy = (copy_bits & copy_bit != 0) as u32;
+    let count = GROUP_STATE
+        .get(group_count_entry(packet.family, copy))
+        .copied()
+        .unwrap_or(0)
+        .min(GROUP_RANGES_PER_COPY);
+    if count == 0 {
+        return DEFAULT_GROUP;
+    }
+    let first = copy * GROUP_RANGES_PER_COPY;
+    let found = if packet.family == 4 {
+        let src = u32::from_be_bytes([packet.src[0], packet.src[1], packet.src[2], packet.src[3]]);
+        find_group_v4(src, first, count)
+    } else {
+        let src = u128::from_be_bytes(packet.src);
+        find_group_v6((src >> 64) as u64, src as u64, first, count)
+    };
+    // A damaged table reads as the default group, whose rules the rules define like any other.
+    found.unwrap_or(DEFAULT_GROUP)
+}
+
+/// The group of the last IPv4 range starting at or below `src` among `count` from `first`.
+#[inline(always)]
+fn find_group_v4(src: u32, mut first: u32, mut count: u32) -> Option<u32> {
+    for _ in 0..GROUP_SEARCH_STEPS {
+        if count <= 1 {
+            break;
+        }
+        let half = count / 2;
+        let middle = first + half;
+        if (*GROUP_RANGES_V4.get(middle)? >> 32) as u32 <= src {
+            first = middle;
+        }
+        count -= half;
+    }
+    Some(*GROUP_RANGES_V4.get(first)? as u32)
+}
+
+/// The group of the last IPv6 range starting at or below the source (`hi`, `lo`).
+#[inline(always)]
+fn find_group_v6(hi: u64, lo: u64, mut first: u32, mut count: u32) -> Option<u32> {
+    for _ in 0..GROUP_SEARCH_STEPS {
+        if count <= 1 {
+            break;
+        }
+        let half = count / 2;
+        let middle = first + half;
+        let range = GROUP_RANGES_V6.get(middle)?;
+        if range.start_hi < hi || (range.start_hi == hi && range.start_lo <= lo) {
+            first = middle;
+        }
+        count -= half;
+    }
+    Some(GROUP_RANGES_V6.get(first)?.value)
+}
+
 /// Whether the packet's source belongs on `ifindex`: some prefix routed out of that interface
 /// covers it (see `filter_common::sources`).
 #[inline(always)]
@@ -229,15 +314,35 @@ fn source_in_trie(ifindex: u32, packet: &Packet) -> bool {
         SOURCES_V6.get(Key::new(IFINDEX_BITS + 128, key)).is_some()
     }
 }
-/// Scans a policy's rules for one that allows `rule_proto` to `port`.
+/// Whether some rule of the policy applies to `group`.
 #[inline(always)]
-fn match_rules(policy: &Policy, rule_proto: u8, port: u16) -> Judgement {
+fn serves_group(policy: &Policy, group: GroupMask) -> bool {
+    for index in 0..MAX_RULES_PER_POLICY {
+        if index as u32 >= policy.rule_count {
+            break;
+        }
+        if policy.rules[index].groups & group != 0 {
+            return true;
+        }
+    }
+    false
+}
+
+/// Scans a policy's rules for one that allows `rule_proto` to `port` for `group`. Rules of
+/// other groups are not there for this packet: a destination only they cover is no service's.
+#[inline(always)]
+fn match_rules(policy: &Policy, rule_proto: u8, port: u16, group: GroupMask) -> Judgement {
+    let mut group_served = false;
     let mut protocol_listed = false;
     for index in 0..MAX_RULES_PER_POLICY {
         if index as u32 >= policy.rule_count {
             break;
         }
         let rule = &policy.rules[index];
+        if rule.groups & group == 0 {
+            continue;
+        }
+        group_served = true;
         if rule.proto == rule_proto {
             protocol_listed = true;
             if rule.allows(rule_proto, port) {
@@ -248,7 +353,9 @@ fn match_rules(policy: &Policy, rule_proto: u8, port: u16) -> Judgement {
             }
         }
     }
-    if protocol_listed && rule_proto != 0 {
+    if !group_served {
+        Reason::NoService.into()
+    } else if protocol_listed && rule_proto != 0 {
         Reason::PortNotAllowed.into()
     } else {
         Reason::ProtocolNotAllowed.into()

@@ -31,6 +31,7 @@ pub fn grants(rules: &Rules, resolved: &Resolved) -> Vec<Grant> {
             prefix,
             service: service.id,
             ports: service.ports.clone(),
+            groups: service.group_mask,
         }));
     }
     grants

@@ -16,6 +16,7 @@ use std::{
 };
 
 use filter_common::{
+    groups::GroupMask,
     maps::{MAX_POLICIES, MAX_PREFIXES},
     policy::MAX_RULES_PER_POLICY,
     PortRule, RuleProto,
@@ -30,6 +31,16 @@ pub struct Grant {
     pub prefix: IpNet,
     pub service: ServiceId,
     pub ports: Vec<PortSpec>,
+    /// The client groups it is made to (`filter_common::groups`): the service's.
+    pub groups: GroupMask,
+}
+
+/// The kernel's rules for a grant's port specs.
+fn rules_of(grant: &Grant) -> impl Iterator<Item = PortRule> + '_ {
+    grant
+        .ports
+        .iter()
+        .map(|spec| to_rule(spec, grant.service).for_groups(grant.groups))
 }
 
 /// The kernel's rule for one of a service's port specs.
@@ -53,13 +64,14 @@ pub struct RuleSet(Vec<PortRule>);
 impl RuleSet {
     fn from_rules(rules: impl IntoIterator<Item = PortRule>) -> Self {
         let mut rules: Vec<PortRule> = rules.into_iter().collect();
-        rules.sort_by_key(|r| (r.proto, r.service_id, r.port_lo, r.port_hi));
+        rules.sort_by_key(|r| (r.proto, r.service_id, r.groups, r.port_lo, r.port_hi));
         let mut merged: Vec<PortRule> = Vec::with_capacity(rules.len());
         for rule in rules {
             match merged.last_mut() {
                 Some(last)
                     if last.proto == rule.proto
                         && last.service_id == rule.service_id
+                        && last.groups == rule.groups
                         && u32::from(rule.port_lo) <= u32::from(last.port_hi) + 1 =>
                 {
                     last.port_hi = last.port_hi.max(rule.port_hi);
@@ -161,7 +173,7 @@ impl AllowTable {
         let mut hosts: Vec<(IpNet, PortRule)> = Vec::new();
         for grant in grants {
             let prefix = grant.prefix.trunc();
-            for rule in grant.ports.iter().map(|spec| to_rule(spec, grant.service)) {
+            for rule in rules_of(grant) {
                 if is_host_route(prefix) {
                     hosts.push((prefix, rule));
                 }
@@ -227,7 +239,7 @@ impl AllowTable {
             }
             let prefix = grant.prefix.trunc();
             let counts = self.host_grants.entry(prefix).or_default();
-            for rule in grant.ports.iter().map(|spec| to_rule(spec, grant.service)) {
+            for rule in rules_of(grant) {
                 let count = counts.entry(rule).or_default();
                 *count = if adding {
                     *count + 1

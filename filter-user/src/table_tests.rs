@@ -10,6 +10,7 @@ fn grant(prefix: &str, service: ServiceId, ports: &[PortSpec]) -> Grant {
         prefix: prefix.parse().expect("test prefix"),
         service,
         ports: ports.to_vec(),
+        groups: filter_common::groups::ALL_GROUPS,
     }
 }
 
@@ -149,6 +150,7 @@ fn arb_grant_v4() -> impl Strategy<Value = Grant> {
                 prefix: IpNet::V4(Ipv4Net::new(addr, len).unwrap().trunc()),
                 service,
                 ports,
+                groups: filter_common::groups::ALL_GROUPS,
             }
         })
 }
@@ -172,6 +174,7 @@ fn host_grant(bits: u32, service: u16, port: u16) -> Grant {
         prefix: IpNet::V4(Ipv4Net::new(addr, 32).unwrap()),
         service,
         ports: vec![PortSpec::Tcp(port..=port)],
+        groups: filter_common::groups::ALL_GROUPS,
     }
 }
 

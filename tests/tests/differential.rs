@@ -133,6 +133,7 @@ fn random_grants(rng: &mut Rng, count: usize) -> Vec<Grant> {
                 prefix: to_net(width, address, len),
                 service,
                 ports,
+                groups: filter_common::groups::ALL_GROUPS,
             });
         }
     }
@@ -283,6 +284,7 @@ fn host_grant(rng: &mut Rng) -> Grant {
         prefix,
         service: TEMPLATES + rng.below(4) as u16,
         ports: random_ports(rng),
+        groups: filter_common::groups::ALL_GROUPS,
     }
 }
 

@@ -82,11 +82,13 @@ impl Allowances {
             prefix: IpNet::from(*a),
             service: self.own_service,
             ports: self.own_ports.clone(),
+            groups: filter_common::groups::ALL_GROUPS,
         });
         let dns = self.resolvers.iter().map(|a| Grant {
             prefix: IpNet::from(*a),
             service: self.resolver_service,
             ports: vec![PortSpec::Udp(53..=53), PortSpec::Tcp(53..=53)],
+            groups: filter_common::groups::ALL_GROUPS,
         });
         own.chain(dns)
     }

@@ -71,6 +71,7 @@ fn host_grant(service: &Service, address: IpAddr) -> Grant {
         prefix: IpNet::from(address),
         service: service.id,
         ports: service.ports.clone(),
+        groups: service.group_mask,
     }
 }
 

@@ -241,6 +241,7 @@ mod tests {
             prefix: prefix.parse().expect("test prefix"),
             service: 0,
             ports: vec![PortSpec::Tcp(443..=443)],
+            groups: filter_common::groups::ALL_GROUPS,
         }
     }
 

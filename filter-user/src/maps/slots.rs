@@ -139,6 +139,7 @@ mod tests {
             prefix: "192.0.2.0/24".parse().unwrap(),
             service: 0,
             ports: vec![PortSpec::Tcp(443..=443)],
+            groups: filter_common::groups::ALL_GROUPS,
         }])
         .unwrap()
         .v4
@@ -181,6 +182,7 @@ mod tests {
                 PortSpec::Tcp(80..=80),
                 PortSpec::Tcp(443..=443),
             ],
+            groups: filter_common::groups::ALL_GROUPS,
         }])
         .unwrap();
         let policy = to_policy(table.v6.values().next().unwrap());

@@ -6,6 +6,7 @@
 //! valid: a typo must never half-apply a policy. The keys a service cites must be defined in the
 //! source register ([`register`]) that lies beside its file.
 
+pub mod groups;
 pub mod hosts;
 pub mod ports;
 pub mod register;
@@ -18,11 +19,13 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use filter_common::maps::MAX_SERVICES;
+use filter_common::{groups::GroupMask, maps::MAX_SERVICES};
 use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
+pub use self::groups::{Group, DEFAULT_NAME};
+use self::groups::{GroupBook, GroupList, RawGroup};
 pub use self::hosts::HostPattern;
 use self::register::{Register, REGISTER_FILE};
 use crate::protocols::{PortSpec, ServiceId};
@@ -46,12 +49,18 @@ pub struct Service {
     pub hosts: Vec<HostPattern>,
     pub cidrs: Vec<IpNet>,
     pub ports: Vec<PortSpec>,
+    /// The client groups it applies to, as written (`groups`); `None`: every group.
+    pub groups: Option<Vec<String>>,
+    /// The same as kernel group bits (`filter_common::groups`).
+    pub group_mask: GroupMask,
 }
 
 /// Everything loaded from the rules paths.
 #[derive(Clone, Debug, Default)]
 pub struct Rules {
     pub services: Vec<Service>,
+    /// The client groups (`[[group]]`), in load order; empty when the rules define none.
+    pub groups: Vec<Group>,
     /// The files read, in load order.
     pub files: Vec<PathBuf>,
     /// The source registers the files use, in the order first used.
@@ -131,12 +140,14 @@ impl Rules {
             });
             return Err(RulesError(errors));
         }
+        // The groups of every file before any service, which may name a group defined later.
+        let groups = read_groups(&mut parsed, &mut errors);
         let mut services: Vec<Service> = Vec::new();
         let mut first_definition: HashMap<String, (PathBuf, usize)> = HashMap::new();
         for (path, text, raw) in parsed {
             let lines = Lines::new(text);
             let at = |span: Range<usize>| lines.locate(span.start);
-            if raw.service.is_empty() {
+            if raw.service.is_empty() && !raw.defines_groups {
                 errors.push(Diagnostic::file(
                     path,
                     "defines no [[service]]; a rules file holds at least one".into(),
@@ -157,10 +168,24 @@ impl Rules {
                     location: service_at,
                     register: register_of(path),
                 };
-                let Some(service) = validate(raw_service.into_inner(), &context, &mut report)
-                else {
+                let mut raw_service = raw_service.into_inner();
+                let group_list = raw_service.groups.take().map(|list| GroupList {
+                    span: list.span(),
+                    names: list.into_inner(),
+                });
+                let service = validate(raw_service, &context, &mut report);
+                let group_mask =
+                    groups::mask_of(group_list.as_ref(), &groups, path, &lines, &mut errors);
+                let (Some(mut service), Some(group_mask)) = (service, group_mask) else {
                     continue;
                 };
+                service.groups = group_list.map(|list| {
+                    list.names
+                        .into_iter()
+                        .map(|name| name.into_inner().trim().to_owned())
+                        .collect()
+                });
+                service.group_mask = group_mask;
                 if let Some((file, line)) = first_definition.get(&service.name) {
                     errors.push(Diagnostic {
                         file: path.to_path_buf(),
@@ -181,11 +206,32 @@ impl Rules {
         if errors.is_empty() {
             Ok(Self {
                 services,
+                groups,
                 files: sources.iter().map(|(p, _)| p.to_path_buf()).collect(),
                 registers: Vec::new(),
             })
         } else {
             Err(RulesError(errors))
+        }
+    }
+
+    /// Each named group's kernel number, for [`Rules::keep_group_ids`] next time.
+    #[must_use]
+    pub fn group_ids(&self) -> std::collections::BTreeMap<String, u32> {
+        self.groups
+            .iter()
+            .filter(|g| g.name != DEFAULT_NAME)
+            .map(|g| (g.name.clone(), g.id))
+            .collect()
+    }
+
+    /// Gives the groups the numbers the rules in force gave the same names (`previous`, from
+    /// [`Rules::group_ids`]), so that a number means one group across a reload or a restart
+    /// while the kernel's group ranges and policies change one after the other.
+    pub fn keep_group_ids(&mut self, previous: &std::collections::BTreeMap<String, u32>) {
+        let renumbered = groups::keep_ids(&mut self.groups, previous);
+        for service in &mut self.services {
+            service.group_mask = groups::renumber_mask(service.group_mask, &renumbered);
         }
     }
 
@@ -205,6 +251,19 @@ impl Rules {
         names.dedup();
         names
     }
+}
+
+/// The `[[group]]` tables of every file, checked; each file remembers whether it had any.
+fn read_groups(parsed: &mut [(&Path, &str, RawFile)], errors: &mut Vec<Diagnostic>) -> Vec<Group> {
+    let mut book = GroupBook::default();
+    for (path, text, raw) in parsed {
+        let lines = Lines::new(text);
+        raw.defines_groups = !raw.group.is_empty();
+        for raw_group in std::mem::take(&mut raw.group) {
+            book.add(raw_group, path, &lines, errors);
+        }
+    }
+    book.finish(errors)
 }
 
 /// The files a rules path stands for.
@@ -244,6 +303,11 @@ fn rule_files(path: &Path) -> Result<Vec<PathBuf>, Diagnostic> {
 struct RawFile {
     #[serde(default)]
     service: Vec<Spanned<RawService>>,
+    #[serde(default)]
+    group: Vec<Spanned<RawGroup>>,
+    /// Whether `group` held tables before they were taken for checking.
+    #[serde(skip)]
+    defines_groups: bool,
 }
 
 #[derive(Deserialize)]
@@ -268,6 +332,8 @@ struct RawService {
     udp: Vec<Spanned<ports::PortItem>>,
     #[serde(default)]
     icmp: bool,
+    #[serde(default)]
+    groups: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// Where a service stands: its position in load order, its file and the register it cites from.
@@ -290,10 +356,7 @@ fn validate(
         report(span, message);
     };
     let name = raw.name.get_ref().trim().to_owned();
-    if name.is_empty()
-        || name.len() > 64
-        || name.chars().any(|c| c.is_whitespace() || c.is_control())
-    {
+    if !valid_name(&name) {
         fail(
             raw.name.span(),
             format!("service name {name:?} must be 1-64 characters without spaces"),
@@ -372,7 +435,16 @@ fn validate(
         hosts,
         cidrs,
         ports,
+        groups: None,
+        group_mask: filter_common::groups::ALL_GROUPS,
     })
+}
+
+/// Whether a service or group name is usable: 1-64 characters, no spaces or controls.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && !name.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
 /// A CIDR, or a bare address meaning a single host. Host bits must be clear: `17.1.2.3/8` is

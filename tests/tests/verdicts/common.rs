@@ -10,6 +10,7 @@ pub(crate) fn grants() -> Vec<Grant> {
         prefix: prefix.parse().expect("test prefix"),
         service,
         ports: ports.to_vec(),
+        groups: filter_common::groups::ALL_GROUPS,
     };
     vec![
         // Overlapping prefixes with different port sets: both ports reach 17.1.2.3.

@@ -38,6 +38,7 @@ fn grants(with_learned: bool) -> Vec<Grant> {
         prefix: prefix.parse().expect("test prefix"),
         service,
         ports,
+        groups: filter_common::groups::ALL_GROUPS,
     };
     let mut grants = vec![g(STAYS4, 0, vec![PortSpec::Tcp(22..=22)])];
     if with_learned {

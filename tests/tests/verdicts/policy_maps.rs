@@ -16,6 +16,7 @@ fn incremental_update_changes_verdicts_and_only_what_differs() -> anyhow::Result
         prefix: "192.0.2.99/32".parse()?,
         service: 6,
         ports: vec![PortSpec::Tcp(443..=443)],
+        groups: filter_common::groups::ALL_GROUPS,
     });
     let stats = filter
         .maps

@@ -85,6 +85,7 @@ pub(crate) fn grants(v4: &[Ipv4Net], v6: &[Ipv6Net]) -> Vec<Grant> {
             prefix,
             service: 0,
             ports: vec![PortSpec::Tcp(443..=443)],
+            groups: filter_common::groups::ALL_GROUPS,
         })
         .collect()
 }

@@ -63,6 +63,7 @@ fn host_grants(count: usize, rng: &mut Rng) -> Vec<Grant> {
             ))),
             service: 1,
             ports: vec![PortSpec::Tcp(443..=443)],
+            groups: filter_common::groups::ALL_GROUPS,
         })
         .collect()
 }

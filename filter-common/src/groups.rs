@@ -1,0 +1,61 @@
+//! Client groups: which allow-list a packet's source gets.
+//!
+//! Rules may name groups of clients by source prefix and say which services apply to which
+//! group. In the kernel a group is a number: 0 is the `default` group (every source no group's
+//! prefix covers), the rules' named groups take the others. Each port rule of a policy carries
+//! the set of groups it applies to ([`crate::PortRule::groups`]), so a policy answers for every
+//! group at once and groups add no policies: a service's rules carry the same set under every
+//! prefix.
+//!
+//! The source's group comes from sorted ranges, the way the destination index works
+//! (`crate::ranges`) but without its chunk index, since group prefixes are few: a binary search
+//! over at most [`GROUP_RANGES_PER_COPY`] ranges, every read an inlined array lookup.
+//!
+//! ```text
+//!  GROUP_STATE[0]                      bit 0: IPv4 reads copy 1; bit 1: IPv6 reads copy 1
+//!  GROUP_STATE[1 + 2 * family + copy]  ranges in use in that copy (family 0: IPv4, 1: IPv6)
+//!  GROUP_RANGES_V4[copy * GROUP_RANGES_PER_COPY + i]  u64: start address (high 32) | group (low 32)
+//!  GROUP_RANGES_V6[copy * GROUP_RANGES_PER_COPY + i]  RangeV6 { start_hi, start_lo, value: group }
+//! ```
+//!
+//! A copy in use starts with a range at address 0, so every source finds its range. A copy with
+//! no ranges (never written, or rules without groups) puts every source in group 0. The daemon
+//! writes the copy not in use, its count, then flips the state bit, as for destinations.
+
+/// The group of sources no group's prefix covers.
+pub const DEFAULT_GROUP: u32 = 0;
+/// Groups the kernel can tell apart, `default` included: the width of [`GroupMask`].
+pub const MAX_GROUPS: usize = 64;
+/// A set of groups, bit `g` for group `g`.
+pub type GroupMask = u64;
+/// Every group: the set of a rule that applies to all of them.
+pub const ALL_GROUPS: GroupMask = u64::MAX;
+/// Source prefixes per family all groups together may name.
+pub const MAX_GROUP_PREFIXES: usize = 1024;
+/// Ranges one copy holds: a prefix adds at most two range starts, plus the one at address 0.
+pub const GROUP_RANGES_PER_COPY: u32 = 4096;
+/// Binary-search steps that find any range in [`GROUP_RANGES_PER_COPY`].
+pub const GROUP_SEARCH_STEPS: usize = 12;
+const _: () = assert!(1 << GROUP_SEARCH_STEPS >= GROUP_RANGES_PER_COPY);
+const _: () = assert!(2 * MAX_GROUP_PREFIXES < GROUP_RANGES_PER_COPY as usize);
+
+/// Entries of `GROUP_STATE`: the copy bits, then a count per family and copy.
+pub const GROUP_STATE_ENTRIES: u32 = 5;
+/// Bit of `GROUP_STATE[0]`: IPv4 reads copy 1.
+pub const GROUP_V4_COPY_1: u32 = 1 << 0;
+/// Bit of `GROUP_STATE[0]`: IPv6 reads copy 1.
+pub const GROUP_V6_COPY_1: u32 = 1 << 1;
+
+/// The `GROUP_STATE` entry holding the count of ranges of `family` (4 or 6) in `copy`.
+#[inline(always)]
+#[must_use]
+pub const fn group_count_entry(family: u8, copy: u32) -> u32 {
+    1 + 2 * (family == 6) as u32 + (copy & 1)
+}
+
+/// The mask of one group.
+#[inline(always)]
+#[must_use]
+pub const fn group_bit(group: u32) -> GroupMask {
+    1 << (group & (MAX_GROUPS as u32 - 1))
+}
