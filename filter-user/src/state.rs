@@ -33,6 +33,10 @@ pub struct State {
     /// The interfaces attached to, and those asked for that are not.
     #[serde(default)]
     pub interfaces: InterfaceReport,
+    /// Each named client group's kernel number: a restart keeps them (see
+    /// `Rules::keep_group_ids`), and events and `stats` name groups by them.
+    #[serde(default)]
+    pub groups: BTreeMap<String, u32>,
 }
 
 /// What `stats` says about interfaces: every attachment held, the exact names asked for that do

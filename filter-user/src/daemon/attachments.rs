@@ -128,6 +128,16 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// The interface indexes to attach, for the hooks `wanted` picks.
+    #[must_use]
+    pub fn indexes(&self, wanted: impl Fn(HookKind) -> bool) -> Vec<u32> {
+        self.attach
+            .iter()
+            .filter(|t| wanted(t.hook))
+            .map(|t| t.index)
+            .collect()
+    }
+
     #[must_use]
     pub fn changes_nothing(&self) -> bool {
         self.attach.is_empty() && self.release.is_empty()

@@ -84,6 +84,11 @@ impl Daemon {
             self.flows
                 .before_update(&enricher.table, &enricher.service_names, cause)
         });
+        if matches!(update, Update::Full) {
+            // Group numbers keep their meaning across a reload (`Rules::keep_group_ids`), so
+            // the group ranges may change before the policies do.
+            self.groups.apply(&self.rules.groups)?;
+        }
         let (rules, hosts, learner, allowances) =
             (&self.rules, &self.hosts, &self.learner, &self.allowances);
         let written = self.policy.apply(
@@ -177,7 +182,7 @@ impl Daemon {
                     .map_err(|err| format!("{err:#}"))?;
                 Ok((rules, allowances))
             });
-        let (rules, allowances) = match loaded {
+        let (mut rules, allowances) = match loaded {
             Ok(loaded) => loaded,
             Err(why) => {
                 tracing::error!("reload refused, the running policy stays: {why}");
@@ -189,6 +194,7 @@ impl Daemon {
             "reloaded rules: {} services",
             rules.services.len()
         );
+        rules.keep_group_ids(&self.rules.group_ids());
         let matcher = Arc::new(NameMatcher::new(&rules));
         let forgotten = self.learner.keep_matching(&rules, &matcher);
         if forgotten > 0 {

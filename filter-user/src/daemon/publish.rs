@@ -77,6 +77,7 @@ impl Daemon {
             learned: self.learner.table().views(Instant::now()),
             dns: self.dns_stats(),
             interfaces: self.attachments.report(),
+            groups: self.rules.group_ids(),
         };
         self.saver.save(&self.pins.state_file(), &state);
     }

@@ -28,7 +28,7 @@ use super::{
 use crate::{
     counters::Counters,
     dns::{DnsCounters, LearnPolicy, Listeners, NameMatcher},
-    maps::{FlowMaps, PolicyMaps, SourceMaps},
+    maps::{FlowMaps, GroupMaps, PolicyMaps, SourceMaps},
     metrics::{self, Metrics},
     pins::{HookKind, PinDir},
     resolve::Resolver,
@@ -41,7 +41,7 @@ impl Daemon {
     /// on maps that do not hold the policy yet.
     pub(super) async fn start(
         opts: RunOptions,
-        rules: Rules,
+        mut rules: Rules,
         pins: PinDir,
         first: FirstAttachments,
         listeners: Option<Listeners>,
@@ -69,7 +69,7 @@ impl Daemon {
             seed_from_state(
                 &pins,
                 &opts,
-                &rules,
+                &mut rules,
                 &matcher,
                 &mut hosts,
                 &mut learner,
@@ -100,22 +100,17 @@ impl Daemon {
         observer.lookups(&answers);
         let mut maps = PolicyMaps::take_from(&mut ebpf)?;
         let sources = SourceMaps::take_from(&mut ebpf)?;
+        let groups = GroupMaps::take_from(&mut ebpf)?;
         let flows = FlowKeeper::new(
             FlowMaps::take_from(&mut ebpf)?,
             opts.flows,
             Counters::loaded(&ebpf).ok(),
         );
-        let xdp: Vec<u32> = first
-            .plan
-            .attach
-            .iter()
-            .filter(|t| t.hook == HookKind::Xdp)
-            .map(|t| t.index)
-            .collect();
+        let xdp = first.plan.indexes(|hook| hook == HookKind::Xdp);
         let settings = Settings::write(&mut maps, sources, &opts, &xdp).await?;
         let allowances = Allowances::read(&opts, rules.services.len())?;
         let enricher = Arc::new(RwLock::new(Enricher::default()));
-        let guarded: Vec<u32> = first.plan.attach.iter().map(|t| t.index).collect();
+        let guarded = first.plan.indexes(|_| true);
         let served = dns_clients::read_served(&opts, &guarded).await?;
         let mut daemon = Self {
             opts,
@@ -126,6 +121,7 @@ impl Daemon {
             allowances,
             settings,
             policy: PolicySync::new(maps),
+            groups,
             flows,
             enricher,
             matcher: watch::Sender::new(matcher),
@@ -155,13 +151,15 @@ impl Daemon {
 fn seed_from_state(
     pins: &PinDir,
     opts: &RunOptions,
-    rules: &Rules,
+    rules: &mut Rules,
     matcher: &NameMatcher,
     hosts: &mut HostTable,
     learner: &mut Learner,
     now: Instant,
 ) {
     if let Some(state) = State::take_back(&pins.state_file()) {
+        // The pinned maps number the groups as the last daemon did.
+        rules.keep_group_ids(&state.groups);
         for (name, addrs) in &state.hosts {
             hosts.seed(name, addrs, now + opts.refresh.grace);
         }

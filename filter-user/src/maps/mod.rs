@@ -44,6 +44,7 @@ use crate::{
 mod adopt;
 mod copies;
 pub mod flows;
+mod groups;
 mod patch;
 mod slots;
 mod sources;
@@ -51,6 +52,7 @@ mod tries;
 
 pub use self::{
     flows::FlowMaps,
+    groups::{group_ranges, GroupMaps, GroupRanges},
     sources::{InterfaceSource, SourceMaps},
 };
 use self::{
