@@ -332,18 +332,14 @@ fn serves_group(policy: &Policy, group: GroupMask) -> bool {
 /// other groups are not there for this packet: a destination only they cover is no service's.
 #[inline(always)]
 fn match_rules(policy: &Policy, rule_proto: u8, port: u16, group: GroupMask) -> Judgement {
-    let mut group_served = false;
+    // One flag in the loop: each one more doubles what the verifier walks through.
     let mut protocol_listed = false;
     for index in 0..MAX_RULES_PER_POLICY {
         if index as u32 >= policy.rule_count {
             break;
         }
         let rule = &policy.rules[index];
-        if rule.groups & group == 0 {
-            continue;
-        }
-        group_served = true;
-        if rule.proto == rule_proto {
+        if rule.proto == rule_proto && rule.groups & group != 0 {
             protocol_listed = true;
             if rule.allows(rule_proto, port) {
                 return Judgement {
@@ -353,12 +349,12 @@ fn match_rules(policy: &Policy, rule_proto: u8, port: u16, group: GroupMask) -> 
             }
         }
     }
-    if !group_served {
-        Reason::NoService.into()
-    } else if protocol_listed && rule_proto != 0 {
+    if protocol_listed && rule_proto != 0 {
         Reason::PortNotAllowed.into()
-    } else {
+    } else if serves_group(policy, group) {
         Reason::ProtocolNotAllowed.into()
+    } else {
+        Reason::NoService.into()
     }
 }
 

@@ -12,7 +12,7 @@ use filter_common::{maps as names, Config, DropEvent, EventCounter, PacketCount,
 use filter_user::{
     counters::Counters,
     loader,
-    maps::{FlowMaps, PolicyMaps, SourceMaps},
+    maps::{FlowMaps, GroupMaps, PolicyMaps, SourceMaps},
     table::{AllowTable, Grant},
 };
 
@@ -50,6 +50,7 @@ pub struct Filter {
     pub maps: PolicyMaps,
     pub sources: SourceMaps,
     pub flows: FlowMaps,
+    pub groups: GroupMaps,
     /// A second handle on the IPv4 trie, for writing what the daemon never would.
     raw_allow_v4: LpmTrie<MapData, [u8; 4], u32>,
     /// A second handle on the table state, to send IPv4 to that trie.
@@ -63,6 +64,21 @@ impl Filter {
         let mut filter = Self::empty()?;
         filter.maps.apply(&AllowTable::build(grants)?)?;
         Ok(filter)
+    }
+
+    /// Loads the object and writes what `rules` (a rules file's text, no hostnames resolved)
+    /// compile to, client groups included, as the daemon would.
+    pub fn from_rules(rules: &str) -> anyhow::Result<(Self, filter_user::rules::Rules)> {
+        let rules = filter_user::rules::Rules::parse_sources(&[(
+            std::path::Path::new("verdict-rules.toml"),
+            rules,
+        )])?;
+        let mut filter = Self::empty()?;
+        filter.groups.apply(&rules.groups)?;
+        filter
+            .maps
+            .apply(&filter_user::compile::compile(&rules, &Default::default())?)?;
+        Ok((filter, rules))
     }
 
     /// Loads the object with empty policy maps, in enforce mode with default event limits.
@@ -91,12 +107,14 @@ impl Filter {
         let mut maps = PolicyMaps::take_from(&mut ebpf)?;
         let sources = SourceMaps::take_from(&mut ebpf)?;
         let flows = FlowMaps::take_from(&mut ebpf)?;
+        let groups = GroupMaps::take_from(&mut ebpf)?;
         maps.set_config(Config::new(filter_common::Mode::Enforce))?;
         Ok(Self {
             ebpf,
             maps,
             sources,
             flows,
+            groups,
             raw_allow_v4,
             raw_table_state,
         })

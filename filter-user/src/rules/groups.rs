@@ -308,3 +308,165 @@ pub(super) fn renumber_mask(mask: GroupMask, renumbered: &[(u32, u32)]) -> Group
         .filter(|(old, _)| mask & bit(*old) != 0)
         .fold(mask & !moved, |m, (_, new)| m | bit(*new))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::rules::Rules;
+
+    fn parse(text: &str) -> Result<Rules, Vec<String>> {
+        Rules::parse_sources(&[(Path::new("g.toml"), text)])
+            .map_err(|err| err.0.iter().map(ToString::to_string).collect())
+    }
+
+    const SERVICE: &str = "[[service]]\nname = \"s\"\ncidrs = [\"192.0.2.0/24\"]\ntcp = [443]\n";
+
+    #[test]
+    fn services_apply_to_the_groups_they_list_or_to_every_defined_group() {
+        let rules = parse(&format!(
+            "[[group]]\nname = \"laptops\"\nsources = [\"10.1.0.0/16\"]\n\
+             [[group]]\nname = \"phones\"\nsources = [\"10.2.0.0/16\", \"fd00:2::/48\"]\n\
+             {SERVICE}\
+             [[service]]\nname = \"push\"\ncidrs = [\"17.0.0.0/8\"]\ntcp = [5223]\ngroups = [\"phones\", \"default\"]\n"
+        ))
+        .expect("valid");
+        let ids: Vec<(String, u32)> = rules
+            .groups
+            .iter()
+            .map(|g| (g.name.clone(), g.id))
+            .collect();
+        assert_eq!(ids, [("laptops".into(), 1), ("phones".into(), 2)]);
+        assert_eq!(
+            rules.services[0].group_mask, 0b110,
+            "every defined group, not default"
+        );
+        assert_eq!(rules.services[1].group_mask, 0b101, "phones and default");
+        assert_eq!(
+            rules.services[1].groups.as_deref(),
+            Some(&["phones".to_owned(), "default".to_owned()][..])
+        );
+        let with_default = parse(&format!(
+            "[[group]]\nname = \"default\"\n[[group]]\nname = \"lab\"\nsources = [\"10.3.0.0/16\"]\n{SERVICE}"
+        ))
+        .expect("valid");
+        assert_eq!(
+            with_default.services[0].group_mask, 0b11,
+            "a defined default gets the services without groups"
+        );
+        let without = parse(SERVICE).expect("valid");
+        assert_eq!(without.services[0].group_mask, ALL_GROUPS);
+    }
+
+    #[test]
+    fn group_mistakes_are_reported_at_their_line_and_column() {
+        for (text, expected) in [
+            (
+                format!("{SERVICE}groups = [\"phones\"]\n"),
+                "g.toml:5:11: unknown group \"phones\"; the rules define no groups",
+            ),
+            (
+                format!("{SERVICE}groups = []\n"),
+                "g.toml:5:10: groups = [] applies the service to no client",
+            ),
+            (
+                format!("[[group]]\nname = \"lab\"\n{SERVICE}"),
+                "g.toml:2:8: group \"lab\" has no sources: give it source prefixes",
+            ),
+            (
+                format!("[[group]]\nname = \"default\"\nsources = [\"10.0.0.0/8\"]\n{SERVICE}"),
+                "g.toml:2:8: group \"default\" holds every source no other group covers",
+            ),
+            (
+                format!(
+                    "[[group]]\nname = \"a\"\nsources = [\"10.0.0.0/8\"]\n\
+                     [[group]]\nname = \"b\"\nsources = [\"10.0.0.0/8\"]\n{SERVICE}"
+                ),
+                "g.toml:6:12: 10.0.0.0/8 is already a source of group \"a\" (g.toml:3)",
+            ),
+            (
+                format!(
+                    "[[group]]\nname = \"a\"\nsources = [\"10.0.0.0/8\"]\n\
+                     [[group]]\nname = \"a\"\nsources = [\"10.1.0.0/16\"]\n{SERVICE}"
+                ),
+                "g.toml:5:8: group name \"a\" is already defined at g.toml:1",
+            ),
+            (
+                format!("[[group]]\nname = \"a\"\nsources = [\"10.0.0.1/8\"]\n{SERVICE}"),
+                "g.toml:3:12: \"10.0.0.1/8\" has host bits set",
+            ),
+            (
+                format!("[[group]]\nname = \"a\"\nsources = [\"10.0.0.0/8\"]\nport = 1\n{SERVICE}"),
+                "g.toml:4:1: unknown field `port`",
+            ),
+        ] {
+            let errors = parse(&text).expect_err("must be refused");
+            assert!(
+                errors.iter().any(|e| e.starts_with(expected)),
+                "expected {expected:?} in {errors:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_file_of_groups_alone_is_valid_beside_files_of_services() {
+        let rules = Rules::parse_sources(&[
+            (
+                Path::new("groups.toml"),
+                "[[group]]\nname = \"lab\"\nsources = [\"10.3.0.0/16\"]\n",
+            ),
+            (
+                Path::new("services.toml"),
+                &format!("{SERVICE}groups = [\"lab\"]\n"),
+            ),
+        ])
+        .expect("groups may be defined in a file of their own");
+        assert_eq!(rules.services[0].group_mask, 0b10);
+    }
+
+    #[test]
+    fn more_groups_than_the_kernel_tells_apart_are_refused() {
+        let mut text = String::new();
+        for i in 0..MAX_GROUPS {
+            text.push_str(&format!(
+                "[[group]]\nname = \"g{i}\"\nsources = [\"10.{i}.0.0/16\"]\n"
+            ));
+        }
+        text.push_str(SERVICE);
+        let errors = parse(&text).expect_err("64 named groups and default are 65");
+        assert!(
+            errors.iter().any(|e| e.contains("more than 63 groups")),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn numbers_stay_with_their_names_and_new_names_take_unused_numbers() {
+        let text = |names: &[&str]| {
+            let mut text = String::new();
+            for (i, name) in names.iter().enumerate() {
+                text.push_str(&format!(
+                    "[[group]]\nname = \"{name}\"\nsources = [\"10.{i}.0.0/16\"]\n"
+                ));
+            }
+            text.push_str(&format!("{SERVICE}groups = [\"{}\"]\n", names[0]));
+            text
+        };
+        let old = parse(&text(&["a", "b", "c"])).expect("valid");
+        assert_eq!(old.group_ids().into_values().collect::<Vec<_>>(), [1, 2, 3]);
+        // Reordered, one removed (b, 2), one new (d): a keeps 1, c keeps 3, d takes 4 (not
+        // b's 2, which the kernel may still hold until the switch).
+        let mut new = parse(&text(&["c", "d", "a"])).expect("valid");
+        assert_eq!(
+            new.services[0].group_mask, 0b10,
+            "c is first in load order"
+        );
+        new.keep_group_ids(&old.group_ids());
+        let ids = new.group_ids();
+        assert_eq!((ids["a"], ids["c"], ids["d"]), (1, 3, 4));
+        assert_eq!(new.services[0].group_mask, 0b1000, "c keeps number 3");
+        assert_eq!(renumber_mask(0b0110, &[(1, 2), (2, 1)]), 0b0110);
+        assert_eq!(renumber_mask(0b0011, &[(1, 5)]), 0b10_0001);
+    }
+}

@@ -7,13 +7,15 @@
 //!
 //! One module a subject: the table of cases every hook must agree on ([`cases`]), the layer-3
 //! program on the same cases ([`layer3`]), the source check of XDP ([`sources`]), events and
-//! counters ([`events`]), connections kept past their address ([`flows`]), what the map writer puts in the kernel ([`policy_maps`]) and the
+//! counters ([`events`]), connections kept past their address ([`flows`]), client groups
+//! ([`groups`]), what the map writer puts in the kernel ([`policy_maps`]) and the
 //! kernel's own log lines ([`kernel_log`]); [`common`] holds the policy they all run against.
 
 mod cases;
 mod common;
 mod events;
 mod flows;
+mod groups;
 mod kernel_log;
 mod layer3;
 mod policy_maps;
