@@ -101,6 +101,12 @@ impl Daemon {
             Written::Nothing => {}
             Written::Rebuilt(stats) => {
                 enricher.refresh_all(service_names(&self.rules), &self.hosts, &self.learner);
+                enricher.group_names = self
+                    .rules
+                    .groups
+                    .iter()
+                    .map(|g| (g.id, g.name.clone()))
+                    .collect();
                 if let Some(before) = flows_before {
                     self.flows.after_update(
                         before,

@@ -45,6 +45,9 @@ pub struct EventRecord {
     pub service: Option<String>,
     pub vlan: u16,
     pub len: u32,
+    /// The source's client group, when the rules define groups.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 /// What the daemon knows that the kernel does not: names.
@@ -59,6 +62,8 @@ pub struct Enricher {
     /// Names clients looked up through the forwarder, listed or not, by address.
     pub seen: Arc<SeenNames>,
     pub iface_names: BTreeMap<u32, String>,
+    /// Client group names by kernel number; empty when the rules define no groups.
+    pub group_names: BTreeMap<u32, String>,
 }
 
 impl Enricher {
@@ -151,7 +156,21 @@ impl Enricher {
             service,
             vlan: event.vlan_id,
             len: event.packet_len,
+            group: self.group_name(event.group),
         }
+    }
+
+    /// The name of group `number`: `default` for 0 once the rules define groups, the number
+    /// itself for one the rules no longer name.
+    fn group_name(&self, number: u8) -> Option<String> {
+        if self.group_names.is_empty() {
+            return None;
+        }
+        Some(match self.group_names.get(&u32::from(number)) {
+            Some(name) => name.clone(),
+            None if number == 0 => crate::rules::DEFAULT_NAME.to_owned(),
+            None => format!("group{number}"),
+        })
     }
 }
 
@@ -199,6 +218,9 @@ impl EventRecord {
         }
         if let Some(service) = &self.service {
             let _ = write!(line, " service={service}");
+        }
+        if let Some(group) = &self.group {
+            let _ = write!(line, " group={group}");
         }
         line
     }

@@ -311,7 +311,7 @@ pub(super) fn renumber_mask(mask: GroupMask, renumbered: &[(u32, u32)]) -> Group
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
+    use std::{fmt::Write as _, path::Path};
 
     use super::*;
     use crate::rules::Rules;
@@ -429,9 +429,10 @@ mod tests {
     fn more_groups_than_the_kernel_tells_apart_are_refused() {
         let mut text = String::new();
         for i in 0..MAX_GROUPS {
-            text.push_str(&format!(
+            let _ = write!(
+                text,
                 "[[group]]\nname = \"g{i}\"\nsources = [\"10.{i}.0.0/16\"]\n"
-            ));
+            );
         }
         text.push_str(SERVICE);
         let errors = parse(&text).expect_err("64 named groups and default are 65");
@@ -446,11 +447,12 @@ mod tests {
         let text = |names: &[&str]| {
             let mut text = String::new();
             for (i, name) in names.iter().enumerate() {
-                text.push_str(&format!(
+                let _ = write!(
+                    text,
                     "[[group]]\nname = \"{name}\"\nsources = [\"10.{i}.0.0/16\"]\n"
-                ));
+                );
             }
-            text.push_str(&format!("{SERVICE}groups = [\"{}\"]\n", names[0]));
+            let _ = writeln!(text, "{SERVICE}groups = [\"{}\"]", names[0]);
             text
         };
         let old = parse(&text(&["a", "b", "c"])).expect("valid");
@@ -458,10 +460,7 @@ mod tests {
         // Reordered, one removed (b, 2), one new (d): a keeps 1, c keeps 3, d takes 4 (not
         // b's 2, which the kernel may still hold until the switch).
         let mut new = parse(&text(&["c", "d", "a"])).expect("valid");
-        assert_eq!(
-            new.services[0].group_mask, 0b10,
-            "c is first in load order"
-        );
+        assert_eq!(new.services[0].group_mask, 0b10, "c is first in load order");
         new.keep_group_ids(&old.group_ids());
         let ids = new.group_ids();
         assert_eq!((ids["a"], ids["c"], ids["d"]), (1, 3, 4));
