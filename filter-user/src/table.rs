@@ -102,6 +102,19 @@ impl RuleSet {
     pub fn find(&self, proto: RuleProto, port: u16) -> Option<&PortRule> {
         self.0.iter().find(|rule| rule.allows(proto as u8, port))
     }
+
+    /// The rules that apply to client group `group` (`filter_common::groups`).
+    pub fn for_group(&self, group: u32) -> impl Iterator<Item = &PortRule> {
+        let bit = filter_common::groups::group_bit(group);
+        self.0.iter().filter(move |rule| rule.groups & bit != 0)
+    }
+
+    /// The rule that allows `proto` to `port` for a source in `group`.
+    #[must_use]
+    pub fn find_for(&self, group: u32, proto: RuleProto, port: u16) -> Option<&PortRule> {
+        self.for_group(group)
+            .find(|rule| rule.allows(proto as u8, port))
+    }
 }
 
 impl fmt::Display for RuleSet {

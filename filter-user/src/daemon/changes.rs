@@ -82,7 +82,12 @@ impl Daemon {
         // What the maps hold now judges the flows before a whole table replaces it.
         let flows_before = matches!(update, Update::Full).then(|| {
             self.flows
-                .before_update(&enricher.table, &enricher.service_names, cause)
+                .before_update(
+                    &enricher.table,
+                    &enricher.groups,
+                    &enricher.service_names,
+                    cause,
+                )
         });
         if matches!(update, Update::Full) {
             // Group numbers keep their meaning across a reload (`Rules::keep_group_ids`), so
@@ -101,16 +106,12 @@ impl Daemon {
             Written::Nothing => {}
             Written::Rebuilt(stats) => {
                 enricher.refresh_all(service_names(&self.rules), &self.hosts, &self.learner);
-                enricher.group_names = self
-                    .rules
-                    .groups
-                    .iter()
-                    .map(|g| (g.id, g.name.clone()))
-                    .collect();
+                enricher.groups.clone_from(&self.rules.groups);
                 if let Some(before) = flows_before {
                     self.flows.after_update(
                         before,
                         &enricher.table,
+                        &enricher.groups,
                         &enricher.service_names,
                         cause,
                     );

@@ -12,7 +12,7 @@ use filter_common::{event::Action, DropEvent, Hook, Reason};
 use serde::Serialize;
 
 use super::{hosts::HostTable, learning::Learner};
-use crate::{dns::SeenNames, table::AllowTable};
+use crate::{dns::SeenNames, rules::Group, table::AllowTable};
 
 /// How events are printed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -62,8 +62,8 @@ pub struct Enricher {
     /// Names clients looked up through the forwarder, listed or not, by address.
     pub seen: Arc<SeenNames>,
     pub iface_names: BTreeMap<u32, String>,
-    /// Client group names by kernel number; empty when the rules define no groups.
-    pub group_names: BTreeMap<u32, String>,
+    /// The client groups of the policy in the maps; empty when the rules define none.
+    pub groups: Vec<Group>,
 }
 
 impl Enricher {
@@ -163,11 +163,11 @@ impl Enricher {
     /// The name of group `number`: `default` for 0 once the rules define groups, the number
     /// itself for one the rules no longer name.
     fn group_name(&self, number: u8) -> Option<String> {
-        if self.group_names.is_empty() {
+        if self.groups.is_empty() {
             return None;
         }
-        Some(match self.group_names.get(&u32::from(number)) {
-            Some(name) => name.clone(),
+        Some(match self.groups.iter().find(|g| g.id == u32::from(number)) {
+            Some(group) => group.name.clone(),
             None if number == 0 => crate::rules::DEFAULT_NAME.to_owned(),
             None => format!("group{number}"),
         })

@@ -12,6 +12,7 @@ use crate::{
         flows::{flow_addresses, monotonic_ns, table_allows},
         FlowMaps,
     },
+    rules::Group,
     table::{AllowTable, Grant},
 };
 
@@ -106,6 +107,7 @@ impl FlowKeeper {
     pub fn before_update(
         &mut self,
         table: &AllowTable,
+        groups: &[Group],
         service_names: &[String],
         cause: Cause,
     ) -> Vec<Before> {
@@ -114,7 +116,7 @@ impl FlowKeeper {
             .flows()
             .into_iter()
             .map(|(key, state)| Before {
-                allowed: table_allows(table, &key),
+                allowed: table_allows(table, groups, &key),
                 service: service_names.get(usize::from(state.service_id)).cloned(),
                 key,
             })
@@ -144,6 +146,7 @@ impl FlowKeeper {
         &mut self,
         before: Vec<Before>,
         table: &AllowTable,
+        groups: &[Group],
         service_names: &[String],
         cause: Cause,
     ) -> usize {
@@ -155,7 +158,7 @@ impl FlowKeeper {
                 .service
                 .as_ref()
                 .and_then(|name| service_names.iter().position(|n| n == name));
-            let allowed_now = table_allows(table, &flow.key);
+            let allowed_now = table_allows(table, groups, &flow.key);
             match fate(
                 &flow,
                 allowed_now,

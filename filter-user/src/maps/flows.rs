@@ -13,7 +13,10 @@ use filter_common::{
 };
 
 use super::MapWriteError;
-use crate::table::AllowTable;
+use crate::{
+    rules::{groups::group_of, Group},
+    table::AllowTable,
+};
 
 /// Handles on `TCP_FLOWS`, `UDP_FLOWS` and `EXPIRED_ADDRS`.
 pub struct FlowMaps {
@@ -171,16 +174,18 @@ pub fn flow_addresses(key: &FlowKey) -> (IpAddr, IpAddr) {
     (address(key.src), address(key.dst))
 }
 
-/// Whether `table` allows the flow's protocol and port to its destination, as the kernel would.
+/// Whether `table` allows the flow's protocol and port to its destination for its source's
+/// client group (in `groups`), as the kernel would.
 #[must_use]
-pub fn table_allows(table: &AllowTable, key: &FlowKey) -> bool {
+pub fn table_allows(table: &AllowTable, groups: &[Group], key: &FlowKey) -> bool {
     let Some(proto) = RuleProto::from_ip_proto(key.proto) else {
         return false;
     };
-    let (_, dst) = flow_addresses(key);
+    let (src, dst) = flow_addresses(key);
+    let group = group_of(groups, src);
     table
         .lookup(dst)
-        .is_some_and(|(_, rules)| rules.find(proto, key.dport).is_some())
+        .is_some_and(|(_, rules)| rules.find_for(group, proto, key.dport).is_some())
 }
 
 /// The clock the programs stamp flows with (`bpf_ktime_get_coarse_ns` counts CLOCK_MONOTONIC).

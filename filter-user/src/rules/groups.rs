@@ -202,6 +202,18 @@ impl GroupBook {
     }
 }
 
+/// The number of the group `address` is in: the group of the longest source prefix covering
+/// it, `default` where none does. The kernel's answer, computed the slow way.
+#[must_use]
+pub fn group_of(groups: &[Group], address: std::net::IpAddr) -> u32 {
+    groups
+        .iter()
+        .flat_map(|g| g.sources.iter().map(move |net| (net, g.id)))
+        .filter(|(net, _)| net.contains(&address))
+        .max_by_key(|(net, _)| net.prefix_len())
+        .map_or(DEFAULT_GROUP, |(_, id)| id)
+}
+
 /// The groups a service applies to, as kernel group bits; `None` after reporting a problem.
 pub(super) fn mask_of(
     list: Option<&GroupList>,

@@ -235,6 +235,35 @@ impl Rules {
         }
     }
 
+    /// The name of group number `id`: `default` for 0.
+    #[must_use]
+    pub fn group_name(&self, id: u32) -> String {
+        self.groups.iter().find(|g| g.id == id).map_or_else(
+            || {
+                if id == filter_common::groups::DEFAULT_GROUP {
+                    DEFAULT_NAME.to_owned()
+                } else {
+                    format!("group{id}")
+                }
+            },
+            |g| g.name.clone(),
+        )
+    }
+
+    /// Every group a source can be in, `default` first: `(number, name)`; only `default`
+    /// when the rules define no groups.
+    #[must_use]
+    pub fn every_group(&self) -> Vec<(u32, String)> {
+        let mut all = vec![(filter_common::groups::DEFAULT_GROUP, DEFAULT_NAME.to_owned())];
+        all.extend(
+            self.groups
+                .iter()
+                .filter(|g| g.name != DEFAULT_NAME)
+                .map(|g| (g.id, g.name.clone())),
+        );
+        all
+    }
+
     /// Every exact hostname (after expansion) with the services that list it.
     #[must_use]
     pub fn exact_hosts(&self) -> Vec<&str> {
