@@ -14,7 +14,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use filter_common::{Reason, RuleProto};
+use filter_common::{groups::DEFAULT_GROUP, Reason, RuleProto};
 use ipnet::IpNet;
 use serde::Serialize;
 
@@ -25,7 +25,7 @@ use crate::{
     pins::{PinDir, DEFAULT_PIN_PATH},
     protocols::PortSpec,
     resolve::Resolver,
-    rules::{HostPattern, Rules, Service},
+    rules::{groups::group_of, HostPattern, Rules, Service},
     state::State,
     table::RuleSet,
 };
@@ -50,6 +50,10 @@ pub struct Args {
     /// The DNS server to ask, instead of the system's (/etc/resolv.conf).
     #[arg(long, value_name = "IP:PORT", requires = "resolve")]
     pub resolver: Option<SocketAddr>,
+    /// The client's address: the packet is judged for the client group it is in. Without it,
+    /// rules that define groups are judged for every group.
+    #[arg(long, value_name = "ADDRESS")]
+    pub from: Option<IpAddr>,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -70,6 +74,12 @@ pub struct Explanation {
     /// The service whose rule allows the packet.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allowed_by: Option<String>,
+    /// The client group judged (`--from`'s, else `default`), when the rules define groups.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Without `--from`, when the rules define groups: the answer for each group.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub by_group: Vec<GroupVerdict>,
     /// Where the answer comes from: `running filter at DIR` or `rules`.
     pub answered_from: String,
     /// What the policy covering DST allows, every service's rules merged (from the kernel when a
@@ -85,6 +95,17 @@ pub struct Explanation {
     /// Caveats: a link-scoped destination, rules on disk that differ from the running policy.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+}
+
+/// The answer for the clients of one group.
+#[derive(Debug, Serialize)]
+pub struct GroupVerdict {
+    pub group: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<&'static str>,
+    pub reason: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allowed_by: Option<String>,
 }
 
 /// A connection to DST the running filter recorded.
@@ -134,35 +155,13 @@ pub enum Origin {
 
 /// Builds the explanation, from the running filter when one is pinned at `--pin-path`.
 pub async fn run(args: &Args) -> anyhow::Result<Explanation> {
-    let rules = Rules::load(&args.rules)?;
+    let mut rules = Rules::load(&args.rules)?;
     let pins = PinDir::new(&args.pin_path);
     let running = pins.has_pinned_maps();
     let mut covered_by = Vec::new();
     let mut notes = Vec::new();
     let (policy, names, answered_from) = if running {
-        let state = State::load(&pins.state_file())?;
-        let kernel = PinnedPolicy::open(&pins)?.lookup(args.destination)?;
-        let names = state.as_ref().map_or_else(Vec::new, |s| s.services.clone());
-        let hosts = state
-            .as_ref()
-            .map_or_else(Resolved::new, |s| s.hosts.clone());
-        covered_by.extend(host_grants(&rules, &hosts, args.destination, &|_| None));
-        for learned in super::learned::read(&pins).unwrap_or_default() {
-            if learned.address == args.destination {
-                covered_by.push(Covering {
-                    prefix: IpNet::from(learned.address),
-                    service: learned.service.clone(),
-                    ports: service_ports(&rules, &learned.service),
-                    origin: Origin::Learned {
-                        name: learned.name,
-                        question: learned.question,
-                        expires_in_secs: learned.expires_in_secs,
-                    },
-                });
-            }
-        }
-        let from = format!("the filter running at {}", pins.root().display());
-        (kernel.map(|(_, set)| set), names, from)
+        running_view(&mut rules, &pins, args.destination, &mut covered_by)?
     } else {
         let answers = if args.resolve {
             Resolver::new(args.resolver)?
@@ -192,12 +191,24 @@ pub async fn run(args: &Args) -> anyhow::Result<Explanation> {
         )
     };
     covered_by.splice(0..0, cidr_grants(&rules, args.destination));
-    let (verdict, reason, allowed_by) = judge(
-        args.destination,
-        args.packet.as_ref(),
-        policy.as_ref(),
-        &names,
-    );
+    let judge_for = |group: u32| {
+        judge(
+            args.destination,
+            args.packet.as_ref(),
+            policy.as_ref(),
+            &names,
+            group,
+        )
+    };
+    let group = args
+        .from
+        .map_or(DEFAULT_GROUP, |source| group_of(&rules.groups, source));
+    let (verdict, reason, allowed_by) = judge_for(group);
+    let by_group = if args.from.is_some() {
+        Vec::new()
+    } else {
+        group_answers(&rules, judge_for)
+    };
     if reason == Reason::LinkScoped.label() {
         notes.push(
             "a link-scoped destination passes without a policy lookup (it cannot leave the \
@@ -225,12 +236,74 @@ pub async fn run(args: &Args) -> anyhow::Result<Explanation> {
         verdict,
         reason,
         allowed_by,
+        group: (!rules.groups.is_empty()).then(|| rules.group_name(group)),
+        by_group,
         answered_from,
         policy: policy.map_or_else(Vec::new, |set| rule_reports(&set, &name_refs)),
         covered_by,
         flows,
         notes,
     })
+}
+
+/// What the filter running at `pins` says about `destination`: its policy there, the service
+/// names, where the answer comes from; the grants covering it go to `covered_by`.
+fn running_view(
+    rules: &mut Rules,
+    pins: &PinDir,
+    destination: IpAddr,
+    covered_by: &mut Vec<Covering>,
+) -> anyhow::Result<(Option<RuleSet>, Vec<String>, String)> {
+    let state = State::load(&pins.state_file())?;
+    if let Some(state) = &state {
+        // The kernel's policies number the groups as the daemon did.
+        rules.keep_group_ids(&state.groups);
+    }
+    let kernel = PinnedPolicy::open(pins)?.lookup(destination)?;
+    let names = state.as_ref().map_or_else(Vec::new, |s| s.services.clone());
+    let hosts = state
+        .as_ref()
+        .map_or_else(Resolved::new, |s| s.hosts.clone());
+    covered_by.extend(host_grants(rules, &hosts, destination, &|_| None));
+    for learned in super::learned::read(pins).unwrap_or_default() {
+        if learned.address == destination {
+            covered_by.push(Covering {
+                prefix: IpNet::from(learned.address),
+                service: learned.service.clone(),
+                ports: service_ports(rules, &learned.service),
+                origin: Origin::Learned {
+                    name: learned.name,
+                    question: learned.question,
+                    expires_in_secs: learned.expires_in_secs,
+                },
+            });
+        }
+    }
+    let from = format!("the filter running at {}", pins.root().display());
+    Ok((kernel.map(|(_, set)| set), names, from))
+}
+
+/// The answer for each client group, when the rules define groups.
+fn group_answers(
+    rules: &Rules,
+    judge_for: impl Fn(u32) -> (Option<&'static str>, &'static str, Option<String>),
+) -> Vec<GroupVerdict> {
+    if rules.groups.is_empty() {
+        return Vec::new();
+    }
+    rules
+        .every_group()
+        .into_iter()
+        .map(|(id, name)| {
+            let (verdict, reason, allowed_by) = judge_for(id);
+            GroupVerdict {
+                group: name,
+                verdict,
+                reason,
+                allowed_by,
+            }
+        })
+        .collect()
 }
 
 /// The connections to `destination` in the flow tables of the filter pinned at `pins`.
@@ -286,12 +359,13 @@ fn flow_reports(
     Ok(reports)
 }
 
-/// The verdict, its reason label, and the allowing service.
+/// The verdict for a client in `group`, its reason label, and the allowing service.
 fn judge(
     destination: IpAddr,
     packet: Option<&PortSpec>,
     policy: Option<&RuleSet>,
     names: &[String],
+    group: u32,
 ) -> (Option<&'static str>, &'static str, Option<String>) {
     let verdict_of = |reason: Reason| Some(if reason.passes() { "pass" } else { "drop" });
     if link_scoped(destination) {
@@ -301,7 +375,8 @@ fn judge(
             None,
         );
     }
-    let Some(policy) = policy else {
+    // Rules of other groups are not there for this client (as in the kernel).
+    let Some(policy) = policy.filter(|p| p.for_group(group).next().is_some()) else {
         return (
             verdict_of(Reason::NoService),
             Reason::NoService.label(),
@@ -316,7 +391,7 @@ fn judge(
         PortSpec::Udp(ports) => (RuleProto::Udp, *ports.start()),
         PortSpec::Icmp => (RuleProto::Icmp, 0),
     };
-    if let Some(rule) = policy.find(proto, port) {
+    if let Some(rule) = policy.find_for(group, proto, port) {
         let service = names
             .get(usize::from(rule.service_id))
             .cloned()
@@ -327,7 +402,7 @@ fn judge(
             Some(service),
         );
     }
-    let reason = if policy.rules().iter().any(|r| r.proto == proto as u8) {
+    let reason = if policy.for_group(group).any(|r| r.proto == proto as u8) {
         Reason::PortNotAllowed
     } else {
         Reason::ProtocolNotAllowed
@@ -437,11 +512,28 @@ impl Explanation {
             .allowed_by
             .as_ref()
             .map_or_else(String::new, |s| format!(" by {s}"));
+        let group = self
+            .group
+            .as_ref()
+            .map_or_else(String::new, |g| format!(" (group {g})"));
         let _ = writeln!(
             out,
-            "{}{packet}: {verdict}{}{by}",
+            "{}{packet}: {verdict}{}{by}{group}",
             self.destination, self.reason
         );
+        if !self.by_group.is_empty() {
+            let _ = writeln!(out, "for each client group (--from picks one):");
+            for answer in &self.by_group {
+                let verdict = answer
+                    .verdict
+                    .map_or_else(String::new, |v| format!("{v}, "));
+                let by = answer
+                    .allowed_by
+                    .as_ref()
+                    .map_or_else(String::new, |s| format!(" by {s}"));
+                let _ = writeln!(out, "  {}: {verdict}{}{by}", answer.group, answer.reason);
+            }
+        }
         let _ = writeln!(out, "answered from {}", self.answered_from);
         if self.policy.is_empty() {
             let _ = writeln!(out, "no policy covers {}", self.destination);
@@ -524,7 +616,13 @@ mod tests {
         let policy = table.lookup(destination).map(|(_, set)| set.clone());
         let packet: Option<PortSpec> = packet.map(|p| p.parse().expect("packet"));
         let names: Vec<String> = rules.services.iter().map(|s| s.name.clone()).collect();
-        let (verdict, reason, _) = judge(destination, packet.as_ref(), policy.as_ref(), &names);
+        let (verdict, reason, _) = judge(
+            destination,
+            packet.as_ref(),
+            policy.as_ref(),
+            &names,
+            DEFAULT_GROUP,
+        );
         (verdict, reason)
     }
 
@@ -560,6 +658,44 @@ mod tests {
             (Some("pass"), "link-scoped")
         );
         assert_eq!(verdict("224.0.0.251", None), (Some("pass"), "link-scoped"));
+    }
+
+    #[test]
+    fn with_groups_each_group_gets_its_own_answer() {
+        let rules = Rules::parse_sources(&[(
+            Path::new("g.toml"),
+            "[[group]]\nname = \"laptops\"\nsources = [\"10.1.0.0/16\"]\n\
+             [[group]]\nname = \"phones\"\nsources = [\"10.2.0.0/16\"]\n\
+             [[service]]\nname = \"push\"\ncidrs = [\"17.0.0.0/8\"]\ntcp = [5223]\ngroups = [\"phones\"]\n\
+             [[service]]\nname = \"mdm\"\ncidrs = [\"17.0.0.0/8\"]\ntcp = [443]\n",
+        )])
+        .expect("valid rules");
+        let table = crate::compile::compile(&rules, &Resolved::new()).expect("compiles");
+        let destination: IpAddr = "17.1.2.3".parse().expect("address");
+        let policy = table.lookup(destination).map(|(_, set)| set.clone());
+        let names: Vec<String> = rules.services.iter().map(|s| s.name.clone()).collect();
+        let packet: PortSpec = "tcp/5223".parse().expect("packet");
+        let answers = group_answers(&rules, |group| {
+            judge(destination, Some(&packet), policy.as_ref(), &names, group)
+        });
+        let summary: Vec<(&str, &str, Option<&str>)> = answers
+            .iter()
+            .map(|a| (a.group.as_str(), a.reason, a.allowed_by.as_deref()))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("default", "no-service", None),
+                ("laptops", "port-not-allowed", None),
+                ("phones", "allowed", Some("push")),
+            ]
+        );
+        let phones = group_of(&rules.groups, "10.2.0.9".parse().expect("address"));
+        assert_eq!(rules.group_name(phones), "phones");
+        assert_eq!(
+            group_of(&rules.groups, "10.3.0.9".parse().expect("address")),
+            DEFAULT_GROUP
+        );
     }
 
     #[test]

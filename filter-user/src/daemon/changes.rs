@@ -81,13 +81,12 @@ impl Daemon {
             .map_err(|_| anyhow::anyhow!("enricher lock poisoned"))?;
         // What the maps hold now judges the flows before a whole table replaces it.
         let flows_before = matches!(update, Update::Full).then(|| {
-            self.flows
-                .before_update(
-                    &enricher.table,
-                    &enricher.groups,
-                    &enricher.service_names,
-                    cause,
-                )
+            self.flows.before_update(
+                &enricher.table,
+                &enricher.groups,
+                &enricher.service_names,
+                cause,
+            )
         });
         if matches!(update, Update::Full) {
             // Group numbers keep their meaning across a reload (`Rules::keep_group_ids`), so

@@ -166,11 +166,13 @@ impl Enricher {
         if self.groups.is_empty() {
             return None;
         }
-        Some(match self.groups.iter().find(|g| g.id == u32::from(number)) {
-            Some(group) => group.name.clone(),
-            None if number == 0 => crate::rules::DEFAULT_NAME.to_owned(),
-            None => format!("group{number}"),
-        })
+        Some(
+            match self.groups.iter().find(|g| g.id == u32::from(number)) {
+                Some(group) => group.name.clone(),
+                None if number == 0 => crate::rules::DEFAULT_NAME.to_owned(),
+                None => format!("group{number}"),
+            },
+        )
     }
 }
 

@@ -254,7 +254,10 @@ impl Rules {
     /// when the rules define no groups.
     #[must_use]
     pub fn every_group(&self) -> Vec<(u32, String)> {
-        let mut all = vec![(filter_common::groups::DEFAULT_GROUP, DEFAULT_NAME.to_owned())];
+        let mut all = vec![(
+            filter_common::groups::DEFAULT_GROUP,
+            DEFAULT_NAME.to_owned(),
+        )];
         all.extend(
             self.groups
                 .iter()
