@@ -159,6 +159,15 @@ fn summary(rules: &Rules, v4: usize, v6: usize, port_sets: usize) -> String {
         let _ = writeln!(out, "{}: {}", file.display(), line(counts));
     }
     let _ = writeln!(out, "ok: {}", line(&total));
+    if !rules.groups.is_empty() {
+        let names: Vec<String> = rules.every_group().into_iter().map(|(_, n)| n).collect();
+        let _ = writeln!(
+            out,
+            "{} client groups: {} (see `show` for what each may reach)",
+            names.len(),
+            names.join(", ")
+        );
+    }
     let _ = writeln!(
         out,
         "compiles to {v4} IPv4 and {v6} IPv6 table entries with {port_sets} distinct port sets (hostnames add entries once resolved)"

@@ -26,6 +26,20 @@ pub struct Report {
     /// What a running daemon's DNS forwarder learned (with `--resolve`, when one runs).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub learned: Vec<LearnedView>,
+    /// The client groups, `default` first, with the services each gets; absent when the rules
+    /// define none (every source gets every service).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<GroupReport>,
+}
+
+/// One client group and its policy.
+#[derive(Serialize)]
+pub struct GroupReport {
+    pub group: String,
+    /// Its source prefixes; empty for `default` (every source no group covers).
+    pub sources: Vec<IpNet>,
+    /// The services its clients may reach.
+    pub services: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -139,7 +153,34 @@ fn report(rules: &Rules, table: &AllowTable, answers: Option<&Lookups>) -> Repor
         hosts,
         wildcards,
         learned: Vec::new(),
+        groups: group_reports(rules),
     }
+}
+
+/// Each client group with its sources and services, when the rules define groups.
+fn group_reports(rules: &Rules) -> Vec<GroupReport> {
+    if rules.groups.is_empty() {
+        return Vec::new();
+    }
+    rules
+        .every_group()
+        .into_iter()
+        .map(|(id, name)| GroupReport {
+            sources: rules
+                .groups
+                .iter()
+                .find(|g| g.id == id)
+                .map(|g| g.sources.clone())
+                .unwrap_or_default(),
+            services: rules
+                .services
+                .iter()
+                .filter(|s| s.group_mask & filter_common::groups::group_bit(id) != 0)
+                .map(|s| s.name.clone())
+                .collect(),
+            group: name,
+        })
+        .collect()
 }
 
 pub(crate) fn rule_reports(rules: &RuleSet, names: &[&str]) -> Vec<RuleReport> {
@@ -173,6 +214,31 @@ fn port_text(lo: u16, hi: u16) -> String {
 }
 
 impl Report {
+    /// The client groups, each with its sources and services.
+    fn groups_text(&self, out: &mut String) {
+        if !self.groups.is_empty() {
+            let _ = writeln!(out, "\n{} client groups:", self.groups.len());
+            for group in &self.groups {
+                let sources = if group.sources.is_empty() {
+                    "(every source no other group covers)".to_owned()
+                } else {
+                    group
+                        .sources
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                };
+                let services = if group.services.is_empty() {
+                    "nothing".to_owned()
+                } else {
+                    group.services.join(", ")
+                };
+                let _ = writeln!(out, "  {}  {sources}  [{services}]", group.group);
+            }
+        }
+    }
+
     /// The table as aligned text.
     #[must_use]
     pub fn to_text(&self) -> String {
@@ -254,6 +320,7 @@ impl Report {
                 wildcard.services.join(", ")
             );
         }
+        self.groups_text(&mut out);
         if !self.learned.is_empty() {
             out.push('\n');
             out.push_str(&super::learned::to_text(&self.learned));
