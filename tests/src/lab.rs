@@ -132,6 +132,13 @@ impl Netns {
         self.nc_connects(&["-n"], addr, port, timeout_secs)
     }
 
+    /// Whether a TCP connection from the local address `source` to `addr`:`port` completes
+    /// within `timeout_secs`.
+    #[must_use]
+    pub fn connects_from(&self, source: &str, addr: &str, port: u16, timeout_secs: u32) -> bool {
+        self.nc_connects(&["-n", "-s", source], addr, port, timeout_secs)
+    }
+
     /// Whether a TCP connection to `name`:`port` completes within `timeout_secs`, the name
     /// resolved through the namespace's resolver (see [`Netns::use_resolver`]) within that time.
     #[must_use]
@@ -356,7 +363,7 @@ impl Lab {
 
     /// Creates the LAN again under the same names, with its addresses and routes.
     pub fn create_lan_again(&self) -> anyhow::Result<()> {
-        let client_dev = format!("e{}c", self.id);
+        let client_dev = self.client_dev();
         self.add_lan_veth(&client_dev)?;
         self.wire_lan(&client_dev)
     }
@@ -399,6 +406,12 @@ impl Lab {
             std::thread::sleep(Duration::from_millis(100));
         }
         bail!("lab {} never became reachable", self.id)
+    }
+
+    /// The client's end of the LAN.
+    #[must_use]
+    pub fn client_dev(&self) -> String {
+        format!("e{}c", self.id)
     }
 
     /// Adds an address to the simulated internet (on its loopback, routed like the others).

@@ -108,7 +108,8 @@ impl Enricher {
         let service = dst
             .and_then(|d| self.table.lookup(d))
             .and_then(|(_, rules)| {
-                let first = rules.rules().first()?;
+                // A service of the source's group: the others are not there for it.
+                let first = rules.for_group(u32::from(event.group)).next()?;
                 self.service_names
                     .get(usize::from(first.service_id))
                     .cloned()
