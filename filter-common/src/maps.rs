@@ -54,6 +54,10 @@ pub const COUNTER_SLOTS: &str = "COUNTER_SLOTS";
 /// Per-CPU array, service id → [`crate::PacketCount`] of allowed packets. Written by the
 /// programs, read by the daemon.
 pub const SERVICE_STATS: &str = "SERVICE_STATS";
+/// Per-CPU array, client group (`filter_common::groups`) → [`crate::PacketCount`] of the
+/// packets its sources sent that were dropped (or, in audit mode, would have been). Written by
+/// the programs, read by the daemon.
+pub const GROUP_DROPS: &str = "GROUP_DROPS";
 /// Per-CPU array, [`crate::EventCounter`] → count. Written by the programs, read by the daemon.
 pub const EVENT_STATS: &str = "EVENT_STATS";
 /// Per-CPU array with one token bucket for drop events at index 0. Kernel-private state.
@@ -88,7 +92,7 @@ pub const PROG_XDP_L3: &str = "egress_xdp_l3";
 pub const PROG_TC_L3: &str = "egress_tc_l3";
 
 /// Every map the object must contain.
-pub const ALL_MAPS: [&str; 27] = [
+pub const ALL_MAPS: [&str; 28] = [
     ALLOW_V4,
     ALLOW_V6,
     INDEX_V4,
@@ -108,6 +112,7 @@ pub const ALL_MAPS: [&str; 27] = [
     REASON_STATS,
     COUNTER_SLOTS,
     SERVICE_STATS,
+    GROUP_DROPS,
     EVENT_STATS,
     EVENT_BUDGET,
     LOG_BUDGET,

@@ -160,6 +160,9 @@ fn process<C: PacketContext, const ETHERNET: bool, const SKIP: u32>(ctx: &C) -> 
     if reason.passes() {
         return Verdict::Pass;
     }
+    if SKIP & skip::COUNT == 0 {
+        report::count_group_drop(ctx, group);
+    }
     let config = if SKIP & skip::CONFIG != 0 {
         ablation::CONSTANT_CONFIG
     } else {

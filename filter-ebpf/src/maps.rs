@@ -10,7 +10,7 @@ use filter_common::{
     counters,
     event::RateLimitState,
     flows::{AddressKey, FlowCounter, FlowKey, FlowState},
-    groups::{GROUP_RANGES_PER_COPY, GROUP_STATE_ENTRIES},
+    groups::{GROUP_RANGES_PER_COPY, GROUP_STATE_ENTRIES, MAX_GROUPS},
     maps as names,
     ranges::{RangeV6, CHUNKS, RANGES_PER_COPY},
     sources::{SourceKeyV4, SourceKeyV6, SourceSlot, SOURCE_SLOT_INTERFACES},
@@ -105,6 +105,11 @@ pub(crate) static COUNTER_SLOTS: Array<u32> =
 #[map(name = "SERVICE_STATS")]
 pub(crate) static SERVICE_STATS: PerCpuArray<PacketCount> =
     PerCpuArray::with_max_entries(names::MAX_SERVICES, 0);
+
+/// Client group → its dropped packets and bytes, per CPU.
+#[map(name = "GROUP_DROPS")]
+pub(crate) static GROUP_DROPS: PerCpuArray<PacketCount> =
+    PerCpuArray::with_max_entries(MAX_GROUPS as u32, 0);
 
 /// Event counter → count, per CPU.
 #[map(name = "EVENT_STATS")]

@@ -4,12 +4,15 @@ use aya_ebpf::helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns};
 use filter_common::{
     counters::{reason_counter, COUNTER_SLOT_IFINDEX_LIMIT},
     event::{Action, RateLimitState},
+    groups::MAX_GROUPS,
     Config, DropEvent, EventCounter, PacketCount, Reason,
 };
 
 use crate::{
     context::PacketContext,
-    maps::{COUNTER_SLOTS, EVENTS, EVENT_BUDGET, EVENT_STATS, REASON_STATS, SERVICE_STATS},
+    maps::{
+        COUNTER_SLOTS, EVENTS, EVENT_BUDGET, EVENT_STATS, GROUP_DROPS, REASON_STATS, SERVICE_STATS,
+    },
     parse::Packet,
 };
 
@@ -33,6 +36,17 @@ pub(crate) fn count<C: PacketContext>(ctx: &C, reason: Reason, service_id: Optio
     if let Some(service_id) = service_id {
         add(&SERVICE_STATS, service_id as u32, bytes);
     }
+}
+
+/// Counts a dropped packet against its source's client group: on the drop path only, so the
+/// allowed path pays nothing for it.
+#[inline(always)]
+pub(crate) fn count_group_drop<C: PacketContext>(ctx: &C, group: u32) {
+    add(
+        &GROUP_DROPS,
+        group & (MAX_GROUPS as u32 - 1),
+        ctx.packet_len(),
+    );
 }
 
 #[inline(always)]

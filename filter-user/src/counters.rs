@@ -21,6 +21,7 @@ use crate::pins::PinDir;
 pub struct Counters {
     reasons: PerCpuArray<MapData, PacketCount>,
     services: PerCpuArray<MapData, PacketCount>,
+    group_drops: PerCpuArray<MapData, PacketCount>,
     events: PerCpuArray<MapData, u64>,
     flows: PerCpuArray<MapData, u64>,
 }
@@ -45,6 +46,7 @@ impl Counters {
         Ok(Self {
             reasons: per_cpu(open(names::REASON_STATS)?)?,
             services: per_cpu(open(names::SERVICE_STATS)?)?,
+            group_drops: per_cpu(open(names::GROUP_DROPS)?)?,
             events: per_cpu(open(names::EVENT_STATS)?)?,
             flows: per_cpu(open(names::FLOW_STATS)?)?,
         })
@@ -56,6 +58,7 @@ impl Counters {
         Ok(Self {
             reasons: per_cpu(open(names::REASON_STATS)?)?,
             services: per_cpu(open(names::SERVICE_STATS)?)?,
+            group_drops: per_cpu(open(names::GROUP_DROPS)?)?,
             events: per_cpu(open(names::EVENT_STATS)?)?,
             flows: per_cpu(open(names::FLOW_STATS)?)?,
         })
@@ -120,6 +123,11 @@ impl Counters {
     /// Packets and bytes a service (by id) allowed.
     pub fn service(&self, id: u32) -> anyhow::Result<PacketCount> {
         Ok(sum(&self.services.get(&id, 0)?))
+    }
+
+    /// The packets dropped from the sources of client group `id`.
+    pub fn group_drops(&self, id: u32) -> anyhow::Result<PacketCount> {
+        Ok(sum(&self.group_drops.get(&id, 0)?))
     }
 
     /// An event counter.

@@ -126,6 +126,17 @@ fn two_groups_on_one_lan_reach_only_their_own_services_across_a_reload() -> anyh
         "a service of the phones', not the laptops'"
     );
 
+    let stats = daemon.stats()?;
+    let dropped = |group: &str| {
+        stats["groups"]
+            .as_array()
+            .and_then(|groups| groups.iter().find(|g| g["group"] == group))
+            .and_then(|g| g["dropped_packets"].as_u64())
+    };
+    assert!(dropped("phones") > Some(0), "{}", stats["groups"]);
+    assert!(dropped("laptops") > Some(0), "{}", stats["groups"]);
+    assert_eq!(dropped("default"), Some(0), "{}", stats["groups"]);
+
     std::fs::write(rules.0.join("lab.toml"), RELOADED)?;
     let status = daemon.reload()?;
     assert!(status.contains("enforcing"), "reload status: {status}");
@@ -145,6 +156,29 @@ fn two_groups_on_one_lan_reach_only_their_own_services_across_a_reload() -> anyh
     let explained: serde_json::Value = serde_json::from_slice(&explained.stdout)?;
     assert_eq!(explained["group"], "tablets", "{explained}");
     assert_eq!(explained["verdict"], "pass", "{explained}");
-    drop(daemon);
+
+    // Killed, and a group renamed while it is down: the restarted daemon adopts the pinned
+    // maps, keeps the numbers of the names that stay (from its state file) and gives the new
+    // name a number no group had.
+    daemon.signal("KILL")?;
+    daemon.wait_exit(Duration::from_secs(5))?;
+    std::fs::write(
+        rules.0.join("lab.toml"),
+        RELOADED
+            .replacen("name = \"tablets\"", "name = \"tablets-renamed\"", 1)
+            .replace("groups = [\"tablets\"]", "groups = [\"tablets-renamed\"]"),
+    )?;
+    let restarted = Daemon::start(
+        &lab.gw.name,
+        &lab.pin_path(),
+        &["--rules", rules.path(), "--xdp", &lab.gw_lan],
+    )?;
+    assert!(
+        reach(PHONE, WEB_B_V4, 443),
+        "the renamed group keeps its rights"
+    );
+    assert!(reach(LAPTOP, WEB_A_V4, 443), "a laptop keeps web A");
+    assert!(!reach(LAPTOP, WEB_B_V4, 443), "and still not web B");
+    drop(restarted);
     Ok(())
 }

@@ -31,6 +31,9 @@ pub struct Stats {
     pub mode: String,
     pub reasons: Vec<ReasonStat>,
     pub services: Vec<ServiceStat>,
+    /// Drops per client group, `default` first; absent when the rules define no groups.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<GroupStat>,
     pub events: EventStats,
     pub flows: FlowStats,
     /// The DNS forwarder's counters, when it runs.
@@ -52,6 +55,13 @@ pub struct ServiceStat {
     pub service: String,
     pub packets: u64,
     pub bytes: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct GroupStat {
+    pub group: String,
+    pub dropped_packets: u64,
+    pub dropped_bytes: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -121,6 +131,17 @@ pub fn read(pins: &PinDir) -> anyhow::Result<Stats> {
             })
         })
         .collect::<anyhow::Result<_>>()?;
+    let groups = group_numbers(&state.groups)
+        .into_iter()
+        .map(|(id, group)| {
+            let count = counters.group_drops(id)?;
+            Ok(GroupStat {
+                group,
+                dropped_packets: count.packets,
+                dropped_bytes: count.bytes,
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
     let event = |c: EventCounter| counters.event(c);
     Ok(Stats {
         mode: if state.mode.is_empty() {
@@ -130,6 +151,7 @@ pub fn read(pins: &PinDir) -> anyhow::Result<Stats> {
         },
         reasons,
         services,
+        groups,
         events: EventStats {
             emitted: event(EventCounter::Emitted)?,
             rate_limited: event(EventCounter::RateLimited)?,
@@ -139,6 +161,23 @@ pub fn read(pins: &PinDir) -> anyhow::Result<Stats> {
         dns: state.dns,
         interfaces: state.interfaces,
     })
+}
+
+/// The client groups a running daemon numbered (its state file's), `default` first; none
+/// when its rules define no groups.
+#[must_use]
+pub fn group_numbers(named: &std::collections::BTreeMap<String, u32>) -> Vec<(u32, String)> {
+    if named.is_empty() {
+        return Vec::new();
+    }
+    let mut all = vec![(
+        filter_common::groups::DEFAULT_GROUP,
+        crate::rules::DEFAULT_NAME.to_owned(),
+    )];
+    let mut rest: Vec<(u32, String)> = named.iter().map(|(n, id)| (*id, n.clone())).collect();
+    rest.sort();
+    all.extend(rest);
+    all
 }
 
 impl Stats {
@@ -153,6 +192,16 @@ impl Stats {
                 "  {:40} {:>12} packets {:>14} bytes",
                 s.service, s.packets, s.bytes
             );
+        }
+        if !self.groups.is_empty() {
+            out.push_str("\ndropped per client group:\n");
+            for g in &self.groups {
+                let _ = writeln!(
+                    out,
+                    "  {:40} {:>12} packets {:>14} bytes",
+                    g.group, g.dropped_packets, g.dropped_bytes
+                );
+            }
         }
         out.push_str("\nper reason:\n");
         for r in self.reasons.iter().filter(|r| r.packets > 0) {

@@ -27,6 +27,7 @@ pub struct Snapshot {
     pub policy_behind: Option<String>,
     pub audit: bool,
     pub services: Vec<String>,
+    pub groups: Vec<(u32, String)>,
     pub interfaces: Vec<CountedInterface>,
     /// Why some interface asked for is not filtered (missing, or its attachment failed).
     pub interface_trouble: Option<String>,
@@ -116,6 +117,7 @@ impl Observer {
                 health,
                 audit: snapshot.audit,
                 services: snapshot.services,
+                groups: snapshot.groups,
                 interfaces: snapshot.interfaces,
                 attachments: snapshot.attachments,
                 prefixes_v4: snapshot.prefixes.0,

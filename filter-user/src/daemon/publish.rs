@@ -36,6 +36,11 @@ impl Daemon {
             policy_behind: self.policy.behind().map(str::to_owned),
             audit: self.settings.mode == Mode::Audit,
             services: service_names(&self.rules),
+            groups: if self.rules.groups.is_empty() {
+                Vec::new()
+            } else {
+                self.rules.every_group()
+            },
             interfaces: self.counted.clone(),
             interface_trouble: self.attachments.trouble(),
             attachments: self.attachments.report(),

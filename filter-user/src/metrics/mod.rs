@@ -67,6 +67,8 @@ pub struct Published {
     pub audit: bool,
     /// Service names by id (the ids of the kernel's service counters).
     pub services: Vec<String>,
+    /// Client groups by number, `default` first; empty when the rules define none.
+    pub groups: Vec<(u32, String)>,
     pub interfaces: Vec<CountedInterface>,
     /// The attachments held, missing and failed, and their counts since start.
     pub attachments: InterfaceReport,
@@ -85,6 +87,7 @@ impl Default for Published {
             health: Health::Starting,
             audit: false,
             services: Vec::new(),
+            groups: Vec::new(),
             interfaces: Vec::new(),
             attachments: InterfaceReport::default(),
             prefixes_v4: 0,
@@ -194,6 +197,7 @@ impl Metrics {
         let mut families = Families::default();
         families.build_info()?;
         self.kernel_counters(&mut families, &published)?;
+        self.group_counters(&mut families, &published)?;
         loop_state(&mut families, &published)?;
         if let Some(dns) = &self.dns {
             dns_counters(&mut families, dns, &published)?;
@@ -224,6 +228,31 @@ impl Metrics {
     }
 
     /// Packets and bytes by interface, hook, reason and verdict; per service; drop events.
+    /// Drops per client group, when the rules define groups.
+    fn group_counters(&self, families: &mut Families, published: &Published) -> anyhow::Result<()> {
+        let group_drops: Vec<(String, PacketCount)> = published
+            .groups
+            .iter()
+            .filter_map(|(id, name)| Some((name.clone(), self.kernel.group_drops(*id).ok()?)))
+            .collect();
+        families.counter(
+            "egress_filter_group_dropped_packets_total",
+            "Packets dropped (or, in audit mode, that would have been) from a client group's \
+             sources.",
+            &["group"],
+            group_drops
+                .iter()
+                .map(|(g, c)| (vec![g.clone()], c.packets)),
+        )?;
+        families.counter(
+            "egress_filter_group_dropped_bytes_total",
+            "Bytes of the packets dropped from a client group's sources.",
+            &["group"],
+            group_drops.iter().map(|(g, c)| (vec![g.clone()], c.bytes)),
+        )?;
+        Ok(())
+    }
+
     fn kernel_counters(
         &self,
         families: &mut Families,
