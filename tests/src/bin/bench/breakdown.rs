@@ -32,6 +32,10 @@ const VARIANTS: [(&str, &str); 7] = [
         "abl_no_flows",
         "flow table (TCP_FLOWS/UDP_FLOWS, EXPIRED_ADDRS)",
     ),
+    (
+        "abl_no_groups",
+        "client-group lookup (GROUP_STATE; rules without groups)",
+    ),
 ];
 
 /// The frames the breakdown uses.

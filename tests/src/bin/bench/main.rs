@@ -9,6 +9,7 @@ mod breakdown;
 mod check;
 mod dns;
 mod flows;
+mod groups;
 mod peer;
 mod per_packet;
 mod prefixes;
@@ -121,10 +122,11 @@ fn args() -> anyhow::Result<Args> {
                     "breakdown" => Part::Breakdown,
                     "per-packet" => Part::PerPacket,
                     "flows" => Part::Flows,
+                    "groups" => Part::Groups,
                     "scrape" => Part::Scrape,
                     "check" => Part::Check,
                     _ => anyhow::bail!(
-                        "--only knows dns, breakdown, per-packet, scrape, flows, check"
+                        "--only knows dns, breakdown, per-packet, scrape, flows, groups, check"
                     ),
                 });
             }
@@ -149,6 +151,7 @@ enum Part {
     PerPacket,
     Scrape,
     Flows,
+    Groups,
     Check,
 }
 
@@ -202,6 +205,14 @@ fn main() -> anyhow::Result<()> {
             print!(
                 "{}",
                 flows::table(&rows, BREAKDOWN_PREFIXES, "cargo xtask bench --only flows")
+            );
+            return Ok(());
+        }
+        Some(Part::Groups) => {
+            let rows = groups::measure(BREAKDOWN_PREFIXES)?;
+            print!(
+                "{}",
+                groups::table(&rows, BREAKDOWN_PREFIXES, "cargo xtask bench --only groups")
             );
             return Ok(());
         }
@@ -271,6 +282,13 @@ fn main() -> anyhow::Result<()> {
         report,
         "{}",
         flows::table(&flow_rows, BREAKDOWN_PREFIXES, &args.command)
+    );
+
+    let group_rows = groups::measure(BREAKDOWN_PREFIXES)?;
+    let _ = writeln!(
+        report,
+        "{}",
+        groups::table(&group_rows, BREAKDOWN_PREFIXES, &args.command)
     );
 
     let mut rng = Rng::new(0x100);

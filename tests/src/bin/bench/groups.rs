@@ -1,0 +1,154 @@
+//! What client groups cost per packet: `egress_xdp` beside `abl_no_groups` (the same program
+//! without the source's group lookup) on allowed IPv4 and IPv6 frames, with rules that define no
+//! groups and with 16 and 1,024 group prefixes per family, interleaved round by round.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use filter_common::maps as names;
+use filter_tests::{harness::Filter, packet::Pkt};
+use filter_user::{
+    rules::{Group, Location},
+    table::AllowTable,
+};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+
+use crate::{
+    per_packet::KEYS,
+    prefixes::{self, Rng},
+    updates,
+};
+
+const ROUNDS: usize = 5;
+const REPEAT: u32 = 20_000;
+/// Group prefixes per family in the rows that have groups.
+const GROUP_SIZES: [usize; 3] = [0, 16, 1024];
+
+/// One row: the mean per frame of each program.
+pub(crate) struct Row {
+    groups: usize,
+    family: &'static str,
+    xdp_ns: f64,
+    no_groups_ns: f64,
+}
+
+/// Measures each group size at `size` destination prefixes per family (TCP 443).
+pub(crate) fn measure(size: usize) -> anyhow::Result<Vec<Row>> {
+    let mut rng = Rng::new(0x6f0 ^ size as u64);
+    let v4 = prefixes::v4_prefixes(size, &mut rng);
+    let v6 = prefixes::v6_prefixes(size, &mut rng);
+    let (mut filter, table, _) = updates::load(&prefixes::grants(&v4, &v6), size)?;
+    filter.load_extra_xdp("abl_no_groups")?;
+    let mut rows = Vec::new();
+    for count in GROUP_SIZES {
+        let groups = groups(count);
+        filter.groups.apply(&groups)?;
+        for v6 in [false, true] {
+            let frames = frames(&groups, &table, v6, &mut rng);
+            let (xdp_ns, no_groups_ns) = time(&mut filter, &frames)?;
+            rows.push(Row {
+                groups: count,
+                family: if v6 { "IPv6" } else { "IPv4" },
+                xdp_ns,
+                no_groups_ns,
+            });
+        }
+    }
+    Ok(rows)
+}
+
+/// `count` /24s (IPv4) and /48s (IPv6) per family, spread over 60 groups.
+fn groups(count: usize) -> Vec<Group> {
+    let mut groups: Vec<Group> = (1..=60)
+        .map(|id| Group {
+            id,
+            name: format!("g{id}"),
+            description: String::new(),
+            sources: Vec::new(),
+            file: "bench.toml".into(),
+            location: Location { line: 1, column: 1 },
+        })
+        .collect();
+    for i in 0..count {
+        let v4 = Ipv4Net::new(Ipv4Addr::from(0x0a00_0000 | (i as u32) << 8), 24);
+        let v6 = Ipv6Net::new(Ipv6Addr::from(0xfd00_u128 << 112 | (i as u128) << 80), 48);
+        let group = &mut groups[i % 60];
+        group.sources.extend(v4.ok().map(IpNet::V4));
+        group.sources.extend(v6.ok().map(IpNet::V6));
+    }
+    groups.retain(|g| !g.sources.is_empty());
+    groups
+}
+
+/// `KEYS` frames from sources in the groups (any source without them) to covered destinations.
+fn frames(groups: &[Group], table: &AllowTable, v6: bool, rng: &mut Rng) -> Vec<Vec<u8>> {
+    let sources: Vec<&IpNet> = groups
+        .iter()
+        .flat_map(|g| &g.sources)
+        .filter(|net| matches!(net, IpNet::V6(_)) == v6)
+        .collect();
+    (0..KEYS)
+        .map(|_| {
+            let source: IpAddr = match sources.get(rng.below(sources.len().max(1) as u64) as usize)
+            {
+                Some(IpNet::V4(net)) => {
+                    Ipv4Addr::from(u32::from(net.network()) | (rng.next() as u32 & 0xff)).into()
+                }
+                Some(IpNet::V6(net)) => {
+                    Ipv6Addr::from(u128::from(net.network()) | u128::from(rng.next())).into()
+                }
+                None if v6 => "2001:db8::1".parse().expect("address"),
+                None => "192.0.2.1".parse().expect("address"),
+            };
+            let dst = prefixes::hit(table, v6, rng);
+            Pkt::ip(&source.to_string(), &dst.to_string())
+                .tcp(443)
+                .build()
+        })
+        .collect()
+}
+
+/// The median over rounds of the mean per frame: (`egress_xdp`, `abl_no_groups`).
+fn time(filter: &mut Filter, frames: &[Vec<u8>]) -> anyhow::Result<(f64, f64)> {
+    let mut samples = [Vec::new(), Vec::new()];
+    for _ in 0..ROUNDS {
+        let mut totals = [0.0; 2];
+        for frame in frames {
+            totals[0] += filter.run_xdp_named(names::PROG_XDP, frame, REPEAT)?.1 as f64;
+            totals[1] += filter.run_xdp_named("abl_no_groups", frame, REPEAT)?.1 as f64;
+        }
+        for (sample, total) in samples.iter_mut().zip(totals) {
+            sample.push(total / frames.len() as f64);
+        }
+    }
+    let [mut with, mut without] = samples;
+    with.sort_by(f64::total_cmp);
+    without.sort_by(f64::total_cmp);
+    Ok((with[ROUNDS / 2], without[ROUNDS / 2]))
+}
+
+/// The markdown table.
+pub(crate) fn table(rows: &[Row], prefixes: usize, command: &str) -> String {
+    use std::fmt::Write as _;
+    let mut t = format!(
+        "## Client groups\n\nProduced by `{command}`. {prefixes} destination prefixes per \
+         family (TCP 443), no source check, every frame allowed; sources drawn from the groups' \
+         prefixes (spread over 60 groups), {KEYS} frames per row, median of {ROUNDS} \
+         interleaved rounds of {REPEAT} repeats per frame. `abl_no_groups` is `egress_xdp` \
+         without the group lookup (every source in `default`): the difference is what finding \
+         the group costs. The rule scan's group test is in both.\n\n\
+         | group prefixes per family | family | `egress_xdp` ns | `abl_no_groups` ns | groups cost ns |\n\
+         |---|---|---|---|---|\n"
+    );
+    for row in rows {
+        let _ = writeln!(
+            t,
+            "| {} | {} | {:.1} | {:.1} | {:+.1} |",
+            row.groups,
+            row.family,
+            row.xdp_ns,
+            row.no_groups_ns,
+            row.xdp_ns - row.no_groups_ns
+        );
+    }
+    t
+}
