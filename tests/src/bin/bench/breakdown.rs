@@ -15,7 +15,7 @@ const ROUNDS: usize = 5;
 const REPEAT: u32 = 20_000;
 
 /// The variants, with what each leaves out.
-const VARIANTS: [(&str, &str); 7] = [
+const VARIANTS: [(&str, &str); 8] = [
     (
         "abl_no_count",
         "counter updates (REASON_STATS per interface slot, SERVICE_STATS)",
