@@ -12,15 +12,18 @@
 //! over at most [`GROUP_RANGES_PER_COPY`] ranges, every read an inlined array lookup.
 //!
 //! ```text
-//!  GROUP_STATE[0]                      bit 0: IPv4 reads copy 1; bit 1: IPv6 reads copy 1
-//!  GROUP_STATE[1 + 2 * family + copy]  ranges in use in that copy (family 0: IPv4, 1: IPv6)
+//!  TABLE_STATE[0]                  GROUPS_V4_COPY_1, GROUPS_V6_COPY_1: the copy each family reads
+//!  GROUP_STATE[2 * family + copy]  ranges in use in that copy (family 0: IPv4, 1: IPv6)
 //!  GROUP_RANGES_V4[copy * GROUP_RANGES_PER_COPY + i]  u64: start address (high 32) | group (low 32)
 //!  GROUP_RANGES_V6[copy * GROUP_RANGES_PER_COPY + i]  RangeV6 { start_hi, start_lo, value: group }
 //! ```
 //!
 //! A copy in use starts with a range at address 0, so every source finds its range. A copy with
 //! no ranges (never written, or rules without groups) puts every source in group 0. The daemon
-//! writes the copy not in use, its count, then flips the state bit, as for destinations.
+//! writes the copy not in use and its count, then flips the copy bits in the same store of
+//! `TABLE_STATE` that switches the destination index: a packet read the state once, so it meets
+//! the groups and the policies of one reload, never the groups of one and the policies of the
+//! other.
 
 /// The group of sources no group's prefix covers.
 pub const DEFAULT_GROUP: u32 = 0;
@@ -39,18 +42,26 @@ pub const GROUP_SEARCH_STEPS: usize = 12;
 const _: () = assert!(1 << GROUP_SEARCH_STEPS >= GROUP_RANGES_PER_COPY);
 const _: () = assert!(2 * MAX_GROUP_PREFIXES < GROUP_RANGES_PER_COPY as usize);
 
-/// Entries of `GROUP_STATE`: the copy bits, then a count per family and copy.
-pub const GROUP_STATE_ENTRIES: u32 = 5;
-/// Bit of `GROUP_STATE[0]`: IPv4 reads copy 1.
-pub const GROUP_V4_COPY_1: u32 = 1 << 0;
-/// Bit of `GROUP_STATE[0]`: IPv6 reads copy 1.
-pub const GROUP_V6_COPY_1: u32 = 1 << 1;
+/// Entries of `GROUP_STATE`: a count per family and copy.
+pub const GROUP_STATE_ENTRIES: u32 = 4;
 
 /// The `GROUP_STATE` entry holding the count of ranges of `family` (4 or 6) in `copy`.
 #[inline(always)]
 #[must_use]
 pub const fn group_count_entry(family: u8, copy: u32) -> u32 {
-    1 + 2 * (family == 6) as u32 + (copy & 1)
+    2 * (family == 6) as u32 + (copy & 1)
+}
+
+/// The copy of `family`'s group ranges that `table_state` (the value of `TABLE_STATE`) names.
+#[inline(always)]
+#[must_use]
+pub const fn group_copy(table_state: u32, family: u8) -> u32 {
+    let bit = if family == 6 {
+        crate::ranges::state::GROUPS_V6_COPY_1
+    } else {
+        crate::ranges::state::GROUPS_V4_COPY_1
+    };
+    (table_state & bit != 0) as u32
 }
 
 /// The mask of one group.

@@ -63,6 +63,13 @@ pub mod state {
     pub const V4_TRIE: u32 = 1 << 2;
     /// IPv6 reads the `ALLOW_V6` trie.
     pub const V6_TRIE: u32 = 1 << 3;
+    /// IPv4 sources find their client group in copy 1 of the group ranges
+    /// (`crate::groups`): switched with the destination copies, in one store.
+    pub const GROUPS_V4_COPY_1: u32 = 1 << 4;
+    /// IPv6 sources find their client group in copy 1.
+    pub const GROUPS_V6_COPY_1: u32 = 1 << 5;
+    /// The client-group bits.
+    pub const GROUPS: u32 = GROUPS_V4_COPY_1 | GROUPS_V6_COPY_1;
 }
 
 /// An index entry: `count` ranges from `first`.

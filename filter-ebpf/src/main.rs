@@ -137,13 +137,15 @@ fn process<C: PacketContext, const ETHERNET: bool, const SKIP: u32>(ctx: &C) -> 
             if spoofed {
                 Reason::SpoofedSource.into()
             } else {
+                let table_state = verdict::table_state();
                 if SKIP & skip::GROUPS == 0 {
-                    group = verdict::source_group(&packet);
+                    group = verdict::source_group(&packet, table_state);
                 }
+                let judgement = verdict::judge::<SKIP>(&packet, group, table_state);
                 if SKIP & skip::FLOWS != 0 {
-                    verdict::judge::<SKIP>(&packet, group)
+                    judgement
                 } else {
-                    flows::follow(&packet, verdict::judge::<SKIP>(&packet, group))
+                    flows::follow(&packet, judgement)
                 }
             }
         }

@@ -8,8 +8,8 @@
 use aya_ebpf::maps::{lpm_trie::Key, Array};
 use filter_common::{
     groups::{
-        group_bit, group_count_entry, GroupMask, DEFAULT_GROUP, GROUP_RANGES_PER_COPY,
-        GROUP_SEARCH_STEPS, GROUP_V4_COPY_1, GROUP_V6_COPY_1,
+        group_bit, group_copy, group_count_entry, GroupMask, DEFAULT_GROUP,
+        GROUP_RANGES_PER_COPY, GROUP_SEARCH_STEPS,
     },
     policy::MAX_RULES_PER_POLICY,
     ranges::{state, CHUNKS, CHUNK_BITS, SEARCH_STEPS},
@@ -46,9 +46,10 @@ impl From<Reason> for Judgement {
     }
 }
 
-/// Judges an IP packet from a source in client group `group`.
+/// Judges an IP packet from a source in client group `group`, against the tables
+/// `table_state` (the value of `TABLE_STATE`, read once for the packet) names.
 #[inline(always)]
-pub(crate) fn judge<const SKIP: u32>(packet: &Packet, group: u32) -> Judgement {
+pub(crate) fn judge<const SKIP: u32>(packet: &Packet, group: u32, table_state: u32) -> Judgement {
     let link_local = link_local_reason(packet);
     if let Some(reason) = link_local {
         if !matches!(reason, Reason::LinkScoped) || !is_link_local_unicast(packet) {
@@ -58,7 +59,7 @@ pub(crate) fn judge<const SKIP: u32>(packet: &Packet, group: u32) -> Judgement {
     let policy_id = if SKIP & skip::DESTINATION != 0 {
         Some(ablation::CONSTANT_POLICY_ID)
     } else {
-        destination_policy(packet)
+        destination_policy(packet, table_state)
     };
     let Some(policy_id) = policy_id else {
         // A link-local unicast address the table does not list is a neighbour's: the packet
@@ -101,8 +102,7 @@ pub(crate) fn judge<const SKIP: u32>(packet: &Packet, group: u32) -> Judgement {
 /// The policy of the destination's longest matching prefix: from the range index, or from the
 /// trie when the table outgrew the index (see `filter_common::ranges`).
 #[inline(always)]
-fn destination_policy(packet: &Packet) -> Option<PolicyId> {
-    let table_state = TABLE_STATE.get(0).copied().unwrap_or(0);
+fn destination_policy(packet: &Packet, table_state: u32) -> Option<PolicyId> {
     if packet.family == 4 {
         if table_state & state::V4_TRIE != 0 {
             return ALLOW_V4.get(Key::new(32, packet.dst_v4())).copied();
@@ -177,18 +177,19 @@ fn find_range_v6(hi: u64, lo: u64, copy: u32) -> Option<u32> {
     Some(RANGES_V6.get(first)?.value)
 }
 
-/// The client group of the packet's source (`filter_common::groups`): the value of the last
-/// range starting at or below it in the copy the state names; [`DEFAULT_GROUP`] when that copy
-/// holds no ranges (rules without groups).
+/// The value of `TABLE_STATE`: which copies of the destination index and of the group ranges
+/// a packet reads. Read once per packet, so that the packet meets one reload's tables.
 #[inline(always)]
-pub(crate) fn source_group(packet: &Packet) -> u32 {
-    let copy_bits = GROUP_STATE.get(0).copied().unwrap_or(0);
-    let copy_bit = if packet.family == 4 {
-        GROUP_V4_COPY_1
-    } else {
-        GROUP_V6_COPY_1
-    };
-    let copy = (copy_bits & copy_bit != 0) as u32;
+pub(crate) fn table_state() -> u32 {
+    TABLE_STATE.get(0).copied().unwrap_or(0)
+}
+
+/// The client group of the packet's source (`filter_common::groups`): the value of the last
+/// range starting at or below it in the copy `table_state` names; [`DEFAULT_GROUP`] when that
+/// copy holds no ranges (rules without groups).
+#[inline(always)]
+pub(crate) fn source_group(packet: &Packet, table_state: u32) -> u32 {
+    let copy = group_copy(table_state, packet.family);
     let count = GROUP_STATE
         .get(group_count_entry(packet.family, copy))
         .copied()

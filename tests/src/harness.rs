@@ -12,7 +12,7 @@ use filter_common::{maps as names, Config, DropEvent, EventCounter, PacketCount,
 use filter_user::{
     counters::Counters,
     loader,
-    maps::{FlowMaps, GroupMaps, PolicyMaps, SourceMaps},
+    maps::{FlowMaps, PolicyMaps, SourceMaps},
     table::{AllowTable, Grant},
 };
 
@@ -50,7 +50,6 @@ pub struct Filter {
     pub maps: PolicyMaps,
     pub sources: SourceMaps,
     pub flows: FlowMaps,
-    pub groups: GroupMaps,
     /// A second handle on the IPv4 trie, for writing what the daemon never would.
     raw_allow_v4: LpmTrie<MapData, [u8; 4], u32>,
     /// A second handle on the table state, to send IPv4 to that trie.
@@ -74,7 +73,7 @@ impl Filter {
             rules,
         )])?;
         let mut filter = Self::empty()?;
-        filter.groups.apply(&rules.groups)?;
+        filter.maps.set_groups(&rules.groups);
         filter
             .maps
             .apply(&filter_user::compile::compile(&rules, &Default::default())?)?;
@@ -107,14 +106,12 @@ impl Filter {
         let mut maps = PolicyMaps::take_from(&mut ebpf)?;
         let sources = SourceMaps::take_from(&mut ebpf)?;
         let flows = FlowMaps::take_from(&mut ebpf)?;
-        let groups = GroupMaps::take_from(&mut ebpf)?;
         maps.set_config(Config::new(filter_common::Mode::Enforce))?;
         Ok(Self {
             ebpf,
             maps,
             sources,
             flows,
-            groups,
             raw_allow_v4,
             raw_table_state,
         })

@@ -89,9 +89,8 @@ impl Daemon {
             )
         });
         if matches!(update, Update::Full) {
-            // Group numbers keep their meaning across a reload (`Rules::keep_group_ids`), so
-            // the group ranges may change before the policies do.
-            self.groups.apply(&self.rules.groups)?;
+            // Switched with the table, in one store: see `PolicyMaps::set_groups`.
+            self.policy.writer().set_groups(&self.rules.groups);
         }
         let (rules, hosts, learner, allowances) =
             (&self.rules, &self.hosts, &self.learner, &self.allowances);

@@ -84,7 +84,7 @@ use crate::{
         forwarder::MAX_IN_FLIGHT, DnsCounters, LearnRequest, Listeners, NameMatcher, ServedClients,
         Shared,
     },
-    maps::{GroupMaps, PolicyMaps},
+    maps::PolicyMaps,
     metrics::{self, CountedInterface},
     pins::PinDir,
     resolve::Resolver,
@@ -174,8 +174,6 @@ struct Daemon {
     allowances: Allowances,
     settings: Settings,
     policy: PolicySync<PolicyMaps>,
-    /// Which client group each source is in.
-    groups: GroupMaps,
     /// Connections kept past their address's expiry.
     flows: flows::FlowKeeper,
     /// What drop events are enriched with; holds the allow table the maps mirror.

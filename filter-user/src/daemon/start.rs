@@ -28,7 +28,7 @@ use super::{
 use crate::{
     counters::Counters,
     dns::{DnsCounters, LearnPolicy, Listeners, NameMatcher},
-    maps::{FlowMaps, GroupMaps, PolicyMaps, SourceMaps},
+    maps::{FlowMaps, PolicyMaps, SourceMaps},
     metrics::{self, Metrics},
     pins::{HookKind, PinDir},
     resolve::Resolver,
@@ -100,7 +100,6 @@ impl Daemon {
         observer.lookups(&answers);
         let mut maps = PolicyMaps::take_from(&mut ebpf)?;
         let sources = SourceMaps::take_from(&mut ebpf)?;
-        let groups = GroupMaps::take_from(&mut ebpf)?;
         let flows = FlowKeeper::new(
             FlowMaps::take_from(&mut ebpf)?,
             opts.flows,
@@ -121,7 +120,6 @@ impl Daemon {
             allowances,
             settings,
             policy: PolicySync::new(maps),
-            groups,
             flows,
             enricher,
             matcher: watch::Sender::new(matcher),

@@ -1,15 +1,15 @@
 //! The client-group table: which group each source address is in (`filter_common::groups`),
 //! as sorted ranges in two copies per family, written like the destination index: the copy
-//! packets do not read, its count, then one switch.
+//! packets do not read, its count, then the switch, which is the destination index's own.
 
 use aya::{
     maps::{Array, Map, MapData},
     Ebpf,
 };
 use filter_common::{
-    groups::{group_count_entry, GROUP_RANGES_PER_COPY, GROUP_V4_COPY_1, GROUP_V6_COPY_1},
+    groups::{group_count_entry, GROUP_RANGES_PER_COPY},
     maps as names,
-    ranges::RangeV6,
+    ranges::{state, RangeV6},
 };
 use ipnet::IpNet;
 
@@ -17,22 +17,22 @@ use super::{copies, MapWriteError};
 use crate::{ranges, rules::Group};
 
 /// Range starts and the group from each, over one family's address space.
-pub type GroupRanges = Vec<(u128, u32)>;
+pub(super) type GroupRanges = Vec<(u128, u32)>;
 
-/// The group ranges and their state.
-pub struct GroupMaps {
+/// The group ranges and their counts. The copy bits live in `TABLE_STATE`, which
+/// [`super::PolicyMaps`] switches: this writes only the copies packets do not read.
+pub(super) struct GroupMaps {
     ranges_v4: Array<MapData, u64>,
     ranges_v6: Array<MapData, RangeV6>,
-    state: Array<MapData, u32>,
-    /// What this writer last put in the copies packets read: `None` until it wrote them.
-    written: Option<(GroupRanges, GroupRanges)>,
-    /// The grace period after the last switch, running on a thread.
-    grace: Option<std::thread::JoinHandle<()>>,
+    counts: Array<MapData, u32>,
+    /// What the copies `TABLE_STATE` names hold, as far as this writer knows: `None` until it
+    /// wrote them (adopted maps are rewritten once).
+    in_use: Option<(GroupRanges, GroupRanges)>,
 }
 
 impl GroupMaps {
     /// Takes the group maps out of a loaded object.
-    pub fn take_from(ebpf: &mut Ebpf) -> Result<Self, MapWriteError> {
+    pub(super) fn take_from(ebpf: &mut Ebpf) -> Result<Self, MapWriteError> {
         fn take<T: TryFrom<Map, Error = aya::maps::MapError>>(
             ebpf: &mut Ebpf,
             name: &'static str,
@@ -43,30 +43,31 @@ impl GroupMaps {
         Ok(Self {
             ranges_v4: take(ebpf, names::GROUP_RANGES_V4)?,
             ranges_v6: take(ebpf, names::GROUP_RANGES_V6)?,
-            state: take(ebpf, names::GROUP_STATE)?,
-            written: None,
-            // Adopted maps: the last writer may have switched copies a moment ago.
-            grace: Some(std::thread::spawn(ranges::wait_for_running_programs)),
+            counts: take(ebpf, names::GROUP_STATE)?,
+            in_use: None,
         })
     }
 
-    /// Makes the kernel put every source in the group `groups` give it: the longest matching
-    /// prefix's, `default` (0) where none matches. Writes nothing when that is what it holds.
-    pub fn apply(&mut self, groups: &[Group]) -> Result<(), MapWriteError> {
+    /// Writes the ranges `groups` give into the copies `table_state` does not name, and returns
+    /// the group bits of `TABLE_STATE` that name them; the bits of `table_state` unchanged when
+    /// the copies in use already hold those ranges. The caller has waited out the grace period
+    /// of the last switch, and switches; then [`GroupMaps::switched`].
+    pub(super) fn stage(
+        &mut self,
+        groups: &[Group],
+        table_state: u32,
+    ) -> Result<(u32, Option<(GroupRanges, GroupRanges)>), MapWriteError> {
         let wanted = (group_ranges(groups, 4), group_ranges(groups, 6));
-        if self.written.as_ref() == Some(&wanted) {
-            return Ok(());
+        let bits = table_state & state::GROUPS;
+        if self.in_use.as_ref() == Some(&wanted) {
+            return Ok((bits, None));
         }
-        if let Some(grace) = self.grace.take() {
-            let _ = grace.join();
-        }
-        let state = self.read(0)?;
-        let mut new_state = state;
+        let mut new_bits = bits;
         for (family, ranges, copy_bit) in [
-            (4, &wanted.0, GROUP_V4_COPY_1),
-            (6, &wanted.1, GROUP_V6_COPY_1),
+            (4, &wanted.0, state::GROUPS_V4_COPY_1),
+            (6, &wanted.1, state::GROUPS_V6_COPY_1),
         ] {
-            let copy = u32::from(state & copy_bit == 0);
+            let copy = u32::from(bits & copy_bit == 0);
             let base = copy * GROUP_RANGES_PER_COPY;
             // Rules without groups: no range at all, and the kernel skips the search.
             let in_use = if ranges.iter().all(|&(_, group)| group == 0) {
@@ -84,28 +85,21 @@ impl GroupMaps {
                 }
             }
             let count = u32::try_from(in_use.len()).unwrap_or(u32::MAX);
-            self.write_state(group_count_entry(family, copy), count)?;
-            new_state ^= copy_bit;
+            self.write_count(group_count_entry(family, copy), count)?;
+            new_bits ^= copy_bit;
         }
-        // The switch: one aligned store, so a packet reads the old table or the new one.
-        self.write_state(0, new_state)?;
-        self.written = Some(wanted);
-        self.grace = Some(std::thread::spawn(ranges::wait_for_running_programs));
-        Ok(())
+        Ok((new_bits, Some(wanted)))
     }
 
-    fn read(&self, index: u32) -> Result<u32, MapWriteError> {
-        self.state
-            .get(&index, 0)
-            .map_err(|source| MapWriteError::Write {
-                name: names::GROUP_STATE,
-                what: format!("(reading entry {index})"),
-                source,
-            })
+    /// After the switch to what [`GroupMaps::stage`] wrote.
+    pub(super) fn switched(&mut self, staged: Option<(GroupRanges, GroupRanges)>) {
+        if let Some(staged) = staged {
+            self.in_use = Some(staged);
+        }
     }
 
-    fn write_state(&mut self, index: u32, value: u32) -> Result<(), MapWriteError> {
-        self.state
+    fn write_count(&mut self, index: u32, value: u32) -> Result<(), MapWriteError> {
+        self.counts
             .set(index, value, 0)
             .map_err(|source| MapWriteError::Write {
                 name: names::GROUP_STATE,

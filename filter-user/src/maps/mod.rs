@@ -38,6 +38,7 @@ use ipnet::{Ipv4Net, Ipv6Net};
 
 use crate::{
     ranges::{self, MappedArray},
+    rules::Group,
     table::AllowTable,
 };
 
@@ -52,10 +53,11 @@ mod tries;
 
 pub use self::{
     flows::FlowMaps,
-    groups::{group_ranges, GroupMaps, GroupRanges},
+    groups::group_ranges,
     sources::{InterfaceSource, SourceMaps},
 };
 use self::{
+    groups::GroupMaps,
     slots::PolicySlots,
     tries::{key_v4, key_v6, sync_family},
 };
@@ -125,6 +127,10 @@ pub struct PolicyMaps {
     tail_v6: Option<u32>,
     /// The maps were adopted and not yet written by this writer.
     adopted: bool,
+    /// Which client group each source is in: switched with the destination copies.
+    groups: GroupMaps,
+    /// The client groups the next [`PolicyMaps::apply`] puts in force.
+    wanted_groups: Vec<Group>,
 }
 
 impl PolicyMaps {
@@ -179,6 +185,8 @@ impl PolicyMaps {
             tail_v4: None,
             tail_v6: None,
             adopted: false,
+            groups: GroupMaps::take_from(ebpf)?,
+            wanted_groups: Vec::new(),
         };
         maps.read_existing()?;
         Ok(maps)
@@ -193,6 +201,12 @@ impl PolicyMaps {
                 what: format!("{config:?}"),
                 source,
             })
+    }
+
+    /// The client groups the next [`PolicyMaps::apply`] puts in force, in the same switch as its
+    /// table (rules without groups: none).
+    pub fn set_groups(&mut self, groups: &[Group]) {
+        self.wanted_groups = groups.to_vec();
     }
 
     /// Makes the kernel's view equal to `table`.
@@ -240,14 +254,21 @@ impl PolicyMaps {
                 )
             })
             .collect();
+        // The client groups' free copies, switched with the destination's below.
+        let (group_bits, staged_groups) = self.groups.stage(&self.wanted_groups, self.state)?;
         // Adopted maps that already hold this table (a restart with the same rules) are left
-        // as they are: nothing to write, nothing to switch.
+        // as they are: nothing to write, and a switch only when the groups changed.
         if std::mem::take(&mut self.adopted) {
             if let Some((tail_v4, tail_v6)) = self.active_copies_hold(&wanted_v4, &wanted_v6)? {
                 self.current_v4 = wanted_v4;
                 self.current_v6 = wanted_v6;
                 self.tail_v4 = Some(tail_v4);
                 self.tail_v6 = Some(tail_v6);
+                if staged_groups.is_some() {
+                    self.switch((self.state & !state::GROUPS) | group_bits)?;
+                    self.groups.switched(staged_groups);
+                    self.grace = Some(std::thread::spawn(ranges::wait_for_running_programs));
+                }
                 stats.policies_released = self.release_unreferenced();
                 return Ok(stats);
             }
@@ -261,15 +282,10 @@ impl PolicyMaps {
         let new_state = self.write_v4(&wanted_v4, table)?;
         let new_state = self.write_v6(&wanted_v6, table, new_state)?;
 
-        // 4. The switch.
-        self.table_state
-            .set(0, new_state, 0)
-            .map_err(|source| MapWriteError::Write {
-                name: names::TABLE_STATE,
-                what: format!("state {new_state:#x}"),
-                source,
-            })?;
-        self.state = new_state;
+        // 4. The switch: destinations and client groups in one store.
+        self.switch((new_state & !state::GROUPS) | group_bits)?;
+        self.groups.switched(staged_groups);
+        let new_state = self.state;
         self.current_v4 = wanted_v4;
         self.current_v6 = wanted_v6;
         // A family back on its index leaves its trie unread: empty it.
@@ -298,6 +314,19 @@ impl PolicyMaps {
         stats.policies_released = self.release_unreferenced();
         self.grace = Some(std::thread::spawn(ranges::wait_for_running_programs));
         Ok(stats)
+    }
+
+    /// Writes `TABLE_STATE`: one aligned store, so a packet reads the old tables or the new.
+    fn switch(&mut self, new_state: u32) -> Result<(), MapWriteError> {
+        self.table_state
+            .set(0, new_state, 0)
+            .map_err(|source| MapWriteError::Write {
+                name: names::TABLE_STATE,
+                what: format!("state {new_state:#x}"),
+                source,
+            })?;
+        self.state = new_state;
+        Ok(())
     }
 
     /// Waits for the grace period the last update started (see the module docs). `apply` waits

@@ -215,7 +215,7 @@ fn new_groups_take_effect_and_removed_ones_fall_back_to_default() -> anyhow::Res
             .all(|g| Some(g.id) != number(&new, "tablets")),
         "a new group takes a number no previous group had"
     );
-    filter.groups.apply(&new.groups)?;
+    filter.maps.set_groups(&new.groups);
     filter
         .maps
         .apply(&filter_user::compile::compile(&new, &Default::default())?)?;

@@ -41,7 +41,8 @@ pub(crate) fn measure(size: usize) -> anyhow::Result<Vec<Row>> {
     let mut rows = Vec::new();
     for count in GROUP_SIZES {
         let groups = groups(count);
-        filter.groups.apply(&groups)?;
+        filter.maps.set_groups(&groups);
+        filter.maps.apply(&table)?;
         for v6 in [false, true] {
             let frames = frames(&groups, &table, v6, &mut rng);
             let (xdp_ns, no_groups_ns) = time(&mut filter, &frames)?;
