@@ -8,8 +8,8 @@
 use aya_ebpf::maps::{lpm_trie::Key, Array};
 use filter_common::{
     groups::{
-        group_bit, group_copy, group_count_entry, GroupMask, DEFAULT_GROUP,
-        GROUP_RANGES_PER_COPY, GROUP_SEARCH_STEPS,
+        group_bit, group_copy, group_count_entry, GroupMask, DEFAULT_GROUP, GROUP_RANGES_PER_COPY,
+        GROUP_SEARCH_STEPS,
     },
     policy::MAX_RULES_PER_POLICY,
     ranges::{state, CHUNKS, CHUNK_BITS, SEARCH_STEPS},

@@ -69,6 +69,7 @@ groups = ["tablets"]
 "#;
 
 const LAPTOP: &str = "10.77.0.2";
+const METRICS: &str = "127.0.0.1:9470";
 const PHONE: &str = "10.77.0.130";
 
 #[test]
@@ -94,6 +95,8 @@ fn two_groups_on_one_lan_reach_only_their_own_services_across_a_reload() -> anyh
             &lab.gw_lan,
             "--events",
             "json",
+            "--metrics-listen",
+            METRICS,
         ],
     )?;
     let reach =
@@ -136,6 +139,20 @@ fn two_groups_on_one_lan_reach_only_their_own_services_across_a_reload() -> anyh
     assert!(dropped("phones") > Some(0), "{}", stats["groups"]);
     assert!(dropped("laptops") > Some(0), "{}", stats["groups"]);
     assert_eq!(dropped("default"), Some(0), "{}", stats["groups"]);
+    let metrics = lab.gw.exec(&[
+        "curl",
+        "-s",
+        "-m",
+        "5",
+        &format!("http://{METRICS}/metrics"),
+    ])?;
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    let phones_dropped = metrics
+        .lines()
+        .find(|l| l.starts_with("egress_filter_group_dropped_packets_total{group=\"phones\"}"))
+        .and_then(|l| l.rsplit_once(' '))
+        .and_then(|(_, v)| v.parse::<u64>().ok());
+    assert_eq!(phones_dropped, dropped("phones"), "{metrics}");
 
     std::fs::write(rules.0.join("lab.toml"), RELOADED)?;
     let status = daemon.reload()?;

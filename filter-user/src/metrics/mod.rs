@@ -230,6 +230,10 @@ impl Metrics {
     /// Packets and bytes by interface, hook, reason and verdict; per service; drop events.
     /// Drops per client group, when the rules define groups.
     fn group_counters(&self, families: &mut Families, published: &Published) -> anyhow::Result<()> {
+        // A family without a sample is not valid exposition: rules without groups have none.
+        if published.groups.is_empty() {
+            return Ok(());
+        }
         let group_drops: Vec<(String, PacketCount)> = published
             .groups
             .iter()
