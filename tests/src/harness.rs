@@ -74,9 +74,10 @@ impl Filter {
         )])?;
         let mut filter = Self::empty()?;
         filter.maps.set_groups(&rules.groups);
-        filter
-            .maps
-            .apply(&filter_user::compile::compile(&rules, &Default::default())?)?;
+        filter.maps.apply(&filter_user::compile::compile(
+            &rules,
+            &filter_user::compile::Resolved::new(),
+        )?)?;
         Ok((filter, rules))
     }
 

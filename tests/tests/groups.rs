@@ -72,6 +72,47 @@ const LAPTOP: &str = "10.77.0.2";
 const METRICS: &str = "127.0.0.1:9470";
 const PHONE: &str = "10.77.0.130";
 
+/// `stats` and the metrics count the drops of each group's sources, and none for `default`.
+fn drops_are_counted_per_group(lab: &Lab, daemon: &Daemon) -> anyhow::Result<()> {
+    let stats = daemon.stats()?;
+    let dropped = |group: &str| {
+        stats["groups"]
+            .as_array()
+            .and_then(|groups| groups.iter().find(|g| g["group"] == group))
+            .and_then(|g| g["dropped_packets"].as_u64())
+    };
+    assert!(dropped("phones") > Some(0), "{}", stats["groups"]);
+    assert!(dropped("laptops") > Some(0), "{}", stats["groups"]);
+    assert_eq!(dropped("default"), Some(0), "{}", stats["groups"]);
+    let metrics = lab.gw.exec(&[
+        "curl",
+        "-s",
+        "-m",
+        "5",
+        &format!("http://{METRICS}/metrics"),
+    ])?;
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    let phones_dropped = metrics
+        .lines()
+        .find(|l| l.starts_with("egress_filter_group_dropped_packets_total{group=\"phones\"}"))
+        .and_then(|l| l.rsplit_once(' '))
+        .and_then(|(_, v)| v.parse::<u64>().ok());
+    assert_eq!(phones_dropped, dropped("phones"), "{metrics}");
+    Ok(())
+}
+
+/// `explain --from` a former phone's address answers for its new group, `tablets`.
+fn explained_as_a_tablet(lab: &Lab, rules: &RulesDir) -> anyhow::Result<()> {
+    let explained = std::process::Command::new(filter_tests::daemon::binary()?)
+        .args(["explain", WEB_B_V4, "tcp/443", "--from", PHONE, "--json"])
+        .args(["--rules", rules.path(), "--pin-path", &lab.pin_path()])
+        .output()?;
+    let explained: serde_json::Value = serde_json::from_slice(&explained.stdout)?;
+    assert_eq!(explained["group"], "tablets", "{explained}");
+    assert_eq!(explained["verdict"], "pass", "{explained}");
+    Ok(())
+}
+
 #[test]
 fn two_groups_on_one_lan_reach_only_their_own_services_across_a_reload() -> anyhow::Result<()> {
     let lab = Lab::new(&[443, 8080])?;
@@ -129,34 +170,11 @@ fn two_groups_on_one_lan_reach_only_their_own_services_across_a_reload() -> anyh
         "a service of the phones', not the laptops'"
     );
 
-    let stats = daemon.stats()?;
-    let dropped = |group: &str| {
-        stats["groups"]
-            .as_array()
-            .and_then(|groups| groups.iter().find(|g| g["group"] == group))
-            .and_then(|g| g["dropped_packets"].as_u64())
-    };
-    assert!(dropped("phones") > Some(0), "{}", stats["groups"]);
-    assert!(dropped("laptops") > Some(0), "{}", stats["groups"]);
-    assert_eq!(dropped("default"), Some(0), "{}", stats["groups"]);
-    let metrics = lab.gw.exec(&[
-        "curl",
-        "-s",
-        "-m",
-        "5",
-        &format!("http://{METRICS}/metrics"),
-    ])?;
-    let metrics = String::from_utf8_lossy(&metrics.stdout);
-    let phones_dropped = metrics
-        .lines()
-        .find(|l| l.starts_with("egress_filter_group_dropped_packets_total{group=\"phones\"}"))
-        .and_then(|l| l.rsplit_once(' '))
-        .and_then(|(_, v)| v.parse::<u64>().ok());
-    assert_eq!(phones_dropped, dropped("phones"), "{metrics}");
+    drops_are_counted_per_group(&lab, &daemon)?;
 
     std::fs::write(rules.0.join("lab.toml"), RELOADED)?;
-    let status = daemon.reload()?;
-    assert!(status.contains("enforcing"), "reload status: {status}");
+    let reloaded = daemon.reload()?;
+    assert!(reloaded.contains("enforcing"), "reload status: {reloaded}");
     assert!(reach(PHONE, WEB_A_V4, 443), "a tablet now reaches web A");
     assert!(reach(PHONE, WEB_B_V4, 443), "and still web B");
     assert!(reach(LAPTOP, WEB_A_V4, 443), "a laptop keeps web A");
@@ -166,13 +184,7 @@ fn two_groups_on_one_lan_reach_only_their_own_services_across_a_reload() -> anyh
     );
     assert!(!reach(LAPTOP, WEB_A_V4, 8080), "the shared service is gone");
 
-    let explained = std::process::Command::new(filter_tests::daemon::binary()?)
-        .args(["explain", WEB_B_V4, "tcp/443", "--from", PHONE, "--json"])
-        .args(["--rules", rules.path(), "--pin-path", &lab.pin_path()])
-        .output()?;
-    let explained: serde_json::Value = serde_json::from_slice(&explained.stdout)?;
-    assert_eq!(explained["group"], "tablets", "{explained}");
-    assert_eq!(explained["verdict"], "pass", "{explained}");
+    explained_as_a_tablet(&lab, &rules)?;
 
     // Killed, and a group renamed while it is down: the restarted daemon adopts the pinned
     // maps, keeps the numbers of the names that stay (from its state file) and gives the new

@@ -34,7 +34,7 @@ udp = [443]
 /// plus the daemon's next tick) by well over 30 s.
 const ROUNDS: u32 = 45;
 /// The longest any test thread runs, whatever happens.
-const HARD_STOP: Duration = Duration::from_secs(120);
+const HARD_STOP: Duration = Duration::from_mins(2);
 
 /// Echoes TCP and UDP on WEB_A_V4:443 in the lab's internet namespace until stopped.
 fn echo_servers(lab: &Lab, stop: &Arc<AtomicBool>) -> anyhow::Result<JoinHandle<()>> {

@@ -216,9 +216,10 @@ fn new_groups_take_effect_and_removed_ones_fall_back_to_default() -> anyhow::Res
         "a new group takes a number no previous group had"
     );
     filter.maps.set_groups(&new.groups);
-    filter
-        .maps
-        .apply(&filter_user::compile::compile(&new, &Default::default())?)?;
+    filter.maps.apply(&filter_user::compile::compile(
+        &new,
+        &filter_user::compile::Resolved::new(),
+    )?)?;
     old = new;
     assert!(number(&old, "phones").is_none());
     for hook in [Hook::Xdp, Hook::Tc] {

@@ -186,54 +186,25 @@ fn breakdown_section(command: &str) -> anyhow::Result<String> {
     breakdown::table(&lines, BREAKDOWN_PREFIXES, command)
 }
 
-fn main() -> anyhow::Result<()> {
-    let args = args()?;
-    match args.only {
-        Some(Part::Dns) => {
-            print!("{}", dns::table(&dns::measure(&args.binary)?));
-            return Ok(());
-        }
-        Some(Part::Breakdown) => {
-            print!(
-                "{}",
-                breakdown_section("cargo xtask bench --only breakdown")?
-            );
-            return Ok(());
-        }
-        Some(Part::Flows) => {
-            let rows = flows::measure(BREAKDOWN_PREFIXES)?;
-            print!(
-                "{}",
-                flows::table(&rows, BREAKDOWN_PREFIXES, "cargo xtask bench --only flows")
-            );
-            return Ok(());
-        }
-        Some(Part::Groups) => {
-            let rows = groups::measure(BREAKDOWN_PREFIXES)?;
-            print!(
-                "{}",
-                groups::table(&rows, BREAKDOWN_PREFIXES, "cargo xtask bench --only groups")
-            );
-            return Ok(());
-        }
-        Some(Part::Scrape) => {
-            print!(
-                "{}",
-                scrape::table(&scrape::measure()?, "cargo xtask bench --only scrape")
-            );
-            return Ok(());
-        }
-        Some(Part::Check) => {
-            print!(
-                "{}",
-                check::table(
-                    &check::measure(&args.binary)?,
-                    "cargo xtask bench --only check"
-                )
-            );
-            return Ok(());
-        }
-        Some(Part::PerPacket) => {
+/// `--only PART`: that part's section, BENCHMARKS.md left alone.
+fn only(part: Part, args: &Args) -> anyhow::Result<String> {
+    let command = |name: &str| format!("cargo xtask bench --only {name}");
+    Ok(match part {
+        Part::Dns => dns::table(&dns::measure(&args.binary)?),
+        Part::Breakdown => breakdown_section(&command("breakdown"))?,
+        Part::Flows => flows::table(
+            &flows::measure(BREAKDOWN_PREFIXES)?,
+            BREAKDOWN_PREFIXES,
+            &command("flows"),
+        ),
+        Part::Groups => groups::table(
+            &groups::measure(BREAKDOWN_PREFIXES)?,
+            BREAKDOWN_PREFIXES,
+            &command("groups"),
+        ),
+        Part::Scrape => scrape::table(&scrape::measure()?, &command("scrape")),
+        Part::Check => check::table(&check::measure(&args.binary)?, &command("check")),
+        Part::PerPacket => {
             let mut baseline = per_packet::Baseline::load()?;
             let mut rows = Vec::new();
             for size in SIZES {
@@ -245,10 +216,16 @@ fn main() -> anyhow::Result<()> {
                     size,
                 )?);
             }
-            print!("{}", per_packet_table(&rows));
-            return Ok(());
+            per_packet_table(&rows)
         }
-        None => {}
+    })
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = args()?;
+    if let Some(part) = args.only {
+        print!("{}", only(part, &args)?);
+        return Ok(());
     }
     let mut report = String::new();
     let _ = writeln!(report, "# Benchmarks\n\n{}\n", machine(&args.command));
