@@ -28,6 +28,7 @@ fuzz_target!(|data: &[u8]| {
     assert!(learned.chain.len() <= MAX_CHAIN + 1, "{:?}", learned.chain);
     for limit in [512, 1232, 65_535] {
         if let Ok(reply) = query.reply(&answer, limit) {
+            let reply = reply.bytes;
             assert!(
                 reply.len() <= limit.max(512),
                 "reply of {} bytes over {limit}",
