@@ -281,5 +281,16 @@ pub(super) fn link_local() -> Vec<Case> {
             v4("224.0.0.1").udp(68, 67).build(),
             LinkScoped,
         ),
+        // Found by the frame differential: ENCAP (98) is a tunnel protocol like the others.
+        (
+            "ENCAP to 224.0.0.1",
+            v4("224.0.0.1").proto(98).build(),
+            NoService,
+        ),
+        (
+            "ENCAP to a neighbour's link-local address",
+            v6("fe80::2").proto(98).build(),
+            NoService,
+        ),
     ]
 }
