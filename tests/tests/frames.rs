@@ -897,3 +897,37 @@ fn kernel_and_model_agree_on_random_and_mutated_frames() -> anyhow::Result<()> {
     run.print(elapsed);
     run.verify(seed)
 }
+
+/// The model against the reasons people wrote down: every case of the verdict table, on
+/// Ethernet and (IP cases) from the IP header on, gets the reason its row names. No kernel here.
+#[test]
+fn the_model_gives_every_table_case_its_reason() {
+    let table = AllowTable::build(&grants()).expect("the verdict table's policy builds");
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for (name, frame, expected) in cases::cases() {
+        let got = model::judge(&table, &frame, Link::Ethernet);
+        if got != expected {
+            failures.push(format!(
+                "{name}: expected {expected:?}, the model says {got:?}"
+            ));
+        }
+        // As a layer-3 device carries it: an untagged frame whose ethertype agrees with its
+        // version.
+        let ether_type = u16::from_be_bytes([frame[12], frame[13]]);
+        let version = frame.get(14).map(|b| b >> 4);
+        if (ether_type, version) == (ETH_IPV4, Some(4))
+            || (ether_type, version) == (ETH_IPV6, Some(6))
+        {
+            let got = model::judge(&table, &frame[14..], Link::Ip);
+            if got != expected {
+                failures.push(format!(
+                    "{name} (layer 3): expected {expected:?}, the model says {got:?}"
+                ));
+            }
+        }
+        checked += 1;
+    }
+    assert!(checked > 50, "only {checked} table cases");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -42,6 +42,8 @@ fn run_frames(seconds: u32) -> anyhow::Result<()> {
                 "frames",
                 "--",
                 "--nocapture",
+                "--exact",
+                crate::test::FRAME_DIFFERENTIAL,
             ])
             .env("FRAMES_SECONDS", seconds.to_string()),
     )

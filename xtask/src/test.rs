@@ -98,6 +98,8 @@ pub(crate) fn run() -> anyhow::Result<()> {
         "frames",
         "--",
         "--nocapture",
+        "--exact",
+        FRAME_DIFFERENTIAL,
     ]))?;
     anyhow::ensure!(frames == 1, "the frame differential did not run");
     let privileged = suites + frames;
@@ -116,7 +118,7 @@ pub(crate) fn run() -> anyhow::Result<()> {
 }
 
 /// The frame differential's test (`tests/tests/frames.rs`), run on its own with its output.
-const FRAME_DIFFERENTIAL: &str = "kernel_and_model_agree_on_random_and_mutated_frames";
+pub(crate) const FRAME_DIFFERENTIAL: &str = "kernel_and_model_agree_on_random_and_mutated_frames";
 
 /// Seconds each fuzz target runs in `cargo xtask test`.
 const FUZZ_SECONDS: u32 = 15;
