@@ -368,20 +368,34 @@ fn match_rules(policy: &Policy, rule_proto: u8, port: u16, group: GroupMask) -> 
 #[inline(always)]
 fn link_local_reason(packet: &Packet) -> Option<Reason> {
     let dst = &packet.dst;
-    let (link_scoped, dhcp_ports) = if packet.family == 4 {
+    // DHCP passes only to the destinations a client without a lease or a server address sends
+    // to: the limited broadcast, and for DHCPv6 the link-scope groups. A message to a unicast
+    // address, the gateway's own link-local ones included, is a renewal: policy judges it.
+    let (link_scoped, dhcp_destination, dhcp_ports) = if packet.family == 4 {
         let limited_broadcast = dst[0] == 255 && dst[1] == 255 && dst[2] == 255 && dst[3] == 255;
         // 224.0.0.0/24, local network control (RFC 5771): multicast routers never forward it.
         let local_multicast = dst[0] == 224 && dst[1] == 0 && dst[2] == 0;
-        (limited_broadcast || local_multicast, (68, 67))
+        (
+            limited_broadcast || local_multicast,
+            limited_broadcast,
+            (68, 67),
+        )
     } else {
         // ff02::/16, link-local scope multicast.
         let multicast_link = dst[0] == 0xff && dst[1] == 0x02;
-        (multicast_link || is_link_local_unicast(packet), (546, 547))
+        (
+            multicast_link || is_link_local_unicast(packet),
+            multicast_link,
+            (546, 547),
+        )
     };
     if !link_scoped {
         return None;
     }
-    if packet.rule_proto == RuleProto::Udp as u8 && (packet.sport, packet.dport) == dhcp_ports {
+    if dhcp_destination
+        && packet.rule_proto == RuleProto::Udp as u8
+        && (packet.sport, packet.dport) == dhcp_ports
+    {
         return Some(Reason::Dhcp);
     }
     if packet.family == 6 && packet.proto == ipproto::ICMPV6 && is_neighbor_discovery(packet) {

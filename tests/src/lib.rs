@@ -7,4 +7,5 @@ pub mod dns;
 pub mod flood;
 pub mod harness;
 pub mod lab;
+pub mod model;
 pub mod packet;

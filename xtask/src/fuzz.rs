@@ -1,13 +1,16 @@
 //! `cargo xtask fuzz`: every coverage-guided target in `fuzz/` (cargo-fuzz, libFuzzer, nightly)
-//! for a given time each, from the corpus committed under `fuzz/corpus/<target>`. `cargo xtask
-//! test` runs each for a few seconds. A crash leaves its input under `fuzz/artifacts/<target>`
-//! and fails the run; each one found becomes a unit test.
+//! for a given time each, from the corpus committed under `fuzz/corpus/<target>`, then the frame
+//! differential (`tests/tests/frames.rs`: the kernel programs against a model of the verdict on
+//! random and mutated frames) for as long. `cargo xtask test` runs each target for a few seconds
+//! and the frame differential for its bounded count. A crash leaves its input under
+//! `fuzz/artifacts/<target>` and fails the run; each one found becomes a unit test. A frame the
+//! kernel and the model disagree on is printed as hex and becomes a row of the verdict table.
 
 use std::process::Command;
 
 use anyhow::Context as _;
 
-use crate::{run_cmd, setup::NIGHTLY};
+use crate::{cargo, run_cmd, setup::NIGHTLY};
 
 /// Every target: rule files, a client's DNS query, an upstream's answer, the state file, a
 /// drop event's record.
@@ -19,8 +22,36 @@ pub(crate) const TARGETS: [&str; 5] = [
     "drop_event",
 ];
 
-/// Runs each target for `seconds`.
+/// Runs each coverage-guided target for `seconds`, then the frame differential for as long.
 pub(crate) fn run(seconds: u32) -> anyhow::Result<()> {
+    run_targets(seconds)?;
+    run_frames(seconds)
+}
+
+/// The frame differential for `seconds` instead of its bounded count. It loads BPF programs
+/// through `BPF_PROG_TEST_RUN`: root only.
+fn run_frames(seconds: u32) -> anyhow::Result<()> {
+    run_cmd(
+        cargo()
+            .args([
+                "test",
+                "--locked",
+                "--package",
+                "filter-tests",
+                "--test",
+                "frames",
+                "--",
+                "--nocapture",
+                "--exact",
+                crate::test::FRAME_DIFFERENTIAL,
+            ])
+            .env("FRAMES_SECONDS", seconds.to_string()),
+    )
+    .context("the frame differential failed: the frames it printed disagree")
+}
+
+/// Runs each coverage-guided target for `seconds`.
+pub(crate) fn run_targets(seconds: u32) -> anyhow::Result<()> {
     let fuzz_dir = crate::workspace_root().join("fuzz");
     for target in TARGETS {
         let corpus = fuzz_dir.join("corpus").join(target);

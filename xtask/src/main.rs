@@ -5,7 +5,7 @@
 //! - `demo`: the filter on a gateway in a namespace lab, with the shipped rules.
 //! - `bench`: the benchmarks, written to BENCHMARKS.md.
 //! - `dist`: the static binary, the .deb and the OCI image, in `target/dist/`.
-//! - `fuzz`: the coverage-guided fuzz targets, each for a given time.
+//! - `fuzz`: the coverage-guided fuzz targets and the frame differential, each for a given time.
 
 mod bench;
 mod demo;
@@ -43,8 +43,9 @@ enum Command {
         only: Option<String>,
     },
     /// Run every fuzz target (rule files, DNS queries and answers, the state file, drop
-    /// events) for a given time each; a crash fails the run and leaves its input in
-    /// fuzz/artifacts/.
+    /// events) for a given time each, then the frame differential (kernel against the model of
+    /// the verdict; needs root) for as long; a crash fails the run and leaves its input in
+    /// fuzz/artifacts/, a disagreement prints the frame.
     Fuzz {
         #[arg(long, default_value_t = 60, value_name = "N")]
         seconds: u32,

@@ -80,25 +80,45 @@ pub(crate) fn run() -> anyhow::Result<()> {
     let binary = root.join("target/debug/egress-filter");
     // What users install is built as CI builds it, and checked by the suites (tests/dist.rs).
     crate::dist::run()?;
-    let privileged = counted(
+    let suites = counted(
         cargo()
             .args(["test", "--locked", "--package", "filter-tests"])
+            .args(["--", "--skip", FRAME_DIFFERENTIAL])
             .env("EGRESS_FILTER_BIN", &binary)
             .env("EGRESS_FILTER_DIST", root.join("target/dist")),
     )?;
+    // The frame differential on its own, its output shown: how many frames each hook judged and
+    // under which reasons, so that a run checking nothing would be seen (it also fails then).
+    let frames = counted(cargo().args([
+        "test",
+        "--locked",
+        "--package",
+        "filter-tests",
+        "--test",
+        "frames",
+        "--",
+        "--nocapture",
+        "--exact",
+        FRAME_DIFFERENTIAL,
+    ]))?;
+    anyhow::ensure!(frames == 1, "the frame differential did not run");
+    let privileged = suites + frames;
     anyhow::ensure!(
         privileged > 0,
         "the privileged suites ran no test: that is a failure, not a pass"
     );
 
     // Every parser that takes outside input, coverage-guided, briefly (`cargo xtask fuzz` runs
-    // longer): a crash fails the test.
-    crate::fuzz::run(FUZZ_SECONDS)?;
+    // longer, and the frame differential too): a crash fails the test.
+    crate::fuzz::run_targets(FUZZ_SECONDS)?;
 
     println!("xtask test: {unit} unit tests and {privileged} privileged tests passed");
     println!("{} passed, 0 failed", unit + privileged);
     Ok(())
 }
+
+/// The frame differential's test (`tests/tests/frames.rs`), run on its own with its output.
+pub(crate) const FRAME_DIFFERENTIAL: &str = "kernel_and_model_agree_on_random_and_mutated_frames";
 
 /// Seconds each fuzz target runs in `cargo xtask test`.
 const FUZZ_SECONDS: u32 = 15;

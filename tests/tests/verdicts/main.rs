@@ -5,7 +5,7 @@
 //! refuses frames shorter than an Ethernet header (EINVAL), so truncation inside the first 14
 //! bytes cannot be exercised here; the parser checks it like every other layer.
 //!
-//! One module a subject: the table of cases every hook must agree on ([`cases`]), the layer-3
+//! One module a subject: the table of cases every hook must agree on ([`cases`], run by [`table`]), the layer-3
 //! program on the same cases ([`layer3`]), the source check of XDP ([`sources`]), events and
 //! counters ([`events`]), connections kept past their address ([`flows`]), client groups
 //! ([`groups`]), what the map writer puts in the kernel ([`policy_maps`]) and the
@@ -20,3 +20,4 @@ mod kernel_log;
 mod layer3;
 mod policy_maps;
 mod sources;
+mod table;

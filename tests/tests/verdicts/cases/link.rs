@@ -264,5 +264,33 @@ pub(super) fn link_local() -> Vec<Case> {
             NoService,
         ),
         ("GRE to ff02::1", v6("ff02::1").proto(47).build(), NoService),
+        // Found by the frame differential: DHCP ports passed as DHCP to every link-scoped
+        // destination, so a DHCPv6 message to the host's own link-local address skipped policy.
+        (
+            "DHCPv6 renewal to the host's own link-local address",
+            v6("fe80::1").udp(546, 547).build(),
+            ProtocolNotAllowed,
+        ),
+        (
+            "DHCPv6 ports to a neighbour's link-local address",
+            v6("fe80::2").udp(546, 547).build(),
+            LinkScoped,
+        ),
+        (
+            "DHCP ports to 224.0.0.1",
+            v4("224.0.0.1").udp(68, 67).build(),
+            LinkScoped,
+        ),
+        // Found by the frame differential: ENCAP (98) is a tunnel protocol like the others.
+        (
+            "ENCAP to 224.0.0.1",
+            v4("224.0.0.1").proto(98).build(),
+            NoService,
+        ),
+        (
+            "ENCAP to a neighbour's link-local address",
+            v6("fe80::2").proto(98).build(),
+            NoService,
+        ),
     ]
 }
