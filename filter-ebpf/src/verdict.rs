@@ -211,38 +211,53 @@ pub(crate) fn source_group(packet: &Packet, table_state: u32) -> u32 {
 }
 
 /// The group of the last IPv4 range starting at or below `src` among `count` from `first`.
-#[inline(always)]
+/// Out of line and without a data-dependent branch: sources are as random as clients are, so a
+/// branch on each comparison would mispredict half the time.
+#[inline(never)]
 fn find_group_v4(src: u32, mut first: u32, mut count: u32) -> Option<u32> {
     for _ in 0..GROUP_SEARCH_STEPS {
         if count <= 1 {
             break;
         }
         let half = count / 2;
-        let middle = first + half;
-        if (*GROUP_RANGES_V4.get(middle)? >> 32) as u32 <= src {
-            first = middle;
-        }
+        let start = *GROUP_RANGES_V4.get(first + half)? >> 32;
+        // 1 when the range starts at or below the source: the subtraction borrows otherwise.
+        let at_or_below = (u64::from(src).wrapping_sub(start) >> 63) ^ 1;
+        first += half * at_or_below as u32;
         count -= half;
     }
     Some(*GROUP_RANGES_V4.get(first)? as u32)
 }
 
-/// The group of the last IPv6 range starting at or below the source (`hi`, `lo`).
-#[inline(always)]
+/// The group of the last IPv6 range starting at or below the source (`hi`, `lo`); as
+/// [`find_group_v4`], without a data-dependent branch.
+#[inline(never)]
 fn find_group_v6(hi: u64, lo: u64, mut first: u32, mut count: u32) -> Option<u32> {
     for _ in 0..GROUP_SEARCH_STEPS {
         if count <= 1 {
             break;
         }
         let half = count / 2;
-        let middle = first + half;
-        let range = GROUP_RANGES_V6.get(middle)?;
-        if range.start_hi < hi || (range.start_hi == hi && range.start_lo <= lo) {
-            first = middle;
-        }
+        let range = GROUP_RANGES_V6.get(first + half)?;
+        let at_or_below = below(range.start_hi, hi)
+            | (equal(range.start_hi, hi) & (below(lo, range.start_lo) ^ 1));
+        first += half * at_or_below as u32;
         count -= half;
     }
     Some(GROUP_RANGES_V6.get(first)?.value)
+}
+
+/// 1 when `a < b`, 0 otherwise: the borrow out of `a - b`, computed without a branch.
+#[inline(always)]
+fn below(a: u64, b: u64) -> u64 {
+    ((!a & b) | (!(a ^ b) & a.wrapping_sub(b))) >> 63
+}
+
+/// 1 when `a == b`, 0 otherwise, without a branch.
+#[inline(always)]
+fn equal(a: u64, b: u64) -> u64 {
+    let differ = a ^ b;
+    ((differ | differ.wrapping_neg()) >> 63) ^ 1
 }
 
 /// Whether the packet's source belongs on `ifindex`: some prefix routed out of that interface

@@ -2,11 +2,18 @@
 //! the longest source prefix picks the group, sources in no group get only what `default` is
 //! given, and a group never reaches what only other groups may, whatever the packet looks like.
 
-use filter_common::{groups::DEFAULT_GROUP, Reason};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use filter_common::{groups::DEFAULT_GROUP, Config, Mode, Reason};
 use filter_tests::{
     harness::{Filter, Hook, Outcome},
     packet::Pkt,
 };
+use filter_user::{
+    compile::Resolved,
+    rules::{groups::group_of, Group, Location},
+};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 /// Laptops and phones share a LAN; a lab range sits inside the phones' prefix; `default` gets
 /// plain web to one network only.
@@ -216,10 +223,9 @@ fn new_groups_take_effect_and_removed_ones_fall_back_to_default() -> anyhow::Res
         "a new group takes a number no previous group had"
     );
     filter.maps.set_groups(&new.groups);
-    filter.maps.apply(&filter_user::compile::compile(
-        &new,
-        &filter_user::compile::Resolved::new(),
-    )?)?;
+    filter
+        .maps
+        .apply(&filter_user::compile::compile(&new, &Resolved::new())?)?;
     old = new;
     assert!(number(&old, "phones").is_none());
     for hook in [Hook::Xdp, Hook::Tc] {
@@ -239,5 +245,103 @@ fn new_groups_take_effect_and_removed_ones_fall_back_to_default() -> anyhow::Res
             "the lab inside the tablets' prefix stays the lab"
         );
     }
+    Ok(())
+}
+
+/// The kernel's group search (out of line, without data-dependent branches) against the slow
+/// definition, `group_of`, over many nested and disjoint group prefixes of both families: the
+/// group of each source is read back from its drop event.
+#[test]
+fn the_kernel_finds_the_group_the_longest_source_prefix_gives() -> anyhow::Result<()> {
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut groups: Vec<Group> = (1..=40)
+        .map(|id| Group {
+            id,
+            name: format!("g{id}"),
+            description: String::new(),
+            sources: Vec::new(),
+            file: "random.toml".into(),
+            location: Location { line: 1, column: 1 },
+        })
+        .collect();
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..300 {
+        // Prefixes inside 10.0.0.0/8 and fd00::/16, lengths 9-32 and 17-128: nested and
+        // disjoint ones both occur.
+        let v4 = Ipv4Net::new(
+            Ipv4Addr::from(0x0a00_0000 | (next() as u32 & 0x00ff_ffff)),
+            9 + (next() % 24) as u8,
+        )?
+        .trunc();
+        let v6 = Ipv6Net::new(
+            Ipv6Addr::from(0xfd00_u128 << 112 | u128::from(next()) << 48),
+            17 + (next() % 112) as u8,
+        )?
+        .trunc();
+        for net in [IpNet::V4(v4), IpNet::V6(v6)] {
+            if seen.insert(net) {
+                groups[(next() % 40) as usize].sources.push(net);
+            }
+        }
+    }
+    let mut filter = Filter::new(&[])?;
+    filter.maps.set_config(Config {
+        events_per_sec: 1_000_000,
+        event_burst: 1_000_000,
+        ..Config::new(Mode::Enforce)
+    })?;
+    filter.maps.set_groups(&groups);
+    filter
+        .maps
+        .apply(&filter_user::table::AllowTable::build(&[])?)?;
+    filter.drain_events()?;
+    let mut sources: Vec<IpAddr> = Vec::new();
+    for net in groups.iter().flat_map(|g| &g.sources) {
+        // Each prefix's first and last address, and one inside it.
+        sources.push(net.network());
+        sources.push(net.broadcast());
+        sources.push(match net {
+            IpNet::V4(n) => {
+                Ipv4Addr::from(u32::from(n.network()) | (next() as u32 & !u32::from(n.netmask())))
+                    .into()
+            }
+            IpNet::V6(n) => Ipv6Addr::from(
+                u128::from(n.network()) | (u128::from(next()) & !u128::from(n.netmask())),
+            )
+            .into(),
+        });
+    }
+    sources.extend(
+        ["9.255.255.255", "11.0.0.0", "fcff::1", "fd01::1"]
+            .map(|a| a.parse::<IpAddr>().expect("address")),
+    );
+    let mut checked = 0;
+    for chunk in sources.chunks(100) {
+        for source in chunk {
+            let destination = if source.is_ipv4() {
+                "198.51.100.1"
+            } else {
+                "2001:db8:9::1"
+            };
+            filter.judge(Hook::Xdp, &tcp(&source.to_string(), destination, 443))?;
+        }
+        let events = filter.drain_events()?;
+        assert_eq!(events.len(), chunk.len(), "one event per dropped packet");
+        for (source, event) in chunk.iter().zip(events) {
+            assert_eq!(
+                u32::from(event.group),
+                group_of(&groups, *source),
+                "source {source}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 1_500, "{checked} sources checked");
     Ok(())
 }
