@@ -4,7 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use aya::{
-    maps::{HashMap, MapData, MapError},
+    maps::{HashMap, MapData},
     Ebpf,
 };
 use filter_common::{
@@ -12,7 +12,7 @@ use filter_common::{
     maps as names, RuleProto,
 };
 
-use super::MapWriteError;
+use super::{take_map, MapWriteError};
 use crate::{
     rules::{groups::group_of, Group},
     table::AllowTable,
@@ -28,17 +28,10 @@ pub struct FlowMaps {
 impl FlowMaps {
     /// Takes the flow maps out of a loaded object.
     pub fn take_from(ebpf: &mut Ebpf) -> Result<Self, MapWriteError> {
-        fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(
-            ebpf: &mut Ebpf,
-            name: &'static str,
-        ) -> Result<T, MapWriteError> {
-            let map = ebpf.take_map(name).ok_or(MapWriteError::Missing(name))?;
-            T::try_from(map).map_err(|source| MapWriteError::Layout { name, source })
-        }
         Ok(Self {
-            tcp: take(ebpf, names::TCP_FLOWS)?,
-            udp: take(ebpf, names::UDP_FLOWS)?,
-            expired: take(ebpf, names::EXPIRED_ADDRS)?,
+            tcp: take_map(ebpf, names::TCP_FLOWS)?,
+            udp: take_map(ebpf, names::UDP_FLOWS)?,
+            expired: take_map(ebpf, names::EXPIRED_ADDRS)?,
         })
     }
 

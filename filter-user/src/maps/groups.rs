@@ -3,7 +3,7 @@
 //! packets do not read, its count, then the switch, which is the destination index's own.
 
 use aya::{
-    maps::{Array, Map, MapData},
+    maps::{Array, MapData},
     Ebpf,
 };
 use filter_common::{
@@ -13,7 +13,7 @@ use filter_common::{
 };
 use ipnet::IpNet;
 
-use super::{copies, MapWriteError};
+use super::{copies, take_map, MapWriteError};
 use crate::{ranges, rules::Group};
 
 /// Range starts and the group from each, over one family's address space.
@@ -33,17 +33,10 @@ pub(super) struct GroupMaps {
 impl GroupMaps {
     /// Takes the group maps out of a loaded object.
     pub(super) fn take_from(ebpf: &mut Ebpf) -> Result<Self, MapWriteError> {
-        fn take<T: TryFrom<Map, Error = aya::maps::MapError>>(
-            ebpf: &mut Ebpf,
-            name: &'static str,
-        ) -> Result<T, MapWriteError> {
-            let map = ebpf.take_map(name).ok_or(MapWriteError::Missing(name))?;
-            T::try_from(map).map_err(|source| MapWriteError::Layout { name, source })
-        }
         Ok(Self {
-            ranges_v4: take(ebpf, names::GROUP_RANGES_V4)?,
-            ranges_v6: take(ebpf, names::GROUP_RANGES_V6)?,
-            counts: take(ebpf, names::GROUP_STATE)?,
+            ranges_v4: take_map(ebpf, names::GROUP_RANGES_V4)?,
+            ranges_v6: take_map(ebpf, names::GROUP_RANGES_V6)?,
+            counts: take_map(ebpf, names::GROUP_STATE)?,
             in_use: None,
         })
     }

@@ -138,13 +138,6 @@ impl PolicyMaps {
     /// object's maps are empty, maps adopted from pins carry the last daemon's policy, which the
     /// next [`PolicyMaps::apply`] then changes only where it differs.
     pub fn take_from(ebpf: &mut Ebpf) -> Result<Self, MapWriteError> {
-        fn take<T: TryFrom<Map, Error = MapError>>(
-            ebpf: &mut Ebpf,
-            name: &'static str,
-        ) -> Result<T, MapWriteError> {
-            let map = ebpf.take_map(name).ok_or(MapWriteError::Missing(name))?;
-            T::try_from(map).map_err(|source| MapWriteError::Layout { name, source })
-        }
         fn mapped<T: Copy>(
             ebpf: &mut Ebpf,
             name: &'static str,
@@ -162,11 +155,11 @@ impl PolicyMaps {
             MappedArray::new(data, len as usize)
                 .map_err(|source| MapWriteError::Mmap { name, source })
         }
-        let table_state: Array<MapData, u32> = take(ebpf, names::TABLE_STATE)?;
+        let table_state: Array<MapData, u32> = take_map(ebpf, names::TABLE_STATE)?;
         let state = table_state.get(&0, 0).unwrap_or(0);
         let mut maps = Self {
-            allow_v4: take(ebpf, names::ALLOW_V4)?,
-            allow_v6: take(ebpf, names::ALLOW_V6)?,
+            allow_v4: take_map(ebpf, names::ALLOW_V4)?,
+            allow_v6: take_map(ebpf, names::ALLOW_V6)?,
             index_v4: mapped(ebpf, names::INDEX_V4, 2 * CHUNKS)?,
             ranges_v4: mapped(ebpf, names::RANGES_V4, 2 * RANGES_PER_COPY)?,
             index_v6: mapped(ebpf, names::INDEX_V6, 2 * CHUNKS)?,
@@ -175,8 +168,8 @@ impl PolicyMaps {
             state,
             // Adopted maps: the last writer may have switched copies a moment ago.
             grace: Some(std::thread::spawn(ranges::wait_for_running_programs)),
-            policies: take(ebpf, names::POLICIES)?,
-            config: take(ebpf, names::CONFIG)?,
+            policies: take_map(ebpf, names::POLICIES)?,
+            config: take_map(ebpf, names::CONFIG)?,
             slots: PolicySlots::default(),
             written_v4: BTreeMap::new(),
             written_v6: BTreeMap::new(),
@@ -342,6 +335,15 @@ impl PolicyMaps {
     pub fn prefix_counts(&self) -> (usize, usize) {
         (self.current_v4.len(), self.current_v6.len())
     }
+}
+
+/// Takes the map `name` out of a loaded object, as the type its writer needs.
+pub(crate) fn take_map<T: TryFrom<Map, Error = MapError>>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<T, MapWriteError> {
+    let map = ebpf.take_map(name).ok_or(MapWriteError::Missing(name))?;
+    T::try_from(map).map_err(|source| MapWriteError::Layout { name, source })
 }
 
 fn mmap_err(name: &'static str) -> impl Fn(std::io::Error) -> MapWriteError {
