@@ -21,6 +21,10 @@ pub(crate) trait PacketContext: EbpfContext {
     fn ifindex(&self) -> u32;
     /// The frame's full length in bytes, for byte counters.
     fn packet_len(&self) -> u32;
+    /// The interface the packet came in on, which client groups may name: the hook's own for
+    /// XDP and TC ingress, the one a forwarded packet arrived on for TC egress (0 for a packet
+    /// the host itself sends).
+    fn arrival_ifindex(&self) -> u32;
 }
 
 impl PacketContext for XdpContext {
@@ -47,6 +51,11 @@ impl PacketContext for XdpContext {
     fn packet_len(&self) -> u32 {
         (XdpContext::data_end(self) - XdpContext::data(self)) as u32
     }
+
+    #[inline(always)]
+    fn arrival_ifindex(&self) -> u32 {
+        self.ifindex()
+    }
 }
 
 impl PacketContext for TcContext {
@@ -72,5 +81,11 @@ impl PacketContext for TcContext {
     #[inline(always)]
     fn packet_len(&self) -> u32 {
         self.len()
+    }
+
+    #[inline(always)]
+    fn arrival_ifindex(&self) -> u32 {
+        // Safety: as for `ifindex`.
+        unsafe { (*self.skb.skb).ingress_ifindex }
     }
 }

@@ -139,7 +139,7 @@ fn process<C: PacketContext, const ETHERNET: bool, const SKIP: u32>(ctx: &C) -> 
             } else {
                 let table_state = verdict::table_state();
                 if SKIP & skip::GROUPS == 0 {
-                    group = verdict::source_group(&packet, table_state);
+                    group = verdict::client_group(&packet, ctx.arrival_ifindex(), table_state);
                 }
                 let judgement = verdict::judge::<SKIP>(&packet, group, table_state);
                 if SKIP & skip::FLOWS != 0 {

@@ -38,6 +38,18 @@ pub enum Outcome {
     Drop,
 }
 
+/// The interface a test run's frame arrives on: the loopback device.
+pub const TEST_RUN_IFINDEX: u32 = 1;
+
+/// The groups of the interfaces `groups` name, as a daemon on this host would find them for
+/// test runs: only the loopback device, where their frames arrive.
+#[must_use]
+pub fn test_run_interface_groups(
+    groups: &[filter_user::rules::Group],
+) -> filter_user::maps::InterfaceGroups {
+    filter_user::rules::interface_groups(groups, [(TEST_RUN_IFINDEX, "lo")]).0
+}
+
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 /// TC_ACT_UNSPEC (-1), also TCX_NEXT: pass on to whatever comes next.
@@ -73,7 +85,9 @@ impl Filter {
             rules,
         )])?;
         let mut filter = Self::empty()?;
-        filter.maps.set_groups(&rules.groups);
+        filter
+            .maps
+            .set_groups(&rules.groups, test_run_interface_groups(&rules.groups));
         filter.maps.apply(&filter_user::compile::compile(
             &rules,
             &filter_user::compile::Resolved::new(),

@@ -75,6 +75,7 @@ impl Daemon {
                 ..
             }
         );
+        let interfaces = matches!(update, Update::Full).then(|| self.interface_groups());
         let mut enricher = self
             .enricher
             .write()
@@ -90,7 +91,10 @@ impl Daemon {
         });
         if matches!(update, Update::Full) {
             // Switched with the table, in one store: see `PolicyMaps::set_groups`.
-            self.policy.writer().set_groups(&self.rules.groups);
+            let interfaces = interfaces.unwrap_or_default();
+            self.policy
+                .writer()
+                .set_groups(&self.rules.groups, interfaces);
         }
         let (rules, hosts, learner, allowances) =
             (&self.rules, &self.hosts, &self.learner, &self.allowances);

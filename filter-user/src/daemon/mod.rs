@@ -193,6 +193,10 @@ struct Daemon {
     counted: Vec<CountedInterface>,
     /// The interfaces attached to now.
     attachments: Attachments,
+    /// Every link as last read, for the groups that name interfaces.
+    links: Vec<attachments::NamedLink>,
+    /// Interfaces already warned about for matching two groups' patterns.
+    ambiguous_interfaces: std::collections::BTreeSet<String>,
     /// Link notifications; `None` once the subscription broke (the periodic check remains).
     link_watch: Option<LinkWatch>,
     /// Bound at start, served once the filter is attached.

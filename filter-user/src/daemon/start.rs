@@ -133,6 +133,8 @@ impl Daemon {
             counted,
             metrics_listener,
             attachments: Attachments::default(),
+            links: first.links.clone(),
+            ambiguous_interfaces: std::collections::BTreeSet::new(),
             link_watch: Some(first.watch),
             ebpf,
         };

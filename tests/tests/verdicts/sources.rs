@@ -3,14 +3,11 @@
 
 use filter_common::{Config, Mode, Reason};
 use filter_tests::{
-    harness::{Filter, Hook, Outcome},
+    harness::{Filter, Hook, Outcome, TEST_RUN_IFINDEX},
     packet::Pkt,
 };
 
 use crate::common::{grants, outcome_of, v4, v6, ALLOWED4, ALLOWED6};
-
-/// The interface the kernel's XDP test run says a frame came in on: the loopback device.
-const TEST_RUN_IFINDEX: u32 = 1;
 
 /// Writes `sources` and turns the check on, enforcing.
 fn check_sources(
