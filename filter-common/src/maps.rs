@@ -93,6 +93,9 @@ pub const PROG_TC: &str = "egress_tc";
 pub const PROG_XDP_L3: &str = "egress_xdp_l3";
 /// The TC classifier for layer-3 devices.
 pub const PROG_TC_L3: &str = "egress_tc_l3";
+/// The TC classifier for the host side of a pod's or container's veth (ingress direction):
+/// [`PROG_TC`] with XDP's source check, since what arrives there is what the pod chose to send.
+pub const PROG_TC_INGRESS: &str = "egress_tc_in";
 
 /// Every map the object must contain.
 pub const ALL_MAPS: [&str; 29] = [
@@ -127,7 +130,7 @@ pub const ALL_MAPS: [&str; 29] = [
     FLOW_STATS,
 ];
 /// Every program the object must contain.
-pub const ALL_PROGRAMS: [&str; 4] = [PROG_XDP, PROG_TC, PROG_XDP_L3, PROG_TC_L3];
+pub const ALL_PROGRAMS: [&str; 5] = [PROG_XDP, PROG_TC, PROG_XDP_L3, PROG_TC_L3, PROG_TC_INGRESS];
 
 /// Capacity of each LPM trie. Tries are `BPF_F_NO_PREALLOC` (the kernel requires it), so an
 /// unused entry costs no memory.

@@ -25,6 +25,8 @@ pub enum Hook {
     /// the kernel's skb test run always reads an Ethernet header first. End-to-end tests on a TUN
     /// device cover it.)
     XdpL3,
+    /// TC ingress on a pod's veth: TC with XDP's source check.
+    TcIngress,
 }
 
 impl Hook {
@@ -136,8 +138,12 @@ impl Filter {
     pub fn run(&mut self, hook: Hook, frame: &[u8]) -> anyhow::Result<Outcome> {
         let (raw, _) = self.run_repeated(hook, frame, 1)?;
         match (hook, raw) {
-            (Hook::Xdp | Hook::XdpL3, XDP_PASS) | (Hook::Tc, TC_ACT_UNSPEC) => Ok(Outcome::Pass),
-            (Hook::Xdp | Hook::XdpL3, XDP_DROP) | (Hook::Tc, TC_ACT_SHOT) => Ok(Outcome::Drop),
+            (Hook::Xdp | Hook::XdpL3, XDP_PASS) | (Hook::Tc | Hook::TcIngress, TC_ACT_UNSPEC) => {
+                Ok(Outcome::Pass)
+            }
+            (Hook::Xdp | Hook::XdpL3, XDP_DROP) | (Hook::Tc | Hook::TcIngress, TC_ACT_SHOT) => {
+                Ok(Outcome::Drop)
+            }
             _ => anyhow::bail!("{hook:?} returned unexpected code {raw}"),
         }
     }
@@ -163,6 +169,11 @@ impl Filter {
             Hook::Tc => {
                 let program: &mut SchedClassifier =
                     loader::program(&mut self.ebpf, names::PROG_TC)?;
+                program.test_run(opts)
+            }
+            Hook::TcIngress => {
+                let program: &mut SchedClassifier =
+                    loader::program(&mut self.ebpf, names::PROG_TC_INGRESS)?;
                 program.test_run(opts)
             }
             Hook::XdpL3 => {

@@ -120,19 +120,12 @@ impl Daemon {
             })
             .collect();
         Counters::loaded(&self.ebpf)?.assign_slots(&self.ebpf, &slots)?;
-        if plan
-            .attach
-            .iter()
-            .any(|t| t.hook == crate::pins::HookKind::Xdp)
-        {
-            let mut xdp = self.attachments.xdp_indices();
-            xdp.extend(
-                plan.attach
-                    .iter()
-                    .filter(|t| t.hook == crate::pins::HookKind::Xdp)
-                    .map(|t| t.index),
-            );
-            self.settings.reread_sources(&self.opts, &xdp).await;
+        let new = plan.checked();
+        if !new.lans.is_empty() || !new.pods.is_empty() {
+            let mut checked = self.attachments.checked();
+            checked.lans.extend(new.lans);
+            checked.pods.extend(new.pods);
+            self.settings.reread_sources(&self.opts, &checked).await;
         }
         for target in &plan.attach {
             let key = target.key();

@@ -353,8 +353,8 @@ impl Daemon {
     /// forwarder answers: both follow the routes (a LAN's addresses come with its connected
     /// routes, often a moment after the link itself).
     async fn reread_sources(&mut self) {
-        let xdp = self.attachments.xdp_indices();
-        self.settings.reread_sources(&self.opts, &xdp).await;
+        let checked = self.attachments.checked();
+        self.settings.reread_sources(&self.opts, &checked).await;
         let guarded = self.attachments.indices();
         dns_clients::reread(&self.served, &self.opts, &guarded).await;
     }

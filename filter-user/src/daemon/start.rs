@@ -30,7 +30,7 @@ use crate::{
     dns::{DnsCounters, LearnPolicy, Listeners, NameMatcher},
     maps::{FlowMaps, PolicyMaps, SourceMaps},
     metrics::{self, Metrics},
-    pins::{HookKind, PinDir},
+    pins::PinDir,
     resolve::Resolver,
     rules::Rules,
     state::{State, StateSaver},
@@ -105,8 +105,7 @@ impl Daemon {
             opts.flows,
             Counters::loaded(&ebpf).ok(),
         );
-        let xdp = first.plan.indexes(|hook| hook == HookKind::Xdp);
-        let settings = Settings::write(&mut maps, sources, &opts, &xdp).await?;
+        let settings = Settings::write(&mut maps, sources, &opts, &first.plan.checked()).await?;
         let allowances = Allowances::read(&opts, rules.services.len())?;
         let enricher = Arc::new(RwLock::new(Enricher::default()));
         let guarded = first.plan.indexes(|_| true);
