@@ -183,6 +183,8 @@ struct Daemon {
     /// Whom the forwarder answers, read again with the routes.
     served: watch::Sender<Arc<ServedClients>>,
     learner: Learner,
+    /// What the learner holds, on disk as it changes (with `--dns-listen`).
+    learned_store: Option<crate::learned_store::LearnedStore>,
     /// Bound at start, served once the policy is in place.
     listeners: Option<Listeners>,
     dns_counters: Arc<DnsCounters>,
