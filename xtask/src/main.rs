@@ -38,7 +38,7 @@ enum Command {
     /// BENCHMARKS.md.
     Bench {
         /// Measure only this part and print it, leaving BENCHMARKS.md alone (`dns`, `breakdown`,
-        /// `per-packet`, `scrape`, `flows`, `groups`, `check`).
+        /// `per-packet`, `scrape`, `flows`, `groups`, `check`, `signals`).
         #[arg(long, value_name = "PART")]
         only: Option<String>,
     },

@@ -14,6 +14,7 @@ mod peer;
 mod per_packet;
 mod prefixes;
 mod scrape;
+mod signals;
 mod throughput;
 mod updates;
 
@@ -123,8 +124,10 @@ fn args() -> anyhow::Result<Args> {
                     "groups" => Part::Groups,
                     "scrape" => Part::Scrape,
                     "check" => Part::Check,
+                    "signals" => Part::Signals,
                     _ => anyhow::bail!(
-                        "--only knows dns, breakdown, per-packet, scrape, flows, groups, check"
+                        "--only knows dns, breakdown, per-packet, scrape, flows, groups, check, \
+                         signals"
                     ),
                 });
             }
@@ -151,6 +154,7 @@ enum Part {
     Flows,
     Groups,
     Check,
+    Signals,
 }
 
 /// The table size the breakdown runs at: the per-packet goal's first size.
@@ -202,6 +206,7 @@ fn only(part: Part, args: &Args) -> anyhow::Result<String> {
         ),
         Part::Scrape => scrape::table(&scrape::measure()?, &command("scrape")),
         Part::Check => check::table(&check::measure(&args.binary)?, &command("check")),
+        Part::Signals => signals::table(&signals::measure(&args.binary)?, &command("signals")),
         Part::PerPacket => {
             let mut baseline = per_packet::Baseline::load()?;
             let mut rows = Vec::new();
@@ -291,6 +296,13 @@ fn main() -> anyhow::Result<()> {
         report,
         "{}",
         check::table(&check::measure(&args.binary)?, &args.command)
+    );
+
+    // 7: signals while the resolver hangs.
+    let _ = writeln!(
+        report,
+        "{}",
+        signals::table(&signals::measure(&args.binary)?, &args.command)
     );
 
     let _ = writeln!(report, "{GAPS}");
