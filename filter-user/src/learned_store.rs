@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     dns::{learned::LearnedKey, LearnedView},
-    state::State,
+    state::{self, State},
 };
 
 /// The journal may grow to this before it is folded into the snapshot, however small that is.
@@ -233,15 +233,7 @@ fn paths(state: &Path) -> (PathBuf, PathBuf) {
 }
 
 fn read_snapshot(path: &Path) -> anyhow::Result<Option<Snapshot>> {
-    match std::fs::read(path) {
-        Ok(bytes) => {
-            Ok(Some(serde_json::from_slice(&bytes).with_context(|| {
-                format!("{} is damaged", path.display())
-            })?))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
-    }
+    state::read_json(path)
 }
 
 /// Writes a snapshot atomically; returns its size.
@@ -251,9 +243,7 @@ fn write_snapshot(path: &Path, generation: u64, learned: Vec<LearnedView>) -> an
         written_at: State::now_secs(),
         learned,
     })?;
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, &bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
+    state::write_atomically(path, &bytes)?;
     Ok(bytes.len() as u64)
 }
 

@@ -74,25 +74,14 @@ pub struct DnsStats {
 }
 
 impl State {
-    /// Writes atomically (a temporary file renamed over the old one).
+    /// Writes atomically (see [`write_atomically`]).
     pub fn save(&self, path: &Path) -> anyhow::Result<()> {
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
-        std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))
+        write_atomically(path, &serde_json::to_vec_pretty(self)?)
     }
 
     /// Reads the state, or `None` if there is none.
     pub fn load(path: &Path) -> anyhow::Result<Option<Self>> {
-        match std::fs::read(path) {
-            Ok(bytes) => {
-                Ok(Some(serde_json::from_slice(&bytes).with_context(|| {
-                    format!("{} is damaged", path.display())
-                })?))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
-        }
+        read_json(path)
     }
 
     /// What a starting daemon takes back: the state, or `None` when there is none or it cannot
@@ -123,6 +112,28 @@ impl State {
             .duration_since(UNIX_EPOCH)
             .unwrap_or(Duration::ZERO)
             .as_secs()
+    }
+}
+
+/// Writes `bytes` to a temporary file beside `path`, then renames it over `path`: a reader sees
+/// the old file or the new one, never half of one.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))
+}
+
+/// Reads a JSON file, or `None` if there is none; a file that does not parse is an error that
+/// names it as damaged.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<Option<T>> {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            Ok(Some(serde_json::from_slice(&bytes).with_context(|| {
+                format!("{} is damaged", path.display())
+            })?))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
 }
 

@@ -453,8 +453,7 @@ udp = ["1000-2000"]
 
     #[test]
     fn group_changes_show_who_gains_a_service_and_which_clients_a_group_gains() {
-        let old = rules(
-            r#"
+        let old_text = r#"
 [[group]]
 name = "laptops"
 sources = ["10.1.0.0/16"]
@@ -473,30 +472,18 @@ groups = ["phones"]
 name = "mdm"
 cidrs = ["192.0.2.0/24"]
 tcp = [443]
-"#,
-        );
+"#;
+        let old = rules(old_text);
         let new = rules(
-            r#"
-[[group]]
-name = "laptops"
-sources = ["10.1.0.0/16"]
-
-[[group]]
-name = "phones"
-sources = ["10.2.0.0/16", "10.3.0.0/16"]
-interfaces = ["wlan*"]
-
-[[service]]
-name = "push"
-cidrs = ["17.0.0.0/8"]
-tcp = [5223]
-groups = ["phones", "laptops"]
-
-[[service]]
-name = "mdm"
-cidrs = ["192.0.2.0/24"]
-tcp = [443]
-"#,
+            &old_text
+                .replace(
+                    "sources = [\"10.2.0.0/16\"]",
+                    "sources = [\"10.2.0.0/16\", \"10.3.0.0/16\"]\ninterfaces = [\"wlan*\"]",
+                )
+                .replace(
+                    "groups = [\"phones\"]",
+                    "groups = [\"phones\", \"laptops\"]",
+                ),
         );
         let diff = compare(&old, &new);
         let text = diff.to_text();
