@@ -329,7 +329,9 @@ impl Daemon {
         query_json(&self.binary, "stats", &self.pin_path)
     }
 
-    fn pid(&self) -> u32 {
+    /// The process id (of `nsenter`, which execs the daemon in place).
+    #[must_use]
+    pub fn pid(&self) -> u32 {
         self.child.lock().map_or(0, |c| c.id())
     }
 

@@ -1,5 +1,6 @@
 //! `cargo xtask bench`: builds release binaries and runs the benchmark suite
-//! (`tests/src/bin/bench`), which prints its tables and writes BENCHMARKS.md. Needs root.
+//! (`tests/src/bin/bench`), which prints its tables and writes BENCHMARKS.md; `cargo xtask
+//! soak`: the same binaries under load and faults (`tests/src/bin/soak.rs`). Need root.
 
 use crate::{cargo, release_binary, run_cmd, workspace_root};
 
@@ -25,5 +26,25 @@ pub(crate) fn run(only: Option<&str>) -> anyhow::Result<()> {
         cmd.arg("--out")
             .arg(workspace_root().join("BENCHMARKS.md"))
             .args(["--command", "cargo xtask bench"]),
+    )
+}
+
+pub(crate) fn soak(minutes: u64) -> anyhow::Result<()> {
+    let binary = release_binary()?;
+    run_cmd(
+        cargo()
+            .args([
+                "run",
+                "--locked",
+                "--release",
+                "--package",
+                "filter-tests",
+                "--bin",
+                "soak",
+                "--",
+            ])
+            .arg("--egress-filter")
+            .arg(&binary)
+            .args(["--minutes", &minutes.to_string()]),
     )
 }

@@ -50,6 +50,14 @@ enum Command {
         #[arg(long, default_value_t = 60, value_name = "N")]
         seconds: u32,
     },
+    /// Run the gateway lab under sustained load (lookup-then-connect cycles, blocked
+    /// connections, a DNS flood) and faults (broken and valid rules swapped in, kill -9 and
+    /// restart, the upstream DNS server stopped) for N minutes, checking the invariants all
+    /// along; prints a summary and fails if one broke. Needs root.
+    Soak {
+        #[arg(long, default_value_t = 30, value_name = "N")]
+        minutes: u64,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -60,6 +68,7 @@ fn main() -> std::process::ExitCode {
         Command::Dist => setup::run().and_then(|()| dist::run()),
         Command::Bench { only } => setup::run().and_then(|()| bench::run(only.as_deref())),
         Command::Fuzz { seconds } => setup::run().and_then(|()| fuzz::run(seconds)),
+        Command::Soak { minutes } => setup::run().and_then(|()| bench::soak(minutes)),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
