@@ -239,7 +239,7 @@ fn pace(next: &mut Instant, interval: Duration) {
     if let Some(wait) = next.checked_duration_since(now) {
         std::thread::sleep(wait);
     } else if now.duration_since(*next) > CATCH_UP {
-        *next = now - CATCH_UP;
+        *next = now.checked_sub(CATCH_UP).unwrap_or(now);
     }
 }
 
