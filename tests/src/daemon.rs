@@ -9,7 +9,7 @@ use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{bail, Context as _};
@@ -219,6 +219,20 @@ impl Daemon {
         )
     }
 
+    /// Waits (bounded) for the log line holding `needle` and returns how long after `since` the
+    /// daemon wrote it, by the timestamp it starts with: the test may have been busy meanwhile.
+    pub fn logged_after(&self, needle: &str, since: SystemTime) -> anyhow::Result<Duration> {
+        self.wait_for_log(needle, Duration::from_secs(5))?;
+        let line = self
+            .logs()
+            .into_iter()
+            .rfind(|l| l.contains(needle))
+            .context("just seen")?;
+        let stamp = line.split_whitespace().next().unwrap_or_default();
+        let at = humantime::parse_rfc3339_weak(stamp.trim_end_matches('Z'))?;
+        Ok(at.duration_since(since).unwrap_or(Duration::ZERO))
+    }
+
     /// Waits (bounded) until the daemon has sent more than `after` notifications and one of
     /// those after the first `after` contains `needle`; returns it. With `after` the count
     /// before an action, this waits for what the action caused.
@@ -317,6 +331,39 @@ impl Daemon {
     /// `egress-filter stats --json` for this daemon's pin path.
     pub fn stats(&self) -> anyhow::Result<serde_json::Value> {
         query_json(&self.binary, "stats", &self.pin_path)
+    }
+
+    /// The attachments `stats` reports for `hook` (`xdp`, `tc-ingress`, …), as interface names.
+    pub fn attached(&self, hook: &str) -> anyhow::Result<Vec<String>> {
+        let stats = self.stats()?;
+        Ok(stats["interfaces"]["attached"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|a| a["hook"] == hook)
+            .filter_map(|a| a["iface"].as_str().map(str::to_owned))
+            .collect())
+    }
+
+    /// `egress-filter explain DST PACKET --from SOURCE --json` against this daemon's pinned
+    /// filter and `rules`, parsed.
+    pub fn explain(
+        &self,
+        rules: &str,
+        destination: &str,
+        packet: &str,
+        from: &str,
+    ) -> anyhow::Result<serde_json::Value> {
+        let out = Command::new(&self.binary)
+            .args(["explain", destination, packet, "--from", from, "--json"])
+            .args(["--rules", rules, "--pin-path", &self.pin_path])
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "explain: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(serde_json::from_slice(&out.stdout)?)
     }
 
     fn pid(&self) -> u32 {

@@ -1,13 +1,17 @@
 //! Client groups end to end: a real daemon on the lab's gateway gives two clients on one LAN
 //! different allow-lists by their source addresses, names the group in drop events and
 //! `explain`, and a reload that renames and reorders the groups keeps each client's rights
-//! exactly as the new rules say. Needs root.
+//! exactly as the new rules say. On a gateway with two LANs each LAN's group gets its own
+//! services, and a client claiming the other LAN's addresses gets nothing. On a Kubernetes-like
+//! node (`filter_tests::node`) pods get their groups' verdicts as they come, go and come back,
+//! across a `kill -9`. Needs root, nftables and python3-scapy (`cargo xtask setup`).
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use filter_tests::{
     daemon::Daemon,
-    lab::{Lab, RulesDir, WEB_A_V4, WEB_B_V4},
+    lab::{Lab, Netns, RulesDir, CLIENT_V4, CLIENT_V6, WEB_A_V4, WEB_A_V6, WEB_B_V4, WEB_B_V6},
+    node::Node,
 };
 
 /// Laptops reach web A, phones web B; both reach web A on 8080. The LAN is 10.77.0.0/24: the
@@ -72,15 +76,18 @@ const LAPTOP: &str = "10.77.0.2";
 const METRICS: &str = "127.0.0.1:9470";
 const PHONE: &str = "10.77.0.130";
 
+/// The packets `stats` counts as dropped from `group`'s sources.
+fn dropped_for(stats: &serde_json::Value, group: &str) -> Option<u64> {
+    stats["groups"]
+        .as_array()
+        .and_then(|groups| groups.iter().find(|g| g["group"] == group))
+        .and_then(|g| g["dropped_packets"].as_u64())
+}
+
 /// `stats` and the metrics count the drops of each group's sources, and none for `default`.
 fn drops_are_counted_per_group(lab: &Lab, daemon: &Daemon) -> anyhow::Result<()> {
     let stats = daemon.stats()?;
-    let dropped = |group: &str| {
-        stats["groups"]
-            .as_array()
-            .and_then(|groups| groups.iter().find(|g| g["group"] == group))
-            .and_then(|g| g["dropped_packets"].as_u64())
-    };
+    let dropped = |group: &str| dropped_for(&stats, group);
     assert!(dropped("phones") > Some(0), "{}", stats["groups"]);
     assert!(dropped("laptops") > Some(0), "{}", stats["groups"]);
     assert_eq!(dropped("default"), Some(0), "{}", stats["groups"]);
@@ -102,12 +109,8 @@ fn drops_are_counted_per_group(lab: &Lab, daemon: &Daemon) -> anyhow::Result<()>
 }
 
 /// `explain --from` a former phone's address answers for its new group, `tablets`.
-fn explained_as_a_tablet(lab: &Lab, rules: &RulesDir) -> anyhow::Result<()> {
-    let explained = std::process::Command::new(filter_tests::daemon::binary()?)
-        .args(["explain", WEB_B_V4, "tcp/443", "--from", PHONE, "--json"])
-        .args(["--rules", rules.path(), "--pin-path", &lab.pin_path()])
-        .output()?;
-    let explained: serde_json::Value = serde_json::from_slice(&explained.stdout)?;
+fn explained_as_a_tablet(daemon: &Daemon, rules: &RulesDir) -> anyhow::Result<()> {
+    let explained = daemon.explain(rules.path(), WEB_B_V4, "tcp/443", PHONE)?;
     assert_eq!(explained["group"], "tablets", "{explained}");
     assert_eq!(explained["verdict"], "pass", "{explained}");
     Ok(())
@@ -184,7 +187,7 @@ fn two_groups_on_one_lan_reach_only_their_own_services_across_a_reload() -> anyh
     );
     assert!(!reach(LAPTOP, WEB_A_V4, 8080), "the shared service is gone");
 
-    explained_as_a_tablet(&lab, &rules)?;
+    explained_as_a_tablet(&daemon, &rules)?;
 
     // Killed, and a group renamed while it is down: the restarted daemon adopts the pinned
     // maps, keeps the numbers of the names that stay (from its state file) and gives the new
@@ -208,6 +211,390 @@ fn two_groups_on_one_lan_reach_only_their_own_services_across_a_reload() -> anyh
     );
     assert!(reach(LAPTOP, WEB_A_V4, 443), "a laptop keeps web A");
     assert!(!reach(LAPTOP, WEB_B_V4, 443), "and still not web B");
+    drop(restarted);
+    Ok(())
+}
+
+/// Whether `client` reaches `dst`:`port` over TCP from its address `from`, after checking that
+/// `explain --from` gives the same verdict for `from`'s group, `group`.
+fn reaches_as_explained(
+    daemon: &Daemon,
+    rules: &RulesDir,
+    client: &Netns,
+    (from, group): (&str, &str),
+    dst: &str,
+    port: u16,
+) -> anyhow::Result<bool> {
+    let reached = client.connects_from(from, dst, port, 2);
+    let explained = daemon.explain(rules.path(), dst, &format!("tcp/{port}"), from)?;
+    assert_eq!(explained["group"], group, "{explained}");
+    assert_eq!(
+        explained["verdict"],
+        if reached { "pass" } else { "drop" },
+        "explain disagrees with what {from} saw reaching {dst}:{port}: {explained}"
+    );
+    Ok(reached)
+}
+
+/// The first drop event from `src` to `dst`, parsed.
+fn drop_event(daemon: &Daemon, src: &str, dst: &str) -> anyhow::Result<serde_json::Value> {
+    let (src, dst) = (format!("\"src\":\"{src}\""), format!("\"dst\":\"{dst}\""));
+    let line = daemon.wait_for_event(
+        |l| l.contains(&src) && l.contains(&dst),
+        Duration::from_secs(5),
+    )?;
+    Ok(serde_json::from_str(&line)?)
+}
+
+/// Laptops on LAN 1 (10.77.0.0/24), phones on LAN 2 (10.78.0.0/24); each group reaches its own
+/// web host on 443, both reach web A on 8080.
+const TWO_LANS: &str = r#"
+[[group]]
+name = "laptops"
+sources = ["10.77.0.0/24", "fd00:77::/64"]
+
+[[group]]
+name = "phones"
+sources = ["10.78.0.0/24", "fd00:78::/64"]
+
+[[service]]
+name = "laptop-web"
+source = "test"
+cidrs = ["198.51.100.10/32", "2001:db8:1::10/128"]
+tcp = [443]
+groups = ["laptops"]
+
+[[service]]
+name = "phone-web"
+source = "test"
+cidrs = ["198.51.100.20/32", "2001:db8:1::20/128"]
+tcp = [443]
+groups = ["phones"]
+
+[[service]]
+name = "both"
+source = "test"
+cidrs = ["198.51.100.10/32", "2001:db8:1::10/128"]
+tcp = [8080]
+"#;
+
+/// Addresses of the other LAN's subnet that the attackers claim.
+const SPOOFED_LAPTOP: (&str, &str) = ("10.77.0.50", "fd00:77::50");
+const SPOOFED_PHONE: (&str, &str) = ("10.78.0.50", "fd00:78::50");
+
+#[test]
+fn two_lans_get_their_groups_services_and_a_client_claiming_the_other_lan_gets_nothing(
+) -> anyhow::Result<()> {
+    let lab = Lab::new(&[443, 8080])?;
+    let phones = lab.add_lan(2)?;
+    // The gateway's own reverse-path filter stays out of the way: the filter must not depend on
+    // it (it is off on many gateways, and `loose` lets these through).
+    for sysctl in [
+        "net.ipv4.conf.all.rp_filter=0".to_owned(),
+        format!("net.ipv4.conf.{}.rp_filter=0", lab.gw_lan),
+        format!("net.ipv4.conf.{}.rp_filter=0", phones.gw_dev),
+    ] {
+        lab.gw.exec(&["sysctl", "-q", "-w", &sysctl])?;
+    }
+    let (laptop, phone) = (&lab.client, &phones.client);
+    lab.inet.count_arrivals(&[
+        (
+            "phone_as_laptop",
+            &format!("ip saddr {} ip daddr {WEB_A_V4}", SPOOFED_LAPTOP.0),
+        ),
+        (
+            "phone_as_laptop_v6",
+            &format!("ip6 saddr {} ip6 daddr {WEB_A_V6}", SPOOFED_LAPTOP.1),
+        ),
+        (
+            "laptop_as_phone",
+            &format!("ip saddr {} ip daddr {WEB_B_V4}", SPOOFED_PHONE.0),
+        ),
+        (
+            "control",
+            &format!("ip saddr {} ip daddr {WEB_B_V4} tcp dport 443", phones.v4),
+        ),
+    ])?;
+    let spoof = || -> anyhow::Result<()> {
+        phone.craft(&["syn", SPOOFED_LAPTOP.0, WEB_A_V4, "443"])?;
+        phone.craft(&["syn", SPOOFED_LAPTOP.1, WEB_A_V6, "443"])?;
+        laptop.craft(&["syn", SPOOFED_PHONE.0, WEB_B_V4, "443"])?;
+        Ok(())
+    };
+    let spoofed = || -> anyhow::Result<[u64; 3]> {
+        Ok([
+            lab.inet.settled_arrivals("phone_as_laptop")?,
+            lab.inet.arrivals("phone_as_laptop_v6")?,
+            lab.inet.arrivals("laptop_as_phone")?,
+        ])
+    };
+    assert!(
+        filter_tests::lab::eventually(Duration::from_secs(5), || {
+            phone.connects(WEB_B_V4, 443, 1) && phone.connects(WEB_B_V6, 443, 1)
+        }),
+        "the second LAN works without the filter"
+    );
+    // Without the filter a client's packets from the other LAN's addresses are forwarded: the
+    // group those addresses are in would be theirs.
+    spoof()?;
+    let open = spoofed()?;
+    assert_eq!(
+        open,
+        [1, 1, 1],
+        "without the filter spoofed sources are forwarded (phone as laptop IPv4, IPv6, laptop \
+         as phone)"
+    );
+
+    let rules = RulesDir::new(&lab, TWO_LANS)?;
+    let pattern = format!("e{}l*", lab.id);
+    let daemon = Daemon::start(
+        &lab.gw.name,
+        &lab.pin_path(),
+        &[
+            "--rules",
+            rules.path(),
+            "--xdp",
+            &pattern,
+            "--events",
+            "json",
+        ],
+    )?;
+    let mut lans = daemon.attached("xdp")?;
+    lans.sort();
+    assert_eq!(lans, [lab.gw_lan.clone(), phones.gw_dev.clone()]);
+
+    // Every client against the same destinations: its group's service, the other group's, the
+    // shared one; `explain --from` agrees with each.
+    for (client, from, group, web_a, web_b) in [
+        (laptop, CLIENT_V4, "laptops", WEB_A_V4, WEB_B_V4),
+        (laptop, CLIENT_V6, "laptops", WEB_A_V6, WEB_B_V6),
+        (phone, phones.v4.as_str(), "phones", WEB_A_V4, WEB_B_V4),
+        (phone, phones.v6.as_str(), "phones", WEB_A_V6, WEB_B_V6),
+    ] {
+        let reach =
+            |dst, port| reaches_as_explained(&daemon, &rules, client, (from, group), dst, port);
+        let (own, other) = if group == "laptops" {
+            (web_a, web_b)
+        } else {
+            (web_b, web_a)
+        };
+        assert!(reach(own, 443)?, "{from} ({group}) reaches its own service");
+        assert!(
+            !reach(other, 443)?,
+            "{from} ({group}) does not reach the other group's"
+        );
+        assert!(
+            reach(web_a, 8080)?,
+            "{from} ({group}) reaches the shared one"
+        );
+    }
+    let event = drop_event(&daemon, &phones.v4, WEB_A_V4)?;
+    assert_eq!(event["group"], "phones", "{event}");
+    assert_eq!(event["iface"], phones.gw_dev.as_str(), "{event}");
+    // Web A has a service for phones, on another port.
+    assert_eq!(event["reason"], "port-not-allowed", "{event}");
+    let event = drop_event(&daemon, CLIENT_V6, WEB_B_V6)?;
+    assert_eq!(event["group"], "laptops", "{event}");
+    assert_eq!(event["iface"], lab.gw_lan.as_str(), "{event}");
+    // Only the phones' service covers web B.
+    assert_eq!(event["reason"], "no-service", "{event}");
+
+    // The attack: each LAN's client claims the other LAN's addresses. XDP's source check drops
+    // them on the LAN they arrive from, before any group is looked at.
+    let control = lab.inet.settled_arrivals("control")?;
+    spoof()?;
+    phone.craft(&["syn", &phones.v4, WEB_B_V4, "443"])?;
+    assert_eq!(spoofed()?, open, "a spoofed source got out");
+    assert!(
+        lab.inet.arrivals("control")? > control,
+        "the phone's SYN from its own address arrives"
+    );
+    for (src, iface) in [
+        (SPOOFED_LAPTOP.0, &phones.gw_dev),
+        (SPOOFED_LAPTOP.1, &phones.gw_dev),
+        (SPOOFED_PHONE.0, &lab.gw_lan),
+    ] {
+        let dst = if iface == &lab.gw_lan {
+            WEB_B_V4
+        } else if src.contains(':') {
+            WEB_A_V6
+        } else {
+            WEB_A_V4
+        };
+        let event = drop_event(&daemon, src, dst)?;
+        assert_eq!(event["reason"], "spoofed-source", "{event}");
+        assert_eq!(event["iface"], iface.as_str(), "{event}");
+    }
+    let stats = daemon.stats()?;
+    assert!(
+        dropped_for(&stats, "laptops") > Some(0),
+        "{}",
+        stats["groups"]
+    );
+    assert!(
+        dropped_for(&stats, "phones") > Some(0),
+        "{}",
+        stats["groups"]
+    );
+    drop(daemon);
+    drop(phones);
+    Ok(())
+}
+
+/// Pods by address: `build` pods (pods 1 and 4) may reach the package mirror (web A), `app`
+/// pods (2 and 5) the API (web B); pod 3 is in no group, and the rules leave `default`
+/// undefined: it reaches nothing.
+const PODS: &str = r#"
+[[group]]
+name = "build"
+sources = ["10.88.1.0/24", "10.88.4.0/24"]
+
+[[group]]
+name = "app"
+sources = ["10.88.2.0/24", "10.88.5.0/24"]
+
+[[service]]
+name = "package-mirror"
+source = "test"
+cidrs = ["198.51.100.10/32"]
+tcp = [443]
+groups = ["build"]
+
+[[service]]
+name = "api"
+source = "test"
+cidrs = ["198.51.100.20/32"]
+tcp = [443]
+groups = ["app"]
+"#;
+
+const MIRROR: &str = WEB_A_V4;
+const API: &str = WEB_B_V4;
+
+/// How soon a pod's veth that appears must be filtered.
+const ATTACH_WITHIN: Duration = Duration::from_secs(1);
+
+/// Asserts pod `n` (at `index` in the node) gets its group's verdicts, and that none of its
+/// packets reached the destination it is refused (its internet counter did not move).
+fn pod_gets_its_groups_verdict(node: &Node, n: u8, index: usize, when: &str) -> anyhow::Result<()> {
+    let (allowed, blocked, counter) = match n {
+        1 | 4 => (&[MIRROR][..], &[API][..], "web_b"),
+        2 | 5 => (&[API][..], &[MIRROR][..], "web_a"),
+        _ => anyhow::bail!("pod {n} has no group in PODS"),
+    };
+    let before = node.inet.settled_arrivals(counter)?;
+    node.assert_reaches(index, allowed, blocked, when);
+    assert_eq!(
+        node.inet.settled_arrivals(counter)?,
+        before,
+        "pod {n}: a packet to {} reached it {when}",
+        blocked[0]
+    );
+    Ok(())
+}
+
+/// The drop event of pod `n`'s packet to `dst`: judged at its veth's TC ingress, before the
+/// node masqueraded it, for its group.
+fn pod_dropped_as(
+    daemon: &Daemon,
+    node: &Node,
+    n: u8,
+    dst: &str,
+    group: &str,
+) -> anyhow::Result<()> {
+    let event = drop_event(daemon, &Node::pod_address(n), dst)?;
+    assert_eq!(event["group"], group, "{event}");
+    assert_eq!(event["iface"], node.veth(n).as_str(), "{event}");
+    assert_eq!(event["hook"], "tc", "{event}");
+    // Only other groups' services cover it: no service of this pod's.
+    assert_eq!(event["reason"], "no-service", "{event}");
+    Ok(())
+}
+
+#[test]
+fn pods_get_their_groups_verdicts_as_they_come_and_go_and_across_kill_9() -> anyhow::Result<()> {
+    let mut node = Node::new()?;
+    let rules = RulesDir::with_id(&node.id, PODS)?;
+    let pods: Vec<usize> = (1..=3).map(|n| node.add_pod(n)).collect::<Result<_, _>>()?;
+    let daemon = node.start(rules.path(), &["--events", "json"])?;
+    pod_gets_its_groups_verdict(&node, 1, pods[0], "at start")?;
+    pod_gets_its_groups_verdict(&node, 2, pods[1], "at start")?;
+    node.assert_reaches(pods[2], &[], &[MIRROR, API], "in no group, with no default");
+    for (n, dst, group) in [
+        (1, API, "build"),
+        (2, MIRROR, "app"),
+        (3, MIRROR, "default"),
+        (3, API, "default"),
+    ] {
+        pod_dropped_as(&daemon, &node, n, dst, group)?;
+    }
+    for (n, dst, group) in [(1, MIRROR, "build"), (2, API, "app"), (3, API, "default")] {
+        let explained = daemon.explain(rules.path(), dst, "tcp/443", &Node::pod_address(n))?;
+        assert_eq!(explained["group"], group, "{explained}");
+        let verdict = if n == 3 { "drop" } else { "pass" };
+        assert_eq!(explained["verdict"], verdict, "{explained}");
+    }
+    // What the internet saw came from the node's address: the filter judged the pods' own
+    // addresses at their veths, before the node masqueraded them.
+    assert!(node.inet.arrivals("from_node")? > 0);
+    assert_eq!(node.inet.arrivals("unmasqueraded")?, 0);
+    let stats = daemon.stats()?;
+    for group in ["build", "app", "default"] {
+        assert!(
+            dropped_for(&stats, group) > Some(0),
+            "{group}: {}",
+            stats["groups"]
+        );
+    }
+
+    // A build pod created while the daemon runs tries the API as soon as it can send.
+    let api_before = node.inet.settled_arrivals("web_b")?;
+    let created = SystemTime::now();
+    let fourth = node.add_pod(4)?;
+    assert!(
+        !node.pods[fourth].connects(API, 443, 1),
+        "a new build pod's first connection to the API"
+    );
+    assert_eq!(
+        node.inet.settled_arrivals("web_b")?,
+        api_before,
+        "the new build pod's first SYN reached the API"
+    );
+    let attached_after =
+        daemon.logged_after(&format!("TC ingress attached to {}", node.veth(4)), created)?;
+    eprintln!("pod 4: attached {attached_after:?} after its veth was created");
+    assert!(attached_after < ATTACH_WITHIN, "{attached_after:?}");
+    pod_gets_its_groups_verdict(&node, 4, fourth, "created while the daemon runs")?;
+    pod_dropped_as(&daemon, &node, 4, API, "build")?;
+
+    // An app pod deleted and created again keeps its group's verdict.
+    node.delete_pod_veth(2)?;
+    daemon.wait_for_log("let go: the interface vanished", ATTACH_WITHIN * 5)?;
+    node.add_pod(2)?;
+    pod_gets_its_groups_verdict(&node, 2, pods[1], "after its veth was created again")?;
+
+    // kill -9, and an app pod created while no daemon runs: the restart adopts the pinned
+    // filter and gives the new pod its group's policy.
+    daemon.signal("KILL")?;
+    daemon.wait_exit(Duration::from_secs(5))?;
+    pod_gets_its_groups_verdict(&node, 1, pods[0], "while the daemon is dead")?;
+    let fifth = node.add_pod(5)?;
+    let restarted = node.start(rules.path(), &["--events", "json"])?;
+    restarted.wait_for_log("adopted the pinned link", Duration::from_secs(1))?;
+    pod_gets_its_groups_verdict(&node, 5, fifth, "created while the daemon was down")?;
+    pod_dropped_as(&restarted, &node, 5, MIRROR, "app")?;
+    pod_gets_its_groups_verdict(&node, 1, pods[0], "after the restart")?;
+    pod_gets_its_groups_verdict(&node, 4, fourth, "after the restart")?;
+    node.assert_reaches(pods[2], &[], &[MIRROR, API], "after the restart");
+    let mut veths = restarted.attached("tc-ingress")?;
+    veths.sort();
+    assert_eq!(veths, (1..=5).map(|n| node.veth(n)).collect::<Vec<_>>());
+    assert_eq!(
+        node.inet.arrivals("unmasqueraded")?,
+        0,
+        "every pod's packet left the node masqueraded"
+    );
+    drop(daemon);
     drop(restarted);
     Ok(())
 }
