@@ -20,7 +20,8 @@ pub const NODE_UPLINK_V4: &str = "192.0.2.1";
 /// A node with an uplink to the simulated internet, and pods on veths of their own.
 ///
 /// The internet counts arrivals (see [`Netns::count_arrivals`]): `web_a` and `web_b`, every
-/// packet to 198.51.100.10 and .20; `from_node`, every packet from the node's uplink address;
+/// TCP packet to 198.51.100.10 and .20 on 443 (not the ICMP errors the node sends them when it
+/// cannot deliver an answer); `from_node`, every packet from the node's uplink address;
 /// `unmasqueraded`, every packet still carrying a pod's address.
 pub struct Node {
     pub id: String,
@@ -63,8 +64,8 @@ impl Node {
             listeners.push(inet.spawn(&["nc", "-lk", "-n", host, "443"])?);
         }
         inet.count_arrivals(&[
-            ("web_a", &format!("ip daddr {WEB_A_V4}")),
-            ("web_b", &format!("ip daddr {WEB_B_V4}")),
+            ("web_a", &format!("ip daddr {WEB_A_V4} tcp dport 443")),
+            ("web_b", &format!("ip daddr {WEB_B_V4} tcp dport 443")),
             ("from_node", &format!("ip saddr {NODE_UPLINK_V4}")),
             ("unmasqueraded", "ip saddr 10.88.0.0/16"),
         ])?;

@@ -10,7 +10,10 @@ use std::time::{Duration, SystemTime};
 
 use filter_tests::{
     daemon::Daemon,
-    lab::{Lab, Netns, RulesDir, CLIENT_V4, CLIENT_V6, WEB_A_V4, WEB_A_V6, WEB_B_V4, WEB_B_V6},
+    lab::{
+        eventually, Lab, Lan, Netns, RulesDir, CLIENT_V4, CLIENT_V6, WEB_A_V4, WEB_A_V6, WEB_B_V4,
+        WEB_B_V6,
+    },
     node::Node,
 };
 
@@ -278,9 +281,118 @@ cidrs = ["198.51.100.10/32", "2001:db8:1::10/128"]
 tcp = [8080]
 "#;
 
-/// Addresses of the other LAN's subnet that the attackers claim.
-const SPOOFED_LAPTOP: (&str, &str) = ("10.77.0.50", "fd00:77::50");
-const SPOOFED_PHONE: (&str, &str) = ("10.78.0.50", "fd00:78::50");
+/// Addresses of the other LAN's subnet that the attackers claim, IPv4 and IPv6.
+const SPOOFED_LAPTOP: [&str; 2] = ["10.77.0.50", "fd00:77::50"];
+const SPOOFED_PHONE: [&str; 2] = ["10.78.0.50", "fd00:78::50"];
+
+/// Counts at the internet side what each LAN's client sends from the other LAN's addresses
+/// (`spoofed_0` to `spoofed_3`, in the order of [`spoof`]), and the phone's SYNs to its own
+/// service (`control`).
+fn count_spoofed(lab: &Lab, phones: &Lan) -> anyhow::Result<()> {
+    let rules: Vec<(String, String)> = spoofed_syns(lab, phones)
+        .iter()
+        .enumerate()
+        .map(|(i, (_, src, dst))| {
+            let family = if src.contains(':') { "ip6" } else { "ip" };
+            (
+                format!("spoofed_{i}"),
+                format!("{family} saddr {src} {family} daddr {dst} tcp dport 443"),
+            )
+        })
+        .chain([(
+            "control".to_owned(),
+            format!("ip saddr {} ip daddr {WEB_B_V4} tcp dport 443", phones.v4),
+        )])
+        .collect();
+    let counters: Vec<(&str, &str)> = rules
+        .iter()
+        .map(|(n, r)| (n.as_str(), r.as_str()))
+        .collect();
+    lab.inet.count_arrivals(&counters)
+}
+
+/// Each LAN's client claiming the other LAN's addresses, to the other group's service: who
+/// sends, from where, to where (TCP 443).
+fn spoofed_syns<'a>(lab: &'a Lab, phones: &'a Lan) -> [(&'a Netns, &'static str, &'static str); 4] {
+    [
+        (&phones.client, SPOOFED_LAPTOP[0], WEB_A_V4),
+        (&phones.client, SPOOFED_LAPTOP[1], WEB_A_V6),
+        (&lab.client, SPOOFED_PHONE[0], WEB_B_V4),
+        (&lab.client, SPOOFED_PHONE[1], WEB_B_V6),
+    ]
+}
+
+/// Sends one SYN of each of [`spoofed_syns`].
+fn spoof(lab: &Lab, phones: &Lan) -> anyhow::Result<()> {
+    for (client, src, dst) in spoofed_syns(lab, phones) {
+        client.craft(&["syn", src, dst, "443"])?;
+    }
+    Ok(())
+}
+
+/// What arrived of each of [`spoofed_syns`] so far.
+fn spoofed(lab: &Lab) -> anyhow::Result<Vec<u64>> {
+    std::thread::sleep(Duration::from_millis(300));
+    (0..4)
+        .map(|i| lab.inet.arrivals(&format!("spoofed_{i}")))
+        .collect()
+}
+
+/// Every client against the same destinations: its group's service, the other group's, the
+/// shared one; `explain --from` agrees with each. Drop events name the group and the LAN.
+fn each_client_reaches_its_groups_services(
+    lab: &Lab,
+    phones: &Lan,
+    daemon: &Daemon,
+    rules: &RulesDir,
+) -> anyhow::Result<()> {
+    for (client, from, group, web_a, web_b) in [
+        (&lab.client, CLIENT_V4, "laptops", WEB_A_V4, WEB_B_V4),
+        (&lab.client, CLIENT_V6, "laptops", WEB_A_V6, WEB_B_V6),
+        (
+            &phones.client,
+            phones.v4.as_str(),
+            "phones",
+            WEB_A_V4,
+            WEB_B_V4,
+        ),
+        (
+            &phones.client,
+            phones.v6.as_str(),
+            "phones",
+            WEB_A_V6,
+            WEB_B_V6,
+        ),
+    ] {
+        let reach =
+            |dst, port| reaches_as_explained(daemon, rules, client, (from, group), dst, port);
+        let (own, other) = if group == "laptops" {
+            (web_a, web_b)
+        } else {
+            (web_b, web_a)
+        };
+        assert!(reach(own, 443)?, "{from} ({group}) reaches its own service");
+        assert!(
+            !reach(other, 443)?,
+            "{from} ({group}) does not reach the other group's"
+        );
+        assert!(
+            reach(web_a, 8080)?,
+            "{from} ({group}) reaches the shared one"
+        );
+    }
+    let event = drop_event(daemon, &phones.v4, WEB_A_V4)?;
+    assert_eq!(event["group"], "phones", "{event}");
+    assert_eq!(event["iface"], phones.gw_dev.as_str(), "{event}");
+    // Web A has a service for phones, on another port.
+    assert_eq!(event["reason"], "port-not-allowed", "{event}");
+    let event = drop_event(daemon, CLIENT_V6, WEB_B_V6)?;
+    assert_eq!(event["group"], "laptops", "{event}");
+    assert_eq!(event["iface"], lab.gw_lan.as_str(), "{event}");
+    // Only the phones' service covers web B.
+    assert_eq!(event["reason"], "no-service", "{event}");
+    Ok(())
+}
 
 #[test]
 fn two_lans_get_their_groups_services_and_a_client_claiming_the_other_lan_gets_nothing(
@@ -296,53 +408,22 @@ fn two_lans_get_their_groups_services_and_a_client_claiming_the_other_lan_gets_n
     ] {
         lab.gw.exec(&["sysctl", "-q", "-w", &sysctl])?;
     }
-    let (laptop, phone) = (&lab.client, &phones.client);
-    lab.inet.count_arrivals(&[
-        (
-            "phone_as_laptop",
-            &format!("ip saddr {} ip daddr {WEB_A_V4}", SPOOFED_LAPTOP.0),
-        ),
-        (
-            "phone_as_laptop_v6",
-            &format!("ip6 saddr {} ip6 daddr {WEB_A_V6}", SPOOFED_LAPTOP.1),
-        ),
-        (
-            "laptop_as_phone",
-            &format!("ip saddr {} ip daddr {WEB_B_V4}", SPOOFED_PHONE.0),
-        ),
-        (
-            "control",
-            &format!("ip saddr {} ip daddr {WEB_B_V4} tcp dport 443", phones.v4),
-        ),
-    ])?;
-    let spoof = || -> anyhow::Result<()> {
-        phone.craft(&["syn", SPOOFED_LAPTOP.0, WEB_A_V4, "443"])?;
-        phone.craft(&["syn", SPOOFED_LAPTOP.1, WEB_A_V6, "443"])?;
-        laptop.craft(&["syn", SPOOFED_PHONE.0, WEB_B_V4, "443"])?;
-        Ok(())
-    };
-    let spoofed = || -> anyhow::Result<[u64; 3]> {
-        Ok([
-            lab.inet.settled_arrivals("phone_as_laptop")?,
-            lab.inet.arrivals("phone_as_laptop_v6")?,
-            lab.inet.arrivals("laptop_as_phone")?,
-        ])
-    };
+    count_spoofed(&lab, &phones)?;
     assert!(
-        filter_tests::lab::eventually(Duration::from_secs(5), || {
-            phone.connects(WEB_B_V4, 443, 1) && phone.connects(WEB_B_V6, 443, 1)
+        eventually(Duration::from_secs(5), || {
+            phones.client.connects(WEB_B_V4, 443, 1) && phones.client.connects(WEB_B_V6, 443, 1)
         }),
         "the second LAN works without the filter"
     );
     // Without the filter a client's packets from the other LAN's addresses are forwarded: the
     // group those addresses are in would be theirs.
-    spoof()?;
-    let open = spoofed()?;
+    spoof(&lab, &phones)?;
+    let open = spoofed(&lab)?;
     assert_eq!(
         open,
-        [1, 1, 1],
+        [1, 1, 1, 1],
         "without the filter spoofed sources are forwarded (phone as laptop IPv4, IPv6, laptop \
-         as phone)"
+         as phone IPv4, IPv6)"
     );
 
     let rules = RulesDir::new(&lab, TWO_LANS)?;
@@ -362,67 +443,33 @@ fn two_lans_get_their_groups_services_and_a_client_claiming_the_other_lan_gets_n
     let mut lans = daemon.attached("xdp")?;
     lans.sort();
     assert_eq!(lans, [lab.gw_lan.clone(), phones.gw_dev.clone()]);
-
-    // Every client against the same destinations: its group's service, the other group's, the
-    // shared one; `explain --from` agrees with each.
-    for (client, from, group, web_a, web_b) in [
-        (laptop, CLIENT_V4, "laptops", WEB_A_V4, WEB_B_V4),
-        (laptop, CLIENT_V6, "laptops", WEB_A_V6, WEB_B_V6),
-        (phone, phones.v4.as_str(), "phones", WEB_A_V4, WEB_B_V4),
-        (phone, phones.v6.as_str(), "phones", WEB_A_V6, WEB_B_V6),
-    ] {
-        let reach =
-            |dst, port| reaches_as_explained(&daemon, &rules, client, (from, group), dst, port);
-        let (own, other) = if group == "laptops" {
-            (web_a, web_b)
-        } else {
-            (web_b, web_a)
-        };
-        assert!(reach(own, 443)?, "{from} ({group}) reaches its own service");
-        assert!(
-            !reach(other, 443)?,
-            "{from} ({group}) does not reach the other group's"
-        );
-        assert!(
-            reach(web_a, 8080)?,
-            "{from} ({group}) reaches the shared one"
-        );
-    }
-    let event = drop_event(&daemon, &phones.v4, WEB_A_V4)?;
-    assert_eq!(event["group"], "phones", "{event}");
-    assert_eq!(event["iface"], phones.gw_dev.as_str(), "{event}");
-    // Web A has a service for phones, on another port.
-    assert_eq!(event["reason"], "port-not-allowed", "{event}");
-    let event = drop_event(&daemon, CLIENT_V6, WEB_B_V6)?;
-    assert_eq!(event["group"], "laptops", "{event}");
-    assert_eq!(event["iface"], lab.gw_lan.as_str(), "{event}");
-    // Only the phones' service covers web B.
-    assert_eq!(event["reason"], "no-service", "{event}");
+    each_client_reaches_its_groups_services(&lab, &phones, &daemon, &rules)?;
 
     // The attack: each LAN's client claims the other LAN's addresses. XDP's source check drops
     // them on the LAN they arrive from, before any group is looked at.
     let control = lab.inet.settled_arrivals("control")?;
-    spoof()?;
-    phone.craft(&["syn", &phones.v4, WEB_B_V4, "443"])?;
-    assert_eq!(spoofed()?, open, "a spoofed source got out");
+    spoof(&lab, &phones)?;
+    phones.client.craft(&["syn", &phones.v4, WEB_B_V4, "443"])?;
+    assert_eq!(spoofed(&lab)?, open, "a spoofed source got out");
     assert!(
         lab.inet.arrivals("control")? > control,
         "the phone's SYN from its own address arrives"
     );
-    for (src, dst, iface) in [
-        (SPOOFED_LAPTOP.0, WEB_A_V4, &phones.gw_dev),
-        (SPOOFED_LAPTOP.1, WEB_A_V6, &phones.gw_dev),
-        (SPOOFED_PHONE.0, WEB_B_V4, &lab.gw_lan),
-    ] {
+    for (_, src, dst) in spoofed_syns(&lab, &phones) {
         let event = drop_event(&daemon, src, dst)?;
         assert_eq!(event["reason"], "spoofed-source", "{event}");
-        assert_eq!(event["iface"], iface.as_str(), "{event}");
+        let lan = if SPOOFED_LAPTOP.contains(&src) {
+            &phones.gw_dev
+        } else {
+            &lab.gw_lan
+        };
+        assert_eq!(event["iface"], lan.as_str(), "{event}");
     }
     // The sources the check lets through on every interface (unspecified, link-local) are in
     // no group: `default`, which these rules leave undefined, so not even the service every
     // group has reaches out from them.
     for (src, dst) in [("0.0.0.0", WEB_A_V4), ("fe80::77:50", WEB_A_V6)] {
-        phone.craft(&["syn", src, dst, "8080"])?;
+        phones.client.craft(&["syn", src, dst, "8080"])?;
         let event = drop_event(&daemon, src, dst)?;
         assert_eq!(event["group"], "default", "{event}");
         assert_eq!(event["reason"], "no-service", "{event}");
