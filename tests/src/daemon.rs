@@ -45,6 +45,8 @@ pub fn query_json(binary: &Path, verb: &str, pin_path: &str) -> anyhow::Result<s
 /// A running daemon whose stdout (events) and stderr (logs) are collected.
 pub struct Daemon {
     child: Mutex<Child>,
+    /// The network namespace it runs in.
+    pub netns: String,
     pub pin_path: String,
     stdout: Arc<Mutex<Vec<String>>>,
     stderr: Arc<Mutex<Vec<String>>>,
@@ -189,6 +191,7 @@ impl Daemon {
         }
         Ok(Self {
             child: Mutex::new(child),
+            netns: netns.to_owned(),
             pin_path: pin_path.to_owned(),
             stdout,
             stderr,
@@ -345,22 +348,19 @@ impl Daemon {
             .collect())
     }
 
-    /// `egress-filter explain DST PACKET --from SOURCE --json` against this daemon's pinned
-    /// filter and `rules`, parsed.
-    pub fn explain(
-        &self,
-        rules: &str,
-        destination: &str,
-        packet: &str,
-        from: &str,
-    ) -> anyhow::Result<serde_json::Value> {
-        let out = Command::new(&self.binary)
-            .args(["explain", destination, packet, "--from", from, "--json"])
-            .args(["--rules", rules, "--pin-path", &self.pin_path])
+    /// `egress-filter explain ARGS --json` against this daemon's pinned filter and `rules`, in
+    /// its namespace, parsed.
+    pub fn explain(&self, rules: &str, args: &[&str]) -> anyhow::Result<serde_json::Value> {
+        let out = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.netns))
+            .arg(&self.binary)
+            .arg("explain")
+            .args(args)
+            .args(["--rules", rules, "--pin-path", &self.pin_path, "--json"])
             .output()?;
         anyhow::ensure!(
             out.status.success(),
-            "explain: {}",
+            "explain {args:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         Ok(serde_json::from_slice(&out.stdout)?)

@@ -175,6 +175,20 @@ impl Node {
         }
     }
 
+    /// Asserts that pods' packets reached the internet, all of them from the node's address.
+    pub fn assert_masqueraded(&self) -> anyhow::Result<()> {
+        assert!(
+            self.inet.arrivals("from_node")? > 0,
+            "no pod's packet arrived from the node's address"
+        );
+        assert_eq!(
+            self.inet.arrivals("unmasqueraded")?,
+            0,
+            "a pod's packet left the node with the pod's own address"
+        );
+        Ok(())
+    }
+
     /// The pod's connections: web A reaches, web B does not.
     pub fn assert_filtered(&self, pod: usize, when: &str) {
         self.assert_reaches(pod, &[WEB_A_V4], &[WEB_B_V4], when);

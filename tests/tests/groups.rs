@@ -113,7 +113,7 @@ fn drops_are_counted_per_group(lab: &Lab, daemon: &Daemon) -> anyhow::Result<()>
 
 /// `explain --from` a former phone's address answers for its new group, `tablets`.
 fn explained_as_a_tablet(daemon: &Daemon, rules: &RulesDir) -> anyhow::Result<()> {
-    let explained = daemon.explain(rules.path(), WEB_B_V4, "tcp/443", PHONE)?;
+    let explained = daemon.explain(rules.path(), &[WEB_B_V4, "tcp/443", "--from", PHONE])?;
     assert_eq!(explained["group"], "tablets", "{explained}");
     assert_eq!(explained["verdict"], "pass", "{explained}");
     Ok(())
@@ -229,7 +229,7 @@ fn reaches_as_explained(
     port: u16,
 ) -> anyhow::Result<bool> {
     let reached = client.connects_from(from, dst, port, 2);
-    let explained = daemon.explain(rules.path(), dst, &format!("tcp/{port}"), from)?;
+    let explained = daemon.explain(rules.path(), &[dst, &format!("tcp/{port}"), "--from", from])?;
     assert_eq!(explained["group"], group, "{explained}");
     assert_eq!(
         explained["verdict"],
@@ -578,15 +578,17 @@ fn pods_get_their_groups_verdicts_as_they_come_and_go_and_across_kill_9() -> any
         pod_dropped_as(&daemon, &node, n, dst, group)?;
     }
     for (n, dst, group) in [(1, MIRROR, "build"), (2, API, "app"), (3, API, "default")] {
-        let explained = daemon.explain(rules.path(), dst, "tcp/443", &Node::pod_address(n))?;
+        let explained = daemon.explain(
+            rules.path(),
+            &[dst, "tcp/443", "--from", &Node::pod_address(n)],
+        )?;
         assert_eq!(explained["group"], group, "{explained}");
         let verdict = if n == 3 { "drop" } else { "pass" };
         assert_eq!(explained["verdict"], verdict, "{explained}");
     }
     // What the internet saw came from the node's address: the filter judged the pods' own
     // addresses at their veths, before the node masqueraded them.
-    assert!(node.inet.arrivals("from_node")? > 0);
-    assert_eq!(node.inet.arrivals("unmasqueraded")?, 0);
+    node.assert_masqueraded()?;
     let stats = daemon.stats()?;
     for group in ["build", "app", "default"] {
         assert!(
@@ -664,11 +666,7 @@ fn pods_get_their_groups_verdicts_as_they_come_and_go_and_across_kill_9() -> any
     let mut veths = restarted.attached("tc-ingress")?;
     veths.sort();
     assert_eq!(veths, (1..=5).map(|n| node.veth(n)).collect::<Vec<_>>());
-    assert_eq!(
-        node.inet.arrivals("unmasqueraded")?,
-        0,
-        "every pod's packet left the node masqueraded"
-    );
+    node.assert_masqueraded()?;
     drop(daemon);
     drop(restarted);
     Ok(())

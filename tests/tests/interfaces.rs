@@ -147,11 +147,7 @@ fn pods_are_filtered_as_their_veths_come_and_go() -> anyhow::Result<()> {
         0,
         "no packet to the blocked destination ever left the node"
     );
-    assert_eq!(
-        node.inet.arrivals("unmasqueraded")?,
-        0,
-        "every pod's packet left the node masqueraded"
-    );
+    node.assert_masqueraded()?;
     drop(daemon);
     drop(restarted);
     Ok(())
