@@ -31,12 +31,18 @@ pub fn binary() -> anyhow::Result<PathBuf> {
 
 /// `egress-filter VERB --pin-path PIN --json` (`stats`, `learned`), parsed.
 pub fn query_json(binary: &Path, verb: &str, pin_path: &str) -> anyhow::Result<serde_json::Value> {
-    let out = Command::new(binary)
-        .args([verb, "--pin-path", pin_path, "--json"])
-        .output()?;
+    json_output(
+        Command::new(binary).args([verb, "--pin-path", pin_path, "--json"]),
+        verb,
+    )
+}
+
+/// Runs `cmd`, fails with its stderr unless it succeeds, and parses its stdout as JSON.
+fn json_output(cmd: &mut Command, what: &str) -> anyhow::Result<serde_json::Value> {
+    let out = cmd.output()?;
     anyhow::ensure!(
         out.status.success(),
-        "{verb}: {}",
+        "{what}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(serde_json::from_slice(&out.stdout)?)
@@ -351,19 +357,15 @@ impl Daemon {
     /// `egress-filter explain ARGS --json` against this daemon's pinned filter and `rules`, in
     /// its namespace, parsed.
     pub fn explain(&self, rules: &str, args: &[&str]) -> anyhow::Result<serde_json::Value> {
-        let out = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", self.netns))
-            .arg(&self.binary)
-            .arg("explain")
-            .args(args)
-            .args(["--rules", rules, "--pin-path", &self.pin_path, "--json"])
-            .output()?;
-        anyhow::ensure!(
-            out.status.success(),
-            "explain {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(serde_json::from_slice(&out.stdout)?)
+        json_output(
+            Command::new("nsenter")
+                .arg(format!("--net=/run/netns/{}", self.netns))
+                .arg(&self.binary)
+                .arg("explain")
+                .args(args)
+                .args(["--rules", rules, "--pin-path", &self.pin_path, "--json"]),
+            &format!("explain {args:?}"),
+        )
     }
 
     fn pid(&self) -> u32 {
