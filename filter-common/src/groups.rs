@@ -1,7 +1,7 @@
 //! Client groups: which allow-list a packet's source gets.
 //!
-//! Rules may name groups of clients by source prefix and say which services apply to which
-//! group. In the kernel a group is a number: 0 is the `default` group (every source no group's
+//! Rules may name groups of clients by source prefix or by the interface their packets arrive
+//! on, and say which services apply to which group. In the kernel a group is a number: 0 is the `default` group (every source no group's
 //! prefix covers), the rules' named groups take the others. Each port rule of a policy carries
 //! the set of groups it applies to ([`crate::PortRule::groups`]), so a policy answers for every
 //! group at once and groups add no policies: a service's rules carry the same set under every
@@ -24,6 +24,41 @@
 //! `TABLE_STATE` that switches the destination index: a packet read the state once, so it meets
 //! the groups and the policies of one reload, never the groups of one and the policies of the
 //! other.
+
+/// Interfaces one copy of `GROUP_IFACES` holds: every interface some group's pattern
+/// matches, across all groups.
+pub const MAX_GROUP_INTERFACES: u32 = 4096;
+
+/// The `GROUP_IFACES` key of the interface `ifindex` in `copy`.
+///
+/// ```text
+///  GROUP_IFACES[copy << 31 | ifindex]  u32: the group of packets that arrive on ifindex
+/// ```
+///
+/// A packet that arrives on an interface a group names is in that group, whatever its source
+/// address: the interface cannot be spoofed, a source address can. Other packets are grouped by
+/// source prefix. The daemon writes the copy packets do not read (a reload) and switches it
+/// with [`crate::ranges::state::INTERFACE_GROUPS_COPY_1`], in the store that switches the rest;
+/// an interface that appears or vanishes between reloads is written into the copy in use, one
+/// entry at a time, each atomic.
+#[inline(always)]
+#[must_use]
+pub const fn group_interface_key(copy: u32, ifindex: u32) -> u32 {
+    (copy & 1) << 31 | (ifindex & !(1 << 31))
+}
+
+/// The copy of `GROUP_IFACES` that `table_state` names, or `None` when its rules group no
+/// interface (and packets skip the lookup).
+#[inline(always)]
+#[must_use]
+pub const fn interface_group_copy(table_state: u32) -> Option<u32> {
+    use crate::ranges::state;
+    if table_state & state::INTERFACE_GROUPS_ON == 0 {
+        None
+    } else {
+        Some((table_state & state::INTERFACE_GROUPS_COPY_1 != 0) as u32)
+    }
+}
 
 /// The group of sources no group's prefix covers.
 pub const DEFAULT_GROUP: u32 = 0;

@@ -40,6 +40,9 @@ pub const GROUP_RANGES_V6: &str = "GROUP_RANGES_V6";
 /// Array of `u32`: which copy of the group ranges each family reads, and how many ranges each
 /// copy holds (`filter_common::groups`). Written by the daemon, read by the programs.
 pub const GROUP_STATE: &str = "GROUP_STATE";
+/// Hash, copy and interface index ([`crate::groups::group_interface_key`]) → the client group
+/// of packets arriving on that interface. Written by the daemon, read by the programs.
+pub const GROUP_IFACES: &str = "GROUP_IFACES";
 /// Array, [`crate::PolicyId`] → [`crate::Policy`] (the protocols and ports allowed). Written by
 /// the daemon, read by the programs.
 pub const POLICIES: &str = "POLICIES";
@@ -90,9 +93,12 @@ pub const PROG_TC: &str = "egress_tc";
 pub const PROG_XDP_L3: &str = "egress_xdp_l3";
 /// The TC classifier for layer-3 devices.
 pub const PROG_TC_L3: &str = "egress_tc_l3";
+/// The TC classifier for the host side of a pod's or container's veth (ingress direction):
+/// [`PROG_TC`] with XDP's source check, since what arrives there is what the pod chose to send.
+pub const PROG_TC_INGRESS: &str = "egress_tc_in";
 
 /// Every map the object must contain.
-pub const ALL_MAPS: [&str; 28] = [
+pub const ALL_MAPS: [&str; 29] = [
     ALLOW_V4,
     ALLOW_V6,
     INDEX_V4,
@@ -107,6 +113,7 @@ pub const ALL_MAPS: [&str; 28] = [
     GROUP_RANGES_V4,
     GROUP_RANGES_V6,
     GROUP_STATE,
+    GROUP_IFACES,
     POLICIES,
     CONFIG,
     REASON_STATS,
@@ -123,7 +130,7 @@ pub const ALL_MAPS: [&str; 28] = [
     FLOW_STATS,
 ];
 /// Every program the object must contain.
-pub const ALL_PROGRAMS: [&str; 4] = [PROG_XDP, PROG_TC, PROG_XDP_L3, PROG_TC_L3];
+pub const ALL_PROGRAMS: [&str; 5] = [PROG_XDP, PROG_TC, PROG_XDP_L3, PROG_TC_L3, PROG_TC_INGRESS];
 
 /// Capacity of each LPM trie. Tries are `BPF_F_NO_PREALLOC` (the kernel requires it), so an
 /// unused entry costs no memory.

@@ -68,8 +68,15 @@ pub mod state {
     pub const GROUPS_V4_COPY_1: u32 = 1 << 4;
     /// IPv6 sources find their client group in copy 1.
     pub const GROUPS_V6_COPY_1: u32 = 1 << 5;
-    /// The client-group bits.
+    /// The client-group bits of the source ranges.
     pub const GROUPS: u32 = GROUPS_V4_COPY_1 | GROUPS_V6_COPY_1;
+    /// Packets find the group of the interface they arrived on in copy 1 of
+    /// `GROUP_IFACES` (`crate::groups::group_interface_key`).
+    pub const INTERFACE_GROUPS_COPY_1: u32 = 1 << 6;
+    /// The rules group some interface: packets look up the one they arrived on.
+    pub const INTERFACE_GROUPS_ON: u32 = 1 << 7;
+    /// The bits of the interface groups.
+    pub const INTERFACE_GROUPS: u32 = INTERFACE_GROUPS_COPY_1 | INTERFACE_GROUPS_ON;
 }
 
 /// An index entry: `count` ranges from `first`.

@@ -124,7 +124,8 @@ reasons! {
     SourceRouted = 22, Drop, "source-routed";
     /// The source address does not belong on the interface the packet came in on (no route to
     /// it goes out that interface; BCP 38). Closed: a spoofed source is how a LAN client would
-    /// forge a DNS answer or hide behind another device. Checked by XDP only.
+    /// forge a DNS answer or hide behind another device. Checked by XDP and by TC ingress on
+    /// pods' veths.
     SpoofedSource = 23, Drop, "spoofed-source";
     /// On a layer-3 device (TUN, WireGuard, PPP, IP tunnels) a packet whose version field is
     /// neither 4 nor 6. Closed.

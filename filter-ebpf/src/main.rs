@@ -30,7 +30,7 @@ use filter_common::{groups::DEFAULT_GROUP, Config, Reason};
 
 use crate::{
     ablation::skip,
-    context::PacketContext,
+    context::{PacketContext, SkbContext},
     parse::{Frame, Packet, MAX_L4_OFFSET},
     verdict::Judgement,
 };
@@ -78,7 +78,14 @@ const TC_PULL_LEN: u32 = (MAX_L4_OFFSET + 64) as u32;
     reason = "aya's macros hand the context over by value"
 )]
 pub(crate) fn egress_tc(ctx: TcContext) -> i32 {
-    tc_verdict::<true>(&ctx)
+    tc_verdict::<_, true>(&ctx)
+}
+
+/// TC ingress on the host side of a pod's veth: what comes in is what the pod sends, and its
+/// source is checked like a LAN client's at XDP.
+#[classifier]
+pub(crate) fn egress_tc_in(ctx: TcContext) -> i32 {
+    tc_verdict::<_, true>(&context::PodVeth(ctx))
 }
 
 /// TC on a layer-3 device: the skb starts at the IP header.
@@ -88,17 +95,18 @@ pub(crate) fn egress_tc(ctx: TcContext) -> i32 {
     reason = "aya's macros hand the context over by value"
 )]
 pub(crate) fn egress_tc_l3(ctx: TcContext) -> i32 {
-    tc_verdict::<false>(&ctx)
+    tc_verdict::<_, false>(&ctx)
 }
 
 #[inline(always)]
-fn tc_verdict<const ETHERNET: bool>(ctx: &TcContext) -> i32 {
+fn tc_verdict<C: SkbContext, const ETHERNET: bool>(ctx: &C) -> i32 {
     // Direct packet access only reaches the linear part of an skb; headers of locally generated
     // packets usually are linear, but GSO and tunnels can leave them in fragments.
-    let wanted = ctx.len().min(TC_PULL_LEN);
-    if ((ctx.data_end() - ctx.data()) as u32) < wanted {
+    let skb = ctx.skb();
+    let wanted = skb.len().min(TC_PULL_LEN);
+    if ((skb.data_end() - skb.data()) as u32) < wanted {
         // A failed pull leaves the frame as it was; the parser then fails closed on it.
-        let _pulled = ctx.pull_data(wanted);
+        let _pulled = skb.pull_data(wanted);
     }
     match process::<_, ETHERNET, { skip::NOTHING }>(ctx) {
         // TC_ACT_UNSPEC (TCX_NEXT) lets programs after ours, such as a CNI's, still run; with
@@ -139,7 +147,7 @@ fn process<C: PacketContext, const ETHERNET: bool, const SKIP: u32>(ctx: &C) -> 
             } else {
                 let table_state = verdict::table_state();
                 if SKIP & skip::GROUPS == 0 {
-                    group = verdict::source_group(&packet, table_state);
+                    group = verdict::client_group(&packet, ctx.arrival_ifindex(), table_state);
                 }
                 let judgement = verdict::judge::<SKIP>(&packet, group, table_state);
                 if SKIP & skip::FLOWS != 0 {

@@ -4,13 +4,13 @@
 use aya_ebpf::bindings::BPF_F_MMAPABLE;
 use aya_ebpf::{
     macros::map,
-    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use filter_common::{
     counters,
     event::RateLimitState,
     flows::{AddressKey, FlowCounter, FlowKey, FlowState},
-    groups::{GROUP_RANGES_PER_COPY, GROUP_STATE_ENTRIES, MAX_GROUPS},
+    groups::{GROUP_RANGES_PER_COPY, GROUP_STATE_ENTRIES, MAX_GROUPS, MAX_GROUP_INTERFACES},
     maps as names,
     ranges::{RangeV6, CHUNKS, RANGES_PER_COPY},
     sources::{SourceKeyV4, SourceKeyV6, SourceSlot, SOURCE_SLOT_INTERFACES},
@@ -82,6 +82,11 @@ pub(crate) static GROUP_RANGES_V6: Array<RangeV6> =
 /// Which copy of the group ranges each family reads, and the ranges in each copy.
 #[map(name = "GROUP_STATE")]
 pub(crate) static GROUP_STATE: Array<u32> = Array::with_max_entries(GROUP_STATE_ENTRIES, 0);
+
+/// Two copies of the interfaces some client group names, each with its group.
+#[map(name = "GROUP_IFACES")]
+pub(crate) static GROUP_IFACES: HashMap<u32, u32> =
+    HashMap::with_max_entries(2 * MAX_GROUP_INTERFACES, 0);
 
 /// Policy id → the rules allowed under every prefix that names it.
 #[map(name = "POLICIES")]

@@ -8,8 +8,8 @@
 use aya_ebpf::maps::{lpm_trie::Key, Array};
 use filter_common::{
     groups::{
-        group_bit, group_copy, group_count_entry, GroupMask, DEFAULT_GROUP, GROUP_RANGES_PER_COPY,
-        GROUP_SEARCH_STEPS,
+        group_bit, group_copy, group_count_entry, group_interface_key, interface_group_copy,
+        GroupMask, DEFAULT_GROUP, GROUP_RANGES_PER_COPY, GROUP_SEARCH_STEPS,
     },
     policy::MAX_RULES_PER_POLICY,
     ranges::{state, CHUNKS, CHUNK_BITS, SEARCH_STEPS},
@@ -23,9 +23,9 @@ use filter_common::{
 use crate::{
     ablation::{self, skip},
     maps::{
-        ALLOW_V4, ALLOW_V6, GROUP_RANGES_V4, GROUP_RANGES_V6, GROUP_STATE, INDEX_V4, INDEX_V6,
-        POLICIES, RANGES_V4, RANGES_V6, SOURCES_V4, SOURCES_V6, SOURCE_COPY, SOURCE_SLOTS,
-        TABLE_STATE,
+        ALLOW_V4, ALLOW_V6, GROUP_IFACES, GROUP_RANGES_V4, GROUP_RANGES_V6, GROUP_STATE, INDEX_V4,
+        INDEX_V6, POLICIES, RANGES_V4, RANGES_V6, SOURCES_V4, SOURCES_V6, SOURCE_COPY,
+        SOURCE_SLOTS, TABLE_STATE,
     },
     parse::{ipproto, Packet},
 };
@@ -182,6 +182,32 @@ fn find_range_v6(hi: u64, lo: u64, copy: u32) -> Option<u32> {
 #[inline(always)]
 pub(crate) fn table_state() -> u32 {
     TABLE_STATE.get(0).copied().unwrap_or(0)
+}
+
+/// The client group of the packet (`filter_common::groups`): the group of the interface it
+/// arrived on when some group names that interface, otherwise the group of its source.
+#[inline(always)]
+pub(crate) fn client_group(packet: &Packet, arrival_ifindex: u32, table_state: u32) -> u32 {
+    if let Some(copy) = interface_group_copy(table_state) {
+        let group = interface_group(group_interface_key(copy, arrival_ifindex));
+        if group != NO_INTERFACE_GROUP {
+            return group;
+        }
+    }
+    source_group(packet, table_state)
+}
+
+/// What [`interface_group`] answers for an interface no group names.
+const NO_INTERFACE_GROUP: u32 = u32::MAX;
+
+/// The group `GROUP_IFACES` holds under `key`. Out of line: rules without interface groups
+/// never call it, and should not pay for its instructions.
+#[inline(never)]
+fn interface_group(key: u32) -> u32 {
+    // Safety: the value is a plain u32 the daemon wrote; it is copied out at once.
+    unsafe { GROUP_IFACES.get(key) }
+        .copied()
+        .unwrap_or(NO_INTERFACE_GROUP)
 }
 
 /// The client group of the packet's source (`filter_common::groups`): the value of the last

@@ -8,6 +8,7 @@ pub mod counters;
 pub mod daemon;
 pub mod dns;
 pub mod kernel_view;
+pub mod learned_store;
 pub mod loader;
 pub mod maps;
 pub mod metrics;

@@ -4,7 +4,7 @@ use aya::{
     programs::{ProgramError, SchedClassifier, Xdp},
     Ebpf, EbpfError, EbpfLoader,
 };
-use filter_common::maps::{PROG_TC, PROG_TC_L3, PROG_XDP, PROG_XDP_L3};
+use filter_common::maps::{PROG_TC, PROG_TC_INGRESS, PROG_TC_L3, PROG_XDP, PROG_XDP_L3};
 
 /// The object `build.rs` compiled from filter-ebpf: both programs and every map.
 pub const OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/egress-filter"));
@@ -46,7 +46,7 @@ pub fn load_programs(ebpf: &mut Ebpf) -> Result<(), LoadError> {
         xdp.load()
             .map_err(|source| LoadError::Program { name, source })?;
     }
-    for name in [PROG_TC, PROG_TC_L3] {
+    for name in [PROG_TC, PROG_TC_L3, PROG_TC_INGRESS] {
         let tc: &mut SchedClassifier = program(ebpf, name)?;
         tc.load()
             .map_err(|source| LoadError::Program { name, source })?;

@@ -7,6 +7,9 @@
 //!         tci-<iface>
 //! /run/egress-filter/<pin-path as a file name>.lock   held (flock) while a daemon runs
 //! /run/egress-filter/<pin-path as a file name>.json   service names and resolved addresses
+//! /run/egress-filter/<pin-path as a file name>.learned.json, .learned.jsonl
+//!                                    what DNS answers taught: snapshot and journal
+//!                                    (`crate::learned_store`)
 //! ```
 //!
 //! Pinned links keep the programs attached and pinned maps keep the policy when the daemon dies,
@@ -222,6 +225,7 @@ impl PinDir {
                 }
             }
         }
+        crate::learned_store::remove(&self.state_file())?;
         // The state and lock files go last; the caller still holds the lock while this runs.
         for file in [self.state_file(), self.run_file("lock")] {
             match std::fs::remove_file(&file) {

@@ -25,8 +25,9 @@ pub struct State {
     /// Seconds since the epoch when this was written.
     pub written_at: u64,
     pub mode: String,
-    /// What the DNS forwarder learned, as of `written_at` (absent without `--dns-listen`).
-    #[serde(default)]
+    /// What the DNS forwarder learned, as of `written_at`, as state files before the learned
+    /// store (`crate::learned_store`) kept it: read when no store exists, never written.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub learned: Vec<LearnedView>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns: Option<DnsStats>,
@@ -128,12 +129,12 @@ impl State {
 /// How often the state file is written when only the DNS counters changed.
 const COUNTERS_SAVE: Duration = Duration::from_secs(5);
 
-/// When the state file was last written, and whether what it holds is behind. Learned entries
-/// that came or went are written within a second (a restart takes them back from there);
-/// counters alone, every few seconds.
+/// When the state file was last written, and whether what it holds is behind: attachments and
+/// reloads are written within a second, counters alone every few seconds. (Learned entries go
+/// to `crate::learned_store` as they change.)
 #[derive(Debug)]
 pub struct StateSaver {
-    /// Learned addresses changed since the state file was written.
+    /// Something the state file shows changed since it was written.
     pub dirty: bool,
     last_dns: Option<DnsStats>,
     last_saved: Instant,
@@ -194,7 +195,7 @@ mod tests {
     }
 
     #[test]
-    fn learned_changes_are_due_at_once_counters_alone_after_a_few_seconds() {
+    fn changes_are_due_at_once_counters_alone_after_a_few_seconds() {
         let t0 = Instant::now();
         let mut saver = StateSaver::new(t0);
         assert!(!saver.due(None, t0), "nothing changed");
@@ -205,7 +206,7 @@ mod tests {
         assert!(!saver.due(Some(&counters), t0 + Duration::from_secs(1)));
         assert!(saver.due(Some(&counters), t0 + COUNTERS_SAVE));
         saver.dirty = true;
-        assert!(saver.due(None, t0), "learned entries came or went");
+        assert!(saver.due(None, t0), "an attachment came or went");
 
         let dir = std::env::temp_dir().join(format!("ef-state-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");

@@ -25,6 +25,8 @@ pub enum Hook {
     /// the kernel's skb test run always reads an Ethernet header first. End-to-end tests on a TUN
     /// device cover it.)
     XdpL3,
+    /// TC ingress on a pod's veth: TC with XDP's source check.
+    TcIngress,
 }
 
 impl Hook {
@@ -36,6 +38,18 @@ impl Hook {
 pub enum Outcome {
     Pass,
     Drop,
+}
+
+/// The interface a test run's frame arrives on: the loopback device.
+pub const TEST_RUN_IFINDEX: u32 = 1;
+
+/// The groups of the interfaces `groups` name, as a daemon on this host would find them for
+/// test runs: only the loopback device, where their frames arrive.
+#[must_use]
+pub fn test_run_interface_groups(
+    groups: &[filter_user::rules::Group],
+) -> filter_user::maps::InterfaceGroups {
+    filter_user::rules::interface_groups(groups, [(TEST_RUN_IFINDEX, "lo")]).0
 }
 
 const XDP_DROP: u32 = 1;
@@ -73,7 +87,9 @@ impl Filter {
             rules,
         )])?;
         let mut filter = Self::empty()?;
-        filter.maps.set_groups(&rules.groups);
+        filter
+            .maps
+            .set_groups(&rules.groups, test_run_interface_groups(&rules.groups));
         filter.maps.apply(&filter_user::compile::compile(
             &rules,
             &filter_user::compile::Resolved::new(),
@@ -122,8 +138,12 @@ impl Filter {
     pub fn run(&mut self, hook: Hook, frame: &[u8]) -> anyhow::Result<Outcome> {
         let (raw, _) = self.run_repeated(hook, frame, 1)?;
         match (hook, raw) {
-            (Hook::Xdp | Hook::XdpL3, XDP_PASS) | (Hook::Tc, TC_ACT_UNSPEC) => Ok(Outcome::Pass),
-            (Hook::Xdp | Hook::XdpL3, XDP_DROP) | (Hook::Tc, TC_ACT_SHOT) => Ok(Outcome::Drop),
+            (Hook::Xdp | Hook::XdpL3, XDP_PASS) | (Hook::Tc | Hook::TcIngress, TC_ACT_UNSPEC) => {
+                Ok(Outcome::Pass)
+            }
+            (Hook::Xdp | Hook::XdpL3, XDP_DROP) | (Hook::Tc | Hook::TcIngress, TC_ACT_SHOT) => {
+                Ok(Outcome::Drop)
+            }
             _ => anyhow::bail!("{hook:?} returned unexpected code {raw}"),
         }
     }
@@ -149,6 +169,11 @@ impl Filter {
             Hook::Tc => {
                 let program: &mut SchedClassifier =
                     loader::program(&mut self.ebpf, names::PROG_TC)?;
+                program.test_run(opts)
+            }
+            Hook::TcIngress => {
+                let program: &mut SchedClassifier =
+                    loader::program(&mut self.ebpf, names::PROG_TC_INGRESS)?;
                 program.test_run(opts)
             }
             Hook::XdpL3 => {

@@ -544,7 +544,7 @@ const COUNTER_HOOKS: [filter_common::Hook; 2] = [filter_common::Hook::Xdp, filte
 fn counter_index(hook: Hook) -> usize {
     match hook {
         Hook::Xdp | Hook::XdpL3 => 0,
-        Hook::Tc => 1,
+        Hook::Tc | Hook::TcIngress => 1,
     }
 }
 

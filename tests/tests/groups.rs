@@ -560,11 +560,35 @@ fn pod_dropped_as(
     Ok(())
 }
 
+/// The pod at `index` sends a SYN to the mirror from `src`, an address of another pod's prefix
+/// (the build pods'); returns how many of it arrived. Only one way: the answer would go to the
+/// pod that prefix is routed to.
+fn spoofed_to_mirror(node: &Node, index: usize, src: &str) -> anyhow::Result<u64> {
+    let before = node.inet.settled_arrivals("web_a")?;
+    node.pods[index].craft(&["syn", src, MIRROR, "443"])?;
+    Ok(node.inet.settled_arrivals("web_a")? - before)
+}
+
+/// Pod `n`'s SYN from `src` was dropped at its veth as a spoofed source.
+fn pod_spoof_dropped(daemon: &Daemon, node: &Node, n: u8, src: &str) -> anyhow::Result<()> {
+    let event = drop_event(daemon, src, MIRROR)?;
+    assert_eq!(event["reason"], "spoofed-source", "{event}");
+    assert_eq!(event["iface"], node.veth(n).as_str(), "{event}");
+    Ok(())
+}
+
 #[test]
 fn pods_get_their_groups_verdicts_as_they_come_and_go_and_across_kill_9() -> anyhow::Result<()> {
     let mut node = Node::new()?;
     let rules = RulesDir::with_id(&node.id, PODS)?;
     let pods: Vec<usize> = (1..=3).map(|n| node.add_pod(n)).collect::<Result<_, _>>()?;
+    // The attack, shown to work without the filter: pod 3, in no group, sends from an address
+    // of the build pods' prefix to their mirror, and the node forwards it.
+    assert_eq!(
+        spoofed_to_mirror(&node, pods[2], "10.88.1.50")?,
+        1,
+        "without the filter the node forwards a pod's packet from another pod's prefix"
+    );
     let daemon = node.start(rules.path(), &["--events", "json"])?;
     pod_gets_its_groups_verdict(&node, 1, pods[0], "at start")?;
     pod_gets_its_groups_verdict(&node, 2, pods[1], "at start")?;
@@ -598,31 +622,9 @@ fn pods_get_their_groups_verdicts_as_they_come_and_go_and_across_kill_9() -> any
         );
     }
 
-    // The known limit (README, "What it cannot promise"): TC ingress checks no source, so pod 3
-    // sending from an address of the build pods' prefix gets the build group's mirror, one way
-    // (the answer goes to that prefix). Only the node's own reverse-path filter, or the CNI's
-    // anti-spoofing, stops it. Should the filter ever check sources on pods' veths, this is
-    // where the test and the README change.
-    let spoof = || node.pods[pods[2]].craft(&["syn", "10.88.1.50", MIRROR, "443"]);
-    let mirror_before = node.inet.settled_arrivals("web_a")?;
-    spoof()?;
-    assert!(
-        node.inet.settled_arrivals("web_a")? > mirror_before,
-        "a pod with another group's source address: no source check at TC ingress"
-    );
-    node.host.exec(&[
-        "sysctl",
-        "-q",
-        "-w",
-        &format!("net.ipv4.conf.{}.rp_filter=1", node.veth(3)),
-    ])?;
-    let mirror_before = node.inet.settled_arrivals("web_a")?;
-    spoof()?;
-    assert_eq!(
-        node.inet.settled_arrivals("web_a")?,
-        mirror_before,
-        "the node's strict reverse-path filter drops it"
-    );
+    // The attack, with the filter: dropped at the veth, before any group is looked at.
+    assert_eq!(spoofed_to_mirror(&node, pods[2], "10.88.1.50")?, 0);
+    pod_spoof_dropped(&daemon, &node, 3, "10.88.1.50")?;
 
     // A build pod created while the daemon runs tries the API as soon as it can send.
     let api_before = node.inet.settled_arrivals("web_b")?;
@@ -660,6 +662,8 @@ fn pods_get_their_groups_verdicts_as_they_come_and_go_and_across_kill_9() -> any
     restarted.wait_for_log("adopted the pinned link", Duration::from_secs(1))?;
     pod_gets_its_groups_verdict(&node, 5, fifth, "created while the daemon was down")?;
     pod_dropped_as(&restarted, &node, 5, MIRROR, "app")?;
+    assert_eq!(spoofed_to_mirror(&node, fifth, "10.88.1.51")?, 0);
+    pod_spoof_dropped(&restarted, &node, 5, "10.88.1.51")?;
     pod_gets_its_groups_verdict(&node, 1, pods[0], "after the restart")?;
     pod_gets_its_groups_verdict(&node, 4, fourth, "after the restart")?;
     node.assert_reaches(pods[2], &[], &[MIRROR, API], "after the restart");

@@ -5,6 +5,11 @@
 //! service shows as one removed and one added); a change of description, citations or
 //! `accept-risk` alone opens nothing and is not listed.
 //!
+//! Client groups change who gets a service as much as its hosts and ports change what it
+//! reaches: each service lists the groups it applies to (`everyone` in rules without groups),
+//! and each group that changed lists the source prefixes and interfaces it gained or lost. A
+//! group added to a service that reaches something broad is flagged, as a port is.
+//!
 //! Example: `egress-filter diff rules-old/ rules/ --json`
 
 use std::{collections::BTreeMap, fmt::Write as _, path::PathBuf};
@@ -14,7 +19,7 @@ use serde::Serialize;
 
 use crate::{
     risk::{self, Risk},
-    rules::{Rules, Service},
+    rules::{Group, Rules, Service},
 };
 
 /// `diff`: compare two rule sets.
@@ -43,10 +48,13 @@ pub fn run(args: &Args) -> anyhow::Result<String> {
     })
 }
 
-/// Every service that changed, in name order.
+/// Every service and client group that changed, in name order.
 #[derive(Debug, Serialize)]
 pub struct Diff {
     pub services: Vec<ServiceDiff>,
+    /// The client groups whose clients changed (source prefixes, interfaces).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<GroupDiff>,
     /// How many additions carry a risk flag.
     pub risky_additions: usize,
 }
@@ -59,6 +67,15 @@ pub struct ServiceDiff {
     /// The new service's `accept-risk`, shown beside its flags.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub accept_risk: Option<String>,
+    pub added: Vec<Item>,
+    pub removed: Vec<Item>,
+}
+
+/// One client group's clients gained and lost.
+#[derive(Debug, Serialize)]
+pub struct GroupDiff {
+    pub name: String,
+    pub change: Change,
     pub added: Vec<Item>,
     pub removed: Vec<Item>,
 }
@@ -87,61 +104,74 @@ pub enum Kind {
     Host,
     Prefix,
     Port,
+    /// A client group the service applies to.
+    Group,
+    /// A group's source prefix.
+    Source,
+    /// A group's interface name or pattern.
+    Interface,
 }
 
-/// The differences between two rule sets; services are matched by name.
+impl Kind {
+    fn label(self) -> &'static str {
+        match self {
+            Kind::Host => "host",
+            Kind::Prefix => "prefix",
+            Kind::Port => "port",
+            Kind::Group => "group",
+            Kind::Source => "source",
+            Kind::Interface => "interface",
+        }
+    }
+}
+
+/// What applies to every source in rules without groups.
+const EVERYONE: &str = "everyone";
+
+/// A service's or group's items, each with its risk.
+type Items = BTreeMap<(Kind, String), Option<String>>;
+
+/// The differences between two rule sets; services and groups are matched by name.
 #[must_use]
 pub fn compare(old: &Rules, new: &Rules) -> Diff {
-    let by_name = |rules: &Rules| -> BTreeMap<String, Service> {
+    let by_name = |rules: &Rules| -> BTreeMap<String, Items> {
         rules
             .services
             .iter()
-            .map(|s| (s.name.clone(), s.clone()))
+            .map(|s| (s.name.clone(), openings(rules, s)))
             .collect()
     };
-    let (old, new) = (by_name(old), by_name(new));
-    let mut names: Vec<&String> = old.keys().chain(new.keys()).collect();
-    names.sort();
-    names.dedup();
-    let mut services = Vec::new();
-    for name in names {
-        let (before, after) = (old.get(name), new.get(name));
-        let change = match (before, after) {
-            (None, _) => Change::Added,
-            (_, None) => Change::Removed,
-            _ => Change::Changed,
-        };
-        let before_items = before.map(openings).unwrap_or_default();
-        let after_items = after.map(openings).unwrap_or_default();
-        let added: Vec<Item> = after_items
-            .iter()
-            .filter(|(key, _)| !before_items.contains_key(*key))
-            .map(|((kind, value), risk)| Item {
-                kind: *kind,
-                value: value.clone(),
-                risk: risk.clone(),
-            })
-            .collect();
-        let removed: Vec<Item> = before_items
-            .keys()
-            .filter(|key| !after_items.contains_key(*key))
-            .map(|(kind, value)| Item {
-                kind: *kind,
-                value: value.clone(),
-                risk: None,
-            })
-            .collect();
-        if added.is_empty() && removed.is_empty() {
-            continue;
-        }
-        services.push(ServiceDiff {
-            name: name.clone(),
+    let accept_risk: BTreeMap<&str, &str> = new
+        .services
+        .iter()
+        .filter_map(|s| Some((s.name.as_str(), s.accept_risk.as_deref()?)))
+        .collect();
+    let services = changes(&by_name(old), &by_name(new))
+        .into_iter()
+        .map(|(name, change, added, removed)| ServiceDiff {
+            accept_risk: accept_risk.get(name.as_str()).map(|&why| why.to_owned()),
+            name,
             change,
-            accept_risk: after.and_then(|s| s.accept_risk.clone()),
             added,
             removed,
-        });
-    }
+        })
+        .collect::<Vec<_>>();
+    let clients = |rules: &Rules| -> BTreeMap<String, Items> {
+        rules
+            .groups
+            .iter()
+            .map(|g| (g.name.clone(), clients_of(g)))
+            .collect()
+    };
+    let groups = changes(&clients(old), &clients(new))
+        .into_iter()
+        .map(|(name, change, added, removed)| GroupDiff {
+            name,
+            change,
+            added,
+            removed,
+        })
+        .collect();
     let risky_additions = services
         .iter()
         .flat_map(|s| &s.added)
@@ -149,13 +179,73 @@ pub fn compare(old: &Rules, new: &Rules) -> Diff {
         .count();
     Diff {
         services,
+        groups,
         risky_additions,
     }
 }
 
-/// A service's hosts, prefixes and ports, each with its risk. A port carries the risk of the
-/// broadest destination it opens, since adding it opens that destination further.
-fn openings(service: &Service) -> BTreeMap<(Kind, String), Option<String>> {
+/// What was added to and removed from each name's items, for the names whose items differ.
+fn changes(
+    old: &BTreeMap<String, Items>,
+    new: &BTreeMap<String, Items>,
+) -> Vec<(String, Change, Vec<Item>, Vec<Item>)> {
+    let mut names: Vec<&String> = old.keys().chain(new.keys()).collect();
+    names.sort();
+    names.dedup();
+    let empty = Items::new();
+    let mut found = Vec::new();
+    for name in names {
+        let (before, after) = (old.get(name), new.get(name));
+        let change = match (before, after) {
+            (None, _) => Change::Added,
+            (_, None) => Change::Removed,
+            _ => Change::Changed,
+        };
+        let (before, after) = (before.unwrap_or(&empty), after.unwrap_or(&empty));
+        let added: Vec<Item> = after
+            .iter()
+            .filter(|(key, _)| !before.contains_key(*key))
+            .map(|((kind, value), risk)| Item {
+                kind: *kind,
+                value: value.clone(),
+                risk: risk.clone(),
+            })
+            .collect();
+        let removed: Vec<Item> = before
+            .keys()
+            .filter(|key| !after.contains_key(*key))
+            .map(|(kind, value)| Item {
+                kind: *kind,
+                value: value.clone(),
+                risk: None,
+            })
+            .collect();
+        if !added.is_empty() || !removed.is_empty() {
+            found.push((name.clone(), change, added, removed));
+        }
+    }
+    found
+}
+
+/// A group's source prefixes and interfaces.
+fn clients_of(group: &Group) -> Items {
+    group
+        .sources
+        .iter()
+        .map(|net| ((Kind::Source, net.to_string()), None))
+        .chain(
+            group
+                .interfaces
+                .iter()
+                .map(|i| ((Kind::Interface, i.clone()), None)),
+        )
+        .collect()
+}
+
+/// A service's hosts, prefixes, ports and groups, each with its risk. A port or a group carries
+/// the risk of the broadest destination it opens, since adding it opens that destination
+/// further (to more ports, or to more clients).
+fn openings(rules: &Rules, service: &Service) -> Items {
     let text = |risk: Option<Risk>| risk.as_ref().map(ToString::to_string);
     let mut items = BTreeMap::new();
     for host in &service.hosts {
@@ -178,6 +268,18 @@ fn openings(service: &Service) -> BTreeMap<(Kind, String), Option<String>> {
         });
         items.insert((Kind::Port, ports.to_string()), risk);
     }
+    let wider = broad_destination
+        .as_ref()
+        .map(|risk| format!("given a broad destination, {risk}"));
+    if rules.groups.is_empty() {
+        items.insert((Kind::Group, EVERYONE.to_owned()), wider);
+    } else {
+        for (id, name) in rules.every_group() {
+            if service.group_mask & filter_common::groups::group_bit(id) != 0 {
+                items.insert((Kind::Group, name), wider.clone());
+            }
+        }
+    }
     items
 }
 
@@ -187,26 +289,8 @@ impl Diff {
     pub fn to_text(&self) -> String {
         let mut out = String::new();
         for service in &self.services {
-            let sign = match service.change {
-                Change::Added => '+',
-                Change::Removed => '-',
-                Change::Changed => '~',
-            };
-            let _ = writeln!(out, "{sign} service {}", service.name);
-            for (mark, items) in [('+', &service.added), ('-', &service.removed)] {
-                for item in items {
-                    let kind = match item.kind {
-                        Kind::Host => "host",
-                        Kind::Prefix => "prefix",
-                        Kind::Port => "port",
-                    };
-                    let _ = write!(out, "    {mark} {kind} {}", item.value);
-                    if let Some(risk) = &item.risk {
-                        let _ = write!(out, "    RISK: {risk}");
-                    }
-                    out.push('\n');
-                }
-            }
+            let _ = writeln!(out, "{} service {}", sign(service.change), service.name);
+            items_text(&mut out, &service.added, &service.removed);
             if let Some(why) = service
                 .accept_risk
                 .as_ref()
@@ -215,17 +299,56 @@ impl Diff {
                 let _ = writeln!(out, "    accepted: {why}");
             }
         }
+        for group in &self.groups {
+            let _ = writeln!(out, "{} group {}", sign(group.change), group.name);
+            items_text(&mut out, &group.added, &group.removed);
+        }
         let count = |change| self.services.iter().filter(|s| s.change == change).count();
-        let _ = writeln!(
+        let _ = write!(
             out,
-            "{} services added, {} removed, {} changed; {} risky addition{}",
+            "{} services added, {} removed, {} changed; ",
             count(Change::Added),
             count(Change::Removed),
             count(Change::Changed),
+        );
+        if !self.groups.is_empty() {
+            let count = |change| self.groups.iter().filter(|g| g.change == change).count();
+            let _ = write!(
+                out,
+                "{} groups added, {} removed, {} changed; ",
+                count(Change::Added),
+                count(Change::Removed),
+                count(Change::Changed),
+            );
+        }
+        let _ = writeln!(
+            out,
+            "{} risky addition{}",
             self.risky_additions,
             if self.risky_additions == 1 { "" } else { "s" }
         );
         out
+    }
+}
+
+fn sign(change: Change) -> char {
+    match change {
+        Change::Added => '+',
+        Change::Removed => '-',
+        Change::Changed => '~',
+    }
+}
+
+/// The indented `+`/`-` lines of one service or group.
+fn items_text(out: &mut String, added: &[Item], removed: &[Item]) {
+    for (mark, items) in [('+', added), ('-', removed)] {
+        for item in items {
+            let _ = write!(out, "    {mark} {} {}", item.kind.label(), item.value);
+            if let Some(risk) = &item.risk {
+                let _ = write!(out, "    RISK: {risk}");
+            }
+            out.push('\n');
+        }
     }
 }
 
@@ -326,6 +449,88 @@ udp = ["1000-2000"]
         assert_eq!(json["services"][2]["added"][1]["kind"], "prefix");
         assert_eq!(json["risky_additions"], 4);
         assert!(json["services"][1]["removed"][0].get("risk").is_none());
+    }
+
+    #[test]
+    fn group_changes_show_who_gains_a_service_and_which_clients_a_group_gains() {
+        let old = rules(
+            r#"
+[[group]]
+name = "laptops"
+sources = ["10.1.0.0/16"]
+
+[[group]]
+name = "phones"
+sources = ["10.2.0.0/16"]
+
+[[service]]
+name = "push"
+cidrs = ["17.0.0.0/8"]
+tcp = [5223]
+groups = ["phones"]
+
+[[service]]
+name = "mdm"
+cidrs = ["192.0.2.0/24"]
+tcp = [443]
+"#,
+        );
+        let new = rules(
+            r#"
+[[group]]
+name = "laptops"
+sources = ["10.1.0.0/16"]
+
+[[group]]
+name = "phones"
+sources = ["10.2.0.0/16", "10.3.0.0/16"]
+interfaces = ["wlan*"]
+
+[[service]]
+name = "push"
+cidrs = ["17.0.0.0/8"]
+tcp = [5223]
+groups = ["phones", "laptops"]
+
+[[service]]
+name = "mdm"
+cidrs = ["192.0.2.0/24"]
+tcp = [443]
+"#,
+        );
+        let diff = compare(&old, &new);
+        let text = diff.to_text();
+        for line in [
+            "~ service push\n    + group laptops    RISK: given a broad destination, 17.0.0.0/8",
+            "~ group phones\n    + source 10.3.0.0/16\n    + interface wlan*\n",
+            "0 services added, 0 removed, 1 changed; 0 groups added, 0 removed, 1 changed; 1 risky addition",
+        ] {
+            assert!(text.contains(line), "{line:?} missing from\n{text}");
+        }
+        assert!(
+            !text.contains("service mdm"),
+            "mdm applies to every defined group before and after:\n{text}"
+        );
+        // Rules that start to define groups take the services from everyone to the groups.
+        let before =
+            rules("[[service]]\nname = \"mdm\"\ncidrs = [\"192.0.2.0/24\"]\ntcp = [443]\n");
+        let diff = compare(&before, &new);
+        let mdm = diff
+            .services
+            .iter()
+            .find(|s| s.name == "mdm")
+            .expect("mdm changed");
+        let values = |items: &[Item]| -> Vec<String> {
+            items
+                .iter()
+                .map(|i| format!("{:?} {}", i.kind, i.value))
+                .collect()
+        };
+        assert_eq!(values(&mdm.added), ["Group laptops", "Group phones"]);
+        assert_eq!(values(&mdm.removed), ["Group everyone"]);
+        let json = serde_json::to_value(&diff).unwrap();
+        assert_eq!(json["groups"][0]["change"], "added");
+        assert_eq!(json["groups"][0]["added"][0]["kind"], "source");
     }
 
     #[test]

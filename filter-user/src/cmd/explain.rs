@@ -54,6 +54,10 @@ pub struct Args {
     /// rules that define groups are judged for every group.
     #[arg(long, value_name = "ADDRESS")]
     pub from: Option<IpAddr>,
+    /// The interface the client's packets arrive on: a group that names it decides before
+    /// `--from` does, as in the kernel.
+    #[arg(long, value_name = "IFACE")]
+    pub via: Option<String>,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -74,10 +78,11 @@ pub struct Explanation {
     /// The service whose rule allows the packet.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allowed_by: Option<String>,
-    /// The client group judged (`--from`'s, else `default`), when the rules define groups.
+    /// The client group judged (`--via`'s, else `--from`'s, else `default`), when the rules
+    /// define groups.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
-    /// Without `--from`, when the rules define groups: the answer for each group.
+    /// Without `--from` and `--via`, when the rules define groups: the answer for each group.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub by_group: Vec<GroupVerdict>,
     /// Where the answer comes from: `running filter at DIR` or `rules`.
@@ -200,11 +205,18 @@ pub async fn run(args: &Args) -> anyhow::Result<Explanation> {
             group,
         )
     };
-    let group = args
-        .from
-        .map_or(DEFAULT_GROUP, |source| group_of(&rules.groups, source));
+    let by_interface = args.via.as_deref().and_then(|name| {
+        crate::rules::interface_groups(&rules.groups, [(0, name)])
+            .0
+            .get(&0)
+            .copied()
+    });
+    let group = by_interface.unwrap_or_else(|| {
+        args.from
+            .map_or(DEFAULT_GROUP, |source| group_of(&rules.groups, source))
+    });
     let (verdict, reason, allowed_by) = judge_for(group);
-    let by_group = if args.from.is_some() {
+    let by_group = if args.from.is_some() || args.via.is_some() {
         Vec::new()
     } else {
         group_answers(&rules, judge_for)

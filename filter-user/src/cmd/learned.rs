@@ -22,8 +22,8 @@ pub fn run(args: &Args) -> anyhow::Result<String> {
     })
 }
 
-/// What the running daemon's forwarder has learned, as of now (the state file is at most a
-/// second old; its ages and expiries are moved on by the time since it was written).
+/// What the running daemon's forwarder has learned, as of now: its learned store, which every
+/// answer reaches before the client does (ages and expiries moved on to now).
 pub fn read(pins: &PinDir) -> anyhow::Result<Vec<LearnedView>> {
     let state = State::load(&pins.state_file())?.with_context(|| {
         format!(
@@ -36,6 +36,10 @@ pub fn read(pins: &PinDir) -> anyhow::Result<Vec<LearnedView>> {
         "the filter at {} does not answer DNS (run it with --dns-listen)",
         pins.root().display()
     );
+    if let Some(learned) = crate::learned_store::load(&pins.state_file())? {
+        return Ok(learned);
+    }
+    // A daemon from before the learned store kept the list in the state file.
     let elapsed = State::now_secs().saturating_sub(state.written_at);
     Ok(state
         .learned

@@ -89,9 +89,10 @@ pub struct Args {
         default_value = "tcp/22,udp/53,tcp/53,udp/67,udp/547,icmp"
     )]
     pub self_ports: Vec<PortSpec>,
-    /// Do not drop packets whose source address does not belong on the XDP interface they came
-    /// in on (by default: no route to it goes out that interface). Turn off only for asymmetric
-    /// routing that strict reverse-path filtering would break too.
+    /// Do not drop packets whose source address does not belong on the XDP or TC-ingress
+    /// interface they came in on (by default: no route to it goes out that interface; a pod's
+    /// veth with no route of its own takes every source). Turn off only for asymmetric routing
+    /// that strict reverse-path filtering would break too.
     #[arg(long)]
     pub no_source_check: bool,
     /// Drop events each CPU may report per second after its burst.

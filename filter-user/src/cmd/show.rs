@@ -38,6 +38,10 @@ pub struct GroupReport {
     pub group: String,
     /// Its source prefixes; empty for `default` (every source no group covers).
     pub sources: Vec<IpNet>,
+    /// The interfaces (names or patterns) whose arriving packets are its, whatever their
+    /// source.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub interfaces: Vec<String>,
     /// The services its clients may reach.
     pub services: Vec<String>,
 }
@@ -165,20 +169,19 @@ fn group_reports(rules: &Rules) -> Vec<GroupReport> {
     rules
         .every_group()
         .into_iter()
-        .map(|(id, name)| GroupReport {
-            sources: rules
-                .groups
-                .iter()
-                .find(|g| g.id == id)
-                .map(|g| g.sources.clone())
-                .unwrap_or_default(),
-            services: rules
-                .services
-                .iter()
-                .filter(|s| s.group_mask & filter_common::groups::group_bit(id) != 0)
-                .map(|s| s.name.clone())
-                .collect(),
-            group: name,
+        .map(|(id, name)| {
+            let defined = rules.groups.iter().find(|g| g.id == id);
+            GroupReport {
+                sources: defined.map(|g| g.sources.clone()).unwrap_or_default(),
+                interfaces: defined.map(|g| g.interfaces.clone()).unwrap_or_default(),
+                services: rules
+                    .services
+                    .iter()
+                    .filter(|s| s.group_mask & filter_common::groups::group_bit(id) != 0)
+                    .map(|s| s.name.clone())
+                    .collect(),
+                group: name,
+            }
         })
         .collect()
 }
@@ -219,13 +222,15 @@ impl Report {
         if !self.groups.is_empty() {
             let _ = writeln!(out, "\n{} client groups:", self.groups.len());
             for group in &self.groups {
-                let sources = if group.sources.is_empty() {
+                let sources = if group.sources.is_empty() && group.interfaces.is_empty() {
                     "(every source no other group covers)".to_owned()
                 } else {
+                    // Interfaces first: they decide before the source address does.
                     group
-                        .sources
+                        .interfaces
                         .iter()
-                        .map(ToString::to_string)
+                        .map(|i| format!("via {i}"))
+                        .chain(group.sources.iter().map(ToString::to_string))
                         .collect::<Vec<_>>()
                         .join(" ")
                 };

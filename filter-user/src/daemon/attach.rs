@@ -283,7 +283,10 @@ fn program_for(hook: HookKind, layer: LinkLayer) -> &'static str {
     match (hook, layer) {
         (HookKind::Xdp, LinkLayer::Ethernet) => names::PROG_XDP,
         (HookKind::Xdp, LinkLayer::Ip) => names::PROG_XDP_L3,
-        (HookKind::Tc | HookKind::TcIngress, LinkLayer::Ethernet) => names::PROG_TC,
+        (HookKind::Tc, LinkLayer::Ethernet) => names::PROG_TC,
+        (HookKind::TcIngress, LinkLayer::Ethernet) => names::PROG_TC_INGRESS,
+        // A layer-3 device facing a container is rare (TUN-based runtimes); its sources go
+        // unchecked.
         (HookKind::Tc | HookKind::TcIngress, LinkLayer::Ip) => names::PROG_TC_L3,
     }
 }

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{bail, ensure};
 
-use super::interfaces::LinkLayer;
+use super::interfaces::{CheckedInterfaces, LinkLayer};
 use crate::{
     pins::HookKind,
     state::{AttachmentView, InterfaceReport},
@@ -128,6 +128,15 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// The interfaces to attach whose sources are checked.
+    #[must_use]
+    pub fn checked(&self) -> CheckedInterfaces {
+        CheckedInterfaces {
+            lans: self.indexes(|hook| hook == HookKind::Xdp),
+            pods: self.indexes(|hook| hook == HookKind::TcIngress),
+        }
+    }
+
     /// The interface indexes to attach, for the hooks `wanted` picks.
     #[must_use]
     pub fn indexes(&self, wanted: impl Fn(HookKind) -> bool) -> Vec<u32> {
@@ -214,15 +223,21 @@ pub struct AttachmentCounts {
 }
 
 impl Attachments {
-    /// The indices of the interfaces XDP is attached to: the source check's interfaces.
+    /// The interfaces XDP and TC ingress are attached to: the source check's interfaces.
     #[must_use]
-    pub fn xdp_indices(&self) -> Vec<u32> {
-        let indices = self
-            .held
-            .iter()
-            .filter(|((hook, _), _)| *hook == HookKind::Xdp)
-            .map(|(_, index)| *index);
-        indices.collect::<BTreeSet<_>>().into_iter().collect()
+    pub fn checked(&self) -> CheckedInterfaces {
+        let of = |wanted: HookKind| {
+            let indices = self
+                .held
+                .iter()
+                .filter(|((hook, _), _)| *hook == wanted)
+                .map(|(_, index)| *index);
+            indices.collect::<BTreeSet<_>>().into_iter().collect()
+        };
+        CheckedInterfaces {
+            lans: of(HookKind::Xdp),
+            pods: of(HookKind::TcIngress),
+        }
     }
 
     /// The indices of every interface attached to, whatever the hook: the guarded networks,

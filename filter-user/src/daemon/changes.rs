@@ -29,15 +29,34 @@ impl Daemon {
             &request.learnable,
             Instant::now(),
         );
-        self.saver.dirty |= !learned.added.is_empty() || !learned.evicted.is_empty();
         let update = grants::changes(&self.rules, &[], &learned.added, &learned.evicted);
         let written = self.apply(update, false).is_ok();
-        if !written {
+        if written {
+            self.journal_learned(&learned);
+        } else {
             // Not in the maps: not learned either, so the next answer tries again.
             self.learner.forget(&learned.added);
         }
         // The answer may go to the client now: its addresses are in the maps.
         let _ = request.done.send(written && learned.complete);
+    }
+
+    /// Appends what an answer changed in the learned table to its journal, before the answer
+    /// goes: a restart after a `kill -9` right after it still knows the answer's addresses (see
+    /// `learned_store`). A failure is logged; the next fold writes the whole table again.
+    fn journal_learned(&mut self, learned: &super::learning::Learned) {
+        let Some(store) = self.learned_store.as_mut() else {
+            return;
+        };
+        let now = Instant::now();
+        let views = learned
+            .touched
+            .iter()
+            .filter_map(|key| self.learner.table().view(key, now))
+            .collect();
+        if let Err(err) = store.record(views, &learned.evicted) {
+            tracing::warn!("{err:#}");
+        }
     }
 
     /// Writes an update to the maps (see [`PolicySync::apply`]) and brings what drop events are
@@ -75,6 +94,7 @@ impl Daemon {
                 ..
             }
         );
+        let interfaces = matches!(update, Update::Full).then(|| self.interface_groups());
         let mut enricher = self
             .enricher
             .write()
@@ -90,7 +110,10 @@ impl Daemon {
         });
         if matches!(update, Update::Full) {
             // Switched with the table, in one store: see `PolicyMaps::set_groups`.
-            self.policy.writer().set_groups(&self.rules.groups);
+            let interfaces = interfaces.unwrap_or_default();
+            self.policy
+                .writer()
+                .set_groups(&self.rules.groups, interfaces);
         }
         let (rules, hosts, learner, allowances) =
             (&self.rules, &self.hosts, &self.learner, &self.allowances);

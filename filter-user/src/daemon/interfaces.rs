@@ -130,15 +130,52 @@ fn unaddressed_sources() -> [IpNet; 3] {
     ]
 }
 
-/// The source prefixes that belong on each interface of `xdp`, as strict reverse-path
-/// filtering would see them: every unicast route (in any table) out of the interface, out of the
-/// bridge or bond it is a port of (a LAN's addresses usually sit on the bridge), or out of a
-/// VLAN or macvlan stacked on it (XDP on a trunk sees every VLAN's clients); plus
+/// The interfaces whose clients' sources are checked, by index.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CheckedInterfaces {
+    /// XDP's LANs.
+    pub lans: Vec<u32>,
+    /// The host sides of pods' veths (`--tc-ingress`).
+    pub pods: Vec<u32>,
+}
+
+/// The source prefixes that belong on each checked interface, as strict reverse-path filtering
+/// would see them.
+///
+/// A LAN's are every unicast route (in any table) out of the interface, out of the bridge or
+/// bond it is a port of (a LAN's addresses usually sit on the bridge), or out of a VLAN or
+/// macvlan stacked on it (XDP on a trunk sees every VLAN's clients); plus
 /// `unaddressed_sources`.
+///
+/// A pod's veth's are the routes out of the veth itself (the pod's own address, as Calico,
+/// Cilium with endpoint routes and plain routed setups write it), plus `unaddressed_sources`: a
+/// pod that sends with another pod's address is refused, and cannot take that pod's client
+/// group. A veth the host routes nothing to (a port of a bridge that holds every pod's subnet)
+/// has no address of its own to check against, and takes every source, as before the check.
 #[must_use]
-pub fn sources_of(xdp: &[u32], links: &[Link], routes: &[Route]) -> BTreeSet<(u32, IpNet)> {
+pub fn sources_of(
+    checked: &CheckedInterfaces,
+    links: &[Link],
+    routes: &[Route],
+) -> BTreeSet<(u32, IpNet)> {
     let mut sources = BTreeSet::new();
-    for &index in xdp {
+    for &index in &checked.pods {
+        let own: Vec<IpNet> = routes
+            .iter()
+            .filter(|route| route.out.contains(&index))
+            .map(|route| route.destination)
+            .collect();
+        if own.is_empty() {
+            sources.extend(
+                [IpNet::V4(Ipv4Net::default()), IpNet::V6(Ipv6Net::default())]
+                    .map(|every| (index, every)),
+            );
+        } else {
+            sources.extend(own.into_iter().map(|prefix| (index, prefix)));
+            sources.extend(unaddressed_sources().map(|prefix| (index, prefix)));
+        }
+    }
+    for &index in &checked.lans {
         let related = related_links(index, links);
         for route in routes {
             if route.out.iter().any(|out| related.contains(out)) {
@@ -506,6 +543,48 @@ mod tests {
             .collect()
     }
 
+    fn lans(indices: &[u32]) -> CheckedInterfaces {
+        CheckedInterfaces {
+            lans: indices.to_vec(),
+            pods: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_pods_veth_takes_its_own_routes_or_every_source_when_it_has_none() {
+        let links = [
+            Link {
+                index: 8,
+                ..Link::default()
+            },
+            Link {
+                index: 9,
+                master: Some(10),
+                parent: None,
+            },
+            Link {
+                index: 10,
+                ..Link::default()
+            },
+        ];
+        let routes = [route("10.244.1.5/32", &[8]), route("10.244.1.0/24", &[10])];
+        let checked = CheckedInterfaces {
+            lans: Vec::new(),
+            pods: vec![8, 9],
+        };
+        let sources = sources_of(&checked, &links, &routes);
+        assert_eq!(
+            prefixes(&sources, 8),
+            ["0.0.0.0/32", "10.244.1.5/32", "::/128", "fe80::/10"],
+            "a routed veth: the pod's own address, not its neighbours'"
+        );
+        assert_eq!(
+            prefixes(&sources, 9),
+            ["0.0.0.0/0", "::/0"],
+            "a bridge port: nothing of its own, so nothing is refused"
+        );
+    }
+
     #[test]
     fn sources_are_the_routes_out_of_the_interface() {
         let links = [
@@ -526,7 +605,7 @@ mod tests {
             route("2001:db8:0:2::/64", &[3]),
         ];
         assert_eq!(
-            prefixes(&sources_of(&[2], &links, &routes), 2),
+            prefixes(&sources_of(&lans(&[2]), &links, &routes), 2),
             [
                 "0.0.0.0/32",
                 "10.0.0.0/24",
@@ -571,7 +650,7 @@ mod tests {
             route("10.3.0.0/24", &[7]),
             route("10.4.0.0/24", &[7, 6]),
         ];
-        let sources = sources_of(&[2, 6], &links, &routes);
+        let sources = sources_of(&lans(&[2, 6]), &links, &routes);
         assert!(prefixes(&sources, 2).contains(&"10.1.0.0/24".to_owned()));
         assert!(!prefixes(&sources, 2).contains(&"10.2.0.0/24".to_owned()));
         let trunk = prefixes(&sources, 6);

@@ -39,6 +39,8 @@ pub struct Learned {
     /// Whether every entry the answer asks for is in the table: an answer with more addresses
     /// than the table holds pushes out its own, and is not confirmed.
     pub complete: bool,
+    /// Every entry the answer asks for, new or renewed.
+    pub touched: Vec<LearnedKey>,
 }
 
 impl Learner {
@@ -99,6 +101,7 @@ impl Learner {
             self.void_promises();
         }
         learned.complete = !touched.iter().any(|key| learned.evicted.contains(key));
+        learned.touched = touched;
         learned
     }
 

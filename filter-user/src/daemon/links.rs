@@ -9,7 +9,7 @@ use super::{
     attachments::{self, NamedLink, Plan},
     dns_clients, interfaces, Daemon,
 };
-use crate::{counters::Counters, metrics};
+use crate::{counters::Counters, maps::InterfaceGroups, metrics, rules};
 
 impl Daemon {
     /// Reads the links and brings the attachments in line with them. Failures are logged and
@@ -23,6 +23,15 @@ impl Daemon {
                 return;
             }
         };
+        self.links.clone_from(&links);
+        // A new interface's group first, so that its first packet already meets it.
+        let interfaces = self.interface_groups();
+        if let Err(err) = self.policy.writer().follow_interface_groups(interfaces) {
+            tracing::warn!(
+                "the interfaces' client groups: {:#}",
+                anyhow::Error::new(err)
+            );
+        }
         let plan = attachments::plan(&self.opts.interfaces, &links, &self.attachments.held);
         let changed = !plan.changes_nothing();
         if let Err(err) = self.carry_out(plan, &links, false).await {
@@ -34,6 +43,30 @@ impl Daemon {
             dns_clients::reread(&self.served, &self.opts, &guarded).await;
             tracing::debug!(elapsed = ?started.elapsed(), "attachments follow the links");
         }
+    }
+
+    /// The client group of each link some group's interfaces name; warns once about each
+    /// interface that patterns of two groups match.
+    pub(super) fn interface_groups(&mut self) -> InterfaceGroups {
+        let (groups, ambiguous) = rules::interface_groups(
+            &self.rules.groups,
+            self.links.iter().map(|l| (l.index, l.name.as_str())),
+        );
+        for rules::AmbiguousInterface {
+            interface: name,
+            chosen,
+            other,
+        } in ambiguous
+        {
+            if self.ambiguous_interfaces.insert(name.clone()) {
+                tracing::warn!(
+                    iface = %name,
+                    "interface {name} matches the interfaces of groups {chosen:?} and {other:?}: \
+                     it is in {chosen:?}, defined first; name it exactly to choose"
+                );
+            }
+        }
+        groups
     }
 
     /// Carries out `plan`. With `strict` (at start), failing to attach an interface named
@@ -87,19 +120,12 @@ impl Daemon {
             })
             .collect();
         Counters::loaded(&self.ebpf)?.assign_slots(&self.ebpf, &slots)?;
-        if plan
-            .attach
-            .iter()
-            .any(|t| t.hook == crate::pins::HookKind::Xdp)
-        {
-            let mut xdp = self.attachments.xdp_indices();
-            xdp.extend(
-                plan.attach
-                    .iter()
-                    .filter(|t| t.hook == crate::pins::HookKind::Xdp)
-                    .map(|t| t.index),
-            );
-            self.settings.reread_sources(&self.opts, &xdp).await;
+        let new = plan.checked();
+        if !new.lans.is_empty() || !new.pods.is_empty() {
+            let mut checked = self.attachments.checked();
+            checked.lans.extend(new.lans);
+            checked.pods.extend(new.pods);
+            self.settings.reread_sources(&self.opts, &checked).await;
         }
         for target in &plan.attach {
             let key = target.key();

@@ -183,6 +183,8 @@ struct Daemon {
     /// Whom the forwarder answers, read again with the routes.
     served: watch::Sender<Arc<ServedClients>>,
     learner: Learner,
+    /// What the learner holds, on disk as it changes (with `--dns-listen`).
+    learned_store: Option<crate::learned_store::LearnedStore>,
     /// Bound at start, served once the policy is in place.
     listeners: Option<Listeners>,
     dns_counters: Arc<DnsCounters>,
@@ -193,6 +195,10 @@ struct Daemon {
     counted: Vec<CountedInterface>,
     /// The interfaces attached to now.
     attachments: Attachments,
+    /// Every link as last read, for the groups that name interfaces.
+    links: Vec<attachments::NamedLink>,
+    /// Interfaces already warned about for matching two groups' patterns.
+    ambiguous_interfaces: std::collections::BTreeSet<String>,
     /// Link notifications; `None` once the subscription broke (the periodic check remains).
     link_watch: Option<LinkWatch>,
     /// Bound at start, served once the filter is attached.
@@ -349,8 +355,8 @@ impl Daemon {
     /// forwarder answers: both follow the routes (a LAN's addresses come with its connected
     /// routes, often a moment after the link itself).
     async fn reread_sources(&mut self) {
-        let xdp = self.attachments.xdp_indices();
-        self.settings.reread_sources(&self.opts, &xdp).await;
+        let checked = self.attachments.checked();
+        self.settings.reread_sources(&self.opts, &checked).await;
         let guarded = self.attachments.indices();
         dns_clients::reread(&self.served, &self.opts, &guarded).await;
     }

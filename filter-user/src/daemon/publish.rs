@@ -54,10 +54,18 @@ impl Daemon {
         });
     }
 
-    /// Writes the state file if learned addresses or DNS counters changed since last time.
+    /// Writes the state file if what it shows changed since last time, and folds the learned
+    /// journal into a new snapshot once it outgrew the last.
     pub(super) fn save_state_if_changed(&mut self) {
         if self.saver.due(self.dns_stats().as_ref(), Instant::now()) {
             self.save_state();
+        }
+        if let Some(store) = self.learned_store.as_mut() {
+            if store.fold_due() {
+                if let Err(err) = store.fold(self.learner.table().views(Instant::now())) {
+                    tracing::warn!("{err:#}");
+                }
+            }
         }
     }
 
@@ -79,7 +87,8 @@ impl Daemon {
             } else {
                 "enforce".into()
             },
-            learned: self.learner.table().views(Instant::now()),
+            // In the learned store, written as it changes.
+            learned: Vec::new(),
             dns: self.dns_stats(),
             interfaces: self.attachments.report(),
             groups: self.rules.group_ids(),

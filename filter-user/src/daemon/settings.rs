@@ -8,7 +8,10 @@ use std::{
 
 use filter_common::{Config, Mode};
 
-use super::{interfaces, RunOptions};
+use super::{
+    interfaces::{self, CheckedInterfaces},
+    RunOptions,
+};
 use crate::maps::{InterfaceSource, PolicyMaps, SourceMaps};
 
 /// After a route notification, how soon the source prefixes are read again: soon, and at most
@@ -36,11 +39,11 @@ impl Settings {
         maps: &mut PolicyMaps,
         mut sources: SourceMaps,
         opts: &RunOptions,
-        xdp: &[u32],
+        checked: &CheckedInterfaces,
     ) -> anyhow::Result<Self> {
         let config = config_for(opts);
         let written = if opts.check_sources {
-            let wanted = xdp_sources(xdp).await?;
+            let wanted = checked_sources(checked).await?;
             sources.set(&wanted)?;
             wanted
         } else {
@@ -77,17 +80,17 @@ impl Settings {
     /// 30 s, and before XDP is attached to an interface that appeared, so that its clients are
     /// not refused as spoofed. On failure the tries keep what they hold: a client is never
     /// refused because a read went wrong.
-    pub async fn reread_sources(&mut self, opts: &RunOptions, xdp: &[u32]) {
+    pub async fn reread_sources(&mut self, opts: &RunOptions, checked: &CheckedInterfaces) {
         self.reread_due = None;
         if !opts.check_sources {
             return;
         }
         self.last_read = Instant::now();
-        let result = xdp_sources(xdp).await.and_then(|wanted| {
+        let result = checked_sources(checked).await.and_then(|wanted| {
             if wanted != self.written {
                 self.sources.set(&wanted)?;
                 tracing::info!(
-                    "source prefixes of the XDP interfaces changed: {} now",
+                    "source prefixes of the checked interfaces changed: {} now",
                     wanted.len()
                 );
                 self.written = wanted;
@@ -122,10 +125,11 @@ fn config_for(opts: &RunOptions) -> Config {
     }
 }
 
-/// The source prefixes that belong on each XDP interface (see [`interfaces::sources_of`]).
-async fn xdp_sources(xdp: &[u32]) -> anyhow::Result<BTreeSet<InterfaceSource>> {
+/// The source prefixes that belong on each checked interface (see
+/// [`interfaces::sources_of`]).
+async fn checked_sources(checked: &CheckedInterfaces) -> anyhow::Result<BTreeSet<InterfaceSource>> {
     let (links, routes) = interfaces::read_links_and_routes().await?;
-    Ok(interfaces::sources_of(xdp, &links, &routes))
+    Ok(interfaces::sources_of(checked, &links, &routes))
 }
 
 #[cfg(test)]

@@ -27,10 +27,11 @@ use super::{
 };
 use crate::{
     counters::Counters,
-    dns::{DnsCounters, LearnPolicy, Listeners, NameMatcher},
+    dns::{DnsCounters, LearnPolicy, LearnedView, Listeners, NameMatcher},
+    learned_store::{self, LearnedStore},
     maps::{FlowMaps, PolicyMaps, SourceMaps},
     metrics::{self, Metrics},
-    pins::{HookKind, PinDir},
+    pins::PinDir,
     resolve::Resolver,
     rules::Rules,
     state::{State, StateSaver},
@@ -76,6 +77,10 @@ impl Daemon {
                 now,
             );
         }
+        let learned_store = opts
+            .dns
+            .as_ref()
+            .and_then(|_| open_learned_store(&pins, &learner, now));
         let answers = resolve_now(&resolver, &mut hosts, now).await;
         record_answers(&mut hosts, &answers);
         tracing::info!(
@@ -105,8 +110,7 @@ impl Daemon {
             opts.flows,
             Counters::loaded(&ebpf).ok(),
         );
-        let xdp = first.plan.indexes(|hook| hook == HookKind::Xdp);
-        let settings = Settings::write(&mut maps, sources, &opts, &xdp).await?;
+        let settings = Settings::write(&mut maps, sources, &opts, &first.plan.checked()).await?;
         let allowances = Allowances::read(&opts, rules.services.len())?;
         let enricher = Arc::new(RwLock::new(Enricher::default()));
         let guarded = first.plan.indexes(|_| true);
@@ -125,6 +129,7 @@ impl Daemon {
             matcher: watch::Sender::new(matcher),
             served: watch::Sender::new(Arc::new(served)),
             learner,
+            learned_store,
             listeners,
             dns_counters,
             saver: StateSaver::new(Instant::now()),
@@ -133,6 +138,8 @@ impl Daemon {
             counted,
             metrics_listener,
             attachments: Attachments::default(),
+            links: first.links.clone(),
+            ambiguous_interfaces: std::collections::BTreeSet::new(),
             link_watch: Some(first.watch),
             ebpf,
         };
@@ -161,13 +168,42 @@ fn seed_from_state(
         for (name, addrs) in &state.hosts {
             hosts.seed(name, addrs, now + opts.refresh.grace);
         }
-        let elapsed = State::now_secs().saturating_sub(state.written_at);
-        let views = state.learned.into_iter().filter(|_| opts.dns.is_some());
-        let views = views.map(|mut view| {
-            view.expires_in_secs = view.expires_in_secs.saturating_sub(elapsed);
-            view
-        });
-        learner.seed(rules, matcher, views, now);
+        if opts.dns.is_some() {
+            learner.seed(rules, matcher, learned_before(pins, state), now);
+        }
+    }
+}
+
+/// The learned store, with what was taken back as its first snapshot: from now on every answer
+/// is journaled before it goes. `None` (and a warning) when it cannot be written.
+fn open_learned_store(pins: &PinDir, learner: &Learner, now: Instant) -> Option<LearnedStore> {
+    LearnedStore::create(&pins.state_file(), learner.table().views(now))
+        .map_err(|err| {
+            tracing::warn!("{err:#}; what DNS answers teach is not kept for a restart");
+        })
+        .ok()
+}
+
+/// What the last daemon had learned: its learned store (snapshot and journal), or the state
+/// file's list where a daemon from before the store left one.
+fn learned_before(pins: &PinDir, state: State) -> Vec<LearnedView> {
+    match learned_store::load(&pins.state_file()) {
+        Ok(Some(views)) => views,
+        Ok(None) => {
+            let elapsed = State::now_secs().saturating_sub(state.written_at);
+            state
+                .learned
+                .into_iter()
+                .filter_map(|mut view| {
+                    view.expires_in_secs = view.expires_in_secs.checked_sub(elapsed)?;
+                    Some(view)
+                })
+                .collect()
+        }
+        Err(err) => {
+            tracing::warn!("{err:#}; starting without what it holds");
+            Vec::new()
+        }
     }
 }
 

@@ -319,18 +319,22 @@ impl LearnedTable {
     pub fn views(&self, now: Instant) -> Vec<LearnedView> {
         self.by_order
             .values()
-            .filter_map(|(address, service)| {
-                let entry = self.entries.get(address)?.get(service)?;
-                Some(LearnedView {
-                    address: *address,
-                    service: service.clone(),
-                    name: entry.name.clone(),
-                    question: entry.question.clone(),
-                    age_secs: now.saturating_duration_since(entry.learned).as_secs(),
-                    expires_in_secs: entry.until.saturating_duration_since(now).as_secs(),
-                })
-            })
+            .filter_map(|key| self.view(key, now))
             .collect()
+    }
+
+    /// One entry as users see it, if the table holds it.
+    #[must_use]
+    pub fn view(&self, (address, service): &LearnedKey, now: Instant) -> Option<LearnedView> {
+        let entry = self.entries.get(address)?.get(service)?;
+        Some(LearnedView {
+            address: *address,
+            service: service.clone(),
+            name: entry.name.clone(),
+            question: entry.question.clone(),
+            age_secs: now.saturating_duration_since(entry.learned).as_secs(),
+            expires_in_secs: entry.until.saturating_duration_since(now).as_secs(),
+        })
     }
 
     #[must_use]

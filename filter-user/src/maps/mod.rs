@@ -46,6 +46,7 @@ mod adopt;
 mod copies;
 pub mod flows;
 mod groups;
+mod interface_groups;
 mod patch;
 mod slots;
 mod sources;
@@ -54,10 +55,12 @@ mod tries;
 pub use self::{
     flows::FlowMaps,
     groups::group_ranges,
+    interface_groups::InterfaceGroups,
     sources::{InterfaceSource, SourceMaps},
 };
 use self::{
     groups::GroupMaps,
+    interface_groups::InterfaceGroupMaps,
     slots::PolicySlots,
     tries::{key_v4, key_v6, sync_family},
 };
@@ -131,6 +134,10 @@ pub struct PolicyMaps {
     groups: GroupMaps,
     /// The client groups the next [`PolicyMaps::apply`] puts in force.
     wanted_groups: Vec<Group>,
+    /// Which client group the interfaces groups name are in: switched with the rest.
+    interface_groups: InterfaceGroupMaps,
+    /// The interfaces' groups the next [`PolicyMaps::apply`] puts in force.
+    wanted_interface_groups: InterfaceGroups,
 }
 
 impl PolicyMaps {
@@ -180,6 +187,8 @@ impl PolicyMaps {
             adopted: false,
             groups: GroupMaps::take_from(ebpf)?,
             wanted_groups: Vec::new(),
+            interface_groups: InterfaceGroupMaps::take_from(ebpf)?,
+            wanted_interface_groups: InterfaceGroups::new(),
         };
         maps.read_existing()?;
         Ok(maps)
@@ -197,9 +206,29 @@ impl PolicyMaps {
     }
 
     /// The client groups the next [`PolicyMaps::apply`] puts in force, in the same switch as its
-    /// table (rules without groups: none).
-    pub fn set_groups(&mut self, groups: &[Group]) {
+    /// table (rules without groups: none), with the group of each interface their interface
+    /// patterns match now ([`crate::rules::interface_groups`]).
+    pub fn set_groups(&mut self, groups: &[Group], interfaces: InterfaceGroups) {
         self.wanted_groups = groups.to_vec();
+        self.wanted_interface_groups = interfaces;
+    }
+
+    /// The interfaces the groups name, after links came or went: written into the copy packets
+    /// read, entry by entry, without waiting for a reload. A new interface's entry is there
+    /// before the caller attaches to it.
+    pub fn follow_interface_groups(
+        &mut self,
+        interfaces: InterfaceGroups,
+    ) -> Result<(), MapWriteError> {
+        self.interface_groups.follow(&interfaces, self.state)?;
+        self.wanted_interface_groups = interfaces;
+        Ok(())
+    }
+
+    /// The state bits of the client groups once [`PolicyMaps::apply`] switched to what
+    /// `group_bits` and `interface_bits` name.
+    fn with_group_bits(state: u32, group_bits: u32, interface_bits: u32) -> u32 {
+        (state & !(state::GROUPS | state::INTERFACE_GROUPS)) | group_bits | interface_bits
     }
 
     /// Makes the kernel's view equal to `table`.
@@ -249,6 +278,12 @@ impl PolicyMaps {
             .collect();
         // The client groups' free copies, switched with the destination's below.
         let (group_bits, staged_groups) = self.groups.stage(&self.wanted_groups, self.state)?;
+        let grouped_interfaces = self.wanted_groups.iter().any(|g| !g.interfaces.is_empty());
+        let (interface_bits, staged_interfaces) = self.interface_groups.stage(
+            &self.wanted_interface_groups,
+            grouped_interfaces,
+            self.state,
+        )?;
         // Adopted maps that already hold this table (a restart with the same rules) are left
         // as they are: nothing to write, and a switch only when the groups changed.
         if std::mem::take(&mut self.adopted) {
@@ -257,9 +292,14 @@ impl PolicyMaps {
                 self.current_v6 = wanted_v6;
                 self.tail_v4 = Some(tail_v4);
                 self.tail_v6 = Some(tail_v6);
-                if staged_groups.is_some() {
-                    self.switch((self.state & !state::GROUPS) | group_bits)?;
+                if staged_groups.is_some() || staged_interfaces.is_some() {
+                    self.switch(Self::with_group_bits(
+                        self.state,
+                        group_bits,
+                        interface_bits,
+                    ))?;
                     self.groups.switched(staged_groups);
+                    self.interface_groups.switched(staged_interfaces);
                     self.grace = Some(std::thread::spawn(ranges::wait_for_running_programs));
                 }
                 stats.policies_released = self.release_unreferenced();
@@ -276,8 +316,9 @@ impl PolicyMaps {
         let new_state = self.write_v6(&wanted_v6, table, new_state)?;
 
         // 4. The switch: destinations and client groups in one store.
-        self.switch((new_state & !state::GROUPS) | group_bits)?;
+        self.switch(Self::with_group_bits(new_state, group_bits, interface_bits))?;
         self.groups.switched(staged_groups);
+        self.interface_groups.switched(staged_interfaces);
         let new_state = self.state;
         self.current_v4 = wanted_v4;
         self.current_v6 = wanted_v6;
@@ -344,6 +385,16 @@ pub(crate) fn take_map<T: TryFrom<Map, Error = MapError>>(
 ) -> Result<T, MapWriteError> {
     let map = ebpf.take_map(name).ok_or(MapWriteError::Missing(name))?;
     T::try_from(map).map_err(|source| MapWriteError::Layout { name, source })
+}
+
+/// Whether a map operation failed because the key is not there: the kernel's `ENOENT`, which
+/// aya reports as a failed syscall.
+pub(crate) fn is_missing_key(err: &MapError) -> bool {
+    match err {
+        MapError::KeyNotFound => true,
+        MapError::SyscallError(err) => err.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
 }
 
 fn mmap_err(name: &'static str) -> impl Fn(std::io::Error) -> MapWriteError {

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use aya::maps::{lpm_trie::Key, LpmTrie, MapData, MapError};
+use aya::maps::{lpm_trie::Key, LpmTrie, MapData};
 use filter_common::{Ipv4KeyBytes, Ipv6KeyBytes, PolicyId};
 use ipnet::{Ipv4Net, Ipv6Net};
 
@@ -76,7 +76,8 @@ where
     K: aya::Pod,
 {
     match trie.remove(&key_of(prefix)) {
-        Ok(()) | Err(MapError::KeyNotFound) => {}
+        Ok(()) => {}
+        Err(err) if super::is_missing_key(&err) => {}
         Err(source) => {
             return Err(MapWriteError::Write {
                 name,

@@ -1,5 +1,5 @@
-//! Client groups: `[[group]]` tables name clients by source prefix, and a service's `groups`
-//! says which of them it applies to.
+//! Client groups: `[[group]]` tables name clients by source prefix or by the interface their
+//! packets arrive on, and a service's `groups` says which of them it applies to.
 //!
 //! Without any group, every source gets every service, as before groups existed. Once the rules
 //! define one, a service without `groups` applies to every group the rules define, and a source
@@ -7,6 +7,13 @@
 //! without `groups` only if the rules define `default` too. So an undefined `default` is empty
 //! and fail-closed. Overlapping prefixes of different groups resolve by longest match, like
 //! destinations; the same prefix in two groups is ambiguous and refused.
+//!
+//! An interface (a name, or a pattern with `*`, `?` or `[...]`) decides before the source
+//! address: a packet arriving on an interface a group names is in that group whatever its
+//! source, since a client can forge its address but not the interface it is plugged into. The
+//! same name or pattern in two groups is refused; an interface that patterns of two groups both
+//! match goes to the group an exact name puts it in, else to the group defined first (see
+//! [`interface_groups`]).
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -33,6 +40,9 @@ pub struct Group {
     pub description: String,
     /// The clients' source prefixes; empty for `default`.
     pub sources: Vec<IpNet>,
+    /// The interfaces whose arriving packets are this group's, as names or shell-style
+    /// patterns; empty for `default`.
+    pub interfaces: Vec<String>,
     pub file: PathBuf,
     pub location: Location,
 }
@@ -45,6 +55,8 @@ pub(super) struct RawGroup {
     description: String,
     #[serde(default)]
     sources: Vec<Spanned<String>>,
+    #[serde(default)]
+    interfaces: Vec<Spanned<String>>,
 }
 
 /// A service's `groups`, as written, for checking once every group is known.
@@ -59,6 +71,8 @@ pub(super) struct GroupBook {
     groups: Vec<Group>,
     /// Every source prefix, with the group and place that named it first.
     sources: HashMap<IpNet, (String, PathBuf, Location)>,
+    /// Every interface name or pattern, likewise.
+    interfaces: HashMap<String, (String, PathBuf, Location)>,
 }
 
 impl GroupBook {
@@ -85,7 +99,8 @@ impl GroupBook {
         let name = raw.name.get_ref().trim().to_owned();
         let is_default = name == DEFAULT_NAME;
         let named = self.groups.iter().filter(|g| g.id != DEFAULT_GROUP).count();
-        for problem in self.name_problems(&name, raw.sources.is_empty(), named) {
+        let no_clients = raw.sources.is_empty() && raw.interfaces.is_empty();
+        for problem in self.name_problems(&name, no_clients, named) {
             fail(raw.name.span(), problem);
         }
         let mut sources = Vec::new();
@@ -121,6 +136,37 @@ impl GroupBook {
                 }
             }
         }
+        let mut interfaces = Vec::new();
+        for entry in &raw.interfaces {
+            let text = entry.get_ref().trim();
+            if let Err(message) = check_interface(text) {
+                fail(entry.span(), message);
+                continue;
+            }
+            match self.interfaces.get(text) {
+                Some((other, _, _)) if *other == name => {}
+                Some((other, other_file, other_at)) => fail(
+                    entry.span(),
+                    format!(
+                        "interface {text:?} is already in group {other:?} ({}:{}); an \
+                         interface belongs to one group",
+                        other_file.display(),
+                        other_at.line
+                    ),
+                ),
+                None => {
+                    self.interfaces.insert(
+                        text.to_owned(),
+                        (
+                            name.clone(),
+                            file.to_path_buf(),
+                            lines.locate(entry.span().start),
+                        ),
+                    );
+                    interfaces.push(text.to_owned());
+                }
+            }
+        }
         if !ok {
             return;
         }
@@ -134,13 +180,15 @@ impl GroupBook {
             name,
             description: raw.description,
             sources,
+            interfaces,
             file: file.to_path_buf(),
             location,
         });
     }
 
-    /// What is wrong with a group's name, or with its having sources or none.
-    fn name_problems(&self, name: &str, no_sources: bool, named: usize) -> Vec<String> {
+    /// What is wrong with a group's name, or with its having clients (sources or interfaces)
+    /// or none.
+    fn name_problems(&self, name: &str, no_clients: bool, named: usize) -> Vec<String> {
         let mut problems = Vec::new();
         if !valid_name(name) {
             problems.push(format!(
@@ -155,17 +203,17 @@ impl GroupBook {
             ));
         }
         if name == DEFAULT_NAME {
-            if !no_sources {
+            if !no_clients {
                 problems.push(
                     "group \"default\" holds every source no other group covers; it takes no \
-                     sources"
+                     sources or interfaces"
                         .into(),
                 );
             }
         } else {
-            if no_sources {
+            if no_clients {
                 problems.push(format!(
-                    "group {name:?} has no sources: give it source prefixes"
+                    "group {name:?} has no sources: give it source prefixes or interfaces"
                 ));
             }
             if named + 1 >= MAX_GROUPS {
@@ -212,6 +260,87 @@ pub fn group_of(groups: &[Group], address: std::net::IpAddr) -> u32 {
         .filter(|(net, _)| net.contains(&address))
         .max_by_key(|(net, _)| net.prefix_len())
         .map_or(DEFAULT_GROUP, |(_, id)| id)
+}
+
+/// Interface names have at most this many bytes (the kernel's `IFNAMSIZ`, less its NUL).
+const MAX_INTERFACE_NAME: usize = libc::IFNAMSIZ - 1;
+
+/// Whether `text` can name interfaces: a name the kernel allows, or a valid pattern.
+fn check_interface(text: &str) -> Result<(), String> {
+    if text.is_empty() {
+        return Err("an interface name cannot be empty".into());
+    }
+    if text.contains(['/', ' ']) {
+        return Err(format!("{text:?} is not an interface name or pattern"));
+    }
+    if is_pattern(text) {
+        glob::Pattern::new(text)
+            .map(drop)
+            .map_err(|err| format!("{text:?} is not a valid pattern: {}", err.msg))
+    } else if text.len() > MAX_INTERFACE_NAME {
+        Err(format!(
+            "{text:?}: interface names have at most {MAX_INTERFACE_NAME} bytes"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+fn is_pattern(text: &str) -> bool {
+    text.contains(['*', '?', '['])
+}
+
+/// An interface that patterns of two groups match, for a warning.
+#[derive(Debug, PartialEq, Eq)]
+pub struct AmbiguousInterface {
+    pub interface: String,
+    /// The group it is in: the one defined first.
+    pub chosen: String,
+    /// Another group whose pattern matches it.
+    pub other: String,
+}
+
+/// Which group each of `links` (index, name) is in, for those some group's interfaces name: an
+/// exact name first, then the patterns of the groups in the order the rules define them. The
+/// interfaces that patterns of more than one group match are listed too.
+#[must_use]
+pub fn interface_groups<'a>(
+    groups: &[Group],
+    links: impl IntoIterator<Item = (u32, &'a str)>,
+) -> (BTreeMap<u32, u32>, Vec<AmbiguousInterface>) {
+    let patterns: Vec<(&Group, glob::Pattern)> = groups
+        .iter()
+        .flat_map(|g| {
+            g.interfaces
+                .iter()
+                .filter(|text| is_pattern(text))
+                .filter_map(move |text| Some((g, glob::Pattern::new(text).ok()?)))
+        })
+        .collect();
+    let mut found = BTreeMap::new();
+    let mut ambiguous = Vec::new();
+    for (index, name) in links {
+        let exact = groups
+            .iter()
+            .find(|g| g.interfaces.iter().any(|i| i == name));
+        let mut matching = patterns
+            .iter()
+            .filter(|(_, pattern)| pattern.matches(name))
+            .map(|(g, _)| *g);
+        let chosen = exact.or_else(|| matching.next());
+        let Some(chosen) = chosen else { continue };
+        if exact.is_none() {
+            if let Some(other) = matching.find(|g| g.id != chosen.id) {
+                ambiguous.push(AmbiguousInterface {
+                    interface: name.to_owned(),
+                    chosen: chosen.name.clone(),
+                    other: other.name.clone(),
+                });
+            }
+        }
+        found.insert(index, chosen.id);
+    }
+    (found, ambiguous)
 }
 
 /// The groups a service applies to, as kernel group bits; `None` after reporting a problem.
@@ -384,7 +513,7 @@ mod tests {
             ),
             (
                 format!("[[group]]\nname = \"lab\"\n{SERVICE}"),
-                "g.toml:2:8: group \"lab\" has no sources: give it source prefixes",
+                "g.toml:2:8: group \"lab\" has no sources: give it source prefixes or interfaces",
             ),
             (
                 format!("[[group]]\nname = \"default\"\nsources = [\"10.0.0.0/8\"]\n{SERVICE}"),
@@ -411,6 +540,71 @@ mod tests {
             (
                 format!("[[group]]\nname = \"a\"\nsources = [\"10.0.0.0/8\"]\nport = 1\n{SERVICE}"),
                 "g.toml:4:1: unknown field `port`",
+            ),
+        ] {
+            let errors = parse(&text).expect_err("must be refused");
+            assert!(
+                errors.iter().any(|e| e.starts_with(expected)),
+                "expected {expected:?} in {errors:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn interfaces_name_groups_exactly_or_by_pattern_and_belong_to_one_group() {
+        let rules = parse(&format!(
+            "[[group]]\nname = \"lan\"\ninterfaces = [\"lan*\", \"wlan0\"]\n\
+             [[group]]\nname = \"lab\"\ninterfaces = [\"lan9\", \"l?n*\"]\nsources = [\"10.9.0.0/16\"]\n\
+             {SERVICE}"
+        ))
+        .expect("valid");
+        let links = [
+            (2, "lan0"),
+            (3, "wlan0"),
+            (4, "lan9"),
+            (5, "lxn1"),
+            (6, "eth0"),
+        ];
+        let (groups, ambiguous) = interface_groups(&rules.groups, links);
+        let (lan, lab) = (rules.groups[0].id, rules.groups[1].id);
+        assert_eq!(
+            groups.into_iter().collect::<Vec<_>>(),
+            [(2, lan), (3, lan), (4, lab), (5, lab)],
+            "an exact name beats any pattern; eth0 is in no group"
+        );
+        assert_eq!(
+            ambiguous,
+            [AmbiguousInterface {
+                interface: "lan0".into(),
+                chosen: "lan".into(),
+                other: "lab".into()
+            }],
+            "lan0 matches lan* and l?n*: the group defined first, with a warning"
+        );
+        for (text, expected) in [
+            (
+                format!(
+                    "[[group]]\nname = \"a\"\ninterfaces = [\"lan0\"]\n\
+                     [[group]]\nname = \"b\"\ninterfaces = [\"lan0\"]\n{SERVICE}"
+                ),
+                "g.toml:6:15: interface \"lan0\" is already in group \"a\" (g.toml:3)",
+            ),
+            (
+                format!("[[group]]\nname = \"a\"\ninterfaces = [\"lan[0\"]\n{SERVICE}"),
+                "g.toml:3:15: \"lan[0\" is not a valid pattern",
+            ),
+            (
+                format!("[[group]]\nname = \"a\"\ninterfaces = [\"sixteen-bytes-00\"]\n{SERVICE}"),
+                "g.toml:3:15: \"sixteen-bytes-00\": interface names have at most 15 bytes",
+            ),
+            (
+                format!("[[group]]\nname = \"a\"\ninterfaces = [\"\"]\n{SERVICE}"),
+                "g.toml:3:15: an interface name cannot be empty",
+            ),
+            (
+                format!("[[group]]\nname = \"default\"\ninterfaces = [\"eth0\"]\n{SERVICE}"),
+                "g.toml:2:8: group \"default\" holds every source no other group covers; it \
+                 takes no sources or interfaces",
             ),
         ] {
             let errors = parse(&text).expect_err("must be refused");

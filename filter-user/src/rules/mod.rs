@@ -24,7 +24,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
-pub use self::groups::{Group, DEFAULT_NAME};
+pub use self::groups::{interface_groups, AmbiguousInterface, Group, DEFAULT_NAME};
 use self::groups::{GroupBook, GroupList, RawGroup};
 pub use self::hosts::HostPattern;
 use self::register::{Register, REGISTER_FILE};

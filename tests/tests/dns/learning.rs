@@ -279,3 +279,33 @@ fn on_a_host_with_tc_its_own_lookups_through_loopback_open_the_way() -> anyhow::
     );
     Ok(())
 }
+
+#[test]
+fn what_an_answer_taught_just_before_a_kill_9_is_kept_by_the_restart() -> anyhow::Result<()> {
+    let lab = Lab::new(&[443])?;
+    let _upstream = Upstream::start(&lab, 600)?;
+    let rules = RulesDir::new(&lab, RULES)?;
+    let daemon = gateway(&lab, &rules, &[])?;
+    // The answer is journaled before it goes: a kill at once, well inside the second the state
+    // file may lag behind, loses nothing.
+    let addresses = resolve(&lab, "portal.mdm.example.test");
+    daemon.signal("KILL")?;
+    assert!(
+        addresses.iter().any(|a| a == WEB_B_V4),
+        "answered {addresses:?}"
+    );
+    daemon.wait_exit(Duration::from_secs(5))?;
+    let daemon = gateway(&lab, &rules, &[])?;
+    assert!(
+        daemon.logs().iter().any(|l| l.contains("0 removed)")),
+        "the restart closed something: {:?}",
+        daemon.logs()
+    );
+    assert!(
+        lab.client.connects(WEB_B_V4, 443, 2),
+        "open after the restart"
+    );
+    let entry = learned_entry(&lab, |e| e["address"] == WEB_B_V4)?;
+    assert_eq!(entry["name"], "portal.mdm.example.test");
+    Ok(())
+}

@@ -6,11 +6,12 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use filter_common::{groups::DEFAULT_GROUP, Config, Mode, Reason};
 use filter_tests::{
-    harness::{Filter, Hook, Outcome},
+    harness::{test_run_interface_groups, Filter, Hook, Outcome, TEST_RUN_IFINDEX},
     packet::Pkt,
 };
 use filter_user::{
     compile::Resolved,
+    maps::InterfaceGroups,
     rules::{groups::group_of, Group, Location},
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -222,7 +223,9 @@ fn new_groups_take_effect_and_removed_ones_fall_back_to_default() -> anyhow::Res
             .all(|g| Some(g.id) != number(&new, "tablets")),
         "a new group takes a number no previous group had"
     );
-    filter.maps.set_groups(&new.groups);
+    filter
+        .maps
+        .set_groups(&new.groups, test_run_interface_groups(&new.groups));
     filter
         .maps
         .apply(&filter_user::compile::compile(&new, &Resolved::new())?)?;
@@ -266,6 +269,7 @@ fn the_kernel_finds_the_group_the_longest_source_prefix_gives() -> anyhow::Resul
             name: format!("g{id}"),
             description: String::new(),
             sources: Vec::new(),
+            interfaces: Vec::new(),
             file: "random.toml".into(),
             location: Location { line: 1, column: 1 },
         })
@@ -296,7 +300,7 @@ fn the_kernel_finds_the_group_the_longest_source_prefix_gives() -> anyhow::Resul
         event_burst: 1_000_000,
         ..Config::new(Mode::Enforce)
     })?;
-    filter.maps.set_groups(&groups);
+    filter.maps.set_groups(&groups, InterfaceGroups::new());
     filter
         .maps
         .apply(&filter_user::table::AllowTable::build(&[])?)?;
@@ -343,5 +347,86 @@ fn the_kernel_finds_the_group_the_longest_source_prefix_gives() -> anyhow::Resul
         }
     }
     assert!(checked > 1_500, "{checked} sources checked");
+    Ok(())
+}
+
+/// A group by interface: the "wired" group names the loopback device, where the test run's
+/// frames arrive, and reaches the push service only; the lab names a source prefix.
+const INTERFACE_RULES: &str = r#"
+[[group]]
+name = "lab"
+sources = ["192.0.2.0/24"]
+
+[[group]]
+name = "wired"
+interfaces = ["lo"]
+
+[[service]]
+name = "lab-web"
+cidrs = ["203.0.113.0/24"]
+tcp = [443]
+groups = ["lab"]
+
+[[service]]
+name = "push"
+cidrs = ["17.0.0.0/8"]
+tcp = [5223]
+groups = ["wired"]
+"#;
+
+#[test]
+fn the_interface_a_packet_arrives_on_decides_before_its_source() -> anyhow::Result<()> {
+    let (mut filter, rules) = Filter::from_rules(INTERFACE_RULES)?;
+    // XDP's test run says the frame arrived on the loopback device: "wired", whatever source it
+    // claims, the lab's included. A client cannot take another group's services by forging
+    // an address of theirs.
+    for (src, dst, port, reason) in [
+        ("192.0.2.10", "17.1.2.3", 5223, Reason::Allowed),
+        ("192.0.2.10", "203.0.113.5", 443, Reason::NoService),
+        (GUEST, "17.1.2.3", 5223, Reason::Allowed),
+    ] {
+        assert_eq!(
+            filter.judge(Hook::Xdp, &tcp(src, dst, port))?.1,
+            reason,
+            "XDP {src} -> {dst}:{port}"
+        );
+    }
+    // TC's test run leaves the arrival interface unset (0, as for a packet the host sends
+    // itself): the source decides.
+    for (src, dst, port, reason) in [
+        ("192.0.2.10", "203.0.113.5", 443, Reason::Allowed),
+        ("192.0.2.10", "17.1.2.3", 5223, Reason::NoService),
+        (GUEST, "17.1.2.3", 5223, Reason::NoService),
+    ] {
+        assert_eq!(
+            filter.judge(Hook::Tc, &tcp(src, dst, port))?.1,
+            reason,
+            "TC {src} -> {dst}:{port}"
+        );
+    }
+
+    // An interface that appears between reloads joins its group in place; one that vanishes
+    // leaves it, and its packets are grouped by source again.
+    filter
+        .maps
+        .set_groups(&rules.groups, InterfaceGroups::new());
+    filter
+        .maps
+        .apply(&filter_user::compile::compile(&rules, &Resolved::new())?)?;
+    let lab_to_push = tcp("192.0.2.10", "17.1.2.3", 5223);
+    assert_eq!(filter.judge(Hook::Xdp, &lab_to_push)?.1, Reason::NoService);
+    let wired = rules
+        .groups
+        .iter()
+        .find(|g| g.name == "wired")
+        .map(|g| g.id);
+    filter
+        .maps
+        .follow_interface_groups([(TEST_RUN_IFINDEX, wired.expect("wired"))].into())?;
+    assert_eq!(filter.judge(Hook::Xdp, &lab_to_push)?.1, Reason::Allowed);
+    filter
+        .maps
+        .follow_interface_groups(InterfaceGroups::new())?;
+    assert_eq!(filter.judge(Hook::Xdp, &lab_to_push)?.1, Reason::NoService);
     Ok(())
 }

@@ -3,14 +3,11 @@
 
 use filter_common::{Config, Mode, Reason};
 use filter_tests::{
-    harness::{Filter, Hook, Outcome},
+    harness::{Filter, Hook, Outcome, TEST_RUN_IFINDEX},
     packet::Pkt,
 };
 
 use crate::common::{grants, outcome_of, v4, v6, ALLOWED4, ALLOWED6};
-
-/// The interface the kernel's XDP test run says a frame came in on: the loopback device.
-const TEST_RUN_IFINDEX: u32 = 1;
 
 /// Writes `sources` and turns the check on, enforcing.
 fn check_sources(
@@ -109,6 +106,46 @@ fn xdp_drops_sources_that_do_not_belong_on_the_interface() -> anyhow::Result<()>
         filter.judge(Hook::Xdp, &own_lan)?,
         (Outcome::Drop, Reason::SpoofedSource)
     );
+    Ok(())
+}
+
+/// TC ingress on a pod's veth checks sources as XDP does: a pod sending with its neighbour's
+/// address (to take the neighbour's client group, say) is refused. A veth with no route of its
+/// own is written with every source and refuses none.
+#[test]
+fn a_pods_veth_refuses_its_neighbours_address() -> anyhow::Result<()> {
+    let mut filter = Filter::new(&grants())?;
+    let own: std::collections::BTreeSet<_> = ["10.244.1.5/32", "0.0.0.0/32", "::/128", "fe80::/10"]
+        .iter()
+        .map(|p| (TEST_RUN_IFINDEX, p.parse().expect("test prefix")))
+        .collect();
+    check_sources(&mut filter, &own)?;
+    let pod = Pkt::ip("10.244.1.5", ALLOWED4).build();
+    let neighbour = Pkt::ip("10.244.1.6", ALLOWED4).build();
+    assert_eq!(
+        filter.judge(Hook::TcIngress, &pod)?,
+        (Outcome::Pass, Reason::Allowed)
+    );
+    assert_eq!(
+        filter.judge(Hook::TcIngress, &neighbour)?,
+        (Outcome::Drop, Reason::SpoofedSource)
+    );
+    assert_eq!(
+        filter.judge(Hook::Tc, &neighbour)?,
+        (Outcome::Pass, Reason::Allowed),
+        "TC egress does not check sources"
+    );
+    let every: std::collections::BTreeSet<_> = ["0.0.0.0/0", "::/0"]
+        .iter()
+        .map(|p| (TEST_RUN_IFINDEX, p.parse().expect("test prefix")))
+        .collect();
+    filter.sources.set(&every)?;
+    for frame in [&neighbour, &v6(ALLOWED6).build()] {
+        assert_eq!(
+            filter.judge(Hook::TcIngress, frame)?,
+            (Outcome::Pass, Reason::Allowed)
+        );
+    }
     Ok(())
 }
 

@@ -7,6 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use filter_common::maps as names;
 use filter_tests::{harness::Filter, packet::Pkt};
 use filter_user::{
+    maps::InterfaceGroups,
     rules::{Group, Location},
     table::AllowTable,
 };
@@ -41,7 +42,7 @@ pub(crate) fn measure(size: usize) -> anyhow::Result<Vec<Row>> {
     let mut rows = Vec::new();
     for count in GROUP_SIZES {
         let groups = groups(count);
-        filter.maps.set_groups(&groups);
+        filter.maps.set_groups(&groups, InterfaceGroups::new());
         filter.maps.apply(&table)?;
         for v6 in [false, true] {
             let frames = frames(&groups, &table, v6, &mut rng);
@@ -65,6 +66,7 @@ fn groups(count: usize) -> Vec<Group> {
             name: format!("g{id}"),
             description: String::new(),
             sources: Vec::new(),
+            interfaces: Vec::new(),
             file: "bench.toml".into(),
             location: Location { line: 1, column: 1 },
         })
