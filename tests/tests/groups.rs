@@ -560,18 +560,25 @@ fn pod_dropped_as(
     Ok(())
 }
 
-/// The pod at `index` sends a SYN to the mirror from `src`, an address of another pod's prefix
-/// (the build pods'); returns how many of it arrived. Only one way: the answer would go to the
-/// pod that prefix is routed to.
-fn spoofed_to_mirror(node: &Node, index: usize, src: &str) -> anyhow::Result<u64> {
-    let before = node.inet.settled_arrivals("web_a")?;
-    node.pods[index].craft(&["syn", src, MIRROR, "443"])?;
-    Ok(node.inet.settled_arrivals("web_a")? - before)
+/// The pod at `index` sends a SYN to `dst` (the mirror, web A, or the API, web B) from `src`, an
+/// address of another pod's prefix; returns how many of it arrived. Only one way: the answer
+/// would go to the pod that prefix is routed to.
+fn spoofed_syn(node: &Node, index: usize, src: &str, dst: &str) -> anyhow::Result<u64> {
+    let counter = if dst == MIRROR { "web_a" } else { "web_b" };
+    let before = node.inet.settled_arrivals(counter)?;
+    node.pods[index].craft(&["syn", src, dst, "443"])?;
+    Ok(node.inet.settled_arrivals(counter)? - before)
 }
 
-/// Pod `n`'s SYN from `src` was dropped at its veth as a spoofed source.
-fn pod_spoof_dropped(daemon: &Daemon, node: &Node, n: u8, src: &str) -> anyhow::Result<()> {
-    let event = drop_event(daemon, src, MIRROR)?;
+/// Pod `n`'s SYN from `src` to `dst` was dropped at its veth as a spoofed source.
+fn pod_spoof_dropped(
+    daemon: &Daemon,
+    node: &Node,
+    n: u8,
+    src: &str,
+    dst: &str,
+) -> anyhow::Result<()> {
+    let event = drop_event(daemon, src, dst)?;
     assert_eq!(event["reason"], "spoofed-source", "{event}");
     assert_eq!(event["iface"], node.veth(n).as_str(), "{event}");
     Ok(())
@@ -585,7 +592,7 @@ fn pods_get_their_groups_verdicts_as_they_come_and_go_and_across_kill_9() -> any
     // The attack, shown to work without the filter: pod 3, in no group, sends from an address
     // of the build pods' prefix to their mirror, and the node forwards it.
     assert_eq!(
-        spoofed_to_mirror(&node, pods[2], "10.88.1.50")?,
+        spoofed_syn(&node, pods[2], "10.88.1.50", MIRROR)?,
         1,
         "without the filter the node forwards a pod's packet from another pod's prefix"
     );
@@ -623,8 +630,8 @@ fn pods_get_their_groups_verdicts_as_they_come_and_go_and_across_kill_9() -> any
     }
 
     // The attack, with the filter: dropped at the veth, before any group is looked at.
-    assert_eq!(spoofed_to_mirror(&node, pods[2], "10.88.1.50")?, 0);
-    pod_spoof_dropped(&daemon, &node, 3, "10.88.1.50")?;
+    assert_eq!(spoofed_syn(&node, pods[2], "10.88.1.50", MIRROR)?, 0);
+    pod_spoof_dropped(&daemon, &node, 3, "10.88.1.50", MIRROR)?;
 
     // A build pod created while the daemon runs tries the API as soon as it can send.
     let api_before = node.inet.settled_arrivals("web_b")?;
@@ -645,6 +652,23 @@ fn pods_get_their_groups_verdicts_as_they_come_and_go_and_across_kill_9() -> any
     assert!(attached_after < ATTACH_WITHIN, "{attached_after:?}");
     pod_gets_its_groups_verdict(&node, 4, fourth, "created while the daemon runs")?;
     pod_dropped_as(&daemon, &node, 4, API, "build")?;
+    // Its veth checks sources once the daemon has read the pod's route (README: about a
+    // second after the veth appears); by now, seconds later, it refuses the app pods' prefix.
+    let mut got_through = 0;
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let arrived = spoofed_syn(&node, fourth, "10.88.2.50", API).unwrap_or(1);
+            got_through += arrived;
+            arrived == 0
+        }),
+        "a new pod's veth never refused another group's prefix"
+    );
+    eprintln!(
+        "pod 4: {got_through} spoofed SYNs got through before its veth refused them, {:?} after \
+         its creation",
+        created.elapsed()?
+    );
+    pod_spoof_dropped(&daemon, &node, 4, "10.88.2.50", API)?;
 
     // An app pod deleted and created again keeps its group's verdict.
     node.delete_pod_veth(2)?;
@@ -662,8 +686,8 @@ fn pods_get_their_groups_verdicts_as_they_come_and_go_and_across_kill_9() -> any
     restarted.wait_for_log("adopted the pinned link", Duration::from_secs(1))?;
     pod_gets_its_groups_verdict(&node, 5, fifth, "created while the daemon was down")?;
     pod_dropped_as(&restarted, &node, 5, MIRROR, "app")?;
-    assert_eq!(spoofed_to_mirror(&node, fifth, "10.88.1.51")?, 0);
-    pod_spoof_dropped(&restarted, &node, 5, "10.88.1.51")?;
+    assert_eq!(spoofed_syn(&node, fifth, "10.88.1.51", MIRROR)?, 0);
+    pod_spoof_dropped(&restarted, &node, 5, "10.88.1.51", MIRROR)?;
     pod_gets_its_groups_verdict(&node, 1, pods[0], "after the restart")?;
     pod_gets_its_groups_verdict(&node, 4, fourth, "after the restart")?;
     node.assert_reaches(pods[2], &[], &[MIRROR, API], "after the restart");
