@@ -9,7 +9,7 @@ use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{bail, Context as _};
@@ -31,12 +31,18 @@ pub fn binary() -> anyhow::Result<PathBuf> {
 
 /// `egress-filter VERB --pin-path PIN --json` (`stats`, `learned`), parsed.
 pub fn query_json(binary: &Path, verb: &str, pin_path: &str) -> anyhow::Result<serde_json::Value> {
-    let out = Command::new(binary)
-        .args([verb, "--pin-path", pin_path, "--json"])
-        .output()?;
+    json_output(
+        Command::new(binary).args([verb, "--pin-path", pin_path, "--json"]),
+        verb,
+    )
+}
+
+/// Runs `cmd`, fails with its stderr unless it succeeds, and parses its stdout as JSON.
+fn json_output(cmd: &mut Command, what: &str) -> anyhow::Result<serde_json::Value> {
+    let out = cmd.output()?;
     anyhow::ensure!(
         out.status.success(),
-        "{verb}: {}",
+        "{what}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(serde_json::from_slice(&out.stdout)?)
@@ -45,6 +51,8 @@ pub fn query_json(binary: &Path, verb: &str, pin_path: &str) -> anyhow::Result<s
 /// A running daemon whose stdout (events) and stderr (logs) are collected.
 pub struct Daemon {
     child: Mutex<Child>,
+    /// The network namespace it runs in.
+    pub netns: String,
     pub pin_path: String,
     stdout: Arc<Mutex<Vec<String>>>,
     stderr: Arc<Mutex<Vec<String>>>,
@@ -199,6 +207,7 @@ impl Daemon {
         }
         Ok(Self {
             child: Mutex::new(child),
+            netns: netns.to_owned(),
             pin_path: pin_path.to_owned(),
             stdout,
             stderr,
@@ -227,6 +236,20 @@ impl Daemon {
             "no log line with {needle:?} within {timeout:?}:\n{}",
             self.logs().join("\n")
         )
+    }
+
+    /// Waits (bounded) for the log line holding `needle` and returns how long after `since` the
+    /// daemon wrote it, by the timestamp it starts with: the test may have been busy meanwhile.
+    pub fn logged_after(&self, needle: &str, since: SystemTime) -> anyhow::Result<Duration> {
+        self.wait_for_log(needle, Duration::from_secs(5))?;
+        let line = self
+            .logs()
+            .into_iter()
+            .rfind(|l| l.contains(needle))
+            .context("just seen")?;
+        let stamp = line.split_whitespace().next().unwrap_or_default();
+        let at = humantime::parse_rfc3339_weak(stamp.trim_end_matches('Z'))?;
+        Ok(at.duration_since(since).unwrap_or(Duration::ZERO))
     }
 
     /// Waits (bounded) until the daemon has sent more than `after` notifications and one of
@@ -327,6 +350,32 @@ impl Daemon {
     /// `egress-filter stats --json` for this daemon's pin path.
     pub fn stats(&self) -> anyhow::Result<serde_json::Value> {
         query_json(&self.binary, "stats", &self.pin_path)
+    }
+
+    /// The attachments `stats` reports for `hook` (`xdp`, `tc-ingress`, …), as interface names.
+    pub fn attached(&self, hook: &str) -> anyhow::Result<Vec<String>> {
+        let stats = self.stats()?;
+        Ok(stats["interfaces"]["attached"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|a| a["hook"] == hook)
+            .filter_map(|a| a["iface"].as_str().map(str::to_owned))
+            .collect())
+    }
+
+    /// `egress-filter explain ARGS --json` against this daemon's pinned filter and `rules`, in
+    /// its namespace, parsed.
+    pub fn explain(&self, rules: &str, args: &[&str]) -> anyhow::Result<serde_json::Value> {
+        json_output(
+            Command::new("nsenter")
+                .arg(format!("--net=/run/netns/{}", self.netns))
+                .arg(&self.binary)
+                .arg("explain")
+                .args(args)
+                .args(["--rules", rules, "--pin-path", &self.pin_path, "--json"]),
+            &format!("explain {args:?}"),
+        )
     }
 
     /// The process id (of `nsenter`, which execs the daemon in place).

@@ -212,6 +212,12 @@ impl Netns {
             .and_then(|items| items.iter().find_map(|i| i["counter"]["packets"].as_u64()))
             .with_context(|| format!("no counter {name} in {json}"))
     }
+
+    /// Like [`Netns::arrivals`], after a moment for packets in flight.
+    pub fn settled_arrivals(&self, name: &str) -> anyhow::Result<u64> {
+        std::thread::sleep(Duration::from_millis(300));
+        self.arrivals(name)
+    }
 }
 
 impl Drop for Netns {
@@ -259,7 +265,7 @@ impl Lab {
             gw_wan: uplink_dev.clone(),
             listeners: Vec::new(),
         };
-        lab.add_lan_veth(&client_dev)?;
+        lab.add_lan_veth(&lab.client, &client_dev, &lab.gw_lan)?;
         sh(&[
             "ip",
             "link",
@@ -346,13 +352,65 @@ impl Lab {
 
     /// The LAN's addresses and the client's default routes.
     fn wire_lan(&self, client_dev: &str) -> anyhow::Result<()> {
-        address(&self.client, client_dev, &["10.77.0.2/24", "fd00:77::2/64"])?;
-        address(&self.gw, &self.gw_lan, &["10.77.0.1/24", "fd00:77::1/64"])?;
-        self.client
-            .exec(&["ip", "route", "add", "default", "via", "10.77.0.1"])?;
-        self.client
-            .exec(&["ip", "-6", "route", "add", "default", "via", "fd00:77::1"])?;
+        self.wire_lan_of(&self.client, client_dev, &self.gw_lan, 77)
+    }
+
+    /// LAN `net`'s addresses (10.`net`.0.0/24, fd00:`net`::/64: .1 the gateway's, .2 the
+    /// client's) and the client's default routes.
+    fn wire_lan_of(
+        &self,
+        client: &Netns,
+        client_dev: &str,
+        gw_dev: &str,
+        net: u8,
+    ) -> anyhow::Result<()> {
+        let (client_v4, client_v6) = (format!("10.{net}.0.2/24"), format!("fd00:{net}::2/64"));
+        let (gw_v4, gw_v6) = (format!("10.{net}.0.1"), format!("fd00:{net}::1"));
+        address(client, client_dev, &[&client_v4, &client_v6])?;
+        address(
+            &self.gw,
+            gw_dev,
+            &[&format!("{gw_v4}/24"), &format!("{gw_v6}/64")],
+        )?;
+        client.exec(&["ip", "route", "add", "default", "via", &gw_v4])?;
+        client.exec(&["ip", "-6", "route", "add", "default", "via", &gw_v6])?;
         Ok(())
+    }
+
+    /// Adds a second LAN to the gateway (`lan` 2, 3, …): a client namespace of its own on the
+    /// gateway's interface `e<id>l<lan>` (so `e<id>l*` matches every LAN), with the subnets
+    /// 10.(76+`lan`).0.0/24 and fd00:(76+`lan`)::/64, routed from the internet side.
+    pub fn add_lan(&self, lan: u8) -> anyhow::Result<Lan> {
+        anyhow::ensure!((2..=9).contains(&lan), "LAN {lan}: 2 to 9");
+        let net = 76 + lan;
+        let client = Netns::create(format!("ef-{}-client{lan}", self.id))?;
+        let (client_dev, gw_dev) = (format!("e{}c{lan}", self.id), format!("e{}l{lan}", self.id));
+        self.add_lan_veth(&client, &client_dev, &gw_dev)?;
+        self.wire_lan_of(&client, &client_dev, &gw_dev, net)?;
+        self.inet.exec(&[
+            "ip",
+            "route",
+            "add",
+            &format!("10.{net}.0.0/24"),
+            "via",
+            "192.0.2.1",
+        ])?;
+        self.inet.exec(&[
+            "ip",
+            "-6",
+            "route",
+            "add",
+            &format!("fd00:{net}::/64"),
+            "via",
+            "2001:db8:ffff::1",
+        ])?;
+        Ok(Lan {
+            client,
+            client_dev,
+            gw_dev,
+            v4: format!("10.{net}.0.2"),
+            v6: format!("fd00:{net}::2"),
+        })
     }
 
     /// Deletes the LAN (both ends of its veth), as a networkd restart or a replugged NIC does.
@@ -364,24 +422,24 @@ impl Lab {
     /// Creates the LAN again under the same names, with its addresses and routes.
     pub fn create_lan_again(&self) -> anyhow::Result<()> {
         let client_dev = self.client_dev();
-        self.add_lan_veth(&client_dev)?;
+        self.add_lan_veth(&self.client, &client_dev, &self.gw_lan)?;
         self.wire_lan(&client_dev)
     }
 
-    /// The LAN's veth pair: `client_dev` in the client, the gateway's LAN end in the gateway.
-    fn add_lan_veth(&self, client_dev: &str) -> anyhow::Result<()> {
+    /// A LAN's veth pair: `client_dev` in `client`, `gw_dev` in the gateway.
+    fn add_lan_veth(&self, client: &Netns, client_dev: &str, gw_dev: &str) -> anyhow::Result<()> {
         sh(&[
             "ip",
             "link",
             "add",
             client_dev,
             "netns",
-            &self.client.name,
+            &client.name,
             "type",
             "veth",
             "peer",
             "name",
-            &self.gw_lan,
+            gw_dev,
             "netns",
             &self.gw.name,
         ])?;
@@ -454,12 +512,30 @@ impl Drop for Lab {
     }
 }
 
+/// A further LAN of a [`Lab`]'s gateway ([`Lab::add_lan`]), its client namespace deleted on
+/// drop (the veth goes with it).
+pub struct Lan {
+    pub client: Netns,
+    /// The client's end of the LAN.
+    pub client_dev: String,
+    /// The gateway's end of the LAN (XDP goes here).
+    pub gw_dev: String,
+    /// The client's addresses.
+    pub v4: String,
+    pub v6: String,
+}
+
 /// A rules directory of the test's own.
 pub struct RulesDir(pub std::path::PathBuf);
 
 impl RulesDir {
     pub fn new(lab: &Lab, rules: &str) -> anyhow::Result<Self> {
-        let dir = std::env::temp_dir().join(format!("ef-rules-{}", lab.id));
+        Self::with_id(&lab.id, rules)
+    }
+
+    /// A rules directory named after a lab's or a node's id, holding `rules` as `lab.toml`.
+    pub fn with_id(id: &str, rules: &str) -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!("ef-rules-{id}"));
         std::fs::create_dir_all(&dir)?;
         std::fs::write(dir.join("lab.toml"), rules)?;
         Ok(Self(dir))

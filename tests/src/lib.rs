@@ -8,4 +8,5 @@ pub mod flood;
 pub mod harness;
 pub mod lab;
 pub mod model;
+pub mod node;
 pub mod packet;

@@ -29,12 +29,6 @@ fn gateway(lab: &Lab, rules: &RulesDir, xdp: &[&str]) -> anyhow::Result<Daemon> 
     Daemon::start(&lab.gw.name, &lab.pin_path(), &args)
 }
 
-/// Waits a moment for packets in flight, then reads a counter.
-fn settled(ns: &Netns, counter: &str) -> anyhow::Result<u64> {
-    std::thread::sleep(Duration::from_millis(300));
-    ns.arrivals(counter)
-}
-
 #[test]
 fn source_routes_through_the_gateway_do_not_leave_it() -> anyhow::Result<()> {
     let lab = Lab::new(&[443])?;
@@ -69,7 +63,7 @@ fn source_routes_through_the_gateway_do_not_leave_it() -> anyhow::Result<()> {
 
     attack()?;
     let (v4_open, v6_open) = (
-        settled(&lab.inet, "routed_v4")?,
+        lab.inet.settled_arrivals("routed_v4")?,
         lab.inet.arrivals("routed_v6")?,
     );
     assert!(
@@ -83,7 +77,7 @@ fn source_routes_through_the_gateway_do_not_leave_it() -> anyhow::Result<()> {
     attack()?;
     lab.client.craft(&["syn", CLIENT_V4, WEB_A_V4, "443"])?;
     assert_eq!(
-        settled(&lab.inet, "routed_v4")?,
+        lab.inet.settled_arrivals("routed_v4")?,
         v4_open,
         "an IPv4 source route via the gateway's own address got out"
     );
@@ -115,7 +109,7 @@ fn neighbour_discovery_to_a_global_address_is_not_relayed() -> anyhow::Result<()
         Ok(())
     };
     attack()?;
-    let open = settled(&lab.inet, "nd")?;
+    let open = lab.inet.settled_arrivals("nd")?;
     assert!(
         open >= 3,
         "a Linux router forwards ND messages to a global address ({open} of 5 arrived)"
@@ -124,7 +118,11 @@ fn neighbour_discovery_to_a_global_address_is_not_relayed() -> anyhow::Result<()
     let rules = RulesDir::new(&lab, WEB_A_443)?;
     let _daemon = gateway(&lab, &rules, &[&lab.gw_lan])?;
     attack()?;
-    assert_eq!(settled(&lab.inet, "nd")?, open, "an ND message got out");
+    assert_eq!(
+        lab.inet.settled_arrivals("nd")?,
+        open,
+        "an ND message got out"
+    );
     // Neighbour discovery on the link still works: the client finds the gateway again and
     // reaches the allowed IPv6 address through it.
     lab.client.exec(&["ip", "-6", "neigh", "flush", "all"])?;
@@ -152,14 +150,14 @@ fn the_metadata_address_is_not_reachable_without_a_rule() -> anyhow::Result<()> 
     });
     lab.client
         .craft(&["ipip", CLIENT_V4, "169.254.7.7", WEB_B_V4, "8080"])?;
-    let tunnelled = settled(&lab.inet, "tunnelled")?;
+    let tunnelled = lab.inet.settled_arrivals("tunnelled")?;
 
     let rules = RulesDir::new(&lab, WEB_A_443)?;
     let _daemon = gateway(&lab, &rules, &[&lab.gw_lan])?;
     let blocked = !lab.client.connects("169.254.169.254", 80, 2);
     lab.client
         .craft(&["ipip", CLIENT_V4, "169.254.7.7", WEB_B_V4, "8080"])?;
-    let tunnelled_after = settled(&lab.inet, "tunnelled")?;
+    let tunnelled_after = lab.inet.settled_arrivals("tunnelled")?;
     let _killed = metadata.kill();
     let _reaped = metadata.wait();
     assert!(reachable, "without the filter 169.254.169.254 is routed");
@@ -261,7 +259,7 @@ fn a_linux_router_does_not_forward_link_scoped_destinations() -> anyhow::Result<
     lab.client
         .craft(&["l2syn", &client_dev, &gw_mac, CLIENT_V4, WEB_A_V4, "443"])?;
     assert!(
-        settled(&lab.inet, "control")? >= 1,
+        lab.inet.settled_arrivals("control")? >= 1,
         "the crafted frames reach the gateway"
     );
     assert_eq!(
@@ -327,7 +325,7 @@ fn a_lan_client_cannot_send_from_a_source_that_is_not_its_lans() -> anyhow::Resu
     );
     spoof()?;
     let open = (
-        settled(&lab.inet, "spoofed")?,
+        lab.inet.settled_arrivals("spoofed")?,
         lab.inet.arrivals("spoofed_v6")?,
     );
     assert_eq!(
@@ -343,7 +341,7 @@ fn a_lan_client_cannot_send_from_a_source_that_is_not_its_lans() -> anyhow::Resu
     spoof()?;
     assert_eq!(
         (
-            settled(&lab.inet, "spoofed")?,
+            lab.inet.settled_arrivals("spoofed")?,
             lab.inet.arrivals("spoofed_v6")?
         ),
         open,
@@ -393,7 +391,7 @@ fn a_tun_lan_device_is_filtered_like_an_ethernet_one() -> anyhow::Result<()> {
     write("203.0.113.77")?;
     let open: Vec<u64> = ["allowed", "other_port", "other_host", "spoofed"]
         .iter()
-        .map(|c| settled(&lab.inet, c))
+        .map(|c| lab.inet.settled_arrivals(c))
         .collect::<Result<_, _>>()?;
     assert_eq!(open, [1, 1, 1, 3], "the unfiltered TUN device forwards all");
 
@@ -407,7 +405,7 @@ fn a_tun_lan_device_is_filtered_like_an_ethernet_one() -> anyhow::Result<()> {
     write("203.0.113.77")?;
     let filtered: Vec<u64> = ["allowed", "other_port", "other_host", "spoofed"]
         .iter()
-        .map(|c| settled(&lab.inet, c))
+        .map(|c| lab.inet.settled_arrivals(c))
         .collect::<Result<_, _>>()?;
     assert_eq!(
         filtered,

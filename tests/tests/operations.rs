@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::Context as _;
 use filter_tests::{
-    daemon::{binary, Daemon},
+    daemon::Daemon,
     dns::DnsServer,
     lab::{eventually, Lab, Netns, RulesDir, DNS_V4, WEB_A_V4, WEB_B_V4},
 };
@@ -292,38 +292,15 @@ fn healthz_follows_a_refused_and_a_good_reload_while_the_watchdog_hears_the_loop
     Ok(())
 }
 
-/// `egress-filter explain ARGS --json` against the filter running in the lab.
-fn explain(lab: &Lab, rules: &RulesDir, args: &[&str]) -> anyhow::Result<serde_json::Value> {
-    let out = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}", lab.gw.name))
-        .arg(binary()?)
-        .arg("explain")
-        .args(args)
-        .args([
-            "--rules",
-            rules.path(),
-            "--pin-path",
-            &lab.pin_path(),
-            "--json",
-        ])
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "explain {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(serde_json::from_slice(&out.stdout)?)
-}
-
 #[test]
 fn explain_answers_from_the_running_filter_with_each_origin() -> anyhow::Result<()> {
     let lab = Lab::new(&[443])?;
     let (_dns, hosts) = upstream(&lab)?;
     let rules = RulesDir::new(&lab, RULES)?;
-    let _daemon = gateway(&lab, &rules, &[])?;
+    let daemon = gateway(&lab, &rules, &[])?;
 
     // Covered by a CIDR, with its file and line.
-    let covered = explain(&lab, &rules, &[WEB_B_V4, "tcp/443"])?;
+    let covered = daemon.explain(rules.path(), &[WEB_B_V4, "tcp/443"])?;
     assert_eq!(covered["verdict"], "pass", "{covered}");
     assert_eq!(covered["reason"], "allowed");
     assert_eq!(covered["allowed_by"], "lab-net");
@@ -335,24 +312,26 @@ fn explain_answers_from_the_running_filter_with_each_origin() -> anyhow::Result<
     assert_eq!(origin["line"], 11, "{covered}");
 
     // The same address on a port no rule lists.
-    let wrong_port = explain(&lab, &rules, &[WEB_B_V4, "tcp/80"])?;
+    let wrong_port = daemon.explain(rules.path(), &[WEB_B_V4, "tcp/80"])?;
     assert_eq!(wrong_port["verdict"], "drop");
     assert_eq!(wrong_port["reason"], "port-not-allowed");
 
     // Nothing covers it.
-    let uncovered = explain(&lab, &rules, &[UNCOVERED_V4, "tcp/443"])?;
+    let uncovered = daemon.explain(rules.path(), &[UNCOVERED_V4, "tcp/443"])?;
     assert_eq!(uncovered["reason"], "no-service");
     assert_eq!(uncovered["covered_by"], serde_json::json!([]));
 
     // Before a lookup the wildcard's address is closed; after it, learned with its expiry.
-    let before = explain(&lab, &rules, &[WEB_A_V4, "tcp/443"])?;
+    let before = daemon.explain(rules.path(), &[WEB_A_V4, "tcp/443"])?;
     assert_eq!(before["reason"], "no-service", "{before}");
     lab.client
         .exec(&["getent", "ahostsv4", "device.cdn.example.test"])?;
     let mut learned = serde_json::Value::Null;
     assert!(
         eventually(Duration::from_secs(5), || {
-            learned = explain(&lab, &rules, &[WEB_A_V4, "tcp/443"]).unwrap_or_default();
+            learned = daemon
+                .explain(rules.path(), &[WEB_A_V4, "tcp/443"])
+                .unwrap_or_default();
             learned["reason"] == "allowed"
                 && learned["covered_by"][0]["origin"]["kind"] == "learned"
         }),
