@@ -2,7 +2,9 @@
 //! different allow-lists by their source addresses, names the group in drop events and
 //! `explain`, and a reload that renames and reorders the groups keeps each client's rights
 //! exactly as the new rules say. On a gateway with two LANs each LAN's group gets its own
-//! services, and a client claiming the other LAN's addresses gets nothing. On a Kubernetes-like
+//! services, and a client claiming the other LAN's addresses gets nothing; grouped by interface
+//! instead, a LAN that appears later joins its group, and a client's claimed address changes
+//! nothing even with the source check off. On a Kubernetes-like
 //! node (`filter_tests::node`) pods get their groups' verdicts as they come, go and come back,
 //! across a `kill -9`. Needs root, nftables and python3-scapy (`cargo xtask setup`).
 
@@ -485,6 +487,109 @@ fn two_lans_get_their_groups_services_and_a_client_claiming_the_other_lan_gets_n
         "{}",
         stats["groups"]
     );
+    drop(daemon);
+    drop(phones);
+    Ok(())
+}
+
+/// The same two LANs grouped by the interface their packets arrive on, the phones' by a
+/// pattern: no source prefix anywhere.
+fn two_lans_by_interface(lab: &Lab) -> String {
+    TWO_LANS
+        .replace(
+            "sources = [\"10.77.0.0/24\", \"fd00:77::/64\"]",
+            &format!("interfaces = [\"{}\"]", lab.gw_lan),
+        )
+        .replace(
+            "sources = [\"10.78.0.0/24\", \"fd00:78::/64\"]",
+            &format!("interfaces = [\"e{}l[2-9]\"]", lab.id),
+        )
+}
+
+#[test]
+fn groups_by_interface_hold_whatever_source_a_client_claims_and_follow_a_new_lan(
+) -> anyhow::Result<()> {
+    let lab = Lab::new(&[443, 8080])?;
+    let rules = RulesDir::new(&lab, &two_lans_by_interface(&lab))?;
+    let pattern = format!("e{}l*", lab.id);
+    // The source check off: the interface alone must keep a client to its group.
+    let daemon = Daemon::start(
+        &lab.gw.name,
+        &lab.pin_path(),
+        &[
+            "--rules",
+            rules.path(),
+            "--xdp",
+            &pattern,
+            "--events",
+            "json",
+            "--no-source-check",
+        ],
+    )?;
+    // The phones' LAN appears after the start: its interface joins its group as it is attached.
+    let phones = lab.add_lan(2)?;
+    for sysctl in [
+        "net.ipv4.conf.all.rp_filter=0".to_owned(),
+        format!("net.ipv4.conf.{}.rp_filter=0", phones.gw_dev),
+    ] {
+        lab.gw.exec(&["sysctl", "-q", "-w", &sysctl])?;
+    }
+    assert!(
+        eventually(Duration::from_secs(2), || daemon
+            .attached("xdp")
+            .is_ok_and(|lans| lans.contains(&phones.gw_dev))),
+        "the new LAN is attached"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || phones
+            .client
+            .connects(WEB_B_V4, 443, 1)),
+        "a phone reaches the phones' service"
+    );
+    assert!(
+        !phones.client.connects(WEB_A_V4, 443, 1),
+        "not the laptops'"
+    );
+    assert!(
+        lab.client.connects(WEB_A_V4, 443, 1),
+        "a laptop reaches its own"
+    );
+    assert!(!lab.client.connects(WEB_B_V4, 443, 1), "not the phones'");
+    let event = drop_event(&daemon, &phones.v4, WEB_A_V4)?;
+    assert_eq!(event["group"], "phones", "{event}");
+
+    // The attack: a phone claims a laptop's address. With no source check it leaves the LAN,
+    // but it arrived on the phones' interface: it is a phone's packet, and the laptops'
+    // service stays shut.
+    lab.inet.count_arrivals(&[(
+        "claimed",
+        &format!("ip saddr 10.77.0.50 ip daddr {WEB_A_V4} tcp dport 443"),
+    )])?;
+    phones
+        .client
+        .craft(&["syn", "10.77.0.50", WEB_A_V4, "443"])?;
+    let event = drop_event(&daemon, "10.77.0.50", WEB_A_V4)?;
+    assert_eq!(event["group"], "phones", "{event}");
+    // Phones reach web A on 8080 only (the shared service).
+    assert_eq!(event["reason"], "port-not-allowed", "{event}");
+    assert_eq!(
+        lab.inet.settled_arrivals("claimed")?,
+        0,
+        "the claim got out"
+    );
+    let explained = daemon.explain(
+        rules.path(),
+        &[
+            WEB_A_V4,
+            "tcp/443",
+            "--from",
+            "10.77.0.50",
+            "--via",
+            &phones.gw_dev,
+        ],
+    )?;
+    assert_eq!(explained["group"], "phones", "{explained}");
+    assert_eq!(explained["verdict"], "drop", "{explained}");
     drop(daemon);
     drop(phones);
     Ok(())
