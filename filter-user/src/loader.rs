@@ -54,6 +54,31 @@ pub fn load_programs(ebpf: &mut Ebpf) -> Result<(), LoadError> {
     Ok(())
 }
 
+/// The XDP program `name`, run through the verifier on first use. A daemon verifies only the
+/// programs its interfaces need: each takes the verifier a good fraction of a second, and a
+/// restart is that much longer without the forwarder (see `load_programs` for all of them).
+pub fn loaded_xdp<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, LoadError> {
+    let xdp: &mut Xdp = program(ebpf, name)?;
+    if xdp.fd().is_err() {
+        xdp.load()
+            .map_err(|source| LoadError::Program { name, source })?;
+    }
+    Ok(xdp)
+}
+
+/// The TC program `name`, run through the verifier on first use, as [`loaded_xdp`].
+pub fn loaded_tc<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut SchedClassifier, LoadError> {
+    let tc: &mut SchedClassifier = program(ebpf, name)?;
+    if tc.fd().is_err() {
+        tc.load()
+            .map_err(|source| LoadError::Program { name, source })?;
+    }
+    Ok(tc)
+}
+
 /// A program of the object, as its concrete type.
 pub fn program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, LoadError>
 where

@@ -19,7 +19,7 @@ use aya::{
         links::{FdLink, PinnedLink},
         tc::SchedClassifierLink,
         xdp::XdpLink,
-        SchedClassifier, TcAttachType, Xdp, XdpMode,
+        TcAttachType, XdpMode,
     },
     Ebpf, EbpfLoader,
 };
@@ -68,11 +68,10 @@ pub fn load_with_pins(pins: &PinDir) -> anyhow::Result<Ebpf> {
     for (map, path) in &paths {
         loader.map_pin_path(map, path.as_path());
     }
-    let mut ebpf = loader
+    // The programs are verified as the interfaces that need them are attached.
+    loader
         .load(OBJECT)
-        .context("cannot create or adopt the pinned maps")?;
-    loader::load_programs(&mut ebpf)?;
-    Ok(ebpf)
+        .context("cannot create or adopt the pinned maps")
 }
 
 /// Refuses to adopt maps pinned by a build whose maps have another shape: the programs would
@@ -141,7 +140,7 @@ pub fn attach_one(
     }
     match hook {
         HookKind::Xdp => {
-            let program: &mut Xdp = loader::program(ebpf, program_for(*hook, *layer))?;
+            let program = loader::loaded_xdp(ebpf, program_for(*hook, *layer))?;
             let id = match xdp_modes(xdp_mode, *layer) {
                 (only, None) => program.attach(name, only.into()),
                 (first, Some(fallback)) => program.attach(name, first.into()).or_else(|err| {
@@ -157,7 +156,7 @@ pub fn attach_one(
             pin_link(program.take_link(id)?, &path, "XDP (kernel < 5.9?)")?;
         }
         HookKind::Tc | HookKind::TcIngress => {
-            let program: &mut SchedClassifier = loader::program(ebpf, program_for(*hook, *layer))?;
+            let program = loader::loaded_tc(ebpf, program_for(*hook, *layer))?;
             let direction = if *hook == HookKind::Tc {
                 TcAttachType::Egress
             } else {
@@ -188,13 +187,13 @@ fn adopt(ebpf: &mut Ebpf, target: &Target, old: FdLink) -> anyhow::Result<()> {
     let context = || format!("cannot update {} on {}", target.hook.title(), target.name);
     let program_name = program_for(target.hook, target.layer);
     if target.hook == HookKind::Xdp {
-        let program: &mut Xdp = loader::program(ebpf, program_name)?;
+        let program = loader::loaded_xdp(ebpf, program_name)?;
         let id = program
             .attach_to_link(XdpLink::try_from(old)?)
             .with_context(context)?;
         drop(program.take_link(id)?);
     } else {
-        let program: &mut SchedClassifier = loader::program(ebpf, program_name)?;
+        let program = loader::loaded_tc(ebpf, program_name)?;
         let id = program
             .attach_to_link(SchedClassifierLink::try_from(old)?)
             .with_context(context)?;
