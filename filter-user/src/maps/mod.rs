@@ -53,7 +53,7 @@ mod tries;
 
 pub use self::{
     flows::FlowMaps,
-    groups::group_ranges,
+    groups::{find_group, group_index, group_ranges, GroupIndex},
     sources::{InterfaceSource, SourceMaps},
 };
 use self::{
