@@ -7,23 +7,43 @@
 //! group at once and groups add no policies: a service's rules carry the same set under every
 //! prefix.
 //!
-//! The source's group comes from sorted ranges, the way the destination index works
-//! (`crate::ranges`) but without its chunk index, since group prefixes are few: a binary search
-//! over at most [`GROUP_RANGES_PER_COPY`] ranges, every read an inlined array lookup.
+//! The source's group comes from sorted ranges, each starting at an address and holding the
+//! group of every address up to the next range's start (as the destination index, `crate::ranges`),
+//! found through a chunk index over a *window*: the smallest aligned block of addresses that
+//! holds every range start but the first (`base..=end`, a /`shift` prefix, `shift` at most the
+//! family's width less 16). The 16 address bits after the block's prefix pick one of
+//! [`GROUP_CHUNKS`] chunks; the chunk names the run of ranges that cover it, whose first one
+//! starts at or below the chunk's first address. Group prefixes usually sit in a few site
+//! prefixes (a LAN's /16, a site's /48), so the window spends its 16 bits where the ranges are,
+//! not on the top bits they all share: a chunk then holds one range and the answer is three
+//! reads, each an inlined array lookup (the window, the chunk, the range). A source outside the
+//! window is below every range start but the first (range 0 holds it) or above the last (the
+//! last range holds it). A run longer than one (ranges closer than a chunk's width) is searched,
+//! in at most [`GROUP_SEARCH_STEPS`] steps.
 //!
 //! ```text
 //!  TABLE_STATE[0]                  GROUPS_V4_COPY_1, GROUPS_V6_COPY_1: the copy each family reads
-//!  GROUP_STATE[2 * family + copy]  ranges in use in that copy (family 0: IPv4, 1: IPv6)
+//!  GROUP_STATE[2 * family + copy]  ranges in use in that copy (family 0: IPv4, 1: IPv6); 0: none
+//!  GROUP_WINDOWS[2 * family + copy]   GroupWindow { base, end, shift }: where the chunks lie
+//!  GROUP_INDEX_Vx[copy * GROUP_INDEX_PER_COPY + chunk / 2]
+//!                                  u64: two chunks' runs, the even chunk in the low 32 bits;
+//!                                  a run is u32: first range (low 16 bits), count (high 16)
 //!  GROUP_RANGES_V4[copy * GROUP_RANGES_PER_COPY + i]  u64: start address (high 32) | group (low 32)
 //!  GROUP_RANGES_V6[copy * GROUP_RANGES_PER_COPY + i]  RangeV6 { start_hi, start_lo, value: group }
+//!
+//!  chunk = (source << shift) >> (width - 16)     for base <= source <= end
 //! ```
 //!
+//! Memory per copy: the chunk index 256 KiB per family, the ranges 32 KiB (IPv4) and 96 KiB
+//! (IPv6), the windows 40 bytes each; 1.25 MiB for both copies of both families, whatever the
+//! rules hold.
+//!
 //! A copy in use starts with a range at address 0, so every source finds its range. A copy with
-//! no ranges (never written, or rules without groups) puts every source in group 0. The daemon
-//! writes the copy not in use and its count, then flips the copy bits in the same store of
-//! `TABLE_STATE` that switches the destination index: a packet read the state once, so it meets
-//! the groups and the policies of one reload, never the groups of one and the policies of the
-//! other.
+//! no ranges (never written, or rules without groups) puts every source in group 0, after one
+//! read of its count. The daemon writes the copy not in use (ranges, index, window) and its
+//! count, then flips the copy bits in the same store of `TABLE_STATE` that switches the
+//! destination index: a packet read the state once, so it meets the groups and the policies of
+//! one reload, never the groups of one and the policies of the other.
 
 /// Interfaces one copy of `GROUP_IFACES` holds: every interface some group's pattern
 /// matches, across all groups.
@@ -77,8 +97,53 @@ pub const GROUP_SEARCH_STEPS: usize = 12;
 const _: () = assert!(1 << GROUP_SEARCH_STEPS >= GROUP_RANGES_PER_COPY);
 const _: () = assert!(2 * MAX_GROUP_PREFIXES < GROUP_RANGES_PER_COPY as usize);
 
-/// Entries of `GROUP_STATE`: a count per family and copy.
+/// Entries of `GROUP_STATE` and `GROUP_WINDOWS`: one per family and copy.
 pub const GROUP_STATE_ENTRIES: u32 = 4;
+
+/// Address bits after the window's prefix that pick a chunk.
+pub const GROUP_CHUNK_BITS: u32 = 16;
+/// Chunks per copy of a family's group index.
+pub const GROUP_CHUNKS: u32 = 1 << GROUP_CHUNK_BITS;
+/// `u64` entries per copy of a family's group index: each holds the runs of two chunks (a
+/// `BPF_MAP_TYPE_ARRAY` rounds every element up to 8 bytes, so two `u32` runs share one).
+pub const GROUP_INDEX_PER_COPY: u32 = GROUP_CHUNKS / 2;
+// A run's first range (absolute, in either copy) and its count fit 16 bits each.
+const _: () = assert!(2 * GROUP_RANGES_PER_COPY <= 1 << 16);
+
+/// Where a copy's chunks lie: the block `base..=end` of addresses, whose first `shift` bits all
+/// its addresses share. IPv4 uses the low halves.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GroupWindow {
+    /// Address bits 0-63 of the block's first address, host order.
+    pub base_hi: u64,
+    /// Address bits 64-127 of the block's first address (IPv4: the address).
+    pub base_lo: u64,
+    /// Address bits 0-63 of the block's last address.
+    pub end_hi: u64,
+    /// Address bits 64-127 of the block's last address (IPv4: the address).
+    pub end_lo: u64,
+    /// The block's prefix length: at most the family's width less [`GROUP_CHUNK_BITS`].
+    pub shift: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<GroupWindow>() == 40);
+
+/// A chunk's run: `count` ranges from range `first` (counted from the start of the array, so
+/// copy 1's runs start at [`GROUP_RANGES_PER_COPY`] or later).
+#[inline(always)]
+#[must_use]
+pub const fn group_run(first: u32, count: u32) -> u32 {
+    count << 16 | (first & 0xffff)
+}
+
+/// The run of `chunk` in a `u64` of the group index that holds it.
+#[inline(always)]
+#[must_use]
+pub const fn chunk_run(pair: u64, chunk: u32) -> (u32, u32) {
+    let run = (pair >> ((chunk & 1) * 32)) as u32;
+    (run & 0xffff, run >> 16)
+}
 
 /// The `GROUP_STATE` entry holding the count of ranges of `family` (4 or 6) in `copy`.
 #[inline(always)]

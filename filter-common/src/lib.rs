@@ -52,6 +52,8 @@ mod pod {
     // SAFETY: see the module docs.
     unsafe impl aya::Pod for super::ranges::RangeV6 {}
     // SAFETY: see the module docs.
+    unsafe impl aya::Pod for super::groups::GroupWindow {}
+    // SAFETY: see the module docs.
     unsafe impl aya::Pod for super::sources::SourceSlot {}
     // SAFETY: see the module docs.
     unsafe impl aya::Pod for super::DropEvent {}

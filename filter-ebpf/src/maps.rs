@@ -10,7 +10,10 @@ use filter_common::{
     counters,
     event::RateLimitState,
     flows::{AddressKey, FlowCounter, FlowKey, FlowState},
-    groups::{GROUP_RANGES_PER_COPY, GROUP_STATE_ENTRIES, MAX_GROUPS, MAX_GROUP_INTERFACES},
+    groups::{
+        GroupWindow, GROUP_INDEX_PER_COPY, GROUP_RANGES_PER_COPY, GROUP_STATE_ENTRIES, MAX_GROUPS,
+        MAX_GROUP_INTERFACES,
+    },
     maps as names,
     ranges::{RangeV6, CHUNKS, RANGES_PER_COPY},
     sources::{SourceKeyV4, SourceKeyV6, SourceSlot, SOURCE_SLOT_INTERFACES},
@@ -79,7 +82,7 @@ pub(crate) static GROUP_RANGES_V4: Array<u64> =
 pub(crate) static GROUP_RANGES_V6: Array<RangeV6> =
     Array::with_max_entries(2 * GROUP_RANGES_PER_COPY, 0);
 
-/// Which copy of the group ranges each family reads, and the ranges in each copy.
+/// The number of group ranges in each family's copy.
 #[map(name = "GROUP_STATE")]
 pub(crate) static GROUP_STATE: Array<u32> = Array::with_max_entries(GROUP_STATE_ENTRIES, 0);
 
@@ -87,6 +90,22 @@ pub(crate) static GROUP_STATE: Array<u32> = Array::with_max_entries(GROUP_STATE_
 #[map(name = "GROUP_IFACES")]
 pub(crate) static GROUP_IFACES: HashMap<u32, u32> =
     HashMap::with_max_entries(2 * MAX_GROUP_INTERFACES, 0);
+
+/// The block of addresses each family's copy of the group index covers.
+#[map(name = "GROUP_WINDOWS")]
+pub(crate) static GROUP_WINDOWS: Array<GroupWindow> =
+    Array::with_max_entries(GROUP_STATE_ENTRIES, 0);
+
+/// Two copies of the IPv4 group index: which run of group ranges each chunk of the window
+/// reads; the daemon writes them through a memory mapping.
+#[map(name = "GROUP_INDEX_V4")]
+pub(crate) static GROUP_INDEX_V4: Array<u64> =
+    Array::with_max_entries(2 * GROUP_INDEX_PER_COPY, BPF_F_MMAPABLE);
+
+/// Two copies of the IPv6 group index.
+#[map(name = "GROUP_INDEX_V6")]
+pub(crate) static GROUP_INDEX_V6: Array<u64> =
+    Array::with_max_entries(2 * GROUP_INDEX_PER_COPY, BPF_F_MMAPABLE);
 
 /// Policy id → the rules allowed under every prefix that names it.
 #[map(name = "POLICIES")]

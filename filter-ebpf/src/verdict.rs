@@ -8,8 +8,9 @@
 use aya_ebpf::maps::{lpm_trie::Key, Array};
 use filter_common::{
     groups::{
-        group_bit, group_copy, group_count_entry, group_interface_key, interface_group_copy,
-        GroupMask, DEFAULT_GROUP, GROUP_RANGES_PER_COPY, GROUP_SEARCH_STEPS,
+        chunk_run, group_bit, group_copy, group_count_entry, group_interface_key,
+        interface_group_copy, GroupMask, DEFAULT_GROUP, GROUP_CHUNK_BITS, GROUP_INDEX_PER_COPY,
+        GROUP_RANGES_PER_COPY, GROUP_SEARCH_STEPS,
     },
     policy::MAX_RULES_PER_POLICY,
     ranges::{state, CHUNKS, CHUNK_BITS, SEARCH_STEPS},
@@ -23,9 +24,9 @@ use filter_common::{
 use crate::{
     ablation::{self, skip},
     maps::{
-        ALLOW_V4, ALLOW_V6, GROUP_IFACES, GROUP_RANGES_V4, GROUP_RANGES_V6, GROUP_STATE, INDEX_V4,
-        INDEX_V6, POLICIES, RANGES_V4, RANGES_V6, SOURCES_V4, SOURCES_V6, SOURCE_COPY,
-        SOURCE_SLOTS, TABLE_STATE,
+        ALLOW_V4, ALLOW_V6, GROUP_IFACES, GROUP_INDEX_V4, GROUP_INDEX_V6, GROUP_RANGES_V4,
+        GROUP_RANGES_V6, GROUP_STATE, GROUP_WINDOWS, INDEX_V4, INDEX_V6, POLICIES, RANGES_V4,
+        RANGES_V6, SOURCES_V4, SOURCES_V6, SOURCE_COPY, SOURCE_SLOTS, TABLE_STATE,
     },
     parse::{ipproto, Packet},
 };
@@ -212,7 +213,7 @@ fn interface_group(key: u32) -> u32 {
 
 /// The client group of the packet's source (`filter_common::groups`): the value of the last
 /// range starting at or below it in the copy `table_state` names; [`DEFAULT_GROUP`] when that
-/// copy holds no ranges (rules without groups).
+/// copy holds no ranges (rules without groups), which costs one read.
 #[inline(always)]
 pub(crate) fn source_group(packet: &Packet, table_state: u32) -> u32 {
     let copy = group_copy(table_state, packet.family);
@@ -224,23 +225,63 @@ pub(crate) fn source_group(packet: &Packet, table_state: u32) -> u32 {
     if count == 0 {
         return DEFAULT_GROUP;
     }
-    let first = copy * GROUP_RANGES_PER_COPY;
     let found = if packet.family == 4 {
         let src = u32::from_be_bytes([packet.src[0], packet.src[1], packet.src[2], packet.src[3]]);
-        find_group_v4(src, first, count)
+        find_group_v4(src, copy, count)
     } else {
         let src = u128::from_be_bytes(packet.src);
-        find_group_v6((src >> 64) as u64, src as u64, first, count)
+        find_group_v6((src >> 64) as u64, src as u64, copy, count)
     };
     // A damaged table reads as the default group, whose rules the rules define like any other.
     found.unwrap_or(DEFAULT_GROUP)
 }
 
-/// The group of the last IPv4 range starting at or below `src` among `count` from `first`.
-/// Out of line and without a data-dependent branch: sources are as random as clients are, so a
-/// branch on each comparison would mispredict half the time.
+/// The run of group ranges that `copy`'s index names for `chunk`, or for a source outside the
+/// window (`below` or `above` it, each 0 or 1) the one range that holds it: range 0 below,
+/// the last of the copy's `count` above. Chosen by arithmetic, not by a branch: whether a
+/// source is inside depends on the source.
+#[inline(always)]
+fn group_run_of(
+    index: &Array<u64>,
+    copy: u32,
+    chunk: u32,
+    below: u32,
+    above: u32,
+    count: u32,
+) -> Option<(u32, u32)> {
+    let pair = *index.get(copy * GROUP_INDEX_PER_COPY + (chunk >> 1))?;
+    let (first, run) = chunk_run(pair, chunk);
+    let outside = below | above;
+    let inside = outside ^ 1;
+    let outside_first = copy * GROUP_RANGES_PER_COPY + above * (count - 1);
+    Some((
+        first * inside + outside_first * outside,
+        run * inside + outside,
+    ))
+}
+
+/// The group of an IPv4 source among the `count` ranges of `copy`: its chunk's run, then the
+/// last range of the run starting at or below it. Out of line: inlined, code that rules without
+/// groups never run still cost every packet (see ARCHITECTURE.md). Without a data-dependent
+/// branch: sources are as random as clients are, so a branch on each comparison would
+/// mispredict half the time.
 #[inline(never)]
-fn find_group_v4(src: u32, mut first: u32, mut count: u32) -> Option<u32> {
+fn find_group_v4(src: u32, copy: u32, count: u32) -> Option<u32> {
+    let window = GROUP_WINDOWS.get(group_count_entry(4, copy))?;
+    // The window's prefix off the top, its next 16 bits the chunk (a shift of at most 16).
+    let chunk = src.wrapping_shl(window.shift) >> (32 - GROUP_CHUNK_BITS);
+    let below_window = below(u64::from(src), window.base_lo) as u32;
+    let above_window = below(window.end_lo, u64::from(src)) as u32;
+    let (mut first, mut count) = group_run_of(
+        &GROUP_INDEX_V4,
+        copy,
+        chunk,
+        below_window,
+        above_window,
+        count,
+    )?;
+    // Invariant: the range at `first` starts at or below `src`; the answer is in the `count`
+    // ranges from there. Usually one: then no step runs.
     for _ in 0..GROUP_SEARCH_STEPS {
         if count <= 1 {
             break;
@@ -255,22 +296,49 @@ fn find_group_v4(src: u32, mut first: u32, mut count: u32) -> Option<u32> {
     Some(*GROUP_RANGES_V4.get(first)? as u32)
 }
 
-/// The group of the last IPv6 range starting at or below the source (`hi`, `lo`); as
-/// [`find_group_v4`], without a data-dependent branch.
+/// The group of an IPv6 source (`hi`, `lo`) among the `count` ranges of `copy`; as
+/// [`find_group_v4`].
 #[inline(never)]
-fn find_group_v6(hi: u64, lo: u64, mut first: u32, mut count: u32) -> Option<u32> {
+fn find_group_v6(hi: u64, lo: u64, copy: u32, count: u32) -> Option<u32> {
+    let window = GROUP_WINDOWS.get(group_count_entry(6, copy))?;
+    let shift = window.shift;
+    // The window's 16 bits start in the high half or the low one. A branch on the rules, not
+    // on the source: every packet takes the same way. `(lo >> 1) >> (63 - shift)` is
+    // `lo >> (64 - shift)` without a shift by 64 when `shift` is 0.
+    let top = if shift < 64 {
+        hi.wrapping_shl(shift) | (lo >> 1).wrapping_shr(63 - shift)
+    } else {
+        lo.wrapping_shl(shift - 64)
+    };
+    let chunk = (top >> (64 - GROUP_CHUNK_BITS)) as u32;
+    let below_window = before(hi, lo, window.base_hi, window.base_lo) as u32;
+    let above_window = before(window.end_hi, window.end_lo, hi, lo) as u32;
+    let (mut first, mut count) = group_run_of(
+        &GROUP_INDEX_V6,
+        copy,
+        chunk,
+        below_window,
+        above_window,
+        count,
+    )?;
     for _ in 0..GROUP_SEARCH_STEPS {
         if count <= 1 {
             break;
         }
         let half = count / 2;
         let range = GROUP_RANGES_V6.get(first + half)?;
-        let at_or_below = below(range.start_hi, hi)
-            | (equal(range.start_hi, hi) & (below(lo, range.start_lo) ^ 1));
+        let at_or_below = before(hi, lo, range.start_hi, range.start_lo) ^ 1;
         first += half * at_or_below as u32;
         count -= half;
     }
     Some(GROUP_RANGES_V6.get(first)?.value)
+}
+
+/// 1 when the 128-bit address (`a_hi`, `a_lo`) is below (`b_hi`, `b_lo`), 0 otherwise,
+/// without a branch.
+#[inline(always)]
+fn before(a_hi: u64, a_lo: u64, b_hi: u64, b_lo: u64) -> u64 {
+    below(a_hi, b_hi) | (equal(a_hi, b_hi) & below(a_lo, b_lo))
 }
 
 /// 1 when `a < b`, 0 otherwise: the borrow out of `a - b`, computed without a branch.

@@ -1,20 +1,27 @@
 //! The client-group table: which group each source address is in (`filter_common::groups`),
-//! as sorted ranges in two copies per family, written like the destination index: the copy
-//! packets do not read, its count, then the switch, which is the destination index's own.
+//! as sorted ranges and a chunk index over their window in two copies per family, written like
+//! the destination index: the copy packets do not read, its count, then the switch, which is
+//! the destination index's own.
 
 use aya::{
-    maps::{Array, MapData},
+    maps::{Array, Map, MapData, MapError},
     Ebpf,
 };
 use filter_common::{
-    groups::{group_count_entry, GROUP_RANGES_PER_COPY},
+    groups::{
+        group_count_entry, group_run, GroupWindow, GROUP_CHUNKS, GROUP_CHUNK_BITS,
+        GROUP_INDEX_PER_COPY, GROUP_RANGES_PER_COPY,
+    },
     maps as names,
     ranges::{state, RangeV6},
 };
 use ipnet::IpNet;
 
-use super::{copies, take_map, MapWriteError};
-use crate::{ranges, rules::Group};
+use super::{copies, mmap_err, take_map, MapWriteError};
+use crate::{
+    ranges::{self, MappedArray},
+    rules::Group,
+};
 
 /// Range starts and the group from each, over one family's address space.
 pub(super) type GroupRanges = Vec<(u128, u32)>;
@@ -24,6 +31,9 @@ pub(super) type GroupRanges = Vec<(u128, u32)>;
 pub(super) struct GroupMaps {
     ranges_v4: Array<MapData, u64>,
     ranges_v6: Array<MapData, RangeV6>,
+    index_v4: MappedArray<u64>,
+    index_v6: MappedArray<u64>,
+    windows: Array<MapData, GroupWindow>,
     counts: Array<MapData, u32>,
     /// What the copies `TABLE_STATE` names hold, as far as this writer knows: `None` until it
     /// wrote them (adopted maps are rewritten once).
@@ -33,9 +43,24 @@ pub(super) struct GroupMaps {
 impl GroupMaps {
     /// Takes the group maps out of a loaded object.
     pub(super) fn take_from(ebpf: &mut Ebpf) -> Result<Self, MapWriteError> {
+        fn mapped(ebpf: &mut Ebpf, name: &'static str) -> Result<MappedArray<u64>, MapWriteError> {
+            let map = ebpf.take_map(name).ok_or(MapWriteError::Missing(name))?;
+            let Map::Array(data) = map else {
+                return Err(MapWriteError::Layout {
+                    name,
+                    source: MapError::InvalidName {
+                        name: name.to_owned(),
+                    },
+                });
+            };
+            MappedArray::new(data, 2 * GROUP_INDEX_PER_COPY as usize).map_err(mmap_err(name))
+        }
         Ok(Self {
             ranges_v4: take_map(ebpf, names::GROUP_RANGES_V4)?,
             ranges_v6: take_map(ebpf, names::GROUP_RANGES_V6)?,
+            index_v4: mapped(ebpf, names::GROUP_INDEX_V4)?,
+            index_v6: mapped(ebpf, names::GROUP_INDEX_V6)?,
+            windows: take_map(ebpf, names::GROUP_WINDOWS)?,
             counts: take_map(ebpf, names::GROUP_STATE)?,
             in_use: None,
         })
@@ -68,14 +93,24 @@ impl GroupMaps {
             } else {
                 &ranges[..]
             };
-            if family == 4 {
+            let width = if family == 4 { 32 } else { 128 };
+            let index = group_index(in_use, width);
+            let (index_map, index_name) = if family == 4 {
                 for (offset, entry) in (0..).zip(copies::encode_v4(in_use)) {
                     self.write_v4(base + offset, entry)?;
                 }
+                (&mut self.index_v4, names::GROUP_INDEX_V4)
             } else {
                 for (offset, entry) in (0..).zip(copies::encode_v6(in_use)) {
                     self.write_v6(base + offset, entry)?;
                 }
+                (&mut self.index_v6, names::GROUP_INDEX_V6)
+            };
+            if !in_use.is_empty() {
+                index_map
+                    .write((copy * GROUP_INDEX_PER_COPY) as usize, &index.encode(base))
+                    .map_err(mmap_err(index_name))?;
+                self.write_window(group_count_entry(family, copy), index.window())?;
             }
             let count = u32::try_from(in_use.len()).unwrap_or(u32::MAX);
             self.write_count(group_count_entry(family, copy), count)?;
@@ -97,6 +132,16 @@ impl GroupMaps {
             .map_err(|source| MapWriteError::Write {
                 name: names::GROUP_STATE,
                 what: format!("entry {index} = {value}"),
+                source,
+            })
+    }
+
+    fn write_window(&mut self, index: u32, window: GroupWindow) -> Result<(), MapWriteError> {
+        self.windows
+            .set(index, window, 0)
+            .map_err(|source| MapWriteError::Write {
+                name: names::GROUP_WINDOWS,
+                what: format!("entry {index} = {window:?}"),
                 source,
             })
     }
@@ -154,6 +199,106 @@ pub fn group_ranges(groups: &[Group], family: u8) -> GroupRanges {
     )
 }
 
+/// Where a family's group chunks lie and which run of ranges each reads
+/// (`filter_common::groups`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupIndex {
+    /// The window's first address.
+    pub base: u128,
+    /// The window's last address.
+    pub end: u128,
+    /// The window's prefix length.
+    pub shift: u32,
+    /// Per chunk, the first range of its run (counted from the copy's first) and how many.
+    pub runs: Vec<(u32, u32)>,
+}
+
+impl GroupIndex {
+    /// The index entries of a copy whose first range is range `copy_base` of the array.
+    #[must_use]
+    pub fn encode(&self, copy_base: u32) -> Vec<u64> {
+        self.runs
+            .chunks(2)
+            .map(|pair| {
+                let run =
+                    |&(first, count): &(u32, u32)| u64::from(group_run(copy_base + first, count));
+                run(&pair[0]) | run(&pair[1]) << 32
+            })
+            .collect()
+    }
+
+    /// The window, as the kernel reads it.
+    #[must_use]
+    pub fn window(&self) -> GroupWindow {
+        GroupWindow {
+            base_hi: (self.base >> 64) as u64,
+            base_lo: self.base as u64,
+            end_hi: (self.end >> 64) as u64,
+            end_lo: self.end as u64,
+            shift: self.shift,
+            _pad: 0,
+        }
+    }
+}
+
+/// The chunk index of `ranges` (sorted, the first at 0) over an address space of `width` bits.
+/// Its window is the smallest aligned block holding every range start but the first, widened
+/// to leave [`GROUP_CHUNK_BITS`] bits below its prefix; each chunk's run starts with the range
+/// holding the chunk's first address and ends with the last starting within the chunk.
+#[must_use]
+pub fn group_index(ranges: &[(u128, u32)], width: u32) -> GroupIndex {
+    let space_end = u128::MAX >> (128 - width);
+    let shift = match (ranges.get(1), ranges.last()) {
+        (Some(&(low, _)), Some(&(high, _))) => {
+            ((low ^ high).leading_zeros() - (128 - width)).min(width - GROUP_CHUNK_BITS)
+        }
+        // One range (or none): every source reads it, wherever the window lies.
+        _ => 0,
+    };
+    let host_bits = space_end >> shift;
+    let base = ranges.get(1).map_or(0, |&(low, _)| low & !host_bits);
+    let chunk_bits = width - shift - GROUP_CHUNK_BITS;
+    let runs = (0..u128::from(GROUP_CHUNKS))
+        .map(|chunk| {
+            let first_address = base + (chunk << chunk_bits);
+            let last_address = first_address + ((1u128 << chunk_bits) - 1);
+            let first = ranges
+                .partition_point(|&(start, _)| start <= first_address)
+                .saturating_sub(1);
+            let end = ranges.partition_point(|&(start, _)| start <= last_address);
+            (first as u32, end.saturating_sub(first) as u32)
+        })
+        .collect();
+    GroupIndex {
+        base,
+        end: base | host_bits,
+        shift,
+        runs,
+    }
+}
+
+/// The group of `address` the kernel's way: outside the window the first or the last range,
+/// inside the run of its chunk (`filter_common::groups`).
+#[must_use]
+pub fn find_group(index: &GroupIndex, ranges: &[(u128, u32)], address: u128, width: u32) -> u32 {
+    let space_end = u128::MAX >> (128 - width);
+    let (first, count) = if address < index.base {
+        (0, 1)
+    } else if address > index.end {
+        (ranges.len() as u32 - 1, 1)
+    } else {
+        let chunk = ((address << index.shift) & space_end) >> (width - GROUP_CHUNK_BITS);
+        index.runs[chunk as usize]
+    };
+    let run = &ranges[first as usize..(first + count) as usize];
+    assert!(
+        run.first().is_some_and(|&(start, _)| start <= address),
+        "the run of {address:#x} starts above it"
+    );
+    let at = run.partition_point(|&(start, _)| start <= address);
+    run[at - 1].1
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -188,5 +333,209 @@ mod tests {
         let v6 = group_ranges(&groups, 6);
         assert_eq!(v6.len(), 3, "{v6:?}");
         assert_eq!(v6[1].1, 1);
+    }
+}
+
+#[cfg(test)]
+mod index_tests {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    use ipnet::{Ipv4Net, Ipv6Net};
+
+    use super::*;
+    use crate::rules::{groups::group_of, Location};
+
+    struct Random(u64);
+
+    impl Random {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        fn wide(&mut self) -> u128 {
+            u128::from(self.next()) << 64 | u128::from(self.next())
+        }
+    }
+
+    /// `prefixes` spread over 40 groups (each prefix once).
+    fn groups_of(prefixes: &[IpNet], random: &mut Random) -> Vec<Group> {
+        let mut groups: Vec<Group> = (1..=40)
+            .map(|id| Group {
+                id,
+                name: format!("g{id}"),
+                description: String::new(),
+                sources: Vec::new(),
+                interfaces: Vec::new(),
+                file: "random.toml".into(),
+                location: Location { line: 1, column: 1 },
+            })
+            .collect();
+        let mut seen = std::collections::BTreeSet::new();
+        for net in prefixes {
+            if seen.insert(net.trunc()) {
+                groups[(random.next() % 40) as usize]
+                    .sources
+                    .push(net.trunc());
+            }
+        }
+        groups
+    }
+
+    fn address(family: u8, value: u128) -> IpAddr {
+        if family == 4 {
+            Ipv4Addr::from(value as u32).into()
+        } else {
+            Ipv6Addr::from(value).into()
+        }
+    }
+
+    /// Every probe's group through the chunk index equals the slow definition: each prefix's
+    /// edges and their neighbours, a random address inside, the window's edges and neighbours,
+    /// the first and last address of some chunks and their neighbours, both ends of the space.
+    fn check(groups: &[Group], random: &mut Random) -> usize {
+        let mut checked = 0;
+        for family in [4, 6] {
+            let width = if family == 4 { 32 } else { 128 };
+            let space_end = u128::MAX >> (128 - width);
+            let ranges = group_ranges(groups, family);
+            let index = group_index(&ranges, width);
+            assert!(index.shift <= width - GROUP_CHUNK_BITS);
+            assert_eq!(index.runs.len(), GROUP_CHUNKS as usize);
+            let mut probes = vec![0, space_end, index.base, index.end];
+            for net in groups.iter().flat_map(|g| &g.sources) {
+                let (first, last) = match net {
+                    IpNet::V4(n) if family == 4 => (
+                        u128::from(u32::from(n.network())),
+                        u128::from(u32::from(n.broadcast())),
+                    ),
+                    IpNet::V6(n) if family == 6 => {
+                        (u128::from(n.network()), u128::from(n.broadcast()))
+                    }
+                    _ => continue,
+                };
+                probes.extend([
+                    first,
+                    last,
+                    first + random.wide() % (last - first).saturating_add(1),
+                ]);
+            }
+            let chunk_bits = width - index.shift - GROUP_CHUNK_BITS;
+            for _ in 0..64 {
+                let chunk = random.wide() % u128::from(GROUP_CHUNKS);
+                let first = index.base + (chunk << chunk_bits);
+                probes.extend([first, first + ((1u128 << chunk_bits) - 1)]);
+            }
+            for probe in probes.clone() {
+                probes.extend([
+                    probe.wrapping_sub(1) & space_end,
+                    probe.wrapping_add(1) & space_end,
+                ]);
+            }
+            for probe in probes {
+                let address = address(family, probe);
+                let expected = group_of(groups, address);
+                let found = if ranges.iter().all(|&(_, group)| group == 0) {
+                    // What the kernel does for a copy without ranges.
+                    0
+                } else {
+                    find_group(&index, &ranges, probe, width)
+                };
+                assert_eq!(found, expected, "source {address}, window {index:?}");
+                checked += 1;
+            }
+        }
+        checked
+    }
+
+    fn v4(address: u32, len: u32) -> IpNet {
+        IpNet::V4(Ipv4Net::new(address.into(), len as u8).expect("length"))
+    }
+
+    fn v6(address: u128, len: u32) -> IpNet {
+        IpNet::V6(Ipv6Net::new(address.into(), len as u8).expect("length"))
+    }
+
+    #[test]
+    fn the_chunk_index_gives_the_longest_prefix_for_nested_random_prefixes() {
+        let mut random = Random(0x9e37_79b9_7f4a_7c15);
+        for round in 0..40 {
+            let mut prefixes = Vec::new();
+            let count = 1 + random.next() % 300;
+            for _ in 0..count {
+                // Inside one site prefix (nested and disjoint ones), or anywhere.
+                let anywhere = round % 4 == 3;
+                let a4 = if anywhere {
+                    random.next() as u32
+                } else {
+                    0x0a00_0000 | (random.next() as u32 & 0x00ff_ffff)
+                };
+                let a6 = if anywhere {
+                    random.wide()
+                } else {
+                    0xfd00_u128 << 112 | u128::from(random.next()) << 48
+                };
+                prefixes.push(v4(
+                    a4,
+                    if anywhere { 1 } else { 9 } + (random.next() % 24) as u32,
+                ));
+                prefixes.push(v6(
+                    a6,
+                    if anywhere { 1 } else { 17 } + (random.next() % 112) as u32,
+                ));
+            }
+            let groups = groups_of(&prefixes, &mut random);
+            assert!(check(&groups, &mut random) > 0);
+        }
+    }
+
+    #[test]
+    fn the_chunk_index_handles_whole_spaces_single_addresses_and_chunk_edges() {
+        let mut random = Random(0x2545_f491_4f6c_dd1d);
+        let site6 = 0x2001_0db8_0012_u128 << 80;
+        let cases: Vec<Vec<IpNet>> = vec![
+            // /0 alone, and /0 around nested prefixes.
+            vec![v4(0, 0), v6(0, 0)],
+            vec![
+                v4(0, 0),
+                v4(0x0a00_0000, 8),
+                v4(0x0a01_0203, 32),
+                v6(0, 0),
+                v6(site6, 48),
+            ],
+            // Single addresses, adjacent and at both ends of the space.
+            vec![
+                v4(0, 32),
+                v4(0x0a00_0001, 32),
+                v4(0x0a00_0002, 32),
+                v4(u32::MAX, 32),
+                v6(0, 128),
+                v6(site6 | 1, 128),
+                v6(site6 | 2, 128),
+                v6(u128::MAX, 128),
+            ],
+            // One prefix: the window is as narrow as it gets.
+            vec![v4(0xc000_0280, 25), v6(site6, 64)],
+            // Prefixes ending exactly on chunk edges of a /16 window (IPv4) and a /48's (IPv6),
+            // and the top half of the space.
+            vec![
+                v4(0xc0a8_0000, 16),
+                v4(0xc0a8_0100, 24),
+                v4(0xc0a8_0200, 31),
+                v4(0xc0a8_ffff, 32),
+                v4(0x8000_0000, 1),
+                v6(site6, 48),
+                v6(site6 | 1 << 64, 64),
+                v6(site6 | 2 << 64, 127),
+                v6(site6 | 0xffff << 64, 64),
+                v6(1 << 127, 1),
+            ],
+        ];
+        for prefixes in cases {
+            let groups = groups_of(&prefixes, &mut random);
+            assert!(check(&groups, &mut random) > 0);
+        }
     }
 }

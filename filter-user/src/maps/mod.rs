@@ -54,7 +54,7 @@ mod tries;
 
 pub use self::{
     flows::FlowMaps,
-    groups::group_ranges,
+    groups::{find_group, group_index, group_ranges, GroupIndex},
     interface_groups::InterfaceGroups,
     sources::{InterfaceSource, SourceMaps},
 };

@@ -4,14 +4,17 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use filter_common::{groups::DEFAULT_GROUP, Config, Mode, Reason};
+use filter_common::{
+    groups::{DEFAULT_GROUP, GROUP_CHUNKS, GROUP_CHUNK_BITS},
+    Config, Mode, Reason,
+};
 use filter_tests::{
     harness::{test_run_interface_groups, Filter, Hook, Outcome, TEST_RUN_IFINDEX},
     packet::Pkt,
 };
 use filter_user::{
     compile::Resolved,
-    maps::InterfaceGroups,
+    maps::{group_index, group_ranges, InterfaceGroups},
     rules::{groups::group_of, Group, Location},
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -251,19 +254,21 @@ fn new_groups_take_effect_and_removed_ones_fall_back_to_default() -> anyhow::Res
     Ok(())
 }
 
-/// The kernel's group search (out of line, without data-dependent branches) against the slow
-/// definition, `group_of`, over many nested and disjoint group prefixes of both families: the
-/// group of each source is read back from its drop event.
-#[test]
-fn the_kernel_finds_the_group_the_longest_source_prefix_gives() -> anyhow::Result<()> {
-    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
-    let mut groups: Vec<Group> = (1..=40)
+/// A small xorshift generator: the same prefixes and sources on every run.
+struct Random(u64);
+
+impl Random {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// 40 groups without sources.
+fn empty_groups() -> Vec<Group> {
+    (1..=40)
         .map(|id| Group {
             id,
             name: format!("g{id}"),
@@ -273,58 +278,107 @@ fn the_kernel_finds_the_group_the_longest_source_prefix_gives() -> anyhow::Resul
             file: "random.toml".into(),
             location: Location { line: 1, column: 1 },
         })
-        .collect();
+        .collect()
+}
+
+/// `prefixes` spread over 40 groups, each prefix once.
+fn groups_of(prefixes: &[IpNet], random: &mut Random) -> Vec<Group> {
+    let mut groups = empty_groups();
     let mut seen = std::collections::BTreeSet::new();
-    for _ in 0..300 {
-        // Prefixes inside 10.0.0.0/8 and fd00::/16, lengths 9-32 and 17-128: nested and
-        // disjoint ones both occur.
-        let v4 = Ipv4Net::new(
-            Ipv4Addr::from(0x0a00_0000 | (next() as u32 & 0x00ff_ffff)),
-            9 + (next() % 24) as u8,
-        )?
-        .trunc();
-        let v6 = Ipv6Net::new(
-            Ipv6Addr::from(0xfd00_u128 << 112 | u128::from(next()) << 48),
-            17 + (next() % 112) as u8,
-        )?
-        .trunc();
-        for net in [IpNet::V4(v4), IpNet::V6(v6)] {
-            if seen.insert(net) {
-                groups[(next() % 40) as usize].sources.push(net);
-            }
+    for net in prefixes {
+        if seen.insert(net.trunc()) {
+            groups[(random.next() % 40) as usize]
+                .sources
+                .push(net.trunc());
         }
     }
+    groups
+}
+
+/// A filter that emits an event for every drop and allows nothing: each packet's drop event
+/// carries its source's group.
+fn group_filter() -> anyhow::Result<Filter> {
     let mut filter = Filter::new(&[])?;
     filter.maps.set_config(Config {
         events_per_sec: 1_000_000,
         event_burst: 1_000_000,
         ..Config::new(Mode::Enforce)
     })?;
-    filter.maps.set_groups(&groups, InterfaceGroups::new());
+    Ok(filter)
+}
+
+/// Puts `groups` in force (a reload: the free copies written, then switched).
+fn apply_groups(filter: &mut Filter, groups: &[Group]) -> anyhow::Result<()> {
+    filter.maps.set_groups(groups, InterfaceGroups::new());
     filter
         .maps
         .apply(&filter_user::table::AllowTable::build(&[])?)?;
     filter.drain_events()?;
-    let mut sources: Vec<IpAddr> = Vec::new();
+    Ok(())
+}
+
+/// The sources worth asking about: each prefix's first and last address and one inside, the
+/// edges of the window the chunk index covers and of some of its chunks, the ends of the
+/// space; each with its neighbours.
+fn probes(groups: &[Group], random: &mut Random) -> Vec<IpAddr> {
+    let mut values: Vec<(u8, u128)> = Vec::new();
     for net in groups.iter().flat_map(|g| &g.sources) {
-        // Each prefix's first and last address, and one inside it.
-        sources.push(net.network());
-        sources.push(net.broadcast());
-        sources.push(match net {
-            IpNet::V4(n) => {
-                Ipv4Addr::from(u32::from(n.network()) | (next() as u32 & !u32::from(n.netmask())))
-                    .into()
-            }
-            IpNet::V6(n) => Ipv6Addr::from(
-                u128::from(n.network()) | (u128::from(next()) & !u128::from(n.netmask())),
-            )
-            .into(),
-        });
+        let (family, first, last) = match net {
+            IpNet::V4(n) => (
+                4,
+                u128::from(u32::from(n.network())),
+                u128::from(u32::from(n.broadcast())),
+            ),
+            IpNet::V6(n) => (6, u128::from(n.network()), u128::from(n.broadcast())),
+        };
+        let inside = u128::from(random.next()) << 64 | u128::from(random.next());
+        values.extend([
+            (family, first),
+            (family, last),
+            (family, first + inside % (last - first).saturating_add(1)),
+        ]);
     }
-    sources.extend(
-        ["9.255.255.255", "11.0.0.0", "fcff::1", "fd01::1"]
-            .map(|a| a.parse::<IpAddr>().expect("address")),
-    );
+    for family in [4, 6] {
+        let width = if family == 4 { 32 } else { 128 };
+        let index = group_index(&group_ranges(groups, family), width);
+        values.extend([
+            (family, 0),
+            (family, u128::MAX),
+            (family, index.base),
+            (family, index.end),
+        ]);
+        let chunk_bits = width - index.shift - GROUP_CHUNK_BITS;
+        for _ in 0..16 {
+            let chunk = u128::from(random.next() % u64::from(GROUP_CHUNKS));
+            let first = index.base + (chunk << chunk_bits);
+            values.extend([
+                (family, first),
+                (family, first + ((1u128 << chunk_bits) - 1)),
+            ]);
+        }
+    }
+    let mut sources = Vec::new();
+    for (family, value) in values {
+        for value in [value.wrapping_sub(1), value, value.wrapping_add(1)] {
+            sources.push(if family == 4 {
+                IpAddr::from(Ipv4Addr::from(value as u32))
+            } else {
+                IpAddr::from(Ipv6Addr::from(value))
+            });
+        }
+    }
+    sources.sort_unstable();
+    sources.dedup();
+    sources
+}
+
+/// Judges a packet from each source and checks the group its drop event names against the slow
+/// definition, `group_of`; returns how many it checked.
+fn check_sources(
+    filter: &mut Filter,
+    groups: &[Group],
+    sources: &[IpAddr],
+) -> anyhow::Result<usize> {
     let mut checked = 0;
     for chunk in sources.chunks(100) {
         for source in chunk {
@@ -340,12 +394,44 @@ fn the_kernel_finds_the_group_the_longest_source_prefix_gives() -> anyhow::Resul
         for (source, event) in chunk.iter().zip(events) {
             assert_eq!(
                 u32::from(event.group),
-                group_of(&groups, *source),
+                group_of(groups, *source),
                 "source {source}"
             );
             checked += 1;
         }
     }
+    Ok(checked)
+}
+
+/// The kernel's group lookup (the chunk index over the window, then the run; out of line,
+/// without data-dependent branches) against the slow definition, `group_of`, over many nested
+/// and disjoint group prefixes of both families: the group of each source is read back from
+/// its drop event.
+#[test]
+fn the_kernel_finds_the_group_the_longest_source_prefix_gives() -> anyhow::Result<()> {
+    let mut random = Random(0x9e37_79b9_7f4a_7c15);
+    let mut prefixes = Vec::new();
+    for _ in 0..300 {
+        // Prefixes inside 10.0.0.0/8 and fd00::/16, lengths 9-32 and 17-128: nested and
+        // disjoint ones both occur.
+        prefixes.push(IpNet::V4(Ipv4Net::new(
+            Ipv4Addr::from(0x0a00_0000 | (random.next() as u32 & 0x00ff_ffff)),
+            9 + (random.next() % 24) as u8,
+        )?));
+        prefixes.push(IpNet::V6(Ipv6Net::new(
+            Ipv6Addr::from(0xfd00_u128 << 112 | u128::from(random.next()) << 48),
+            17 + (random.next() % 112) as u8,
+        )?));
+    }
+    let groups = groups_of(&prefixes, &mut random);
+    let mut filter = group_filter()?;
+    apply_groups(&mut filter, &groups)?;
+    let mut sources = probes(&groups, &mut random);
+    sources.extend(
+        ["9.255.255.255", "11.0.0.0", "fcff::1", "fd01::1"]
+            .map(|a| a.parse::<IpAddr>().expect("address")),
+    );
+    let checked = check_sources(&mut filter, &groups, &sources)?;
     assert!(checked > 1_500, "{checked} sources checked");
     Ok(())
 }
@@ -428,5 +514,70 @@ fn the_interface_a_packet_arrives_on_decides_before_its_source() -> anyhow::Resu
         .maps
         .follow_interface_groups(InterfaceGroups::new())?;
     assert_eq!(filter.judge(Hook::Xdp, &lab_to_push)?.1, Reason::NoService);
+    Ok(())
+}
+
+/// The edges of the lookup: /0 (alone and around nested prefixes), single addresses (/32,
+/// /128) next to each other and at both ends of the space, a lone prefix (the narrowest
+/// window), prefixes ending on chunk edges; then reloads that flip the copies back and forth
+/// between rule sets whose windows differ, each checked after its switch.
+#[test]
+fn the_kernel_group_lookup_holds_at_edges_and_across_reloads() -> anyhow::Result<()> {
+    let mut random = Random(0x2545_f491_4f6c_dd1d);
+    let v4 = |a: [u8; 4], len: u8| IpNet::V4(Ipv4Net::new(a.into(), len).expect("length"));
+    let site6 = 0x2001_0db8_0012_u128 << 80;
+    let v6 = |a: u128, len: u8| IpNet::V6(Ipv6Net::new(a.into(), len).expect("length"));
+    let cases: Vec<Vec<IpNet>> = vec![
+        vec![v4([0, 0, 0, 0], 0), v6(0, 0)],
+        vec![
+            v4([0, 0, 0, 0], 0),
+            v4([10, 0, 0, 0], 8),
+            v4([10, 1, 2, 3], 32),
+            v6(0, 0),
+            v6(site6, 48),
+            v6(site6 | 7, 128),
+        ],
+        vec![
+            v4([0, 0, 0, 0], 32),
+            v4([10, 0, 0, 1], 32),
+            v4([10, 0, 0, 2], 32),
+            v4([255, 255, 255, 255], 32),
+            v6(0, 128),
+            v6(site6 | 1, 128),
+            v6(site6 | 2, 128),
+            v6(u128::MAX, 128),
+        ],
+        vec![v4([192, 0, 2, 128], 25), v6(site6, 64)],
+        vec![
+            v4([192, 168, 0, 0], 16),
+            v4([192, 168, 1, 0], 24),
+            v4([192, 168, 2, 0], 31),
+            v4([192, 168, 255, 255], 32),
+            v4([128, 0, 0, 0], 1),
+            v6(site6, 48),
+            v6(site6 | 1 << 64, 64),
+            v6(site6 | 2 << 64, 127),
+            v6(site6 | 0xffff << 64, 64),
+            v6(1 << 127, 1),
+        ],
+    ];
+    let mut filter = group_filter()?;
+    let mut checked = 0;
+    // Each case once, then back through them: every apply changes the groups, so each one
+    // writes the copy packets do not read and switches to it.
+    let sets: Vec<Vec<Group>> = cases
+        .iter()
+        .map(|prefixes| groups_of(prefixes, &mut random))
+        .collect();
+    for groups in sets.iter().chain(sets.iter().rev()) {
+        apply_groups(&mut filter, groups)?;
+        let sources = probes(groups, &mut random);
+        checked += check_sources(&mut filter, groups, &sources)?;
+    }
+    // And back to rules without groups: every source in `default`.
+    apply_groups(&mut filter, &[])?;
+    let sources = probes(&sets[4], &mut random);
+    checked += check_sources(&mut filter, &[], &sources)?;
+    assert!(checked > 1_000, "{checked} sources checked");
     Ok(())
 }
