@@ -442,9 +442,18 @@ fn two_lans_get_their_groups_services_and_a_client_claiming_the_other_lan_gets_n
             "json",
         ],
     )?;
-    let mut lans = daemon.attached("xdp")?;
-    lans.sort();
-    assert_eq!(lans, [lab.gw_lan.clone(), phones.gw_dev.clone()]);
+    // `stats` reads the state file, written within a second of the attachments.
+    let both = [lab.gw_lan.clone(), phones.gw_dev.clone()];
+    assert!(
+        eventually(Duration::from_secs(3), || daemon.attached("xdp").is_ok_and(
+            |mut lans| {
+                lans.sort();
+                lans == both
+            }
+        )),
+        "both LANs attached: {:?}",
+        daemon.attached("xdp")
+    );
     each_client_reaches_its_groups_services(&lab, &phones, &daemon, &rules)?;
 
     // The attack: each LAN's client claims the other LAN's addresses. XDP's source check drops
