@@ -9,7 +9,7 @@
 //!   a blind forger must hit a port with a query in flight and the ID of a query on that port,
 //!   which is as likely as with one query per port: the same number of (port, ID) pairs are
 //!   live, and the name's random case (0x20) is still to be guessed beside them;
-//! - an ID is used at most once on a socket ([`SocketState::used_ids`]): two queries in flight
+//! - an ID is used at most once on a socket (its `used_ids`): two queries in flight
 //!   on one socket never share an ID, and a late answer to an ended query cannot pass for a newer
 //!   one;
 //! - sockets are connected, so the kernel drops datagrams from anyone but the upstream's address
@@ -109,6 +109,7 @@ pub struct Lease {
 }
 
 impl UpstreamPool {
+    #[must_use]
     pub fn new(upstream: SocketAddr, limits: PoolLimits, counters: Arc<DnsCounters>) -> Self {
         Self {
             upstream,

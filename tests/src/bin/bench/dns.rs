@@ -72,6 +72,9 @@ pub(crate) struct DnsFigures {
     pub rows: Vec<LatencyRow>,
     pub direct_load: Load,
     pub forwarder_load: Load,
+    /// The daemon's CPU time (user and system, all threads) per query answered under the
+    /// forwarder's load: what the forwarder costs, whatever else the machine runs.
+    pub daemon_cpu_per_query: Duration,
     /// Addresses the daemon reports it learned: the map-write path was taken.
     pub learned: u64,
 }
@@ -127,12 +130,17 @@ pub(crate) fn measure(binary: &Path) -> anyhow::Result<DnsFigures> {
         learned >= NAMES as u64,
         "the daemon learned {learned} addresses, fewer than the {NAMES} names asked"
     );
+    let cpu_before = setup.daemon_cpu()?;
+    let started = Instant::now();
     let forwarder_load = load(&setup.ns, FORWARDER.parse()?)?;
+    let answered = forwarder_load.answered_per_second * started.elapsed().as_secs_f64();
+    let daemon_cpu_per_query = (setup.daemon_cpu()? - cpu_before).div_f64(answered.max(1.0));
     let direct_load = load(&setup.ns, UPSTREAM.parse()?)?;
     Ok(DnsFigures {
         rows,
         direct_load,
         forwarder_load,
+        daemon_cpu_per_query,
         learned,
     })
 }
@@ -410,6 +418,23 @@ impl Setup {
         Ok(setup)
     }
 
+    /// The daemon's CPU time so far, user and system, all threads (`/proc/PID/stat`, in clock
+    /// ticks of 10 ms).
+    fn daemon_cpu(&self) -> anyhow::Result<Duration> {
+        let pid = self.daemon.as_ref().context("no daemon")?.id();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        // The fields after the command name (which may hold spaces) and its closing parenthesis.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .context("a stat line")?
+            .1
+            .split_whitespace()
+            .collect();
+        // utime and stime: fields 14 and 15 of the line, 12 and 13 after the name.
+        let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+        Ok(Duration::from_millis(ticks * 10))
+    }
+
     /// `stats --json`: how many addresses the daemon learned (the state file is written every
     /// second, so wait for it).
     fn learned(&self) -> anyhow::Result<u64> {
@@ -475,7 +500,8 @@ pub(crate) fn table(f: &DnsFigures) -> String {
          count. Through the forwarder {:.0} queries/s (≥ 40k: {}; {} failed or unanswered; \
          under this load p50 / p99 {:.0} / {:.0} µs); dnsmasq directly {:.0} queries/s ({} \
          failed; p50 / p99 {:.0} / {:.0} µs). The daemon learned {} addresses during the run \
-         (`stats`). The clients, the daemon and dnsmasq share the machine's cores.",
+         (`stats`). The daemon's CPU time per query answered under this load: {:.1} µs. The \
+         clients, the daemon and dnsmasq share the machine's cores.",
         w.answered_per_second,
         crate::verdict(w.answered_per_second >= 40_000.0),
         w.failed,
@@ -485,7 +511,8 @@ pub(crate) fn table(f: &DnsFigures) -> String {
         d.failed,
         us(d.latency.p50),
         us(d.latency.p99),
-        f.learned
+        f.learned,
+        us(f.daemon_cpu_per_query)
     );
     t
 }
