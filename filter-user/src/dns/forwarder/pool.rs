@@ -135,15 +135,14 @@ impl UpstreamPool {
             taking.push(self.open()?);
         }
         let pick = rand::random_range(0..taking.len());
-        let chosen = match Self::register(&taking[pick], query, limits) {
-            Some(lease) => lease,
-            None => {
-                // No free ID found on that socket: a fresh one has them all.
-                taking.swap_remove(pick).retire();
-                let fresh = self.open()?;
-                taking.push(Arc::clone(&fresh));
-                Self::register(&fresh, query, limits).context("no free ID on a fresh socket")?
-            }
+        let chosen = if let Some(lease) = Self::register(&taking[pick], query, limits) {
+            lease
+        } else {
+            // No free ID found on that socket: a fresh one has them all.
+            taking.swap_remove(pick).retire();
+            let fresh = self.open()?;
+            taking.push(Arc::clone(&fresh));
+            Self::register(&fresh, query, limits).context("no free ID on a fresh socket")?
         };
         if lock(&chosen.socket.state).used_ids.len() >= limits.queries_per_socket {
             taking.retain(|socket| !Arc::ptr_eq(socket, &chosen.socket));
@@ -284,6 +283,7 @@ impl Lease {
 
     /// The socket's port, for tests.
     #[cfg(test)]
+    #[must_use]
     pub fn local_port(&self) -> u16 {
         self.socket.socket.local_addr().map_or(0, |a| a.port())
     }

@@ -58,7 +58,7 @@ fn limits(sockets: usize, queries_per_socket: usize) -> PoolLimits {
     PoolLimits {
         sockets,
         queries_per_socket,
-        lifetime: Duration::from_secs(60),
+        lifetime: Duration::from_mins(1),
     }
 }
 
@@ -257,14 +257,14 @@ async fn an_answer_from_another_source_is_never_read() {
     let mut lease = send(&pool, &mut query).await;
     let (asked, from) = upstream.receive().await;
     // A forger who got the port, the ID and the case right, from the wrong address and port.
-    let forger = UdpSocket::bind("127.0.0.2:0").await.unwrap();
+    let other_address = UdpSocket::bind("127.0.0.2:0").await.unwrap();
     let forged = answer(&asked, Ipv4Addr::new(192, 0, 2, 66));
-    forger
+    other_address
         .send_to(&forged.to_vec().unwrap(), from)
         .await
         .unwrap();
-    let elsewhere = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    elsewhere
+    let other_port = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    other_port
         .send_to(&forged.to_vec().unwrap(), from)
         .await
         .unwrap();

@@ -134,7 +134,10 @@ pub(crate) fn measure(binary: &Path) -> anyhow::Result<DnsFigures> {
     let started = Instant::now();
     let forwarder_load = load(&setup.ns, FORWARDER.parse()?)?;
     let answered = forwarder_load.answered_per_second * started.elapsed().as_secs_f64();
-    let daemon_cpu_per_query = (setup.daemon_cpu()? - cpu_before).div_f64(answered.max(1.0));
+    let daemon_cpu_per_query = setup
+        .daemon_cpu()?
+        .saturating_sub(cpu_before)
+        .div_f64(answered.max(1.0));
     let direct_load = load(&setup.ns, UPSTREAM.parse()?)?;
     Ok(DnsFigures {
         rows,
