@@ -100,6 +100,54 @@ async fn answered(lease: &mut Lease, query: &UpstreamQuery) -> Ipv4Addr {
     }
 }
 
+/// The address real answers carry; forged ones carry another.
+const REAL: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+
+/// One query sent from a one-socket pool, as the upstream received it.
+struct Sent {
+    upstream: Upstream,
+    pool: UpstreamPool,
+    counters: Arc<DnsCounters>,
+    query: UpstreamQuery,
+    lease: Lease,
+    asked: Message,
+    from: SocketAddr,
+}
+
+async fn one_query_sent() -> Sent {
+    let upstream = Upstream::start().await;
+    let (pool, counters) = upstream.pool(limits(1, 32));
+    let mut query = upstream_query("a.example.test.");
+    let lease = send(&pool, &mut query).await;
+    let (asked, from) = upstream.receive().await;
+    Sent {
+        upstream,
+        pool,
+        counters,
+        query,
+        lease,
+        asked,
+        from,
+    }
+}
+
+impl Sent {
+    /// The upstream answers truly; the query must take that answer.
+    async fn answer_truly_and_expect_it_taken(&mut self) {
+        self.upstream
+            .send(&answer(&self.asked, REAL), self.from)
+            .await;
+        assert_eq!(answered(&mut self.lease, &self.query).await, REAL);
+    }
+
+    /// The query's socket takes no new queries: the next goes from another port.
+    fn assert_socket_retired(&self) {
+        let mut next = upstream_query("b.example.test.");
+        let next_lease = self.pool.lease(&mut next).unwrap();
+        assert_ne!(next_lease.local_port(), self.lease.local_port(), "retired");
+    }
+}
+
 async fn mismatched_becomes(counters: &DnsCounters, expected: u64) {
     let started = Instant::now();
     while counters.mismatched.load(Ordering::SeqCst) < expected && started.elapsed() < WAIT {
@@ -200,92 +248,63 @@ async fn a_socket_retires_after_its_queries_and_after_its_lifetime() {
 
 #[tokio::test]
 async fn a_datagram_under_no_waiting_id_is_dropped_counted_and_retires_its_socket() {
-    let upstream = Upstream::start().await;
-    let (pool, counters) = upstream.pool(limits(1, 32));
-    let mut query = upstream_query("a.example.test.");
-    let mut lease = send(&pool, &mut query).await;
-    let (asked, from) = upstream.receive().await;
-    let mut stray = answer(&asked, Ipv4Addr::new(192, 0, 2, 66));
+    let mut sent = one_query_sent().await;
+    let mut stray = answer(&sent.asked, Ipv4Addr::new(192, 0, 2, 66));
     stray.metadata.id = stray.metadata.id.wrapping_add(1);
-    upstream.send(&stray, from).await;
-    upstream
-        .send(&answer(&asked, Ipv4Addr::new(192, 0, 2, 1)), from)
-        .await;
+    sent.upstream.send(&stray, sent.from).await;
     // The query still gets its real answer, and only it.
-    assert_eq!(
-        answered(&mut lease, &query).await,
-        Ipv4Addr::new(192, 0, 2, 1)
-    );
-    assert_eq!(counters.mismatched.load(Ordering::SeqCst), 1);
-    let mut next = upstream_query("b.example.test.");
-    let next_lease = pool.lease(&mut next).unwrap();
-    assert_ne!(next_lease.local_port(), lease.local_port(), "retired");
+    sent.answer_truly_and_expect_it_taken().await;
+    assert_eq!(sent.counters.mismatched.load(Ordering::SeqCst), 1);
+    sent.assert_socket_retired();
 }
 
 #[tokio::test]
 async fn an_answer_under_the_id_but_to_another_question_is_not_taken() {
-    let upstream = Upstream::start().await;
-    let (pool, _counters) = upstream.pool(limits(1, 32));
-    let mut query = upstream_query("a.example.test.");
-    let mut lease = send(&pool, &mut query).await;
-    let (asked, from) = upstream.receive().await;
-    let mut other = asked.clone();
+    let mut sent = one_query_sent().await;
+    let mut other = sent.asked.clone();
     other.queries[0].set_name(Name::from_str("other.example.test.").unwrap());
-    upstream
-        .send(&answer(&other, Ipv4Addr::new(192, 0, 2, 66)), from)
+    sent.upstream
+        .send(&answer(&other, Ipv4Addr::new(192, 0, 2, 66)), sent.from)
         .await;
-    let datagram = timeout(WAIT, lease.next_datagram()).await.unwrap().unwrap();
-    assert!(query.check_answer(&datagram).is_err());
-    lease.retire_socket();
-    upstream
-        .send(&answer(&asked, Ipv4Addr::new(192, 0, 2, 1)), from)
-        .await;
-    assert_eq!(
-        answered(&mut lease, &query).await,
-        Ipv4Addr::new(192, 0, 2, 1)
-    );
-    let mut next = upstream_query("b.example.test.");
-    let next_lease = pool.lease(&mut next).unwrap();
-    assert_ne!(next_lease.local_port(), lease.local_port(), "retired");
+    let datagram = timeout(WAIT, sent.lease.next_datagram())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(sent.query.check_answer(&datagram).is_err());
+    // What the forwarder does on such a datagram (`ask_udp`).
+    sent.lease.retire_socket();
+    sent.answer_truly_and_expect_it_taken().await;
+    sent.assert_socket_retired();
 }
 
 #[tokio::test]
 async fn an_answer_from_another_source_is_never_read() {
-    let upstream = Upstream::start().await;
-    let (pool, counters) = upstream.pool(limits(1, 32));
-    let mut query = upstream_query("a.example.test.");
-    let mut lease = send(&pool, &mut query).await;
-    let (asked, from) = upstream.receive().await;
-    // A forger who got the port, the ID and the case right, from the wrong address and port.
-    let other_address = UdpSocket::bind("127.0.0.2:0").await.unwrap();
-    let forged = answer(&asked, Ipv4Addr::new(192, 0, 2, 66));
-    other_address
-        .send_to(&forged.to_vec().unwrap(), from)
-        .await
-        .unwrap();
-    let other_port = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    other_port
-        .send_to(&forged.to_vec().unwrap(), from)
-        .await
-        .unwrap();
-    upstream
-        .send(&answer(&asked, Ipv4Addr::new(192, 0, 2, 1)), from)
-        .await;
-    assert_eq!(
-        answered(&mut lease, &query).await,
-        Ipv4Addr::new(192, 0, 2, 1)
-    );
+    let mut sent = one_query_sent().await;
+    // A forger who got the port, the ID and the case right, from the wrong address or port.
+    let forged = answer(&sent.asked, Ipv4Addr::new(192, 0, 2, 66));
+    for source in ["127.0.0.2:0", "127.0.0.1:0"] {
+        let wrong_source = UdpSocket::bind(source).await.unwrap();
+        wrong_source
+            .send_to(&forged.to_vec().unwrap(), sent.from)
+            .await
+            .unwrap();
+    }
+    sent.answer_truly_and_expect_it_taken().await;
     // The kernel dropped them: the connected socket never read them.
-    assert_eq!(counters.mismatched.load(Ordering::SeqCst), 0);
+    assert_eq!(sent.counters.mismatched.load(Ordering::SeqCst), 0);
 }
 
 #[tokio::test]
 async fn a_late_answer_after_its_query_gave_up_is_dropped_and_counted() {
-    let upstream = Upstream::start().await;
-    let (pool, counters) = upstream.pool(limits(1, 32));
-    let mut query = upstream_query("a.example.test.");
-    let mut lease = send(&pool, &mut query).await;
-    let (asked, from) = upstream.receive().await;
+    let Sent {
+        upstream,
+        pool,
+        counters,
+        mut lease,
+        asked,
+        from,
+        ..
+    } = one_query_sent().await;
     // The forwarder's timeout: the query gives up and its lease goes.
     assert!(timeout(Duration::from_millis(50), lease.next_datagram())
         .await
@@ -301,13 +320,8 @@ async fn a_late_answer_after_its_query_gave_up_is_dropped_and_counted() {
         .send(&answer(&asked, Ipv4Addr::new(192, 0, 2, 66)), from)
         .await;
     mismatched_becomes(&counters, 1).await;
-    upstream
-        .send(&answer(&asked_again, Ipv4Addr::new(192, 0, 2, 1)), from)
-        .await;
-    assert_eq!(
-        answered(&mut waiting_lease, &waiting).await,
-        Ipv4Addr::new(192, 0, 2, 1)
-    );
+    upstream.send(&answer(&asked_again, REAL), from).await;
+    assert_eq!(answered(&mut waiting_lease, &waiting).await, REAL);
 }
 
 #[tokio::test]
