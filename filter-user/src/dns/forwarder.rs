@@ -1,11 +1,13 @@
-//! The forwarder's sockets: UDP and TCP listeners on the addresses given, one fresh upstream
-//! socket per query, TCP when an answer comes back truncated.
+//! The forwarder's sockets: UDP and TCP listeners on the addresses given, a pool of upstream
+//! sockets on random ports retired after a few queries ([`pool`]), TCP when an answer comes
+//! back truncated.
 //!
 //! Forged answers: an off-path attacker who wants an address opened must land a datagram that
 //! matches the upstream query before the real answer does. Each upstream query has a random
-//! source port (from the kernel), a random ID, and its name's letters in random case (0x20,
-//! which the answer must echo exactly; see [`message::UpstreamQuery`]); datagrams that miss are
-//! counted (`mismatched`) and the real answer is still waited for. Identical questions in flight
+//! source port (from the kernel; a socket carries a few queries, each under an ID used once on
+//! it, and is then retired), a random ID, and its name's letters in random case (0x20, which the
+//! answer must echo exactly; see [`message::UpstreamQuery`]); datagrams that miss are counted
+//! (`mismatched`), retire their socket, and the real answer is still waited for. Identical questions in flight
 //! share one upstream query (`Pending`), so flooding the forwarder with a question does not
 //! buy the attacker more races. Answers above [`message::UPSTREAM_UDP_PAYLOAD`] come over TCP,
 //! never in IP fragments.
@@ -67,7 +69,10 @@ use super::{
     seen::SeenNames,
 };
 
+pub mod pool;
 mod upstream;
+
+use pool::{PoolLimits, UpstreamPool};
 
 /// Queries waiting on the upstream at once.
 pub const MAX_IN_FLIGHT: usize = 1024;
@@ -209,6 +214,11 @@ impl Listeners {
             open: Arc::default(),
             epoch,
             in_flight: Semaphore::new(config.max_in_flight),
+            upstream_pool: UpstreamPool::new(
+                config.upstream,
+                PoolLimits::default(),
+                Arc::clone(&counters),
+            ),
             pending: Arc::default(),
             per_client: PerClient::default(),
             config,
@@ -246,6 +256,7 @@ struct Forwarder {
     learn: mpsc::Sender<LearnRequest>,
     counters: Arc<DnsCounters>,
     in_flight: Semaphore,
+    upstream_pool: UpstreamPool,
     pending: Arc<Pending>,
     per_client: PerClient,
     tcp_clients: Semaphore,

@@ -256,6 +256,17 @@ impl UpstreamQuery {
         Self { message }
     }
 
+    /// The query's ID, which its answer must echo.
+    #[must_use]
+    pub fn id(&self) -> u16 {
+        self.message.metadata.id
+    }
+
+    /// Gives the query another ID: the one it drew is taken on the socket it is to go from.
+    pub fn set_id(&mut self, id: u16) {
+        self.message.metadata.id = id;
+    }
+
     pub fn to_bytes(&self) -> Result<Vec<u8>, String> {
         self.message.to_vec().map_err(|e| e.to_string())
     }
