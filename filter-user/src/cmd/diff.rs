@@ -134,11 +134,13 @@ type Items = BTreeMap<(Kind, String), Option<String>>;
 /// The differences between two rule sets; services and groups are matched by name.
 #[must_use]
 pub fn compare(old: &Rules, new: &Rules) -> Diff {
+    // Rules without groups on either side: every service applies to everyone, before and after.
+    let with_groups = !old.groups.is_empty() || !new.groups.is_empty();
     let by_name = |rules: &Rules| -> BTreeMap<String, Items> {
         rules
             .services
             .iter()
-            .map(|s| (s.name.clone(), openings(rules, s)))
+            .map(|s| (s.name.clone(), openings(rules, s, with_groups)))
             .collect()
     };
     let accept_risk: BTreeMap<&str, &str> = new
@@ -148,12 +150,20 @@ pub fn compare(old: &Rules, new: &Rules) -> Diff {
         .collect();
     let services = changes(&by_name(old), &by_name(new))
         .into_iter()
-        .map(|(name, change, added, removed)| ServiceDiff {
-            accept_risk: accept_risk.get(name.as_str()).map(|&why| why.to_owned()),
-            name,
-            change,
-            added,
-            removed,
+        .map(|(name, change, mut added, removed)| {
+            if change == Change::Added {
+                // A new service's broad destination is flagged once, on itself.
+                for item in added.iter_mut().filter(|i| i.kind == Kind::Group) {
+                    item.risk = None;
+                }
+            }
+            ServiceDiff {
+                accept_risk: accept_risk.get(name.as_str()).map(|&why| why.to_owned()),
+                name,
+                change,
+                added,
+                removed,
+            }
         })
         .collect::<Vec<_>>();
     let clients = |rules: &Rules| -> BTreeMap<String, Items> {
@@ -242,10 +252,10 @@ fn clients_of(group: &Group) -> Items {
         .collect()
 }
 
-/// A service's hosts, prefixes, ports and groups, each with its risk. A port or a group carries
-/// the risk of the broadest destination it opens, since adding it opens that destination
-/// further (to more ports, or to more clients).
-fn openings(rules: &Rules, service: &Service) -> Items {
+/// A service's hosts, prefixes and ports, and `with_groups` the groups it applies to, each with
+/// its risk. A port or a group carries the risk of the broadest destination it opens, since
+/// adding it opens that destination further (to more ports, or to more clients).
+fn openings(rules: &Rules, service: &Service, with_groups: bool) -> Items {
     let text = |risk: Option<Risk>| risk.as_ref().map(ToString::to_string);
     let mut items = BTreeMap::new();
     for host in &service.hosts {
@@ -271,6 +281,9 @@ fn openings(rules: &Rules, service: &Service) -> Items {
     let wider = broad_destination
         .as_ref()
         .map(|risk| format!("given a broad destination, {risk}"));
+    if !with_groups {
+        return items;
+    }
     if rules.groups.is_empty() {
         items.insert((Kind::Group, EVERYONE.to_owned()), wider);
     } else {
