@@ -2,23 +2,12 @@
 //! (`tests/src/bin/bench`), which prints its tables and writes BENCHMARKS.md; `cargo xtask
 //! soak`: the same binaries under load and faults (`tests/src/bin/soak.rs`). Need root.
 
-use crate::{cargo, release_binary, run_cmd, workspace_root};
+use crate::{release_binary, run_cmd, test_program, workspace_root};
 
 pub(crate) fn run(only: Option<&str>) -> anyhow::Result<()> {
     let binary = release_binary()?;
-    let mut cmd = cargo();
-    cmd.args([
-        "run",
-        "--locked",
-        "--release",
-        "--package",
-        "filter-tests",
-        "--bin",
-        "bench",
-        "--",
-    ])
-    .arg("--egress-filter")
-    .arg(&binary);
+    let mut cmd = test_program("bench");
+    cmd.arg("--egress-filter").arg(&binary);
     if let Some(part) = only {
         return run_cmd(cmd.args(["--only", part]));
     }
@@ -32,17 +21,7 @@ pub(crate) fn run(only: Option<&str>) -> anyhow::Result<()> {
 pub(crate) fn soak(minutes: u64) -> anyhow::Result<()> {
     let binary = release_binary()?;
     run_cmd(
-        cargo()
-            .args([
-                "run",
-                "--locked",
-                "--release",
-                "--package",
-                "filter-tests",
-                "--bin",
-                "soak",
-                "--",
-            ])
+        test_program("soak")
             .arg("--egress-filter")
             .arg(&binary)
             .args(["--minutes", &minutes.to_string()]),

@@ -104,6 +104,23 @@ pub(crate) fn cargo() -> std::process::Command {
     cmd
 }
 
+/// `cargo run --release` of one of filter-tests' programs (`demo`, `bench`, `soak`); its own
+/// arguments follow.
+pub(crate) fn test_program(name: &str) -> std::process::Command {
+    let mut cmd = cargo();
+    cmd.args([
+        "run",
+        "--locked",
+        "--release",
+        "--package",
+        "filter-tests",
+        "--bin",
+        name,
+        "--",
+    ]);
+    cmd
+}
+
 /// Builds the release `egress-filter` and returns its path.
 pub(crate) fn release_binary() -> anyhow::Result<std::path::PathBuf> {
     run_cmd(cargo().args([
