@@ -97,12 +97,22 @@ impl GroupMaps {
             let index = group_index(in_use, width);
             let (index_map, index_name) = if family == 4 {
                 for (offset, entry) in (0..).zip(copies::encode_v4(in_use)) {
-                    self.write_v4(base + offset, entry)?;
+                    set_entry(
+                        &mut self.ranges_v4,
+                        names::GROUP_RANGES_V4,
+                        base + offset,
+                        entry,
+                    )?;
                 }
                 (&mut self.index_v4, names::GROUP_INDEX_V4)
             } else {
                 for (offset, entry) in (0..).zip(copies::encode_v6(in_use)) {
-                    self.write_v6(base + offset, entry)?;
+                    set_entry(
+                        &mut self.ranges_v6,
+                        names::GROUP_RANGES_V6,
+                        base + offset,
+                        entry,
+                    )?;
                 }
                 (&mut self.index_v6, names::GROUP_INDEX_V6)
             };
@@ -110,10 +120,20 @@ impl GroupMaps {
                 index_map
                     .write((copy * GROUP_INDEX_PER_COPY) as usize, &index.encode(base))
                     .map_err(mmap_err(index_name))?;
-                self.write_window(group_count_entry(family, copy), index.window())?;
+                set_entry(
+                    &mut self.windows,
+                    names::GROUP_WINDOWS,
+                    group_count_entry(family, copy),
+                    index.window(),
+                )?;
             }
             let count = u32::try_from(in_use.len()).unwrap_or(u32::MAX);
-            self.write_count(group_count_entry(family, copy), count)?;
+            set_entry(
+                &mut self.counts,
+                names::GROUP_STATE,
+                group_count_entry(family, copy),
+                count,
+            )?;
             new_bits ^= copy_bit;
         }
         Ok((new_bits, Some(wanted)))
@@ -125,46 +145,22 @@ impl GroupMaps {
             self.in_use = Some(staged);
         }
     }
+}
 
-    fn write_count(&mut self, index: u32, value: u32) -> Result<(), MapWriteError> {
-        self.counts
-            .set(index, value, 0)
-            .map_err(|source| MapWriteError::Write {
-                name: names::GROUP_STATE,
-                what: format!("entry {index} = {value}"),
-                source,
-            })
-    }
-
-    fn write_window(&mut self, index: u32, window: GroupWindow) -> Result<(), MapWriteError> {
-        self.windows
-            .set(index, window, 0)
-            .map_err(|source| MapWriteError::Write {
-                name: names::GROUP_WINDOWS,
-                what: format!("entry {index} = {window:?}"),
-                source,
-            })
-    }
-
-    fn write_v4(&mut self, index: u32, entry: u64) -> Result<(), MapWriteError> {
-        self.ranges_v4
-            .set(index, entry, 0)
-            .map_err(|source| MapWriteError::Write {
-                name: names::GROUP_RANGES_V4,
-                what: format!("range {index}"),
-                source,
-            })
-    }
-
-    fn write_v6(&mut self, index: u32, entry: RangeV6) -> Result<(), MapWriteError> {
-        self.ranges_v6
-            .set(index, entry, 0)
-            .map_err(|source| MapWriteError::Write {
-                name: names::GROUP_RANGES_V6,
-                what: format!("range {index}"),
-                source,
-            })
-    }
+/// Writes `value` at `index` of the array map `name`, naming both in the error.
+fn set_entry<T: aya::Pod>(
+    array: &mut Array<MapData, T>,
+    name: &'static str,
+    index: u32,
+    value: T,
+) -> Result<(), MapWriteError> {
+    array
+        .set(index, value, 0)
+        .map_err(|source| MapWriteError::Write {
+            name,
+            what: format!("entry {index}"),
+            source,
+        })
 }
 
 /// The ranges of one family's group prefixes, each valued its group's number.
@@ -343,7 +339,7 @@ mod index_tests {
     use ipnet::{Ipv4Net, Ipv6Net};
 
     use super::*;
-    use crate::rules::{groups::group_of, Location};
+    use crate::rules::groups::group_of;
 
     struct Random(u64);
 
@@ -363,15 +359,7 @@ mod index_tests {
     /// `prefixes` spread over 40 groups (each prefix once).
     fn groups_of(prefixes: &[IpNet], random: &mut Random) -> Vec<Group> {
         let mut groups: Vec<Group> = (1..=40)
-            .map(|id| Group {
-                id,
-                name: format!("g{id}"),
-                description: String::new(),
-                sources: Vec::new(),
-                interfaces: Vec::new(),
-                file: "random.toml".into(),
-                location: Location { line: 1, column: 1 },
-            })
+            .map(|id| Group::numbered(id, "random.toml"))
             .collect();
         let mut seen = std::collections::BTreeSet::new();
         for net in prefixes {

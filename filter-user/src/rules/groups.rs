@@ -47,6 +47,23 @@ pub struct Group {
     pub location: Location,
 }
 
+impl Group {
+    /// A group numbered `id` and named `g{id}`, with no clients yet: what generated rules (the
+    /// tests, the bench) start from.
+    #[must_use]
+    pub fn numbered(id: u32, file: &str) -> Self {
+        Self {
+            id,
+            name: format!("g{id}"),
+            description: String::new(),
+            sources: Vec::new(),
+            interfaces: Vec::new(),
+            file: file.into(),
+            location: Location { line: 1, column: 1 },
+        }
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawGroup {

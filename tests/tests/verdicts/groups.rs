@@ -15,7 +15,7 @@ use filter_tests::{
 use filter_user::{
     compile::Resolved,
     maps::{group_index, group_ranges, InterfaceGroups},
-    rules::{groups::group_of, Group, Location},
+    rules::{groups::group_of, Group},
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
@@ -269,15 +269,7 @@ impl Random {
 /// 40 groups without sources.
 fn empty_groups() -> Vec<Group> {
     (1..=40)
-        .map(|id| Group {
-            id,
-            name: format!("g{id}"),
-            description: String::new(),
-            sources: Vec::new(),
-            interfaces: Vec::new(),
-            file: "random.toml".into(),
-            location: Location { line: 1, column: 1 },
-        })
+        .map(|id| Group::numbered(id, "random.toml"))
         .collect()
 }
 

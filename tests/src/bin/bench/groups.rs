@@ -6,11 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use filter_common::maps as names;
 use filter_tests::{harness::Filter, packet::Pkt};
-use filter_user::{
-    maps::InterfaceGroups,
-    rules::{Group, Location},
-    table::AllowTable,
-};
+use filter_user::{maps::InterfaceGroups, rules::Group, table::AllowTable};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::{
@@ -61,15 +57,7 @@ pub(crate) fn measure(size: usize) -> anyhow::Result<Vec<Row>> {
 /// `count` /24s (IPv4) and /48s (IPv6) per family, spread over 60 groups.
 fn groups(count: usize) -> Vec<Group> {
     let mut groups: Vec<Group> = (1..=60)
-        .map(|id| Group {
-            id,
-            name: format!("g{id}"),
-            description: String::new(),
-            sources: Vec::new(),
-            interfaces: Vec::new(),
-            file: "bench.toml".into(),
-            location: Location { line: 1, column: 1 },
-        })
+        .map(|id| Group::numbered(id, "bench.toml"))
         .collect();
     for i in 0..count {
         let v4 = Ipv4Net::new(Ipv4Addr::from(0x0a00_0000 | (i as u32) << 8), 24);
