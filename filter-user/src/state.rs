@@ -140,9 +140,9 @@ pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<
 /// How often the state file is written when only the DNS counters changed.
 const COUNTERS_SAVE: Duration = Duration::from_secs(5);
 
-/// When the state file was last written, and whether what it holds is behind: attachments and
-/// reloads are written within a second, counters alone every few seconds. (Learned entries go
-/// to `crate::learned_store` as they change.)
+/// When the state file was last written, and whether what it holds is behind: attachments,
+/// reloads and the learned table's size are written within a second, counters alone every few
+/// seconds. (The learned entries themselves go to `crate::learned_store` as they change.)
 #[derive(Debug)]
 pub struct StateSaver {
     /// Something the state file shows changed since it was written.

@@ -29,6 +29,9 @@ impl Daemon {
             &request.learnable,
             Instant::now(),
         );
+        // `stats` shows the learned table's size within a second; the state file no longer holds
+        // the table itself, so this costs little.
+        self.saver.dirty |= !learned.added.is_empty() || !learned.evicted.is_empty();
         let update = grants::changes(&self.rules, &[], &learned.added, &learned.evicted);
         let written = self.apply(update, false).is_ok();
         if written {
