@@ -15,19 +15,23 @@
 //! [`GROUP_CHUNKS`] chunks; the chunk names the run of ranges that cover it, whose first one
 //! starts at or below the chunk's first address. Group prefixes usually sit in a few site
 //! prefixes (a LAN's /16, a site's /48), so the window spends its 16 bits where the ranges are,
-//! not on the top bits they all share: a chunk then holds one range and the answer is three
-//! reads, each an inlined array lookup (the window, the chunk, the range). A source outside the
-//! window is below every range start but the first (range 0 holds it) or above the last (the
-//! last range holds it). A run longer than one (ranges closer than a chunk's width) is searched,
-//! in at most [`GROUP_SEARCH_STEPS`] steps.
+//! not on the top bits they all share: a chunk then lies inside one group, and its entry holds
+//! that group, so the answer is two reads, each an inlined array lookup (the window with its
+//! count, then the chunk). A chunk some range starts inside holds the run of ranges that cover
+//! it, searched in at most [`GROUP_SEARCH_STEPS`] steps. A source outside the window is below
+//! every range start but the first (range 0 holds it) or above the last (the last range holds
+//! it): one range read.
 //!
 //! ```text
 //!  TABLE_STATE[0]                  GROUPS_V4_COPY_1, GROUPS_V6_COPY_1: the copy each family reads
-//!  GROUP_STATE[2 * family + copy]  ranges in use in that copy (family 0: IPv4, 1: IPv6); 0: none
-//!  GROUP_WINDOWS[2 * family + copy]   GroupWindow { base, end, shift }: where the chunks lie
+//!  GROUP_WINDOWS[2 * family + copy]   GroupWindow { base, end, shift, count }: where the
+//!                                  chunks lie, and how many ranges the copy holds (family 0:
+//!                                  IPv4, 1: IPv6); count 0: none
 //!  GROUP_INDEX_Vx[copy * GROUP_INDEX_PER_COPY + chunk / 2]
-//!                                  u64: two chunks' runs, the even chunk in the low 32 bits;
-//!                                  a run is u32: first range (low 16 bits), count (high 16)
+//!                                  u64: two chunks' entries, the even chunk in the low 32 bits;
+//!                                  an entry is u32: 1 << 31 | group when the whole chunk is in
+//!                                  one group, else a run: first range (low 16 bits), count
+//!                                  (bits 16-30)
 //!  GROUP_RANGES_V4[copy * GROUP_RANGES_PER_COPY + i]  u64: start address (high 32) | group (low 32)
 //!  GROUP_RANGES_V6[copy * GROUP_RANGES_PER_COPY + i]  RangeV6 { start_hi, start_lo, value: group }
 //!
@@ -40,8 +44,8 @@
 //!
 //! A copy in use starts with a range at address 0, so every source finds its range. A copy with
 //! no ranges (never written, or rules without groups) puts every source in group 0, after one
-//! read of its count. The daemon writes the copy not in use (ranges, index, window) and its
-//! count, then flips the copy bits in the same store of `TABLE_STATE` that switches the
+//! read of its window. The daemon writes the copy not in use (ranges, index, then the window
+//! with its count), then flips the copy bits in the same store of `TABLE_STATE` that switches the
 //! destination index: a packet read the state once, so it meets the groups and the policies of
 //! one reload, never the groups of one and the policies of the other.
 
@@ -97,8 +101,8 @@ pub const GROUP_SEARCH_STEPS: usize = 12;
 const _: () = assert!(1 << GROUP_SEARCH_STEPS >= GROUP_RANGES_PER_COPY);
 const _: () = assert!(2 * MAX_GROUP_PREFIXES < GROUP_RANGES_PER_COPY as usize);
 
-/// Entries of `GROUP_STATE` and `GROUP_WINDOWS`: one per family and copy.
-pub const GROUP_STATE_ENTRIES: u32 = 4;
+/// Entries of `GROUP_WINDOWS`: one per family and copy.
+pub const GROUP_WINDOW_ENTRIES: u32 = 4;
 
 /// Address bits after the window's prefix that pick a chunk.
 pub const GROUP_CHUNK_BITS: u32 = 16;
@@ -111,7 +115,8 @@ pub const GROUP_INDEX_PER_COPY: u32 = GROUP_CHUNKS / 2;
 const _: () = assert!(2 * GROUP_RANGES_PER_COPY <= 1 << 16);
 
 /// Where a copy's chunks lie: the block `base..=end` of addresses, whose first `shift` bits all
-/// its addresses share. IPv4 uses the low halves.
+/// its addresses share; and how many ranges the copy holds, in the same read (the first thing
+/// every packet asks, and for rules without groups the only one). IPv4 uses the low halves.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GroupWindow {
@@ -125,30 +130,51 @@ pub struct GroupWindow {
     pub end_lo: u64,
     /// The block's prefix length: at most the family's width less [`GROUP_CHUNK_BITS`].
     pub shift: u32,
-    pub _pad: u32,
+    /// Ranges the copy holds; 0 when the rules group no source (every source is in
+    /// [`DEFAULT_GROUP`]).
+    pub count: u32,
 }
 const _: () = assert!(size_of::<GroupWindow>() == 40);
 
-/// A chunk's run: `count` ranges from range `first` (counted from the start of the array, so
-/// copy 1's runs start at [`GROUP_RANGES_PER_COPY`] or later).
+/// A chunk's entry when its run is longer than one range: `count` ranges from range `first`
+/// (counted from the start of the array, so copy 1's runs start at [`GROUP_RANGES_PER_COPY`] or
+/// later).
 #[inline(always)]
 #[must_use]
 pub const fn group_run(first: u32, count: u32) -> u32 {
     count << 16 | (first & 0xffff)
 }
 
-/// The run of `chunk` in a `u64` of the group index that holds it.
+/// Marks a chunk entry that holds a group instead of a run: every address of the chunk is in
+/// that one group. Most are, as group prefixes are wider than a chunk, and then the chunk's
+/// entry answers without a range read.
+pub const GROUP_ENTRY_DIRECT: u32 = 1 << 31;
+
+/// A chunk's entry when every address of the chunk is in `group`.
 #[inline(always)]
 #[must_use]
-pub const fn chunk_run(pair: u64, chunk: u32) -> (u32, u32) {
-    let run = (pair >> ((chunk & 1) * 32)) as u32;
-    (run & 0xffff, run >> 16)
+pub const fn group_direct(group: u32) -> u32 {
+    GROUP_ENTRY_DIRECT | (group & 0xffff)
 }
 
-/// The `GROUP_STATE` entry holding the count of ranges of `family` (4 or 6) in `copy`.
+/// The entry of `chunk` in a `u64` of the group index that holds it.
 #[inline(always)]
 #[must_use]
-pub const fn group_count_entry(family: u8, copy: u32) -> u32 {
+pub const fn chunk_entry(pair: u64, chunk: u32) -> u32 {
+    (pair >> ((chunk & 1) * 32)) as u32
+}
+
+/// A run entry's first range and count (for a direct entry, meaningless).
+#[inline(always)]
+#[must_use]
+pub const fn run_parts(entry: u32) -> (u32, u32) {
+    (entry & 0xffff, (entry >> 16) & 0x7fff)
+}
+
+/// The `GROUP_WINDOWS` entry of `family` (4 or 6) in `copy`.
+#[inline(always)]
+#[must_use]
+pub const fn group_window_entry(family: u8, copy: u32) -> u32 {
     2 * (family == 6) as u32 + (copy & 1)
 }
 

@@ -37,14 +37,11 @@ pub const TABLE_STATE: &str = "TABLE_STATE";
 pub const GROUP_RANGES_V4: &str = "GROUP_RANGES_V4";
 /// Array, two copies of the IPv6 source ranges ([`crate::ranges::RangeV6`], the group as value).
 pub const GROUP_RANGES_V6: &str = "GROUP_RANGES_V6";
-/// Array of `u32`: how many group ranges each family's copy holds (`filter_common::groups`).
-/// Written by the daemon, read by the programs.
-pub const GROUP_STATE: &str = "GROUP_STATE";
 /// Hash, copy and interface index ([`crate::groups::group_interface_key`]) → the client group
 /// of packets arriving on that interface. Written by the daemon, read by the programs.
 pub const GROUP_IFACES: &str = "GROUP_IFACES";
 /// Array of [`crate::groups::GroupWindow`], one per family and copy: the block of addresses the
-/// group index covers. Written by the daemon, read by the programs.
+/// group index covers, and how many group ranges the copy holds. Written by the daemon, read by the programs.
 pub const GROUP_WINDOWS: &str = "GROUP_WINDOWS";
 /// Array, two copies of the IPv4 group index: each `u64` the runs of two chunks
 /// (`filter_common::groups`). Memory-mapped and written by the daemon, read by the programs.
@@ -106,7 +103,7 @@ pub const PROG_TC_L3: &str = "egress_tc_l3";
 pub const PROG_TC_INGRESS: &str = "egress_tc_in";
 
 /// Every map the object must contain.
-pub const ALL_MAPS: [&str; 32] = [
+pub const ALL_MAPS: [&str; 31] = [
     ALLOW_V4,
     ALLOW_V6,
     INDEX_V4,
@@ -120,7 +117,6 @@ pub const ALL_MAPS: [&str; 32] = [
     SOURCE_COPY,
     GROUP_RANGES_V4,
     GROUP_RANGES_V6,
-    GROUP_STATE,
     GROUP_IFACES,
     GROUP_WINDOWS,
     GROUP_INDEX_V4,

@@ -11,7 +11,7 @@ use filter_common::{
     event::RateLimitState,
     flows::{AddressKey, FlowCounter, FlowKey, FlowState},
     groups::{
-        GroupWindow, GROUP_INDEX_PER_COPY, GROUP_RANGES_PER_COPY, GROUP_STATE_ENTRIES, MAX_GROUPS,
+        GroupWindow, GROUP_INDEX_PER_COPY, GROUP_RANGES_PER_COPY, GROUP_WINDOW_ENTRIES, MAX_GROUPS,
         MAX_GROUP_INTERFACES,
     },
     maps as names,
@@ -82,19 +82,15 @@ pub(crate) static GROUP_RANGES_V4: Array<u64> =
 pub(crate) static GROUP_RANGES_V6: Array<RangeV6> =
     Array::with_max_entries(2 * GROUP_RANGES_PER_COPY, 0);
 
-/// The number of group ranges in each family's copy.
-#[map(name = "GROUP_STATE")]
-pub(crate) static GROUP_STATE: Array<u32> = Array::with_max_entries(GROUP_STATE_ENTRIES, 0);
-
 /// Two copies of the interfaces some client group names, each with its group.
 #[map(name = "GROUP_IFACES")]
 pub(crate) static GROUP_IFACES: HashMap<u32, u32> =
     HashMap::with_max_entries(2 * MAX_GROUP_INTERFACES, 0);
 
-/// The block of addresses each family's copy of the group index covers.
+/// The block of addresses each family's copy of the group index covers, and its count of ranges.
 #[map(name = "GROUP_WINDOWS")]
 pub(crate) static GROUP_WINDOWS: Array<GroupWindow> =
-    Array::with_max_entries(GROUP_STATE_ENTRIES, 0);
+    Array::with_max_entries(GROUP_WINDOW_ENTRIES, 0);
 
 /// Two copies of the IPv4 group index: which run of group ranges each chunk of the window
 /// reads; the daemon writes them through a memory mapping.

@@ -8,9 +8,9 @@
 use aya_ebpf::maps::{lpm_trie::Key, Array};
 use filter_common::{
     groups::{
-        chunk_run, group_bit, group_copy, group_count_entry, group_interface_key,
-        interface_group_copy, GroupMask, DEFAULT_GROUP, GROUP_CHUNK_BITS, GROUP_INDEX_PER_COPY,
-        GROUP_RANGES_PER_COPY, GROUP_SEARCH_STEPS,
+        chunk_entry, group_bit, group_copy, group_interface_key, group_window_entry,
+        interface_group_copy, run_parts, GroupMask, GroupWindow, DEFAULT_GROUP, GROUP_CHUNK_BITS,
+        GROUP_ENTRY_DIRECT, GROUP_INDEX_PER_COPY, GROUP_RANGES_PER_COPY, GROUP_SEARCH_STEPS,
     },
     policy::MAX_RULES_PER_POLICY,
     ranges::{state, CHUNKS, CHUNK_BITS, SEARCH_STEPS},
@@ -25,8 +25,8 @@ use crate::{
     ablation::{self, skip},
     maps::{
         ALLOW_V4, ALLOW_V6, GROUP_IFACES, GROUP_INDEX_V4, GROUP_INDEX_V6, GROUP_RANGES_V4,
-        GROUP_RANGES_V6, GROUP_STATE, GROUP_WINDOWS, INDEX_V4, INDEX_V6, POLICIES, RANGES_V4,
-        RANGES_V6, SOURCES_V4, SOURCES_V6, SOURCE_COPY, SOURCE_SLOTS, TABLE_STATE,
+        GROUP_RANGES_V6, GROUP_WINDOWS, INDEX_V4, INDEX_V6, POLICIES, RANGES_V4, RANGES_V6,
+        SOURCES_V4, SOURCES_V6, SOURCE_COPY, SOURCE_SLOTS, TABLE_STATE,
     },
     parse::{ipproto, Packet},
 };
@@ -213,75 +213,79 @@ fn interface_group(key: u32) -> u32 {
 
 /// The client group of the packet's source (`filter_common::groups`): the value of the last
 /// range starting at or below it in the copy `table_state` names; [`DEFAULT_GROUP`] when that
-/// copy holds no ranges (rules without groups), which costs one read.
+/// copy holds no ranges (rules without groups), which costs one read: the copy's window, whose
+/// count says so.
 #[inline(always)]
 pub(crate) fn source_group(packet: &Packet, table_state: u32) -> u32 {
     let copy = group_copy(table_state, packet.family);
-    let count = GROUP_STATE
-        .get(group_count_entry(packet.family, copy))
-        .copied()
-        .unwrap_or(0)
-        .min(GROUP_RANGES_PER_COPY);
-    if count == 0 {
+    let Some(window) = GROUP_WINDOWS.get(group_window_entry(packet.family, copy)) else {
+        return DEFAULT_GROUP;
+    };
+    if window.count == 0 {
         return DEFAULT_GROUP;
     }
     let found = if packet.family == 4 {
         let src = u32::from_be_bytes([packet.src[0], packet.src[1], packet.src[2], packet.src[3]]);
-        find_group_v4(src, copy, count)
+        find_group_v4(src, copy, window)
     } else {
         let src = u128::from_be_bytes(packet.src);
-        find_group_v6((src >> 64) as u64, src as u64, copy, count)
+        find_group_v6((src >> 64) as u64, src as u64, copy, window)
     };
     // A damaged table reads as the default group, whose rules the rules define like any other.
     found.unwrap_or(DEFAULT_GROUP)
 }
 
-/// The run of group ranges that `copy`'s index names for `chunk`, or for a source outside the
-/// window (`below` or `above` it, each 0 or 1) the one range that holds it: range 0 below,
-/// the last of the copy's `count` above. Chosen by arithmetic, not by a branch: whether a
-/// source is inside depends on the source.
+/// The entry `copy`'s index holds for `chunk`: its group, or its run of ranges.
 #[inline(always)]
-fn group_run_of(
-    index: &Array<u64>,
-    copy: u32,
-    chunk: u32,
-    below: u32,
-    above: u32,
-    count: u32,
-) -> Option<(u32, u32)> {
-    let pair = *index.get(copy * GROUP_INDEX_PER_COPY + (chunk >> 1))?;
-    let (first, run) = chunk_run(pair, chunk);
-    let outside = below | above;
-    let inside = outside ^ 1;
-    let outside_first = copy * GROUP_RANGES_PER_COPY + above * (count - 1);
-    Some((
-        first * inside + outside_first * outside,
-        run * inside + outside,
+fn chunk_entry_of(index: &Array<u64>, copy: u32, chunk: u32) -> Option<u32> {
+    Some(chunk_entry(
+        *index.get(copy * GROUP_INDEX_PER_COPY + (chunk >> 1))?,
+        chunk,
     ))
 }
 
-/// The group of an IPv4 source among the `count` ranges of `copy`: its chunk's run, then the
-/// last range of the run starting at or below it. Out of line: inlined, code that rules without
-/// groups never run still cost every packet (see ARCHITECTURE.md). Without a data-dependent
+/// The group a chunk's entry holds, for a source inside the window (`outside` 0) whose chunk
+/// lies inside one group: most sources, so the branch is predictable.
+#[inline(always)]
+fn direct_group(entry: u32, outside: u32) -> Option<u32> {
+    (outside == 0 && entry & GROUP_ENTRY_DIRECT != 0).then_some(entry & !GROUP_ENTRY_DIRECT)
+}
+
+/// The run of group ranges a chunk's run `entry` names, or for a source outside the window
+/// (`below` or `above` it, each 0 or 1) the one range that holds it: range 0 below, the last
+/// of the copy's `count` above. Chosen by arithmetic, not by a branch: whether a source is
+/// inside depends on the source.
+#[inline(always)]
+fn group_run_of(entry: u32, copy: u32, below: u32, above: u32, count: u32) -> (u32, u32) {
+    let (first, run) = run_parts(entry);
+    let outside = below | above;
+    let inside = outside ^ 1;
+    let outside_first = copy * GROUP_RANGES_PER_COPY + above * (count - 1);
+    (
+        first * inside + outside_first * outside,
+        run * inside + outside,
+    )
+}
+
+/// The group of an IPv4 source among the ranges of `copy`, whose window is `window`: its chunk's
+/// group, or the last range of the chunk's run starting at or below it. Out of line: inlined, code that rules without
+/// groups never run still cost every packet (see ARCHITECTURE.md). The search has no data-dependent
 /// branch: sources are as random as clients are, so a branch on each comparison would
 /// mispredict half the time.
 #[inline(never)]
-fn find_group_v4(src: u32, copy: u32, count: u32) -> Option<u32> {
-    let window = GROUP_WINDOWS.get(group_count_entry(4, copy))?;
+fn find_group_v4(src: u32, copy: u32, window: &GroupWindow) -> Option<u32> {
+    let count = window.count.min(GROUP_RANGES_PER_COPY);
     // The window's prefix off the top, its next 16 bits the chunk (a shift of at most 16).
     let chunk = src.wrapping_shl(window.shift) >> (32 - GROUP_CHUNK_BITS);
     let below_window = below(u64::from(src), window.base_lo) as u32;
     let above_window = below(window.end_lo, u64::from(src)) as u32;
-    let (mut first, mut count) = group_run_of(
-        &GROUP_INDEX_V4,
-        copy,
-        chunk,
-        below_window,
-        above_window,
-        count,
-    )?;
+    let entry = chunk_entry_of(&GROUP_INDEX_V4, copy, chunk)?;
+    if let Some(group) = direct_group(entry, below_window | above_window) {
+        return Some(group);
+    }
+    let (mut first, mut count) = group_run_of(entry, copy, below_window, above_window, count);
     // Invariant: the range at `first` starts at or below `src`; the answer is in the `count`
-    // ranges from there. Usually one: then no step runs.
+    // ranges from there.
     for _ in 0..GROUP_SEARCH_STEPS {
         if count <= 1 {
             break;
@@ -296,11 +300,11 @@ fn find_group_v4(src: u32, copy: u32, count: u32) -> Option<u32> {
     Some(*GROUP_RANGES_V4.get(first)? as u32)
 }
 
-/// The group of an IPv6 source (`hi`, `lo`) among the `count` ranges of `copy`; as
+/// The group of an IPv6 source (`hi`, `lo`) among the ranges of `copy`; as
 /// [`find_group_v4`].
 #[inline(never)]
-fn find_group_v6(hi: u64, lo: u64, copy: u32, count: u32) -> Option<u32> {
-    let window = GROUP_WINDOWS.get(group_count_entry(6, copy))?;
+fn find_group_v6(hi: u64, lo: u64, copy: u32, window: &GroupWindow) -> Option<u32> {
+    let count = window.count.min(GROUP_RANGES_PER_COPY);
     let shift = window.shift;
     // The window's 16 bits start in the high half or the low one. A branch on the rules, not
     // on the source: every packet takes the same way. `(lo >> 1) >> (63 - shift)` is
@@ -313,14 +317,11 @@ fn find_group_v6(hi: u64, lo: u64, copy: u32, count: u32) -> Option<u32> {
     let chunk = (top >> (64 - GROUP_CHUNK_BITS)) as u32;
     let below_window = before(hi, lo, window.base_hi, window.base_lo) as u32;
     let above_window = before(window.end_hi, window.end_lo, hi, lo) as u32;
-    let (mut first, mut count) = group_run_of(
-        &GROUP_INDEX_V6,
-        copy,
-        chunk,
-        below_window,
-        above_window,
-        count,
-    )?;
+    let entry = chunk_entry_of(&GROUP_INDEX_V6, copy, chunk)?;
+    if let Some(group) = direct_group(entry, below_window | above_window) {
+        return Some(group);
+    }
+    let (mut first, mut count) = group_run_of(entry, copy, below_window, above_window, count);
     for _ in 0..GROUP_SEARCH_STEPS {
         if count <= 1 {
             break;

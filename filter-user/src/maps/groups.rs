@@ -9,8 +9,9 @@ use aya::{
 };
 use filter_common::{
     groups::{
-        group_count_entry, group_run, GroupWindow, GROUP_CHUNKS, GROUP_CHUNK_BITS,
-        GROUP_INDEX_PER_COPY, GROUP_RANGES_PER_COPY,
+        chunk_entry, group_direct, group_run, group_window_entry, run_parts, GroupWindow,
+        GROUP_CHUNKS, GROUP_CHUNK_BITS, GROUP_ENTRY_DIRECT, GROUP_INDEX_PER_COPY,
+        GROUP_RANGES_PER_COPY,
     },
     maps as names,
     ranges::{state, RangeV6},
@@ -26,7 +27,7 @@ use crate::{
 /// Range starts and the group from each, over one family's address space.
 pub(super) type GroupRanges = Vec<(u128, u32)>;
 
-/// The group ranges and their counts. The copy bits live in `TABLE_STATE`, which
+/// The group ranges, their index and windows. The copy bits live in `TABLE_STATE`, which
 /// [`super::PolicyMaps`] switches: this writes only the copies packets do not read.
 pub(super) struct GroupMaps {
     ranges_v4: Array<MapData, u64>,
@@ -34,7 +35,6 @@ pub(super) struct GroupMaps {
     index_v4: MappedArray<u64>,
     index_v6: MappedArray<u64>,
     windows: Array<MapData, GroupWindow>,
-    counts: Array<MapData, u32>,
     /// What the copies `TABLE_STATE` names hold, as far as this writer knows: `None` until it
     /// wrote them (adopted maps are rewritten once).
     in_use: Option<(GroupRanges, GroupRanges)>,
@@ -61,7 +61,6 @@ impl GroupMaps {
             index_v4: mapped(ebpf, names::GROUP_INDEX_V4)?,
             index_v6: mapped(ebpf, names::GROUP_INDEX_V6)?,
             windows: take_map(ebpf, names::GROUP_WINDOWS)?,
-            counts: take_map(ebpf, names::GROUP_STATE)?,
             in_use: None,
         })
     }
@@ -116,23 +115,20 @@ impl GroupMaps {
                 }
                 (&mut self.index_v6, names::GROUP_INDEX_V6)
             };
-            if !in_use.is_empty() {
-                index_map
-                    .write((copy * GROUP_INDEX_PER_COPY) as usize, &index.encode(base))
-                    .map_err(mmap_err(index_name))?;
-                set_entry(
-                    &mut self.windows,
-                    names::GROUP_WINDOWS,
-                    group_count_entry(family, copy),
-                    index.window(),
-                )?;
-            }
             let count = u32::try_from(in_use.len()).unwrap_or(u32::MAX);
+            if count != 0 {
+                index_map
+                    .write(
+                        (copy * GROUP_INDEX_PER_COPY) as usize,
+                        &index.encode(base, in_use),
+                    )
+                    .map_err(mmap_err(index_name))?;
+            }
             set_entry(
-                &mut self.counts,
-                names::GROUP_STATE,
-                group_count_entry(family, copy),
-                count,
+                &mut self.windows,
+                names::GROUP_WINDOWS,
+                group_window_entry(family, copy),
+                index.window(count),
             )?;
             new_bits ^= copy_bit;
         }
@@ -210,29 +206,33 @@ pub struct GroupIndex {
 }
 
 impl GroupIndex {
-    /// The index entries of a copy whose first range is range `copy_base` of the array.
+    /// The index entries of a copy holding `ranges`, whose first range is range `copy_base` of
+    /// the array: a chunk inside one range holds that range's group, others their run.
     #[must_use]
-    pub fn encode(&self, copy_base: u32) -> Vec<u64> {
+    pub fn encode(&self, copy_base: u32, ranges: &[(u128, u32)]) -> Vec<u64> {
+        let entry = |&(first, count): &(u32, u32)| {
+            u64::from(if count == 1 {
+                group_direct(ranges[first as usize].1)
+            } else {
+                group_run(copy_base + first, count)
+            })
+        };
         self.runs
             .chunks(2)
-            .map(|pair| {
-                let run =
-                    |&(first, count): &(u32, u32)| u64::from(group_run(copy_base + first, count));
-                run(&pair[0]) | run(&pair[1]) << 32
-            })
+            .map(|pair| entry(&pair[0]) | entry(&pair[1]) << 32)
             .collect()
     }
 
-    /// The window, as the kernel reads it.
+    /// The window of a copy holding `count` ranges, as the kernel reads it.
     #[must_use]
-    pub fn window(&self) -> GroupWindow {
+    pub fn window(&self, count: u32) -> GroupWindow {
         GroupWindow {
             base_hi: (self.base >> 64) as u64,
             base_lo: self.base as u64,
             end_hi: (self.end >> 64) as u64,
             end_lo: self.end as u64,
             shift: self.shift,
-            _pad: 0,
+            count,
         }
     }
 }
@@ -273,18 +273,29 @@ pub fn group_index(ranges: &[(u128, u32)], width: u32) -> GroupIndex {
     }
 }
 
-/// The group of `address` the kernel's way: outside the window the first or the last range,
-/// inside the run of its chunk (`filter_common::groups`).
+/// The group of `address` the kernel's way, from the index `entries` of a copy starting at
+/// range 0 ([`GroupIndex::encode`]): outside the window the first or the last range, inside
+/// the group its chunk's entry holds or the run it names (`filter_common::groups`).
 #[must_use]
-pub fn find_group(index: &GroupIndex, ranges: &[(u128, u32)], address: u128, width: u32) -> u32 {
+pub fn find_group(
+    index: &GroupIndex,
+    entries: &[u64],
+    ranges: &[(u128, u32)],
+    address: u128,
+    width: u32,
+) -> u32 {
     let space_end = u128::MAX >> (128 - width);
     let (first, count) = if address < index.base {
         (0, 1)
     } else if address > index.end {
         (ranges.len() as u32 - 1, 1)
     } else {
-        let chunk = ((address << index.shift) & space_end) >> (width - GROUP_CHUNK_BITS);
-        index.runs[chunk as usize]
+        let chunk = (((address << index.shift) & space_end) >> (width - GROUP_CHUNK_BITS)) as u32;
+        let entry = chunk_entry(entries[(chunk / 2) as usize], chunk);
+        if entry & GROUP_ENTRY_DIRECT != 0 {
+            return entry & !GROUP_ENTRY_DIRECT;
+        }
+        run_parts(entry)
     };
     let run = &ranges[first as usize..(first + count) as usize];
     assert!(
@@ -390,6 +401,7 @@ mod index_tests {
             let space_end = u128::MAX >> (128 - width);
             let ranges = group_ranges(groups, family);
             let index = group_index(&ranges, width);
+            let entries = index.encode(0, &ranges);
             assert!(index.shift <= width - GROUP_CHUNK_BITS);
             assert_eq!(index.runs.len(), GROUP_CHUNKS as usize);
             let mut probes = vec![0, space_end, index.base, index.end];
@@ -429,7 +441,7 @@ mod index_tests {
                     // What the kernel does for a copy without ranges.
                     0
                 } else {
-                    find_group(&index, &ranges, probe, width)
+                    find_group(&index, &entries, &ranges, probe, width)
                 };
                 assert_eq!(found, expected, "source {address}, window {index:?}");
                 checked += 1;

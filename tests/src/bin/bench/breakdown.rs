@@ -34,7 +34,7 @@ const VARIANTS: [(&str, &str); 8] = [
     ),
     (
         "abl_no_groups",
-        "client-group lookup (GROUP_STATE; rules without groups)",
+        "client-group lookup (GROUP_WINDOWS; rules without groups)",
     ),
 ];
 
