@@ -26,6 +26,7 @@
     reason = "counts become f64 only for rates and slopes in the report"
 )]
 
+use filter_user::dns::forwarder::UPSTREAM_TIMEOUT;
 use std::{
     fmt::Write as _,
     net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
@@ -86,9 +87,13 @@ const BROKEN_RULES: &str =
 /// When the load began: the log lines' times count from it.
 static STARTED: OnceLock<Instant> = OnceLock::new();
 
-/// Seconds since the load began, for the log lines.
-fn since_start() -> f64 {
-    STARTED.get().map_or(0.0, |at| at.elapsed().as_secs_f64())
+/// Time since the load began.
+fn since_start() -> Duration {
+    STARTED.get().map_or(Duration::ZERO, Instant::elapsed)
+}
+
+fn millis(time: Duration) -> u64 {
+    u64::try_from(time.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// What the load threads count.
@@ -99,8 +104,13 @@ struct Counts {
     /// Lookups unanswered that overlapped a fault (a kill until the forwarder answered again,
     /// the upstream server down).
     lookups_failed: AtomicU64,
+    /// Lookups unanswered within [`UPSTREAM_TIMEOUT`] after the upstream came back: the
+    /// client's bound of queries in flight is still held by queries the outage stranded.
+    lookups_failed_recovering: AtomicU64,
     /// Lookups unanswered with no fault going on from their start to their end.
     lookups_failed_calm: AtomicU64,
+    /// Until when (ms since [`STARTED`]) the upstream is recovering.
+    recovering_until_ms: AtomicU64,
     /// Odd while a fault is going on; each fault adds 2, so a lookup that sees it unchanged
     /// and even saw no fault.
     faults: AtomicU64,
@@ -234,7 +244,7 @@ fn cycles(ns: &str, first: usize, step: usize, per_sec: u64, counts: &Counts, do
                 if calm {
                     eprintln!(
                         "soak: {name} unanswered with no fault going on, at {:.2} s",
-                        since_start()
+                        since_start().as_secs_f64()
                     );
                     counts.lookups_failed_calm.fetch_add(1, Ordering::Relaxed);
                 } else {
@@ -519,7 +529,7 @@ fn main() -> anyhow::Result<()> {
         }
         if now >= next_kill {
             counts.faults.fetch_add(1, Ordering::SeqCst);
-            eprintln!("soak: kill -9 at {:.2} s", since_start());
+            eprintln!("soak: kill -9 at {:.2} s", since_start().as_secs_f64());
             daemon.signal("KILL")?;
             daemon.wait_exit(Duration::from_secs(5))?;
             let killed = Instant::now();
@@ -530,18 +540,31 @@ fn main() -> anyhow::Result<()> {
             daemon = start_daemon(&args.binary, &lab, &rules.root)?;
             gaps.push(dns_gap(&lab, killed)?);
             counts.faults.fetch_add(1, Ordering::SeqCst);
-            eprintln!("soak: answering again at {:.2} s", since_start());
+            eprintln!(
+                "soak: answering again at {:.2} s",
+                since_start().as_secs_f64()
+            );
             kills += 1;
             next_kill += KILL_EVERY;
         }
         if now >= next_upstream {
             counts.faults.fetch_add(1, Ordering::SeqCst);
-            eprintln!("soak: upstream stopped at {:.2} s", since_start());
+            eprintln!(
+                "soak: upstream stopped at {:.2} s",
+                since_start().as_secs_f64()
+            );
             drop(dns.take());
             std::thread::sleep(Duration::from_secs(2));
             dns = Some(upstream(&lab, &hosts)?);
             counts.faults.fetch_add(1, Ordering::SeqCst);
-            eprintln!("soak: upstream listening again at {:.2} s", since_start());
+            let recovered = since_start();
+            counts
+                .recovering_until_ms
+                .store(millis(recovered + UPSTREAM_TIMEOUT), Ordering::SeqCst);
+            eprintln!(
+                "soak: upstream listening again at {:.2} s",
+                recovered.as_secs_f64()
+            );
             next_upstream += UPSTREAM_EVERY;
         }
         if now >= next_sample {
@@ -615,7 +638,10 @@ fn summary(
 ) -> Report {
     let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
     let cycles = get(&counts.cycles);
-    let attempts = cycles + get(&counts.lookups_failed) + get(&counts.lookups_failed_calm);
+    let attempts = cycles
+        + get(&counts.lookups_failed)
+        + get(&counts.lookups_failed_recovering)
+        + get(&counts.lookups_failed_calm);
     let mut broken = Vec::new();
     let mut text =
         String::from("| invariant or figure | value | goal | held |\n|---|---|---|---|\n");
@@ -645,18 +671,7 @@ fn summary(
         "0",
         Some(get(&counts.first_syn_dropped) == 0),
     );
-    row(
-        "lookups unanswered during faults (kills, upstream down)",
-        get(&counts.lookups_failed).to_string(),
-        "",
-        None,
-    );
-    row(
-        "lookups unanswered with no fault going on",
-        get(&counts.lookups_failed_calm).to_string(),
-        "0",
-        Some(get(&counts.lookups_failed_calm) == 0),
-    );
+    unanswered_rows(&mut row, counts);
     row(
         "blocked connections completed",
         format!(
@@ -711,4 +726,33 @@ fn summary(
         );
     }
     Report { text, broken }
+}
+
+/// The rows of the lookups left unanswered, by what was going on.
+fn unanswered_rows(row: &mut impl FnMut(&str, String, &str, Option<bool>), counts: &Counts) {
+    for (what, count, goal) in [
+        (
+            "lookups unanswered during faults (kills, upstream down)",
+            &counts.lookups_failed,
+            None,
+        ),
+        (
+            "lookups unanswered within 3 s of the upstream's return (its bound held by stranded queries)",
+            &counts.lookups_failed_recovering,
+            None,
+        ),
+        (
+            "lookups unanswered with no fault going on",
+            &counts.lookups_failed_calm,
+            Some(0),
+        ),
+    ] {
+        let value = count.load(Ordering::Relaxed);
+        row(
+            what,
+            value.to_string(),
+            &goal.map(|g: u64| g.to_string()).unwrap_or_default(),
+            goal.map(|g| value == g),
+        );
+    }
 }
