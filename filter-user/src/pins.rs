@@ -205,9 +205,11 @@ impl PinDir {
             std::fs::remove_file(&path)
                 .with_context(|| format!("cannot unpin {}", path.display()))?;
         }
-        for map in ALL_MAPS {
-            let path = self.map_path(map);
-            if path.exists() {
+        // Every map pinned here, this build's and any an earlier build pinned that this one
+        // no longer has: the directory is ours alone.
+        if let Ok(entries) = std::fs::read_dir(self.root.join("maps")) {
+            for entry in entries.filter_map(Result::ok) {
+                let path = entry.path();
                 std::fs::remove_file(&path)
                     .with_context(|| format!("cannot unpin {}", path.display()))?;
             }
@@ -243,4 +245,22 @@ impl PinDir {
 fn is_bpffs(path: &Path) -> bool {
     nix::sys::statfs::statfs(path)
         .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn removing_everything_takes_maps_an_earlier_build_pinned_too() {
+        let root = std::env::temp_dir().join(format!("ef-pins-test-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("maps")).unwrap();
+        std::fs::create_dir_all(root.join("links")).unwrap();
+        // One of this build's maps, and one this build no longer has.
+        std::fs::write(root.join("maps").join(ALL_MAPS[0]), b"").unwrap();
+        std::fs::write(root.join("maps").join("GROUP_STATE"), b"").unwrap();
+        let pins = PinDir::new(&root);
+        pins.remove_all().unwrap();
+        assert!(!root.exists(), "nothing left at {}", root.display());
+    }
 }

@@ -234,13 +234,15 @@ impl Stats {
             let _ = writeln!(
                 out,
                 "     {} refused (unlisted), {} malformed, {} upstream failures, {} overloaded, \
-                 {} over the per-client limit, {} merged with an identical question, \
-                 {} retried over TCP, {} stray upstream datagrams, {} answered before learning",
+                 {} over the per-client limit, {} displaced by a newer query of their client, \
+                 {} merged with an identical question, {} retried over TCP, \
+                 {} stray upstream datagrams, {} answered before learning",
                 f.refused,
                 f.malformed,
                 f.servfail,
                 f.overloaded,
                 f.client_limited,
+                f.displaced,
                 f.merged,
                 f.tcp_retries,
                 f.mismatched,

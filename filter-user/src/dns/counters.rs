@@ -20,6 +20,7 @@ pub struct DnsCounters {
     pub(super) servfail: AtomicU64,
     pub(super) overloaded: AtomicU64,
     pub(super) client_limited: AtomicU64,
+    pub(super) displaced: AtomicU64,
     pub(super) merged: AtomicU64,
     pub(super) tcp_retries: AtomicU64,
     pub(super) mismatched: AtomicU64,
@@ -59,6 +60,7 @@ impl Default for DnsCounters {
             servfail: AtomicU64::default(),
             overloaded: AtomicU64::default(),
             client_limited: AtomicU64::default(),
+            displaced: AtomicU64::default(),
             merged: AtomicU64::default(),
             tcp_retries: AtomicU64::default(),
             mismatched: AtomicU64::default(),
@@ -95,6 +97,10 @@ pub struct DnsCounterValues {
     /// ([`super::forwarder::MAX_QUERIES_PER_CLIENT`] by default).
     #[serde(default)]
     pub client_limited: u64,
+    /// Queries dropped unanswered because a newer query of their client, at its bound, took
+    /// their place after they had waited [`super::forwarder::DISPLACE_AFTER`].
+    #[serde(default)]
+    pub displaced: u64,
     /// Queries answered from the upstream query of an identical question already in flight.
     #[serde(default)]
     pub merged: u64,
@@ -155,6 +161,7 @@ impl DnsCounters {
             servfail: read(&self.servfail),
             overloaded: read(&self.overloaded),
             client_limited: read(&self.client_limited),
+            displaced: read(&self.displaced),
             merged: read(&self.merged),
             tcp_retries: read(&self.tcp_retries),
             mismatched: read(&self.mismatched),

@@ -27,7 +27,8 @@
 //!
 //! Bounds: at most [`MAX_IN_FLIGHT`] queries wait on the upstream at once, and at most
 //! [`MAX_QUERIES_PER_CLIENT`] from one client address (past either, SERVFAIL at once rather
-//! than queueing); at most [`MAX_TCP_CLIENTS`] TCP connections, at most
+//! than queueing, except that a client whose oldest query has waited [`DISPLACE_AFTER`] gets
+//! the new one through and the oldest is dropped, counted as `displaced`); at most [`MAX_TCP_CLIENTS`] TCP connections, at most
 //! [`MAX_TCP_PER_CLIENT`] of them from one client address, each closed after [`TCP_IDLE`] of
 //! silence. A UDP reply carries at most [`message::MAX_UDP_REPLY`] bytes whatever size the
 //! client claims; a larger answer goes truncated (TC), and the client asks again over TCP.
@@ -96,6 +97,12 @@ const ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// How long the upstream has to answer one query. Stub resolvers retry after a few seconds;
 /// answering SERVFAIL before they do lets them move on.
 pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(3);
+/// A client at its bound of queries in flight gets a new one through when its oldest has
+/// waited this long, and the oldest is dropped. Stub resolvers retry after about a second, so
+/// by then the oldest is usually asked again anyway; without this, queries stranded on an
+/// upstream that stopped answering hold the client's bound for [`UPSTREAM_TIMEOUT`] after the
+/// upstream is back.
+pub const DISPLACE_AFTER: Duration = Duration::from_secs(1);
 /// How long an answer waits for its addresses to reach the maps. The daemon takes
 /// microseconds; this only matters if it is stuck, and then the answer goes out regardless
 /// (counted as late): the client's connection may be dropped, but its DNS keeps working.
@@ -110,6 +117,9 @@ pub struct ForwarderConfig {
     pub upstream_timeout: Duration,
     pub max_in_flight: usize,
     pub max_queries_per_client: usize,
+    /// When a client at its bound may displace its oldest query ([`DISPLACE_AFTER`]); `None`:
+    /// never.
+    pub displace_after: Option<Duration>,
     pub max_tcp_per_client: usize,
     /// The daemon's floor on learned TTLs (`--dns-min-ttl`).
     pub min_ttl: Duration,
@@ -119,7 +129,7 @@ pub struct ForwarderConfig {
 
 impl ForwarderConfig {
     /// The defaults: [`UPSTREAM_TIMEOUT`], [`MAX_IN_FLIGHT`], [`MAX_QUERIES_PER_CLIENT`],
-    /// [`MAX_TCP_PER_CLIENT`], no TTL floor.
+    /// [`DISPLACE_AFTER`], [`MAX_TCP_PER_CLIENT`], no TTL floor.
     #[must_use]
     pub fn new(upstream: SocketAddr, block_unlisted: bool) -> Self {
         Self {
@@ -128,6 +138,7 @@ impl ForwarderConfig {
             upstream_timeout: UPSTREAM_TIMEOUT,
             max_in_flight: MAX_IN_FLIGHT,
             max_queries_per_client: MAX_QUERIES_PER_CLIENT,
+            displace_after: Some(DISPLACE_AFTER),
             max_tcp_per_client: MAX_TCP_PER_CLIENT,
             min_ttl: Duration::ZERO,
             grace: Duration::ZERO,
@@ -318,7 +329,7 @@ impl Forwarder {
             tokio::spawn(async move {
                 // Past either bound, the new connection is closed at once; the others go on.
                 let limit = forwarder.config.max_tcp_per_client;
-                let Some(_slot) = forwarder.tcp_per_client.take(client.ip(), limit) else {
+                let Some(_slot) = forwarder.tcp_per_client.take(client.ip(), limit, None) else {
                     DnsCounters::bump(&forwarder.counters.tcp_client_limited);
                     return;
                 };
@@ -372,10 +383,11 @@ impl Forwarder {
             DnsCounters::bump(&self.counters.refused);
             return Some(query.nxdomain());
         }
-        let Some(_slot) = self
-            .per_client
-            .take(client, self.config.max_queries_per_client)
-        else {
+        let Some(mut slot) = self.per_client.take(
+            client,
+            self.config.max_queries_per_client,
+            self.config.displace_after,
+        ) else {
             DnsCounters::bump(&self.counters.client_limited);
             return Some(query.servfail());
         };
@@ -383,14 +395,26 @@ impl Forwarder {
             DnsCounters::bump(&self.counters.overloaded);
             return Some(query.servfail());
         };
-        let outcome = match self.pending.join(&query.question()) {
+        let joined = match self.pending.join(&query.question()) {
             Joined::Merged(outcome) => {
                 DnsCounters::bump(&self.counters.merged);
-                outcome.await
+                outcome
             }
             Joined::First(outcome, asking) => {
                 tokio::spawn(Arc::clone(self).ask_for_all(asking, transport));
-                outcome.await
+                outcome
+            }
+        };
+        let outcome = tokio::select! {
+            outcome = joined => outcome,
+            () = slot.displaced() => {
+                DnsCounters::bump(&self.counters.displaced);
+                // Over UDP no reply: a stub resolver retries under the same ID, and a SERVFAIL
+                // would answer the retry too. Over TCP the client waits on the connection.
+                return match transport {
+                    Transport::Udp => None,
+                    Transport::Tcp => Some(query.servfail()),
+                };
             }
         };
         let Ok(Some(answer)) = outcome else {

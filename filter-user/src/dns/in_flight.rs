@@ -1,11 +1,12 @@
 //! The forwarder's queries in flight: identical questions merged into one upstream query, and
-//! the count of queries each client has waiting (its bound). Both are released by `Drop`, so a
+//! the queries each client has waiting (its bound, and which is oldest). Both are released by `Drop`, so a
 //! query that ends any way at all (an answer, a failure, a panic) gives back what it held.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     net::IpAddr,
     sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
 };
 
 use hickory_proto::op::Message;
@@ -79,30 +80,86 @@ impl Drop for Asking {
     }
 }
 
-/// Queries waiting, by client address.
+/// Queries waiting, by client address, oldest first.
 #[derive(Debug, Default)]
 pub(super) struct PerClient {
-    pub(super) waiting: Mutex<HashMap<IpAddr, usize>>,
+    pub(super) waiting: Mutex<HashMap<IpAddr, ClientQueue>>,
+}
+
+/// One client's waiting queries, oldest first.
+#[derive(Debug, Default)]
+pub(super) struct ClientQueue {
+    next_id: u64,
+    queries: VecDeque<Waiting>,
+}
+
+/// A waiting query's place; `displace` tells it that a newer query took its place.
+#[derive(Debug)]
+struct Waiting {
+    id: u64,
+    since: Instant,
+    displace: oneshot::Sender<()>,
 }
 
 /// One of a client's waiting queries; its place is given back when dropped.
 pub(super) struct ClientSlot<'a> {
-    pub(super) per_client: &'a PerClient,
-    pub(super) client: IpAddr,
+    per_client: &'a PerClient,
+    client: IpAddr,
+    id: u64,
+    displaced: oneshot::Receiver<()>,
 }
 
 impl PerClient {
-    /// A place for one more query from `client`, unless it has `bound` waiting already.
-    pub(super) fn take(&self, client: IpAddr, bound: usize) -> Option<ClientSlot<'_>> {
-        let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
-        if bound == 0 || waiting.get(&client).is_some_and(|count| *count >= bound) {
+    /// A place for one more query from `client`, unless it has `bound` waiting already. At its
+    /// bound, a client whose oldest query has waited `displace_after` or longer gets a place
+    /// all the same: the oldest query gives it up (see [`ClientSlot::displaced`]).
+    pub(super) fn take(
+        &self,
+        client: IpAddr,
+        bound: usize,
+        displace_after: Option<Duration>,
+    ) -> Option<ClientSlot<'_>> {
+        if bound == 0 {
             return None;
         }
-        *waiting.entry(client).or_default() += 1;
+        let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+        let queue = waiting.entry(client).or_default();
+        if queue.queries.len() >= bound {
+            let stale = displace_after.is_some_and(|after| {
+                queue
+                    .queries
+                    .front()
+                    .is_some_and(|oldest| oldest.since.elapsed() >= after)
+            });
+            if !stale {
+                return None;
+            }
+            if let Some(oldest) = queue.queries.pop_front() {
+                // Its task may have ended already: then nobody needs the news.
+                let _ = oldest.displace.send(());
+            }
+        }
+        let (displace, displaced) = oneshot::channel();
+        let id = queue.next_id;
+        queue.next_id += 1;
+        queue.queries.push_back(Waiting {
+            id,
+            since: Instant::now(),
+            displace,
+        });
         Some(ClientSlot {
             per_client: self,
             client,
+            id,
+            displaced,
         })
+    }
+}
+
+impl ClientSlot<'_> {
+    /// Completes when a newer query of the same client took this one's place.
+    pub(super) async fn displaced(&mut self) {
+        let _ = (&mut self.displaced).await;
     }
 }
 
@@ -113,9 +170,10 @@ impl Drop for ClientSlot<'_> {
             .waiting
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(count) = waiting.get_mut(&self.client) {
-            *count -= 1;
-            if *count == 0 {
+        if let Some(queue) = waiting.get_mut(&self.client) {
+            // Gone already if a newer query displaced it.
+            queue.queries.retain(|query| query.id != self.id);
+            if queue.queries.is_empty() {
                 // Only clients with queries waiting take room.
                 waiting.remove(&self.client);
             }

@@ -419,7 +419,8 @@ fn dns_counters(
         "egress_filter_dns_queries_total",
         "Client DNS queries, by outcome: forwarded upstream, merged into an identical query in \
          flight, refused (--dns-block-unlisted), malformed, failed (upstream error or timeout), \
-         overloaded (too many in flight), client_limited (the client's bound in flight) or \
+         overloaded (too many in flight), client_limited (the client's bound in flight), \
+         displaced (dropped after a second at the client's bound: a newer query took its place) or \
          unserved (a datagram or TCP connection from a source the forwarder does not serve, \
          dropped without a reply).",
         &["outcome"],
@@ -431,6 +432,7 @@ fn dns_counters(
             outcome("failed", values.servfail),
             outcome("overloaded", values.overloaded),
             outcome("client_limited", values.client_limited),
+            outcome("displaced", values.displaced),
             outcome("unserved", values.unserved),
         ],
     )?;

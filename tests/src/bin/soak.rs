@@ -241,7 +241,13 @@ fn cycles(ns: &str, first: usize, step: usize, per_sec: u64, counts: &Counts, do
             None => {
                 let calm =
                     faults.is_multiple_of(2) && counts.faults.load(Ordering::SeqCst) == faults;
-                if calm {
+                let recovering =
+                    millis(since_start()) < counts.recovering_until_ms.load(Ordering::SeqCst);
+                if calm && recovering {
+                    counts
+                        .lookups_failed_recovering
+                        .fetch_add(1, Ordering::Relaxed);
+                } else if calm {
                     eprintln!(
                         "soak: {name} unanswered with no fault going on, at {:.2} s",
                         since_start().as_secs_f64()

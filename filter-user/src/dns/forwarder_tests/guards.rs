@@ -157,6 +157,59 @@ async fn one_client_past_its_bound_gets_servfail_at_once_while_others_are_served
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_at_its_bound_gets_through_once_its_oldest_query_has_waited_long_enough() {
+    // The upstream stopped answering: the client's queries pile up to its bound and stay.
+    let upstream = stub().await;
+    let config = ForwarderConfig {
+        upstream_timeout: Duration::from_secs(5),
+        max_queries_per_client: 2,
+        displace_after: Some(Duration::from_millis(400)),
+        ..ForwarderConfig::new(upstream.addr, false)
+    };
+    let f = forwarder(config, Duration::ZERO).await;
+    let mut stranded = JoinSet::new();
+    for id in 0..2 {
+        let name = format!("slow{id}.listed.test.");
+        stranded.spawn(async move {
+            let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            socket.send_to(&query(&name, id), f.addr).await.unwrap();
+            let mut buffer = vec![0u8; 1500];
+            timeout(Duration::from_secs(3), socket.recv(&mut buffer))
+                .await
+                .is_ok()
+        });
+    }
+    while upstream.queries.load(Ordering::SeqCst) < 2 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let reply = ask_udp(f.addr, &query("early.listed.test.", 3)).await;
+    assert_eq!(
+        reply.metadata.response_code,
+        ResponseCode::ServFail,
+        "before the oldest has waited long enough, the bound holds"
+    );
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    // The upstream is back for other names: the client's new question gets its answer.
+    let reply = ask_udp(f.addr, &query("back.listed.test.", 4)).await;
+    assert_eq!(
+        (reply.metadata.response_code, reply.answers.len()),
+        (ResponseCode::NoError, 1),
+        "the new query took the oldest's place"
+    );
+    let counters = f.counters.values();
+    assert_eq!((counters.client_limited, counters.displaced), (1, 1));
+    let mut replied = 0;
+    while let Some(got_reply) = stranded.join_next().await {
+        replied += usize::from(got_reply.unwrap());
+    }
+    assert_eq!(
+        replied, 0,
+        "the displaced query goes unanswered (a stub retries under the same ID), the other \
+         still waits on the upstream"
+    );
+}
+
 /// A small deterministic generator, so a failure replays.
 struct XorShift(u64);
 
