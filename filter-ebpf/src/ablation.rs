@@ -30,6 +30,18 @@ pub(crate) mod skip {
     pub(crate) const FLOWS: u32 = 1 << 6;
     /// The source's client-group lookup: every source is in the default group.
     pub(crate) const GROUPS: u32 = 1 << 7;
+    /// With [`GROUPS`]: the group from one inlined array read instead
+    /// ([`super::group_from_one_read`]).
+    pub(crate) const GROUP_FROM_ONE_READ: u32 = 1 << 8;
+}
+
+/// The yardstick groups are held to, "one extra array-speed lookup": a group taken from one
+/// more inlined array read. It reads `TABLE_STATE`'s high byte, which no bit uses, so the
+/// group is the default one and the verdicts stay those of `abl_no_groups`; the compiler cannot
+/// know that, so the read and the group's use stay in.
+#[inline(always)]
+pub(crate) fn group_from_one_read() -> u32 {
+    crate::verdict::table_state() >> 24
 }
 
 /// The config a variant without the config read assumes: enforce, sources checked, no events.
@@ -72,4 +84,6 @@ variants! {
     abl_no_flows = skip::FLOWS;
     /// Without the client-group lookup.
     abl_no_groups = skip::GROUPS;
+    /// The client-group lookup replaced by one array read.
+    abl_group_one_read = skip::GROUPS | skip::GROUP_FROM_ONE_READ;
 }
