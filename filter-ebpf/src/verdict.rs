@@ -267,11 +267,11 @@ fn group_run_of(entry: u32, copy: u32, below: u32, above: u32, count: u32) -> (u
     )
 }
 
-/// The group of an IPv4 source among the ranges of `copy`, whose window is `window`: its chunk's
-/// group, or the last range of the chunk's run starting at or below it. Out of line: inlined, code that rules without
-/// groups never run still cost every packet (see ARCHITECTURE.md). The search has no data-dependent
-/// branch: sources are as random as clients are, so a branch on each comparison would
-/// mispredict half the time.
+/// The group of an IPv4 source among the ranges of `copy`, whose window is `window`: its
+/// chunk's group, or the last range of the chunk's run starting at or below it. Out of line:
+/// inlined, code that rules without groups never run still cost every packet (see
+/// ARCHITECTURE.md). The search has no data-dependent branch: sources are as random as clients
+/// are, so a branch on each comparison would mispredict half the time.
 #[inline(never)]
 fn find_group_v4(src: u32, copy: u32, window: &GroupWindow) -> Option<u32> {
     let count = window.count.min(GROUP_RANGES_PER_COPY);

@@ -127,6 +127,12 @@ impl PinDir {
         self.run_file("json")
     }
 
+    /// The file a running daemon holds locked, so that two never share a pin path.
+    #[must_use]
+    pub fn lock_file(&self) -> PathBuf {
+        self.run_file("lock")
+    }
+
     /// Whether maps are pinned here (a filter is running or was left behind).
     #[must_use]
     pub fn has_pinned_maps(&self) -> bool {
@@ -136,7 +142,7 @@ impl PinDir {
     /// Takes the pin path for this process; fails if another daemon holds it.
     pub fn lock(&self) -> anyhow::Result<Flock<File>> {
         std::fs::create_dir_all(RUN_DIR).with_context(|| format!("cannot create {RUN_DIR}"))?;
-        let path = self.run_file("lock");
+        let path = self.lock_file();
         let file =
             File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
         Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
@@ -229,7 +235,7 @@ impl PinDir {
         }
         crate::learned_store::remove(&self.state_file())?;
         // The state and lock files go last; the caller still holds the lock while this runs.
-        for file in [self.state_file(), self.run_file("lock")] {
+        for file in [self.state_file(), self.lock_file()] {
             match std::fs::remove_file(&file) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

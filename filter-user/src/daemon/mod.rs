@@ -119,18 +119,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
 
     let pins = PinDir::new(&opts.pin_path);
     let _lock = pins.lock()?;
-    pins.prepare()?;
     let adopting = pins.has_pinned_maps();
-    // A stop request while starting (resolution can take seconds) must not leave half a filter
-    // behind: a fresh one is removed, an adopted one is left enforcing as it was.
-    // A DNS port in use must fail the start before anything is attached.
-    let listeners = match &opts.dns {
-        Some(dns) => Some(Listeners::bind(&dns.listen).await?),
-        None => None,
-    };
-    let metrics_listener = match opts.metrics_listen {
-        Some(address) => Some(metrics::server::bind(address).await?),
-        None => None,
+    // A DNS or metrics port in use must fail the start before anything is attached.
+    let (listeners, metrics_listener) = match prepare_and_bind(&pins, &opts).await {
+        Ok(bound) => bound,
+        Err(err) => return Err(abandon(&pins, adopting, err)),
     };
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -140,14 +133,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         _ = term.recv() => Err(anyhow::anyhow!("stopped while starting")),
         _ = int.recv() => Err(anyhow::anyhow!("stopped while starting")),
     };
+    // A stop request while starting (resolution can take seconds) must not leave half a filter
+    // behind either.
     let mut daemon = match started {
         Ok(daemon) => daemon,
-        Err(err) => {
-            if !adopting {
-                pins.remove_all()?;
-            }
-            return Err(err);
-        }
+        Err(err) => return Err(abandon(&pins, adopting, err)),
     };
     let result = daemon.serve(&mut term, &mut int).await;
     daemon.notifier.stopping();
@@ -162,6 +152,35 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     tracing::info!("stopping: detaching and unpinning");
     daemon.pins.remove_all()?;
     result
+}
+
+/// The pin directories, and the DNS and metrics sockets bound.
+async fn prepare_and_bind(
+    pins: &PinDir,
+    opts: &RunOptions,
+) -> anyhow::Result<(Option<Listeners>, Option<tokio::net::TcpListener>)> {
+    pins.prepare()?;
+    let listeners = match &opts.dns {
+        Some(dns) => Some(Listeners::bind(&dns.listen).await?),
+        None => None,
+    };
+    let metrics_listener = match opts.metrics_listen {
+        Some(address) => Some(metrics::server::bind(address).await?),
+        None => None,
+    };
+    Ok((listeners, metrics_listener))
+}
+
+/// A start that failed: a fresh filter leaves nothing behind (pins, state, lock file); an
+/// adopted one is left enforcing as it was.
+fn abandon(pins: &PinDir, adopting: bool, err: anyhow::Error) -> anyhow::Error {
+    if adopting {
+        return err;
+    }
+    match pins.remove_all() {
+        Ok(()) => err,
+        Err(cleanup) => anyhow::anyhow!("{err:#}; cleaning up after it failed too: {cleanup:#}"),
+    }
 }
 
 /// A running filter: its rules and what it knows, and the parts that keep the kernel in step.

@@ -8,6 +8,7 @@
 use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream, UdpSocket},
+    process::Command,
     str::FromStr as _,
     time::Duration,
 };
@@ -208,6 +209,41 @@ fn a_listen_address_on_the_wan_side_is_refused_unless_asked_for() -> anyhow::Res
         refused.logs().join("\n").contains("open resolver"),
         "{:?}",
         refused.logs()
+    );
+    // Its port taken: refused once the lock is held, and the lock file goes with the rest.
+    let lan_listen = format!("{GW_LAN}:53");
+    let mut holder = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.gw.name,
+            "nc",
+            "-u",
+            "-l",
+            GW_LAN,
+            "53",
+        ])
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(300));
+    let taken = gateway_args(&lab, &rules, &lan_listen, &upstream);
+    let refused = Daemon::spawn(&lab.gw.name, &lab.pin_path(), &taken)?;
+    let exited = refused.wait_exit(Duration::from_secs(10));
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert!(!exited?, "it must fail");
+    assert!(
+        refused
+            .logs()
+            .join("\n")
+            .contains("cannot listen for DNS on udp 10.77.0.1:53"),
+        "{:?}",
+        refused.logs()
+    );
+    let lock = filter_user::pins::PinDir::new(lab.pin_path()).lock_file();
+    assert!(
+        !lock.exists() && !std::path::Path::new(&lab.pin_path()).exists(),
+        "a failed start leaves nothing behind ({})",
+        lock.display()
     );
     // Asked for, it starts.
     let insisted = [&args[..], &["--dns-listen-any"]].concat();
