@@ -28,10 +28,11 @@
 //! Bounds: at most [`MAX_IN_FLIGHT`] queries wait on the upstream at once, and at most
 //! [`MAX_QUERIES_PER_CLIENT`] from one client address (past either, SERVFAIL at once rather
 //! than queueing, except that a client whose oldest query has waited [`DISPLACE_AFTER`] gets
-//! the new one through and the oldest is dropped, counted as `displaced`); at most [`MAX_TCP_CLIENTS`] TCP connections, at most
-//! [`MAX_TCP_PER_CLIENT`] of them from one client address, each closed after [`TCP_IDLE`] of
-//! silence. A UDP reply carries at most [`message::MAX_UDP_REPLY`] bytes whatever size the
-//! client claims; a larger answer goes truncated (TC), and the client asks again over TCP.
+//! the new one through and the oldest is dropped, counted as `displaced`); at most
+//! [`MAX_TCP_CLIENTS`] TCP connections, at most [`MAX_TCP_PER_CLIENT`] of them from one client
+//! address, each closed after [`TCP_IDLE`] of silence. A UDP reply carries at most
+//! [`message::MAX_UDP_REPLY`] bytes whatever size the client claims; a larger answer goes
+//! truncated (TC), and the client asks again over TCP.
 //!
 //! An answer with listed names waits until the daemon confirms its addresses are in the maps.
 //! Asked again (the common case: devices re-resolve the same few names all day), it need not:

@@ -1,11 +1,15 @@
 //! The forwarder's queries in flight: identical questions merged into one upstream query, and
-//! the queries each client has waiting (its bound, and which is oldest). Both are released by `Drop`, so a
-//! query that ends any way at all (an answer, a failure, a panic) gives back what it held.
+//! the queries each client has waiting (its bound, and which is oldest). Both are released by
+//! `Drop`, so a query that ends any way at all (an answer, a failure, a panic) gives back what
+//! it held.
 
 use std::{
     collections::{HashMap, VecDeque},
     net::IpAddr,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, PoisonError,
+    },
     time::{Duration, Instant},
 };
 
@@ -83,14 +87,10 @@ impl Drop for Asking {
 /// Queries waiting, by client address, oldest first.
 #[derive(Debug, Default)]
 pub(super) struct PerClient {
-    pub(super) waiting: Mutex<HashMap<IpAddr, ClientQueue>>,
-}
-
-/// One client's waiting queries, oldest first.
-#[derive(Debug, Default)]
-pub(super) struct ClientQueue {
-    next_id: u64,
-    queries: VecDeque<Waiting>,
+    waiting: Mutex<HashMap<IpAddr, VecDeque<Waiting>>>,
+    /// Numbers every place ever given, across clients: a displaced query that ends after its
+    /// client's queue emptied and filled again must not take a newer query's place with it.
+    next_id: AtomicU64,
 }
 
 /// A waiting query's place; `displace` tells it that a newer query took its place.
@@ -124,25 +124,23 @@ impl PerClient {
         }
         let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
         let queue = waiting.entry(client).or_default();
-        if queue.queries.len() >= bound {
+        if queue.len() >= bound {
             let stale = displace_after.is_some_and(|after| {
                 queue
-                    .queries
                     .front()
                     .is_some_and(|oldest| oldest.since.elapsed() >= after)
             });
             if !stale {
                 return None;
             }
-            if let Some(oldest) = queue.queries.pop_front() {
+            if let Some(oldest) = queue.pop_front() {
                 // Its task may have ended already: then nobody needs the news.
                 let _ = oldest.displace.send(());
             }
         }
         let (displace, displaced) = oneshot::channel();
-        let id = queue.next_id;
-        queue.next_id += 1;
-        queue.queries.push_back(Waiting {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        queue.push_back(Waiting {
             id,
             since: Instant::now(),
             displace,
@@ -172,11 +170,34 @@ impl Drop for ClientSlot<'_> {
             .unwrap_or_else(PoisonError::into_inner);
         if let Some(queue) = waiting.get_mut(&self.client) {
             // Gone already if a newer query displaced it.
-            queue.queries.retain(|query| query.id != self.id);
-            if queue.queries.is_empty() {
+            queue.retain(|query| query.id != self.id);
+            if queue.is_empty() {
                 // Only clients with queries waiting take room.
                 waiting.remove(&self.client);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_displaced_query_ending_late_does_not_give_back_a_newer_querys_place() {
+        let per_client = PerClient::default();
+        let client: IpAddr = "192.0.2.7".parse().unwrap();
+        let displaced = per_client.take(client, 1, Some(Duration::ZERO)).unwrap();
+        let newer = per_client.take(client, 1, Some(Duration::ZERO)).unwrap();
+        // The client's queue empties and fills again before the displaced query ends.
+        drop(newer);
+        let holding = per_client.take(client, 1, None).unwrap();
+        drop(displaced);
+        assert!(
+            per_client.take(client, 1, None).is_none(),
+            "the place is still held"
+        );
+        drop(holding);
+        assert!(per_client.take(client, 1, None).is_some());
     }
 }

@@ -104,8 +104,9 @@ struct Counts {
     /// Lookups unanswered that overlapped a fault (a kill until the forwarder answered again,
     /// the upstream server down).
     lookups_failed: AtomicU64,
-    /// Lookups unanswered within [`UPSTREAM_TIMEOUT`] after the upstream came back: the
-    /// client's bound of queries in flight is still held by queries the outage stranded.
+    /// Lookups unanswered within [`UPSTREAM_TIMEOUT`] after the upstream came back, while
+    /// queries the outage stranded may still hold the client's places (until the forwarder
+    /// displaces them).
     lookups_failed_recovering: AtomicU64,
     /// Lookups unanswered with no fault going on from their start to their end.
     lookups_failed_calm: AtomicU64,
