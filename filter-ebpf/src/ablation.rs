@@ -6,9 +6,16 @@
 //! A variant's verdict is not the filter's: the parts left out decide packets.
 
 use aya_ebpf::{macros::xdp, programs::XdpContext};
-use filter_common::{Config, PolicyId};
+use filter_common::{
+    groups::{group_copy, GROUP_INDEX_PER_COPY},
+    Config, PolicyId,
+};
 
-use crate::{process, xdp_verdict};
+use crate::{
+    maps::{GROUP_INDEX_V4, GROUP_INDEX_V6},
+    parse::Packet,
+    process, xdp_verdict,
+};
 
 /// Bits of `process`'s `SKIP` parameter: the parts a variant leaves out.
 pub(crate) mod skip {
@@ -35,13 +42,27 @@ pub(crate) mod skip {
     pub(crate) const GROUP_FROM_ONE_READ: u32 = 1 << 8;
 }
 
-/// The yardstick groups are held to, "one extra array-speed lookup": a group taken from one
-/// more inlined array read. It reads `TABLE_STATE`'s high byte, which no bit uses, so the
-/// group is the default one and the verdicts stay those of `abl_no_groups`; the compiler cannot
-/// know that, so the read and the group's use stay in.
+/// The yardstick groups are held to, "one extra array-speed lookup": one inlined array read
+/// keyed by the source, as any group table answering in one read must be. It reads the group
+/// index entry of the source's top 16 bits in the copy `table_state` names (a table of the
+/// real one's size, so the read meets the same caches). No entry is all ones (a chunk's
+/// entry is a group below `MAX_GROUPS` or a run of at most 2 * `GROUP_RANGES_PER_COPY`
+/// ranges), so the group is always the default one and the verdicts stay those of
+/// `abl_no_groups`; the compiler cannot know that, so the read and the group's use stay in.
 #[inline(always)]
-pub(crate) fn group_from_one_read() -> u32 {
-    crate::verdict::table_state() >> 24
+pub(crate) fn group_from_one_read(packet: &Packet, table_state: u32) -> u32 {
+    let copy = group_copy(table_state, packet.family);
+    let index = if packet.family == 4 {
+        &GROUP_INDEX_V4
+    } else {
+        &GROUP_INDEX_V6
+    };
+    let chunk = u32::from(u16::from_be_bytes([packet.src[0], packet.src[1]]));
+    let entry = index
+        .get(copy * GROUP_INDEX_PER_COPY + (chunk >> 1))
+        .copied()
+        .unwrap_or(0);
+    u32::from(entry == u64::MAX)
 }
 
 /// The config a variant without the config read assumes: enforce, sources checked, no events.

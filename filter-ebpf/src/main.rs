@@ -149,7 +149,7 @@ fn process<C: PacketContext, const ETHERNET: bool, const SKIP: u32>(ctx: &C) -> 
                 if SKIP & skip::GROUPS == 0 {
                     group = verdict::client_group(&packet, ctx.arrival_ifindex(), table_state);
                 } else if SKIP & skip::GROUP_FROM_ONE_READ != 0 {
-                    group = ablation::group_from_one_read();
+                    group = ablation::group_from_one_read(&packet, table_state);
                 }
                 let judgement = verdict::judge::<SKIP>(&packet, group, table_state);
                 if SKIP & skip::FLOWS != 0 {

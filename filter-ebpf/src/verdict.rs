@@ -226,13 +226,68 @@ pub(crate) fn source_group(packet: &Packet, table_state: u32) -> u32 {
     }
     let found = if packet.family == 4 {
         let src = u32::from_be_bytes([packet.src[0], packet.src[1], packet.src[2], packet.src[3]]);
-        find_group_v4(src, copy, window)
+        match chunk_group_v4(src, copy, window) {
+            Some(group) => Some(group),
+            None => find_group_v4(src, copy, window),
+        }
     } else {
         let src = u128::from_be_bytes(packet.src);
-        find_group_v6((src >> 64) as u64, src as u64, copy, window)
+        let (hi, lo) = ((src >> 64) as u64, src as u64);
+        match chunk_group_v6(hi, lo, copy, window) {
+            Some(group) => Some(group),
+            None => find_group_v6(hi, lo, copy, window),
+        }
     };
     // A damaged table reads as the default group, whose rules the rules define like any other.
     found.unwrap_or(DEFAULT_GROUP)
+}
+
+/// The group of an IPv4 source inside the window whose chunk lies inside one group: most
+/// sources, answered inline with one read (the chunk's entry) and no call. `None` sends the
+/// source to [`find_group_v4`], which answers every source.
+#[inline(always)]
+fn chunk_group_v4(src: u32, copy: u32, window: &GroupWindow) -> Option<u32> {
+    let shift = window.shift;
+    // Inside: the source's first `shift` bits are the window's. `>> 1 >> (31 - shift)` is
+    // `>> (32 - shift)` without a shift by 32 when `shift` is 0 (the whole space).
+    let outside = ((src ^ window.base_lo as u32) >> 1).wrapping_shr(31 - shift);
+    if outside != 0 {
+        return None;
+    }
+    let chunk = src.wrapping_shl(shift) >> (32 - GROUP_CHUNK_BITS);
+    chunk_direct(chunk_entry_of(&GROUP_INDEX_V4, copy, chunk)?)
+}
+
+/// The group of an IPv6 source (`hi`, `lo`) inside the window whose chunk lies inside one
+/// group; as [`chunk_group_v4`], with [`find_group_v6`] for the rest.
+#[inline(always)]
+fn chunk_group_v6(hi: u64, lo: u64, copy: u32, window: &GroupWindow) -> Option<u32> {
+    let shift = window.shift;
+    let (differ_hi, differ_lo) = (hi ^ window.base_hi, lo ^ window.base_lo);
+    // The window's prefix ends in the high half or the low one: a branch on the rules, not on
+    // the source. The shifts by `x >> 1 >> (63 - n)` avoid a shift by 64, as above.
+    let (top, outside) = if shift < 64 {
+        (
+            hi.wrapping_shl(shift) | (lo >> 1).wrapping_shr(63 - shift),
+            (differ_hi >> 1).wrapping_shr(63 - shift),
+        )
+    } else {
+        (
+            lo.wrapping_shl(shift - 64),
+            differ_hi | (differ_lo >> 1).wrapping_shr(127 - shift),
+        )
+    };
+    if outside != 0 {
+        return None;
+    }
+    let chunk = (top >> (64 - GROUP_CHUNK_BITS)) as u32;
+    chunk_direct(chunk_entry_of(&GROUP_INDEX_V6, copy, chunk)?)
+}
+
+/// The group a chunk's entry holds, when it holds one rather than a run.
+#[inline(always)]
+fn chunk_direct(entry: u32) -> Option<u32> {
+    (entry & GROUP_ENTRY_DIRECT != 0).then_some(entry & !GROUP_ENTRY_DIRECT)
 }
 
 /// The entry `copy`'s index holds for `chunk`: its group, or its run of ranges.
@@ -268,7 +323,9 @@ fn group_run_of(entry: u32, copy: u32, below: u32, above: u32, count: u32) -> (u
 }
 
 /// The group of an IPv4 source among the ranges of `copy`, whose window is `window`: its
-/// chunk's group, or the last range of the chunk's run starting at or below it. Out of line:
+/// chunk's group, or the last range of the chunk's run starting at or below it. Right for every
+/// source; called for those [`chunk_group_v4`] leaves (outside the window, or in a chunk a
+/// range boundary falls inside). Out of line:
 /// inlined, code that rules without groups never run still cost every packet (see
 /// ARCHITECTURE.md). The search has no data-dependent branch: sources are as random as clients
 /// are, so a branch on each comparison would mispredict half the time.

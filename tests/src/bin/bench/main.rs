@@ -57,12 +57,13 @@ one run (the ratio columns, xdp-filter's column), not across runs.
 - **Daemon memory with 100k prefixes.** Within a few MB of the goal, on either side from run to
   run: the allow table, the compiled range index and the writer's copy of it are all held.
 - **Client groups.** Rules without groups pay one inlined read (the window, whose count is 0).
-  With groups, a source whose chunk lies inside one group pays a second (the chunk), plus the
-  window arithmetic and a BPF-to-BPF call, out of line so that rules without groups do not pay
-  for its code; the bench times that beside one plain array read (`abl_group_one_read`), and
-  the last column is what is left beyond the goal's yardstick. What would narrow it: the call
-  (inlined, the group code measured about the same here, within the noise), and the
-  inside-the-window test, which a window covering the whole space would drop for IPv4.
+  With groups, a source inside the window whose chunk lies inside one group pays a second (the
+  chunk) and the inside test, inline, with no call; only other sources call the out-of-line
+  search. The yardstick (`abl_group_one_read`) is one array read keyed by the source, what any
+  table answering in one read costs; what is left beyond it is the window read and the test,
+  a few ns. Reading the window in the same lookup as `TABLE_STATE` (one map value for both)
+  would remove the read, but changes that map's shape, which pinned filters of earlier builds
+  cannot be upgraded over without a detach.
 - **Checking rules at the limits.** Met now: placing every span on its line was quadratic (100k
   services took 6 minutes to refuse), and the allow table was built by a million single inserts
   into ordered maps; what remains is mostly parsing 20 MB of TOML.
