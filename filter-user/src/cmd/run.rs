@@ -130,6 +130,11 @@ pub struct Args {
     /// oldest first (or, below its share of the table, the service holding the most does).
     #[arg(long, default_value_t = 65_536, value_name = "N")]
     pub dns_max_learned: usize,
+    /// Most answers kept for repeated questions (0: none). A kept answer is given only while
+    /// its TTL lasts (at most 5 minutes), the rules are unchanged and, for a rule's name, its
+    /// addresses are known open for the rest of that TTL; otherwise the question is forwarded.
+    #[arg(long, default_value_t = crate::dns::cache::DEFAULT_CAPACITY, value_name = "N")]
+    pub dns_cache: usize,
     /// A connection started while its address was allowed keeps passing after the address
     /// expires, until it has been idle this long (counted from the later of its last packet and
     /// the address's expiry; 0 keeps no connection). Sized for push channels' keepalives.
@@ -275,6 +280,7 @@ impl Args {
                 allow_from: args.dns_allow_from,
                 upstream,
                 block_unlisted: args.dns_block_unlisted,
+                cache_entries: args.dns_cache,
                 learn: LearnPolicy {
                     min_ttl: Duration::from_secs(args.dns_min_ttl),
                     grace: Duration::from_secs(args.grace),

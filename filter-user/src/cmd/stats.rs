@@ -235,7 +235,8 @@ impl Stats {
                 out,
                 "     {} refused (unlisted), {} malformed, {} upstream failures, {} overloaded, \
                  {} over the per-client limit, {} displaced by a newer query of their client, \
-                 {} merged with an identical question, {} retried over TCP, \
+                 {} answered from the cache, {} merged with an identical question, \
+                 {} retried over TCP, \
                  {} stray upstream datagrams, {} answered before learning",
                 f.refused,
                 f.malformed,
@@ -243,6 +244,7 @@ impl Stats {
                 f.overloaded,
                 f.client_limited,
                 f.displaced,
+                f.cached,
                 f.merged,
                 f.tcp_retries,
                 f.mismatched,

@@ -87,6 +87,8 @@ pub struct DnsOptions {
     pub allow_from: Vec<IpNet>,
     pub upstream: SocketAddr,
     pub block_unlisted: bool,
+    /// Answers the forwarder keeps for repeated questions (`--dns-cache`).
+    pub cache_entries: usize,
     pub learn: LearnPolicy,
 }
 
@@ -98,6 +100,7 @@ impl DnsOptions {
         ForwarderConfig {
             min_ttl: self.learn.min_ttl,
             grace: self.learn.grace,
+            cache_entries: self.cache_entries,
             ..ForwarderConfig::new(self.upstream, self.block_unlisted)
         }
     }

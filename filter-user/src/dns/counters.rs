@@ -21,6 +21,7 @@ pub struct DnsCounters {
     pub(super) overloaded: AtomicU64,
     pub(super) client_limited: AtomicU64,
     pub(super) displaced: AtomicU64,
+    pub(super) cached: AtomicU64,
     pub(super) merged: AtomicU64,
     pub(super) tcp_retries: AtomicU64,
     pub(super) mismatched: AtomicU64,
@@ -61,6 +62,7 @@ impl Default for DnsCounters {
             overloaded: AtomicU64::default(),
             client_limited: AtomicU64::default(),
             displaced: AtomicU64::default(),
+            cached: AtomicU64::default(),
             merged: AtomicU64::default(),
             tcp_retries: AtomicU64::default(),
             mismatched: AtomicU64::default(),
@@ -101,6 +103,9 @@ pub struct DnsCounterValues {
     /// their place after they had waited [`super::forwarder::DISPLACE_AFTER`].
     #[serde(default)]
     pub displaced: u64,
+    /// Queries answered from a kept answer ([`super::cache`]), without asking upstream.
+    #[serde(default)]
+    pub cached: u64,
     /// Queries answered from the upstream query of an identical question already in flight.
     #[serde(default)]
     pub merged: u64,
@@ -162,6 +167,7 @@ impl DnsCounters {
             overloaded: read(&self.overloaded),
             client_limited: read(&self.client_limited),
             displaced: read(&self.displaced),
+            cached: read(&self.cached),
             merged: read(&self.merged),
             tcp_retries: read(&self.tcp_retries),
             mismatched: read(&self.mismatched),

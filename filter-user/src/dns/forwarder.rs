@@ -62,10 +62,11 @@ use tokio::{
 };
 
 use super::{
+    cache::{self, AnswerCache, Exchange},
     clients::ServedClients,
     counters::DnsCounters,
     in_flight::{Asking, Joined, Pending, PerClient},
-    message::{self, Incoming, Learnable, Question},
+    message::{self, ClientQuery, Incoming, Learnable, Question},
     names::NameMatcher,
     open_addresses::{Known, OpenAddresses},
     seen::SeenNames,
@@ -126,11 +127,14 @@ pub struct ForwarderConfig {
     pub min_ttl: Duration,
     /// How long the daemon keeps learned entries past their TTL (`--grace`).
     pub grace: Duration,
+    /// Answers kept for repeated questions ([`cache`]); 0 keeps none.
+    pub cache_entries: usize,
 }
 
 impl ForwarderConfig {
     /// The defaults: [`UPSTREAM_TIMEOUT`], [`MAX_IN_FLIGHT`], [`MAX_QUERIES_PER_CLIENT`],
-    /// [`DISPLACE_AFTER`], [`MAX_TCP_PER_CLIENT`], no TTL floor.
+    /// [`DISPLACE_AFTER`], [`MAX_TCP_PER_CLIENT`], no TTL floor, [`cache::DEFAULT_CAPACITY`]
+    /// answers kept.
     #[must_use]
     pub fn new(upstream: SocketAddr, block_unlisted: bool) -> Self {
         Self {
@@ -143,6 +147,7 @@ impl ForwarderConfig {
             max_tcp_per_client: MAX_TCP_PER_CLIENT,
             min_ttl: Duration::ZERO,
             grace: Duration::ZERO,
+            cache_entries: cache::DEFAULT_CAPACITY,
         }
     }
 }
@@ -233,6 +238,7 @@ impl Listeners {
             ),
             pending: Arc::default(),
             per_client: PerClient::default(),
+            cache: AnswerCache::new(config.cache_entries),
             config,
             matcher,
             served,
@@ -271,6 +277,7 @@ struct Forwarder {
     upstream_pool: UpstreamPool,
     pending: Arc<Pending>,
     per_client: PerClient,
+    cache: AnswerCache,
     tcp_clients: Semaphore,
     /// TCP connections open, by client address.
     tcp_per_client: PerClient,
@@ -384,6 +391,10 @@ impl Forwarder {
             DnsCounters::bump(&self.counters.refused);
             return Some(query.nxdomain());
         }
+        let question = query.question();
+        if let Some(reply) = self.answer_kept(&query, &question, transport) {
+            return Some(reply);
+        }
         let Some(mut slot) = self.per_client.take(
             client,
             self.config.max_queries_per_client,
@@ -396,20 +407,32 @@ impl Forwarder {
             DnsCounters::bump(&self.counters.overloaded);
             return Some(query.servfail());
         };
-        let joined = match self.pending.join(&query.question()) {
+        // The first client asking a question drives its upstream query itself (no task of its
+        // own, one wake-up less per query); the answer is for every client that joined.
+        let (joined, mut asking) = match self.pending.join(&question) {
             Joined::Merged(outcome) => {
                 DnsCounters::bump(&self.counters.merged);
-                outcome
+                (outcome, None)
             }
-            Joined::First(outcome, asking) => {
-                tokio::spawn(Arc::clone(self).ask_for_all(asking, transport));
-                outcome
+            Joined::First(outcome, asking) => (
+                outcome,
+                Some(Box::pin(Arc::clone(self).ask_for_all(asking, transport))),
+            ),
+        };
+        let asked = async {
+            if let Some(ask) = asking.as_mut() {
+                ask.await;
             }
         };
         let outcome = tokio::select! {
-            outcome = joined => outcome,
+            outcome = async { asked.await; joined.await } => outcome,
             () = slot.displaced() => {
                 DnsCounters::bump(&self.counters.displaced);
+                // The clients that joined still get the answer: the query goes on without this
+                // one.
+                if let Some(ask) = asking.take() {
+                    tokio::spawn(ask);
+                }
                 // Over UDP no reply: a stub resolver retries under the same ID, and a SERVFAIL
                 // would answer the retry too. Over TCP the client waits on the connection.
                 return match transport {
@@ -422,31 +445,86 @@ impl Forwarder {
             DnsCounters::bump(&self.counters.servfail);
             return Some(query.servfail());
         };
+        Some(
+            self.reply(&query, &answer, 0, transport)
+                .unwrap_or_else(|| query.servfail()),
+        )
+    }
+
+    /// `answer` as `query`'s client gets it over `transport`, its TTLs `age` seconds shorter;
+    /// `None` if it cannot be built.
+    fn reply(
+        &self,
+        query: &ClientQuery,
+        answer: &Message,
+        age: u32,
+        transport: Transport,
+    ) -> Option<Vec<u8>> {
         let limit = match transport {
             Transport::Udp => query.udp_limit(),
             Transport::Tcp => usize::from(u16::MAX),
         };
-        match query.reply(&answer, limit) {
-            Ok(reply) => {
-                if reply.truncated {
-                    DnsCounters::bump(&self.counters.truncated);
-                }
-                Some(reply.bytes)
-            }
-            Err(_) => Some(query.servfail()),
+        let reply = query.reply(answer, limit, age).ok()?;
+        if reply.truncated {
+            DnsCounters::bump(&self.counters.truncated);
         }
+        Some(reply.bytes)
+    }
+
+    /// The reply from a kept answer to `question`, if one may be given now: kept under the
+    /// rules and epoch in force, and, for a rule's name, its addresses known open for the rest
+    /// of its TTL (see [`cache`]).
+    fn answer_kept(
+        &self,
+        query: &ClientQuery,
+        question: &Question,
+        transport: Transport,
+    ) -> Option<Vec<u8>> {
+        let matcher = Arc::clone(&self.matcher.borrow());
+        let epoch = self.epoch.load(Ordering::Acquire);
+        let now = Instant::now();
+        let hit = self.cache.get(question, &matcher, epoch, now)?;
+        if let Some(opened) = &hit.opened {
+            let (min_ttl, grace) = (self.config.min_ttl, self.config.grace);
+            let known =
+                self.open
+                    .check(&opened.chain, &opened.addresses, now, epoch, min_ttl, grace);
+            if known != Known::Covered {
+                return None;
+            }
+        }
+        let reply = self.reply(query, &hit.answer, hit.age, transport)?;
+        DnsCounters::bump(&self.counters.cached);
+        Some(reply)
     }
 
     /// Asks the upstream once for every client waiting on `asking`'s question, and opens what
-    /// the answer teaches before any of them gets it. A task of its own: the answer is for
-    /// every waiting client, whatever becomes of the first.
+    /// the answer teaches before any of them gets it. Driven by the first client's query, and
+    /// spawned to go on alone if that query is displaced: the answer is for every waiting
+    /// client, whatever becomes of the first.
     async fn ask_for_all(self: Arc<Self>, asking: Asking, transport: Transport) {
         let question = &asking.question;
         DnsCounters::bump(&self.counters.forwarded);
+        // The rules and epoch the question was asked under: if either changes before the
+        // answer is kept, it is kept under the old ones, and so never given.
+        let asked_under = Arc::clone(&self.matcher.borrow());
+        let epoch = self.epoch.load(Ordering::Acquire);
         let outcome = match self.ask_upstream(question, transport).await {
-            Ok(answer) => {
-                self.learn_from(question, &answer).await;
-                Some(Arc::new(answer))
+            Ok(answered) => {
+                let answer = Arc::new(answered.message);
+                // Learned under the rules in force now: a rule added meanwhile opens its names.
+                let rules_now = Arc::clone(&self.matcher.borrow());
+                let (learnable, listed) = self.learn_from(question, &answer, &rules_now).await;
+                let exchange = Exchange {
+                    answer: &answer,
+                    learnable: &learnable,
+                    matched: listed,
+                    stray: answered.stray,
+                    matcher: &asked_under,
+                    epoch,
+                };
+                self.cache.keep(question, &exchange, Instant::now());
+                Some(answer)
             }
             Err(err) => {
                 tracing::debug!(
@@ -460,26 +538,32 @@ impl Forwarder {
         asking.finish(outcome);
     }
 
-    /// Records what `answer` teaches and, if a rule's host is on its chain, opens its
-    /// addresses.
-    async fn learn_from(&self, question: &Question, answer: &Message) {
+    /// Records what `answer` teaches and, if a rule's host (by `matcher`) is on its chain,
+    /// opens its addresses. Returns what it teaches, and whether a rule's host is on the chain.
+    async fn learn_from(
+        &self,
+        question: &Question,
+        answer: &Message,
+        matcher: &NameMatcher,
+    ) -> (Learnable, bool) {
         let learnable = message::learnable(question, answer);
         let name = question.name();
         self.seen
             .record(&name, learnable.addresses.iter().map(|(a, _)| *a));
-        let matcher = Arc::clone(&self.matcher.borrow());
-        if learnable.chain.iter().any(|name| matcher.matches_any(name)) {
+        let listed = learnable.chain.iter().any(|name| matcher.matches_any(name));
+        if listed {
             DnsCounters::bump(&self.counters.matched);
             if !learnable.addresses.is_empty() {
-                self.open_before_answering(&name, learnable).await;
+                self.open_before_answering(&name, &learnable).await;
             }
         }
+        (learnable, listed)
     }
 
     /// Hands the answer's addresses to the daemon and waits until they are in the maps, unless
     /// the daemon already confirmed them for this question and they are sure to stay open: then
     /// it only asks the daemon to extend them.
-    async fn open_before_answering(&self, question: &str, learnable: Learnable) {
+    async fn open_before_answering(&self, question: &str, learnable: &Learnable) {
         let sent = Instant::now();
         let epoch = self.epoch.load(Ordering::Acquire);
         let chain = learnable.chain.join(" ");
@@ -495,7 +579,7 @@ impl Forwarder {
         let addresses = learnable.addresses.clone();
         let mut request = LearnRequest {
             question: question.to_owned(),
-            learnable,
+            learnable: learnable.clone(),
             done,
         };
         if known == Known::OpenNow {

@@ -196,9 +196,10 @@ impl ClientQuery {
     }
 
     /// The answer as the client gets it: under its own ID and its own spelling of the
-    /// question, and, when it does not fit in `limit` bytes, truncated (TC set, question only)
-    /// so the client asks again over TCP.
-    pub fn reply(&self, answer: &Message, limit: usize) -> Result<Reply, String> {
+    /// question, its TTLs `age` seconds shorter (an answer kept that long), and, when it does
+    /// not fit in `limit` bytes, truncated (TC set, question only) so the client asks again
+    /// over TCP.
+    pub fn reply(&self, answer: &Message, limit: usize, age: u32) -> Result<Reply, String> {
         let mut answer = answer.clone();
         answer.metadata.id = self.message.metadata.id;
         answer.queries.clone_from(&self.message.queries);
@@ -209,7 +210,7 @@ impl ClientQuery {
             .chain(&mut answer.authorities)
             .chain(&mut answer.additionals)
         {
-            record.ttl = believed_ttl(record.ttl);
+            record.ttl = believed_ttl(record.ttl).saturating_sub(age);
         }
         let bytes = answer.to_vec().map_err(|e| e.to_string())?;
         if bytes.len() <= limit {

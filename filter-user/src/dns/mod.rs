@@ -33,9 +33,12 @@
 //! - [`forwarder`]: the UDP and TCP listeners, the upstream queries and their guards, with
 //!   `in_flight` (merged questions, per-client bounds) and `open_addresses` (what the daemon
 //!   confirmed open, so repeat answers need not wait);
+//! - [`cache`]: answers kept for repeated questions, given only while their addresses are
+//!   known open under the same rules;
 //! - [`counters`]: what the forwarder counts, for `stats`;
 //! - [`seen`]: the names clients looked up, by address, to name the host in drop events.
 
+pub mod cache;
 pub mod clients;
 pub mod counters;
 pub mod forwarder;

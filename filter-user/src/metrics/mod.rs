@@ -417,8 +417,8 @@ fn dns_counters(
     let outcome = |o: &str, v: u64| (vec![o.to_owned()], v);
     families.counter(
         "egress_filter_dns_queries_total",
-        "Client DNS queries, by outcome: forwarded upstream, merged into an identical query in \
-         flight, refused (--dns-block-unlisted), malformed, failed (upstream error or timeout), \
+        "Client DNS queries, by outcome: forwarded upstream, cached (answered from a kept \
+         answer), merged into an identical query in flight, refused (--dns-block-unlisted), malformed, failed (upstream error or timeout), \
          overloaded (too many in flight), client_limited (the client's bound in flight), \
          displaced (dropped after a second at the client's bound: a newer query took its place) or \
          unserved (a datagram or TCP connection from a source the forwarder does not serve, \
@@ -426,6 +426,7 @@ fn dns_counters(
         &["outcome"],
         [
             outcome("forwarded", values.forwarded),
+            outcome("cached", values.cached),
             outcome("merged", values.merged),
             outcome("refused", values.refused),
             outcome("malformed", values.malformed),

@@ -24,7 +24,10 @@
 use std::{
     collections::{HashMap, HashSet},
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex, MutexGuard, PoisonError,
+    },
     time::{Duration, Instant},
 };
 
@@ -85,6 +88,9 @@ pub struct UpstreamPool {
 struct PooledSocket {
     socket: UdpSocket,
     opened: Instant,
+    /// A datagram that answered no query arrived: someone other than the upstream may know the
+    /// port. Answers that came on it are not kept for others (`dns::cache`).
+    saw_stray: AtomicBool,
     state: Mutex<SocketState>,
     /// Tells the receiver to close the socket: retired, and no query waits on it.
     closing: Notify,
@@ -189,6 +195,7 @@ impl UpstreamPool {
         let pooled = Arc::new(PooledSocket {
             socket: UdpSocket::from_std(socket)?,
             opened: Instant::now(),
+            saw_stray: AtomicBool::new(false),
             state: Mutex::default(),
             closing: Notify::new(),
         });
@@ -227,6 +234,7 @@ impl PooledSocket {
                 }
             };
             if !self.deliver(&buffer[..len]) {
+                self.saw_stray.store(true, Ordering::Relaxed);
                 DnsCounters::bump(&counters.mismatched);
                 tracing::debug!("ignored an upstream datagram that answers no query in flight");
                 self.retire();
@@ -278,7 +286,15 @@ impl Lease {
     /// The query got a datagram under its ID that does not answer it: its port is known to
     /// someone, so the socket takes no new queries.
     pub fn retire_socket(&self) {
+        self.socket.saw_stray.store(true, Ordering::Relaxed);
         self.socket.retire();
+    }
+
+    /// Whether a datagram that answered no query (or not its query) arrived on the socket so
+    /// far.
+    #[must_use]
+    pub fn saw_stray(&self) -> bool {
+        self.socket.saw_stray.load(Ordering::Relaxed)
     }
 
     /// The socket's port, for tests.

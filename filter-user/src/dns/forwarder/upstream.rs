@@ -17,29 +17,40 @@ use crate::dns::{
     message::{Question, UpstreamQuery},
 };
 
+/// The upstream's answer to a question.
+pub(super) struct Answered {
+    pub message: Message,
+    /// A datagram that answered nothing (an unknown ID, or the query's ID without its
+    /// question) arrived on the query's socket first: someone knows the port and may be forging.
+    pub stray: bool,
+}
+
 impl Forwarder {
     pub(super) async fn ask_upstream(
         &self,
         question: &Question,
         transport: Transport,
-    ) -> anyhow::Result<Message> {
+    ) -> anyhow::Result<Answered> {
         let mut query = UpstreamQuery::new(question);
+        let mut stray = false;
         if transport == Transport::Udp {
-            let answer = timeout(self.config.upstream_timeout, self.ask_udp(&mut query))
+            let answered = timeout(self.config.upstream_timeout, self.ask_udp(&mut query))
                 .await
                 .context("timed out")??;
-            if !answer.metadata.truncation {
-                return Ok(answer);
+            if !answered.message.metadata.truncation {
+                return Ok(answered);
             }
+            stray = answered.stray;
             DnsCounters::bump(&self.counters.tcp_retries);
         }
         let wire = query.to_bytes().map_err(anyhow::Error::msg)?;
-        timeout(self.config.upstream_timeout, self.ask_tcp(&query, &wire))
+        let message = timeout(self.config.upstream_timeout, self.ask_tcp(&query, &wire))
             .await
-            .context("timed out over TCP")?
+            .context("timed out over TCP")??;
+        Ok(Answered { message, stray })
     }
 
-    async fn ask_udp(&self, query: &mut UpstreamQuery) -> anyhow::Result<Message> {
+    async fn ask_udp(&self, query: &mut UpstreamQuery) -> anyhow::Result<Answered> {
         // The pool may give the query another ID (its own was taken on the socket it got).
         let mut lease = self.upstream_pool.lease(query)?;
         let wire = query.to_bytes().map_err(anyhow::Error::msg)?;
@@ -53,7 +64,12 @@ impl Forwarder {
                 .await
                 .context("the upstream socket failed")?;
             match query.check_answer(&datagram[..datagram.len().min(cut)]) {
-                Ok(answer) => return Ok(answer),
+                Ok(message) => {
+                    return Ok(Answered {
+                        message,
+                        stray: lease.saw_stray(),
+                    })
+                }
                 Err(err) => {
                     // Maybe a forgery: keep waiting for the real answer, until the timeout,
                     // and let no new query use a port someone found.

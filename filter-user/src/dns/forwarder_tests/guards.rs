@@ -210,6 +210,68 @@ async fn a_client_at_its_bound_gets_through_once_its_oldest_query_has_waited_lon
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_question_whose_first_asker_is_displaced_is_still_answered_to_those_who_joined_it() {
+    let upstream = stub().await;
+    let config = ForwarderConfig {
+        max_queries_per_client: 1,
+        displace_after: Some(Duration::from_millis(200)),
+        ..ForwarderConfig::new(upstream.addr, false)
+    };
+    let f = forwarder(config, Duration::ZERO).await;
+    // 127.0.0.1 asks first (its query drives the upstream query, answered after STUB_DELAY);
+    // 127.0.0.2 asks the same and joins it.
+    let first = tokio::spawn(reply_within_udp(
+        Ipv4Addr::LOCALHOST,
+        f.addr,
+        query("delay.listed.test.", 1),
+    ));
+    while upstream.queries.load(Ordering::SeqCst) < 1 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let joined = tokio::spawn(async move {
+        ask_udp_from(
+            Ipv4Addr::new(127, 0, 0, 2),
+            f.addr,
+            &query("delay.listed.test.", 2),
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    // 127.0.0.1 at its bound of one, its query older than 200 ms: the new one displaces it.
+    let other = ask_udp(f.addr, &query("other.listed.test.", 3)).await;
+    assert_eq!(other.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(f.counters.values().displaced, 1);
+    let joined = joined.await.unwrap();
+    assert_eq!(
+        (joined.metadata.response_code, joined.answers.len()),
+        (ResponseCode::NoError, 1),
+        "the client that joined gets the answer the displaced query had asked for"
+    );
+    assert!(
+        first.await.unwrap().is_none(),
+        "the displaced query gets no reply"
+    );
+    assert_eq!(
+        upstream.queries.load(Ordering::SeqCst),
+        2,
+        "delay once, other once"
+    );
+    assert_eq!(f.learned.lock().unwrap().len(), 2, "both answers opened");
+}
+
+/// The reply `client` gets to `bytes` within a second, if any.
+async fn reply_within_udp(client: Ipv4Addr, server: SocketAddr, bytes: Vec<u8>) -> Option<Message> {
+    let socket = UdpSocket::bind((client, 0)).await.unwrap();
+    socket.send_to(&bytes, server).await.unwrap();
+    let mut buffer = vec![0u8; 1500];
+    let len = timeout(Duration::from_secs(1), socket.recv(&mut buffer))
+        .await
+        .ok()?
+        .ok()?;
+    Message::from_vec(&buffer[..len]).ok()
+}
+
 /// A small deterministic generator, so a failure replays.
 struct XorShift(u64);
 

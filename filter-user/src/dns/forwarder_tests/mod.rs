@@ -284,6 +284,7 @@ async fn ask_tcp(server: SocketAddr, bytes: &[u8]) -> Message {
     Message::from_vec(&reply).unwrap()
 }
 
+mod cache;
 mod clients;
 mod guards;
 mod learning;

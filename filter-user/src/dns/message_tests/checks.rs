@@ -17,7 +17,7 @@ fn a_plain_query_is_forwarded_under_a_new_id_and_answered_under_the_old() {
         vec![a("device.manage.microsoft.com.", 30, "198.51.100.7")],
     );
     let checked = sent.check_answer(&answer.to_vec().unwrap()).unwrap();
-    let reply = Message::from_vec(&q.reply(&checked, 512).unwrap().bytes).unwrap();
+    let reply = Message::from_vec(&q.reply(&checked, 512, 0).unwrap().bytes).unwrap();
     assert_eq!(reply.metadata.id, 7, "the client's ID is restored");
     assert!(
         reply.queries[0]

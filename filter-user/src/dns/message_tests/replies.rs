@@ -75,10 +75,11 @@ fn an_answer_too_big_for_udp_is_truncated_for_a_retry_over_tcp() {
         }))
         .collect();
     let answer = answer_to(&UpstreamQuery::new(&q.question()), records);
-    let reply = Message::from_vec(&q.reply(&answer, q.udp_limit()).unwrap().bytes).unwrap();
+    let reply = Message::from_vec(&q.reply(&answer, q.udp_limit(), 0).unwrap().bytes).unwrap();
     assert!(reply.metadata.truncation && reply.answers.is_empty());
     assert_eq!(reply.queries, q.message.queries);
-    let full = Message::from_vec(&q.reply(&answer, usize::from(u16::MAX)).unwrap().bytes).unwrap();
+    let full =
+        Message::from_vec(&q.reply(&answer, usize::from(u16::MAX), 0).unwrap().bytes).unwrap();
     assert!(
         !full.metadata.truncation && full.answers.len() == 50,
         "over TCP it all goes"
@@ -105,7 +106,7 @@ fn a_client_claiming_a_huge_edns_size_gets_at_most_the_cap_over_udp_truncated() 
         })
         .collect();
     let answer = answer_to(&UpstreamQuery::new(&q.question()), records);
-    let reply = q.reply(&answer, q.udp_limit()).unwrap();
+    let reply = q.reply(&answer, q.udp_limit(), 0).unwrap();
     assert!(reply.truncated);
     assert!(
         reply.bytes.len() <= usize::from(MAX_UDP_REPLY),
@@ -120,7 +121,7 @@ fn a_client_claiming_a_huge_edns_size_gets_at_most_the_cap_over_udp_truncated() 
         vec![a("big.example.com.", 60, "192.0.2.1")],
     );
     assert!(
-        !q.reply(&small, q.udp_limit()).unwrap().truncated,
+        !q.reply(&small, q.udp_limit(), 0).unwrap().truncated,
         "what fits goes whole"
     );
     assert_eq!(
@@ -141,7 +142,7 @@ fn ttls_passed_on_are_capped_like_the_learned_entries() {
             a("a.example.com.", 300, "192.0.2.3"),
         ],
     );
-    let reply = Message::from_vec(&q.reply(&answer, 512).unwrap().bytes).unwrap();
+    let reply = Message::from_vec(&q.reply(&answer, 512, 0).unwrap().bytes).unwrap();
     let ttls: Vec<u32> = reply.answers.iter().map(|r| r.ttl).collect();
     assert_eq!(ttls, [86_400, 0, 300]);
 }
@@ -202,7 +203,7 @@ proptest! {
             Incoming::Query(q) => {
                 let sent = UpstreamQuery::new(&q.question());
                 let _ = sent.to_bytes();
-                let _ = q.reply(&answer_to(&sent, vec![]), 512);
+                let _ = q.reply(&answer_to(&sent, vec![]), 512, 0);
             }
             Incoming::Ignore => {}
         }
@@ -240,7 +241,7 @@ proptest! {
             });
             prop_assert!(answers_the_question, "{} does not answer {:?} for {}", address, asked, end);
         }
-        let reply = Message::from_vec(&q.reply(&checked, usize::from(u16::MAX)).unwrap().bytes).unwrap();
+        let reply = Message::from_vec(&q.reply(&checked, usize::from(u16::MAX), 0).unwrap().bytes).unwrap();
         prop_assert_eq!(reply.metadata.id, 7);
         prop_assert_eq!(reply.answers.len(), records.len());
     }

@@ -1,5 +1,6 @@
 //! The DNS forwarder (issue 6, part 5): the latency it adds over asking the upstream directly,
-//! and the queries per second it answers, on this machine.
+//! and the queries per second it answers, on this machine; with its answer cache (the default)
+//! and without it (`--dns-cache 0`), each on a daemon started afresh.
 //!
 //! One namespace holds dnsmasq on 127.0.0.1:5300 (the upstream, answering from a hosts file)
 //! and the real daemon (`run --dns-listen 127.0.0.1:5353 --dns-upstream 127.0.0.1:5300`, XDP on
@@ -10,13 +11,15 @@
 //! directly and then through the forwarder (interleaved, so both see the same machine), for:
 //! - a listed name answered for the first time: the forwarder writes a new host route to the
 //!   kernel map before it answers (every one of [`NAMES`] names has its own address);
-//! - the same names again: known open, the answer goes at once and the entry is extended;
-//! - unlisted names: forwarded and answered, nothing learned.
+//! - the same names again: known open; with the cache, answered from it, without it forwarded
+//!   and the answer sent at once;
+//! - unlisted names: nothing learned; with the cache, answered from it after the first ask of
+//!   each of the [`UNLISTED`] names, without it forwarded.
 //!
 //! Added latency = the forwarder's percentile minus the direct one in the same row. Throughput:
 //! [`LOAD_CLIENTS`] threads, each from its own loopback address keeping [`WINDOW`] queries in
 //! flight (a new one as each is answered), for [`QPS_SECONDS`] or [`MAX_LOAD_QUERIES`] queries,
-//! through the forwarder and directly; only answers that answer count. The daemon, dnsmasq and
+//! through each daemon and directly; only answers that answer count. The daemon, dnsmasq and
 //! the load share this machine's two cores.
 
 use std::{
@@ -68,9 +71,11 @@ pub(crate) struct LatencyRow {
     pub forwarded: Latency,
 }
 
-pub(crate) struct DnsFigures {
+/// What one daemon measured: with its answer cache (the default) or without (`--dns-cache 0`,
+/// every query forwarded).
+pub(crate) struct Run {
+    pub cache: bool,
     pub rows: Vec<LatencyRow>,
-    pub direct_load: Load,
     pub forwarder_load: Load,
     /// The daemon's CPU time (user and system, all threads) per query answered under the
     /// forwarder's load: what the forwarder costs, whatever else the machine runs.
@@ -79,8 +84,27 @@ pub(crate) struct DnsFigures {
     pub learned: u64,
 }
 
+pub(crate) struct DnsFigures {
+    pub runs: Vec<Run>,
+    pub direct_load: Load,
+}
+
+/// The daemon with its cache, then without; dnsmasq's own throughput last.
 pub(crate) fn measure(binary: &Path) -> anyhow::Result<DnsFigures> {
-    let setup = Setup::start(binary)?;
+    let (cached, _) = measure_run(binary, true)?;
+    let (forwarded, setup) = measure_run(binary, false)?;
+    let direct_load = load(&setup.ns, UPSTREAM.parse()?)?;
+    Ok(DnsFigures {
+        runs: vec![cached, forwarded],
+        direct_load,
+    })
+}
+
+/// The latency rows and the load through one daemon, with or without its cache; returns the
+/// setup (dnsmasq and that daemon) still running.
+fn measure_run(binary: &Path, cache: bool) -> anyhow::Result<(Run, Setup)> {
+    let extra: &[&str] = if cache { &[] } else { &["--dns-cache", "0"] };
+    let setup = Setup::start(binary, extra)?;
     let ns = setup.ns.clone();
     // One thread in the namespace does the latency runs, in order.
     let latency = std::thread::spawn(move || -> anyhow::Result<_> {
@@ -99,6 +123,17 @@ pub(crate) fn measure(binary: &Path) -> anyhow::Result<DnsFigures> {
                 )
             })
             .collect();
+        let (again, other) = if cache {
+            (
+                "listed name, asked again (from the cache)",
+                "unlisted name (250 cycled: from the cache after the first ask of each)",
+            )
+        } else {
+            (
+                "listed name, asked again (known open, forwarded)",
+                "unlisted name (forwarded only)",
+            )
+        };
         // Warm dnsmasq's answers up, then measure.
         timed(&[upstream], &listed, "warm-up")?;
         Ok(vec![
@@ -108,18 +143,8 @@ pub(crate) fn measure(binary: &Path) -> anyhow::Result<DnsFigures> {
                 &listed,
                 "listed name, first answer (map write)",
             )?,
-            paired(
-                upstream,
-                forwarder,
-                &listed,
-                "listed name, asked again (known open)",
-            )?,
-            paired(
-                upstream,
-                forwarder,
-                &unlisted,
-                "unlisted name (forwarded only)",
-            )?,
+            paired(upstream, forwarder, &listed, again)?,
+            paired(upstream, forwarder, &unlisted, other)?,
         ])
     });
     let rows = latency
@@ -138,14 +163,16 @@ pub(crate) fn measure(binary: &Path) -> anyhow::Result<DnsFigures> {
         .daemon_cpu()?
         .saturating_sub(cpu_before)
         .div_f64(answered.max(1.0));
-    let direct_load = load(&setup.ns, UPSTREAM.parse()?)?;
-    Ok(DnsFigures {
-        rows,
-        direct_load,
-        forwarder_load,
-        daemon_cpu_per_query,
-        learned,
-    })
+    Ok((
+        Run {
+            cache,
+            rows,
+            forwarder_load,
+            daemon_cpu_per_query,
+            learned,
+        },
+        setup,
+    ))
 }
 
 fn query(name: &str, kind: RecordType, id: usize) -> Vec<u8> {
@@ -362,7 +389,8 @@ struct Setup {
 }
 
 impl Setup {
-    fn start(binary: &Path) -> anyhow::Result<Self> {
+    /// dnsmasq and the daemon, run with `extra` arguments.
+    fn start(binary: &Path, extra: &[&str]) -> anyhow::Result<Self> {
         let id = format!("{:x}", std::process::id());
         let mut setup = Self {
             ns: format!("ef-bench-dns-{id}"),
@@ -406,6 +434,7 @@ impl Setup {
             .arg(setup.dir.join("bench.toml"))
             .args(["--xdp", "bd0", "--no-self-allow", "--pin-path", &setup.pin])
             .args(["--dns-listen", FORWARDER, "--dns-upstream", UPSTREAM])
+            .args(extra)
             .env("RUST_LOG", "warn,filter_user::daemon=info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -474,48 +503,71 @@ pub(crate) fn table(f: &DnsFigures) -> String {
     let mut t = format!(
         "## DNS forwarder\n\nOne query at a time over loopback in a namespace, {NAMES} queries per row, \
          each asked of dnsmasq directly and then through the real daemon's forwarder \
-         (`--dns-listen`, one rule `*.cdn.bench.test`), interleaved. Added = the forwarder's \
-         percentile minus dnsmasq's own in the same row. Goal: ≤ 1 ms added at p99, ≥ 40k \
-         queries/s.\n\n\
-         | query | direct p50 / p99 µs | forwarded p50 / p99 µs | added p50 µs | added p99 µs | goal |\n\
-         |---|---|---|---|---|---|\n"
+         (`--dns-listen`, one rule `*.cdn.bench.test`), interleaved; the daemon with its answer \
+         cache (the default) and, started afresh, without it (`--dns-cache 0`: every query \
+         forwarded). Added = the forwarder's percentile minus dnsmasq's own in the same row. \
+         Goal: ≤ 1 ms added at p99, ≥ 40k queries/s.\n\n\
+         | daemon | query | direct p50 / p99 µs | forwarded p50 / p99 µs | added p50 µs | added p99 µs | goal |\n\
+         |---|---|---|---|---|---|---|\n"
     );
-    for row in &f.rows {
-        let (d, w) = (&row.direct, &row.forwarded);
-        let (a50, a99) = (us(w.p50) - us(d.p50), us(w.p99) - us(d.p99));
-        let _ = writeln!(
-            t,
-            "| {} | {:.0} / {:.0} | {:.0} / {:.0} | {a50:.0} | {a99:.0} | ≤ 1000 µs: {} |",
-            row.label,
-            us(d.p50),
-            us(d.p99),
-            us(w.p50),
-            us(w.p99),
-            crate::verdict(a99 <= 1000.0)
-        );
+    let daemon = |run: &Run| {
+        if run.cache {
+            "cache on (default)"
+        } else {
+            "cache off (`--dns-cache 0`)"
+        }
+    };
+    for run in &f.runs {
+        for row in &run.rows {
+            let (d, w) = (&row.direct, &row.forwarded);
+            let (a50, a99) = (us(w.p50) - us(d.p50), us(w.p99) - us(d.p99));
+            let _ = writeln!(
+                t,
+                "| {} | {} | {:.0} / {:.0} | {:.0} / {:.0} | {a50:.0} | {a99:.0} | ≤ 1000 µs: {} |",
+                daemon(run),
+                row.label,
+                us(d.p50),
+                us(d.p99),
+                us(w.p50),
+                us(w.p99),
+                crate::verdict(a99 <= 1000.0)
+            );
+        }
     }
-    let (w, d) = (&f.forwarder_load, &f.direct_load);
     let _ = writeln!(
         t,
         "\nThroughput: {LOAD_CLIENTS} client threads, each from its own address with {WINDOW} \
          queries in flight (the forwarder's bound per client), a new one sent as each is \
-         answered, {QPS_SECONDS} s, listed names (known open); only NOERROR answers with records \
-         count. Through the forwarder {:.0} queries/s (≥ 40k: {}; {} failed or unanswered; \
-         under this load p50 / p99 {:.0} / {:.0} µs); dnsmasq directly {:.0} queries/s ({} \
-         failed; p50 / p99 {:.0} / {:.0} µs). The daemon learned {} addresses during the run \
-         (`stats`). The daemon's CPU time per query answered under this load: {:.1} µs. The \
-         clients, the daemon and dnsmasq share the machine's cores.",
-        w.answered_per_second,
-        crate::verdict(w.answered_per_second >= 40_000.0),
-        w.failed,
-        us(w.latency.p50),
-        us(w.latency.p99),
+         answered, {QPS_SECONDS} s, the {NAMES} listed names again (known open; with the cache \
+         on, answered from it); only NOERROR answers with records count. Daemon CPU = its CPU \
+         time (`/proc`, all threads) over the load divided by the answers. The clients, the \
+         daemon and dnsmasq share the machine's cores.\n\n\
+         | server | queries/s | goal ≥ 40k | failed or unanswered | p50 / p99 µs under load | daemon CPU per query | addresses learned (`stats`) |\n\
+         |---|---|---|---|---|---|---|"
+    );
+    for run in &f.runs {
+        let w = &run.forwarder_load;
+        let _ = writeln!(
+            t,
+            "| forwarder, {} | {:.0} | {} | {} | {:.0} / {:.0} | {:.1} µs | {} |",
+            daemon(run),
+            w.answered_per_second,
+            crate::verdict(w.answered_per_second >= 40_000.0),
+            w.failed,
+            us(w.latency.p50),
+            us(w.latency.p99),
+            us(run.daemon_cpu_per_query),
+            run.learned
+        );
+    }
+    let d = &f.direct_load;
+    let _ = writeln!(
+        t,
+        "| dnsmasq directly | {:.0} | - | {} | {:.0} / {:.0} | - | - |",
         d.answered_per_second,
         d.failed,
         us(d.latency.p50),
         us(d.latency.p99),
-        f.learned,
-        us(f.daemon_cpu_per_query)
     );
     t
 }
