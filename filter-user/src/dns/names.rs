@@ -75,9 +75,28 @@ impl NameMatcher {
     }
 
     /// Whether any service claims `name` (presentation form, as for [`Self::services`]).
+    ///
+    /// Asked for every name of every answer's chain, so the usual name is read as text: one
+    /// made only of characters a rule's host may hold (lower-case letters, digits, `-`, `_`)
+    /// and dots between non-empty labels has no escape, so its text is its labels joined by
+    /// dots, and the text after each dot is a suffix to look up as a wildcard. Any other
+    /// spelling (capitals, an escaped byte) goes through [`Self::services`], label by label.
     #[must_use]
     pub fn matches_any(&self, name: &str) -> bool {
-        !self.services(name).is_empty()
+        let name = name.strip_suffix('.').unwrap_or(name);
+        let plain = name.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        });
+        if !plain {
+            return !self.services(name).is_empty();
+        }
+        self.exact.contains_key(name)
+            || name
+                .match_indices('.')
+                .any(|(dot, _)| self.wildcard.contains_key(&name[dot + 1..]))
     }
 
     #[must_use]
@@ -252,6 +271,7 @@ mod tests {
                 .filter(|(_, s)| can_match && s.hosts.iter().any(|h| h.matches(&name)))
                 .map(|(i, _)| i)
                 .collect();
+            prop_assert_eq!(m.matches_any(&name), !naive.is_empty(), "{}", name);
             prop_assert_eq!(m.services(&name), naive, "{}", name);
         }
     }

@@ -39,7 +39,11 @@ impl SeenNames {
         for address in addresses {
             let stamp = seen.next;
             seen.next += 1;
-            seen.names.insert(address, name.to_owned());
+            // The same name again (the usual case: devices ask the same names all day) keeps
+            // its text; only its place in the order moves.
+            if seen.names.get(&address).is_none_or(|known| known != name) {
+                seen.names.insert(address, name.to_owned());
+            }
             seen.stamps.insert(address, stamp);
             seen.order.push_back((address, stamp));
             while seen.names.len() > CAPACITY || seen.order.len() > 2 * CAPACITY {
