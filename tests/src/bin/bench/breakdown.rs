@@ -8,11 +8,7 @@ use filter_common::{maps as names, Config, Mode};
 use filter_tests::harness::Filter;
 use filter_user::table::AllowTable;
 
-use crate::per_packet::{self, Baseline, Kind};
-
-/// Rounds per program; each figure is the median of the rounds' means.
-const ROUNDS: usize = 5;
-const REPEAT: u32 = 20_000;
+use crate::per_packet::{self, Baseline, Kind, REPEAT, ROUNDS};
 
 /// The variants, with what each leaves out.
 const VARIANTS: [(&str, &str); 8] = [
@@ -46,7 +42,7 @@ const KINDS: [Kind; 4] = [
     Kind::Ipv6ExtDroppedMiss,
 ];
 
-/// One program's median cost per frame kind.
+/// One program's cost per frame kind (each frame's fastest round, averaged).
 pub(crate) struct Line {
     pub program: String,
     pub left_out: String,
@@ -87,41 +83,34 @@ pub(crate) fn measure(
             .iter()
             .map(|(n, what)| ((*n).to_owned(), (*what).to_owned())),
     );
-    let mut samples = vec![vec![Vec::new(); frames.len()]; programs.len()];
-    for _ in 0..ROUNDS {
-        for (program_index, (program, _)) in programs.iter().enumerate() {
+    let mut per_program = vec![Vec::new(); programs.len()];
+    for (_, kind_frames) in &frames {
+        let ns = per_packet::fastest_means(kind_frames, programs.len(), |index, frame| {
+            let program = &programs[index].0;
             let checks_sources = !program.ends_with("without source check");
             filter.maps.set_config(bench_config(checks_sources))?;
-            for (kind_index, (_, kind_frames)) in frames.iter().enumerate() {
-                let mut total = 0.0;
-                for frame in kind_frames {
-                    total += if program == "baseline_pass" {
-                        baseline.mean_ns_repeat(std::slice::from_ref(frame), REPEAT)?
-                    } else if program.starts_with(names::PROG_XDP) {
-                        filter.run_xdp_named(names::PROG_XDP, frame, REPEAT)?.1 as f64
-                    } else {
-                        filter.run_xdp_named(program, frame, REPEAT)?.1 as f64
-                    };
-                }
-                samples[program_index][kind_index].push(total / kind_frames.len() as f64);
-            }
+            Ok(if program == "baseline_pass" {
+                baseline.run(frame, REPEAT)?
+            } else if program.starts_with(names::PROG_XDP) {
+                filter.run_xdp_named(names::PROG_XDP, frame, REPEAT)?.1
+            } else {
+                filter.run_xdp_named(program, frame, REPEAT)?.1
+            })
+        })?;
+        for (line, ns) in per_program.iter_mut().zip(ns) {
+            line.push(ns);
         }
     }
     filter.maps.set_config(bench_config(true))?;
     Ok(programs
         .into_iter()
-        .zip(samples)
-        .map(|((program, left_out), per_kind)| Line {
+        .zip(per_program)
+        .map(|((program, left_out), ns)| Line {
             program,
             left_out,
-            ns: per_kind.into_iter().map(median).collect(),
+            ns,
         })
         .collect())
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }
 
 /// The config the per-packet figures run under: enforce, drop events off (the datapath is
@@ -153,7 +142,8 @@ pub(crate) fn table(lines: &[Line], prefixes: usize, command: &str) -> anyhow::R
         "## Where the per-packet time goes (XDP)\n\nProduced by `{command}`. `egress_xdp` beside \
          variants of itself with one part left out (`filter-ebpf/src/ablation.rs`), on the same \
          {} frames per column, {prefixes} prefixes per family loaded, source check on, drop events \
-         off; median of {ROUNDS} interleaved rounds of {REPEAT} repeats per frame. \"Saves\" is the \
+         off; each frame's fastest of {ROUNDS} interleaved rounds of {REPEAT} repeats, averaged \
+         over the frames. \"Saves\" is the \
          full program minus the variant: what the part left out costs.\n\n| program | left out |",
         per_packet::KEYS
     );

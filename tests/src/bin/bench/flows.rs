@@ -14,13 +14,11 @@ use filter_user::{
 };
 
 use crate::{
-    per_packet::{self, KEYS},
+    per_packet::{self, KEYS, REPEAT, ROUNDS},
     prefixes::{self, Rng},
     updates,
 };
 
-const ROUNDS: usize = 5;
-const REPEAT: u32 = 20_000;
 const SOURCE: &str = "192.0.2.1";
 const SPORT: u16 = 40000;
 
@@ -79,30 +77,23 @@ pub(crate) fn measure(size: usize) -> anyhow::Result<Vec<Row>> {
     per_packet::configure_as_daemon(&mut filter)?;
     filter.load_extra_xdp("abl_no_flows")?;
     let frames = frames(&mut filter, &table, &mut rng)?;
-    let mut samples = vec![[Vec::new(), Vec::new(), Vec::new()]; frames.len()];
-    for _ in 0..ROUNDS {
-        for (kind_frames, kind_samples) in frames.iter().zip(&mut samples) {
-            let mut totals = [0.0; 3];
-            for frame in kind_frames {
-                totals[0] += filter.run_xdp_named(names::PROG_XDP, frame, REPEAT)?.1 as f64;
-                totals[1] += filter.run_xdp_named("abl_no_flows", frame, REPEAT)?.1 as f64;
-                totals[2] += filter.run_repeated(Hook::Tc, frame, REPEAT)?.1 as f64;
-            }
-            for (sample, total) in kind_samples.iter_mut().zip(totals) {
-                sample.push(total / kind_frames.len() as f64);
-            }
-        }
-    }
-    Ok(Kind::ALL
-        .iter()
-        .zip(samples)
-        .map(|(kind, [xdp, no_flows, tc])| Row {
+    let mut rows = Vec::new();
+    for (kind, kind_frames) in Kind::ALL.iter().zip(&frames) {
+        let ns = per_packet::fastest_means(kind_frames, 3, |program, frame| {
+            Ok(match program {
+                0 => filter.run_xdp_named(names::PROG_XDP, frame, REPEAT)?.1,
+                1 => filter.run_xdp_named("abl_no_flows", frame, REPEAT)?.1,
+                _ => filter.run_repeated(Hook::Tc, frame, REPEAT)?.1,
+            })
+        })?;
+        rows.push(Row {
             label: kind.label(),
-            xdp_ns: median(xdp),
-            no_flows_ns: median(no_flows),
-            tc_ns: median(tc),
-        })
-        .collect())
+            xdp_ns: ns[0],
+            no_flows_ns: ns[1],
+            tc_ns: ns[2],
+        });
+    }
+    Ok(rows)
 }
 
 /// `KEYS` frames per kind; the flows of the kept kind recorded and their addresses marked, the
@@ -150,19 +141,14 @@ fn frames(
     Ok(all)
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
 /// The markdown table.
 pub(crate) fn table(rows: &[Row], prefixes: usize, command: &str) -> String {
     use std::fmt::Write as _;
     let mut t = format!(
         "## Connections kept past their address\n\nProduced by `{command}`. {prefixes} prefixes \
          per family (TCP and UDP 443), source check on, drop events off, flows kept with the \
-         daemon's default bounds ({} s idle, {} s in all); {KEYS} frames per row, median of \
-         {ROUNDS} interleaved rounds of {REPEAT} repeats per frame. `abl_no_flows` is \
+         daemon's default bounds ({} s idle, {} s in all); {KEYS} frames per row, each frame's \
+         fastest of {ROUNDS} interleaved rounds of {REPEAT} repeats, averaged over the frames. `abl_no_flows` is \
          `egress_xdp` without the flow table: the difference is what flows cost on that \
          path.\n\n| packet | `egress_xdp` ns | `abl_no_flows` ns | flows cost ns | `egress_tc` ns |\n\
          |---|---|---|---|---|\n",

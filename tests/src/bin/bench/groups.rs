@@ -11,17 +11,15 @@ use filter_user::{maps::InterfaceGroups, rules::Group, table::AllowTable};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::{
-    per_packet::KEYS,
+    per_packet::{self, KEYS, REPEAT, ROUNDS},
     prefixes::{self, Rng},
     updates,
 };
 
-const ROUNDS: usize = 9;
 /// `egress_xdp` without the group lookup: every source in `default`.
 const NO_GROUPS: &str = "abl_no_groups";
 /// `egress_xdp` with the group lookup replaced by one inlined array read: the yardstick.
 const ONE_READ: &str = "abl_group_one_read";
-const REPEAT: u32 = 20_000;
 /// Group prefixes per family in the rows that have groups.
 const GROUP_SIZES: [usize; 3] = [0, 16, 1024];
 
@@ -106,30 +104,14 @@ fn frames(groups: &[Group], table: &AllowTable, v6: bool, rng: &mut Rng) -> Vec<
         .collect()
 }
 
-/// The mean over frames of each frame's fastest round, for each program: `egress_xdp`,
-/// [`NO_GROUPS`], [`ONE_READ`], interleaved frame by frame. The fastest of several rounds, not
-/// their median: the programs are deterministic, so what slows a round (a preemption, the
-/// hypervisor taking the core, a frequency step) only ever adds, and the minimum is the
-/// estimate it disturbs least. Medians on this machine kind moved by 10-30 ns between runs,
-/// more than the few ns this table is about.
+/// Each program's mean per frame, the fastest of interleaved rounds
+/// ([`per_packet::fastest_means`]): `egress_xdp`, [`NO_GROUPS`], [`ONE_READ`].
 fn time(filter: &mut Filter, frames: &[Vec<u8>]) -> anyhow::Result<[f64; 3]> {
     let programs = [names::PROG_XDP, NO_GROUPS, ONE_READ];
-    let mut fastest = vec![[u128::MAX; 3]; frames.len()];
-    for _ in 0..ROUNDS {
-        for (frame, fastest) in frames.iter().zip(&mut fastest) {
-            for (program, fastest) in programs.iter().zip(fastest.iter_mut()) {
-                let ns = filter.run_xdp_named(program, frame, REPEAT)?.1;
-                *fastest = (*fastest).min(ns);
-            }
-        }
-    }
-    let mut means = [0.0; 3];
-    for frame in &fastest {
-        for (mean, ns) in means.iter_mut().zip(frame) {
-            *mean += *ns as f64 / frames.len() as f64;
-        }
-    }
-    Ok(means)
+    let ns = per_packet::fastest_means(frames, programs.len(), |program, frame| {
+        Ok(filter.run_xdp_named(programs[program], frame, REPEAT)?.1)
+    })?;
+    Ok([ns[0], ns[1], ns[2]])
 }
 
 /// The markdown table.

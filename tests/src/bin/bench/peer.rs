@@ -93,17 +93,14 @@ impl XdpFilter {
     }
 
     /// Mean ns per run over `frames`, `repeat` runs each.
-    pub(crate) fn mean_ns(&mut self, frames: &[Vec<u8>], repeat: u32) -> anyhow::Result<f64> {
-        let mut total = 0.0;
-        for frame in frames {
-            let result = self.program.test_run(TestRunOptions {
-                data_in: Some(frame),
-                repeat,
-                ..TestRunOptions::default()
-            })?;
-            total += result.duration.as_nanos() as f64;
-        }
-        Ok(total / frames.len() as f64)
+    /// The mean ns of one run of `frame`, over `repeat` runs.
+    pub(crate) fn run(&mut self, frame: &[u8], repeat: u32) -> anyhow::Result<u128> {
+        let result = self.program.test_run(TestRunOptions {
+            data_in: Some(frame),
+            repeat,
+            ..TestRunOptions::default()
+        })?;
+        Ok(result.duration.as_nanos())
     }
 }
 
