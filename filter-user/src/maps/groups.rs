@@ -4,7 +4,7 @@
 //! the destination index's own.
 
 use aya::{
-    maps::{Array, Map, MapData, MapError},
+    maps::{Array, MapData},
     Ebpf,
 };
 use filter_common::{
@@ -18,7 +18,7 @@ use filter_common::{
 };
 use ipnet::IpNet;
 
-use super::{copies, mmap_err, take_map, MapWriteError};
+use super::{copies, mmap_err, take_map, take_mapped, MapWriteError};
 use crate::{
     ranges::{self, MappedArray},
     rules::Group,
@@ -43,18 +43,7 @@ pub(super) struct GroupMaps {
 impl GroupMaps {
     /// Takes the group maps out of a loaded object.
     pub(super) fn take_from(ebpf: &mut Ebpf) -> Result<Self, MapWriteError> {
-        fn mapped(ebpf: &mut Ebpf, name: &'static str) -> Result<MappedArray<u64>, MapWriteError> {
-            let map = ebpf.take_map(name).ok_or(MapWriteError::Missing(name))?;
-            let Map::Array(data) = map else {
-                return Err(MapWriteError::Layout {
-                    name,
-                    source: MapError::InvalidName {
-                        name: name.to_owned(),
-                    },
-                });
-            };
-            MappedArray::new(data, 2 * GROUP_INDEX_PER_COPY as usize).map_err(mmap_err(name))
-        }
+        let mapped = |ebpf: &mut Ebpf, name| take_mapped(ebpf, name, 2 * GROUP_INDEX_PER_COPY);
         Ok(Self {
             ranges_v4: take_map(ebpf, names::GROUP_RANGES_V4)?,
             ranges_v6: take_map(ebpf, names::GROUP_RANGES_V6)?,

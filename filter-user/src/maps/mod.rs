@@ -145,32 +145,15 @@ impl PolicyMaps {
     /// object's maps are empty, maps adopted from pins carry the last daemon's policy, which the
     /// next [`PolicyMaps::apply`] then changes only where it differs.
     pub fn take_from(ebpf: &mut Ebpf) -> Result<Self, MapWriteError> {
-        fn mapped<T: Copy>(
-            ebpf: &mut Ebpf,
-            name: &'static str,
-            len: u32,
-        ) -> Result<MappedArray<T>, MapWriteError> {
-            let map = ebpf.take_map(name).ok_or(MapWriteError::Missing(name))?;
-            let Map::Array(data) = map else {
-                return Err(MapWriteError::Layout {
-                    name,
-                    source: MapError::InvalidName {
-                        name: name.to_owned(),
-                    },
-                });
-            };
-            MappedArray::new(data, len as usize)
-                .map_err(|source| MapWriteError::Mmap { name, source })
-        }
         let table_state: Array<MapData, u32> = take_map(ebpf, names::TABLE_STATE)?;
         let state = table_state.get(&0, 0).unwrap_or(0);
         let mut maps = Self {
             allow_v4: take_map(ebpf, names::ALLOW_V4)?,
             allow_v6: take_map(ebpf, names::ALLOW_V6)?,
-            index_v4: mapped(ebpf, names::INDEX_V4, 2 * CHUNKS)?,
-            ranges_v4: mapped(ebpf, names::RANGES_V4, 2 * RANGES_PER_COPY)?,
-            index_v6: mapped(ebpf, names::INDEX_V6, 2 * CHUNKS)?,
-            ranges_v6: mapped(ebpf, names::RANGES_V6, 2 * RANGES_PER_COPY)?,
+            index_v4: take_mapped(ebpf, names::INDEX_V4, 2 * CHUNKS)?,
+            ranges_v4: take_mapped(ebpf, names::RANGES_V4, 2 * RANGES_PER_COPY)?,
+            index_v6: take_mapped(ebpf, names::INDEX_V6, 2 * CHUNKS)?,
+            ranges_v6: take_mapped(ebpf, names::RANGES_V6, 2 * RANGES_PER_COPY)?,
             table_state,
             state,
             // Adopted maps: the last writer may have switched copies a moment ago.
@@ -385,6 +368,25 @@ pub(crate) fn take_map<T: TryFrom<Map, Error = MapError>>(
 ) -> Result<T, MapWriteError> {
     let map = ebpf.take_map(name).ok_or(MapWriteError::Missing(name))?;
     T::try_from(map).map_err(|source| MapWriteError::Layout { name, source })
+}
+
+/// Takes the mmapable array `name`, of `len` elements, out of a loaded object, to be written as
+/// memory.
+pub(crate) fn take_mapped<T: Copy>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    len: u32,
+) -> Result<MappedArray<T>, MapWriteError> {
+    let map = ebpf.take_map(name).ok_or(MapWriteError::Missing(name))?;
+    let Map::Array(data) = map else {
+        return Err(MapWriteError::Layout {
+            name,
+            source: MapError::InvalidName {
+                name: name.to_owned(),
+            },
+        });
+    };
+    MappedArray::new(data, len as usize).map_err(mmap_err(name))
 }
 
 /// Whether a map operation failed because the key is not there: the kernel's `ENOENT`, which

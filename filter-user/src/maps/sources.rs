@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 
 use aya::{
-    maps::{lpm_trie::Key, Array, LpmTrie, Map, MapData},
+    maps::{lpm_trie::Key, Array, LpmTrie, MapData},
     Ebpf,
 };
 use filter_common::{
@@ -17,7 +17,7 @@ use filter_common::{
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-use super::{mmap_err, MapWriteError};
+use super::{mmap_err, take_mapped, MapWriteError};
 use crate::ranges::{self, MappedArray};
 
 /// The anti-spoofing tries: which source prefixes belong on which XDP interface.
@@ -42,14 +42,7 @@ impl SourceMaps {
         };
         let (v4, v4_name) = take(names::SOURCES_V4)?;
         let (v6, v6_name) = take(names::SOURCES_V6)?;
-        let slots = match ebpf.take_map(names::SOURCE_SLOTS) {
-            Some(Map::Array(data)) => MappedArray::new(data, 2 * SOURCE_SLOT_INTERFACES as usize)
-                .map_err(|source| MapWriteError::Mmap {
-                name: names::SOURCE_SLOTS,
-                source,
-            })?,
-            _ => return Err(MapWriteError::Missing(names::SOURCE_SLOTS)),
-        };
+        let slots = take_mapped(ebpf, names::SOURCE_SLOTS, 2 * SOURCE_SLOT_INTERFACES)?;
         let copy = ebpf
             .take_map(names::SOURCE_COPY)
             .ok_or(MapWriteError::Missing(names::SOURCE_COPY))

@@ -52,7 +52,10 @@ ratio columns, xdp-filter's column), not across runs.
   was never allowed and so can have no kept connection. A small array the daemon sets bits in
   before it marks an address expired would let those drops skip the hash (a bit read instead);
   it must be rebuilt from `EXPIRED_ADDRS` on adoption, or an upgrade would drop kept
-  connections. On the allowed path what would close the rest: fewer stack spills in the parser
+  connections. Tried: inlined, the check's registers pushed the TC program's stack 16 bytes past
+  the verifier's 512 beside the group lookup's call; out of line with the packet passed by
+  pointer, verification ran past its million instructions; with the address passed as numbers,
+  the stack again. It needs stack freed elsewhere on the drop path first. On the allowed path what would close the rest: fewer stack spills in the parser
   (the packet's fields are kept as bytes), one counter update per packet instead of two (the
   daemon's stats reader reads both maps), and the config flag folded into the table state read.
 - **TC.** The TC program runs the same code as XDP; the test run of a classifier builds an skb,
