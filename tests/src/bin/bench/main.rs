@@ -74,8 +74,8 @@ ratio columns, xdp-filter's column), not across runs.
   With groups, a source inside the window whose chunk lies inside one group pays a second (the
   chunk) and the inside test, inline, with no call; only other sources call the out-of-line
   search. The yardstick (`abl_group_one_read`) is one array read keyed by the source, what any
-  table answering in one read costs; what is left beyond it is the window read and the test,
-  a few ns. Reading the window in the same lookup as `TABLE_STATE` (one map value for both)
+  table answering in one read costs; what is left beyond it (the last column) is the window
+  read and the test: from nothing to about 13 ns across runs, as much as the runs move. Reading the window in the same lookup as `TABLE_STATE` (one map value for both)
   would remove the read, but changes that map's shape, which pinned filters of earlier builds
   cannot be upgraded over without a detach.
 - **Checking rules at the limits.** Met now: placing every span on its line was quadratic (100k
@@ -84,10 +84,10 @@ ratio columns, xdp-filter's column), not across runs.
 - **DNS forwarder.** The first answer for a listed name waits for its addresses to reach the
   kernel; its p99 lands near the 1 ms goal in a quiet run, several ms when the machine is busy.
   The throughput goal is met with the answer cache, the default: the bench's load asks the
-  listed names again, which devices do all day, and a kept answer costs the daemon 11-16 µs of
-  CPU instead of 35-45 µs (several `--only dns` runs on this commit: 75-111k queries/s).
-  Forwarding every query (`--dns-cache 0`) stays below it, at 30-39k queries/s in the same
-  runs (the build before the cache, 43-44 µs and 30k queries/s in two runs interleaved with
+  listed names again, which devices do all day, and a kept answer costs the daemon 11-17 µs of
+  CPU instead of 34-45 µs (this run and several `--only dns` runs of the same forwarder code:
+  72-111k queries/s). Forwarding every query (`--dns-cache 0`) stays below it, at 30-39k
+  queries/s in the same runs (the build before the cache, 43-44 µs and 30k queries/s in two runs interleaved with
   them): at about 40 µs a query the daemon alone needs 1.6 cores for 40k queries/s, and the two
   cores also run dnsmasq and the load. A `perf` profile (`--call-graph dwarf`) of that load puts
   a fifth in the kernel's loopback send path (each send runs the receiver's softirq in the
