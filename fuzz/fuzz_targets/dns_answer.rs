@@ -1,6 +1,7 @@
 //! An upstream's answer: the first bytes are the client's query, the rest the answer. Whatever
 //! both hold, checking the answer, following its CNAME chain and building the client's reply
-//! never panic, and what is learned stays within the chain bound.
+//! (fresh or from the cache, its TTLs counted down) never panic, and what is learned stays
+//! within the chain bound.
 #![no_main]
 
 use filter_user::dns::message::{learnable, read_query, Incoming, UpstreamQuery, MAX_CHAIN};
@@ -26,8 +27,10 @@ fuzz_target!(|data: &[u8]| {
     };
     let learned = learnable(&question, &answer);
     assert!(learned.chain.len() <= MAX_CHAIN + 1, "{:?}", learned.chain);
-    for limit in [512, 1232, 65_535] {
-        if let Ok(reply) = query.reply(&answer, limit) {
+    // Fresh, kept for a while (TTLs counted down), and kept past every TTL.
+    let ages = [0, u32::from(split) << 8, u32::MAX];
+    for (limit, age) in [512, 1232, 65_535].into_iter().zip(ages) {
+        if let Ok(reply) = query.reply(&answer, limit, age) {
             let reply = reply.bytes;
             assert!(
                 reply.len() <= limit.max(512),
