@@ -100,6 +100,11 @@ impl AnswerCache {
         }
     }
 
+    /// Whether it was made to keep nothing (`--dns-cache 0`).
+    pub(super) fn keeps_nothing(&self) -> bool {
+        self.capacity == 0
+    }
+
     /// The kept answer to `question`, if it may still be given under `matcher` and `epoch` at
     /// `now`. The caller still checks [`Hit::opened`] against what is known open.
     pub(super) fn get(
@@ -109,7 +114,7 @@ impl AnswerCache {
         epoch: u64,
         now: Instant,
     ) -> Option<Hit> {
-        if self.capacity == 0 {
+        if self.keeps_nothing() {
             return None;
         }
         let mut entries = self.lock();
@@ -138,7 +143,7 @@ impl AnswerCache {
     /// docs) and there is room.
     pub(super) fn keep(&self, question: &Question, exchange: &Exchange<'_>, now: Instant) {
         let answer = exchange.answer;
-        if self.capacity == 0
+        if self.keeps_nothing()
             || exchange.stray
             || answer.metadata.response_code != ResponseCode::NoError
             || answer.metadata.truncation
