@@ -9,6 +9,9 @@ use filter_common::maps::{PROG_TC, PROG_TC_INGRESS, PROG_TC_L3, PROG_XDP, PROG_X
 /// The object `build.rs` compiled from filter-ebpf: both programs and every map.
 pub const OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/egress-filter"));
 
+/// [`OBJECT`]'s sha256, in hex.
+pub const OBJECT_SHA256: &str = env!("EGRESS_FILTER_OBJECT_SHA256");
+
 /// Benchmark baseline: one XDP program, `baseline_pass`, that only returns XDP_PASS.
 pub const BASELINE_PASS_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/baseline-pass"));

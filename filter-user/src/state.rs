@@ -38,6 +38,10 @@ pub struct State {
     /// `Rules::keep_group_ids`), and events and `stats` name groups by them.
     #[serde(default)]
     pub groups: BTreeMap<String, u32>,
+    /// The sha256 of the kernel object whose programs the daemon attached: a restart of the
+    /// same build knows the attached programs read its maps as it writes them.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub programs: String,
 }
 
 /// What `stats` says about interfaces: every attachment held, the exact names asked for that do

@@ -74,6 +74,26 @@ pub fn load_with_pins(pins: &PinDir) -> anyhow::Result<Ebpf> {
         .context("cannot create or adopt the pinned maps")
 }
 
+/// A second load of the object, adopting the maps the first load pinned, with the programs
+/// `targets` need already through the verifier. The verifier is the slow part of a start (about
+/// half a second on a busy two-core machine); run on a thread of its own, it lets the daemon
+/// answer DNS in the meantime. A program that fails here is left unloaded: attaching it tries
+/// again and reports the failure where it always did.
+pub fn load_verified(pins: &PinDir, targets: &[Target]) -> anyhow::Result<Ebpf> {
+    let mut ebpf = load_with_pins(pins)?;
+    for target in targets {
+        let name = program_for(target.hook, target.layer);
+        let verified = match target.hook {
+            HookKind::Xdp => loader::loaded_xdp(&mut ebpf, name).map(drop),
+            HookKind::Tc | HookKind::TcIngress => loader::loaded_tc(&mut ebpf, name).map(drop),
+        };
+        if let Err(err) = verified {
+            tracing::debug!("{:#}", anyhow::Error::new(err));
+        }
+    }
+    Ok(ebpf)
+}
+
 /// Refuses to adopt maps pinned by a build whose maps have another shape: the programs would
 /// read them with this build's layout (counters out of range, say). The pinned filter keeps
 /// enforcing as it was until the operator detaches it.

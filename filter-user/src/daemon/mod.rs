@@ -206,6 +206,10 @@ struct Daemon {
     learned_store: Option<crate::learned_store::LearnedStore>,
     /// Bound at start, served once the policy is in place.
     listeners: Option<Listeners>,
+    /// Answering DNS from the moment the maps hold the policy; stops when `serve` returns.
+    forwarder: Option<JoinSet<()>>,
+    /// What the forwarder asks to learn before an answer goes.
+    learn_requests: mpsc::Receiver<LearnRequest>,
     dns_counters: Arc<DnsCounters>,
     saver: StateSaver,
     notifier: Notifier,
@@ -244,9 +248,8 @@ impl Daemon {
             self.opts.events,
         ));
         let _kernel_log = kernel_log::forward(&mut self.ebpf).map(AbortOnDrop);
-        let (learn_tx, mut learn_rx) = mpsc::channel::<LearnRequest>(MAX_IN_FLIGHT);
         // Dropping the set (when serve returns) stops the forwarder.
-        let _forwarder = self.start_forwarder(learn_tx);
+        let _forwarder = self.forwarder.take();
         // Lookups run beside the loop, so a slow resolver delays neither DNS answers nor signals.
         let (resolved_tx, mut resolved_rx) = mpsc::channel(4);
         // SIGHUP, and with --watch-rules a change of the rules on disk.
@@ -297,7 +300,7 @@ impl Daemon {
                     }
                     Update::None
                 }
-                Some(request) = learn_rx.recv() => {
+                Some(request) = self.learn_requests.recv() => {
                     self.learn(request);
                     Update::None
                 }
@@ -394,17 +397,25 @@ impl Daemon {
         }
     }
 
-    /// Starts answering DNS, if asked to.
-    fn start_forwarder(&mut self, learn: mpsc::Sender<LearnRequest>) -> Option<JoinSet<()>> {
-        let listeners = self.listeners.take()?;
-        let dns = self.opts.dns.as_ref()?;
+    /// Starts answering DNS, if asked to: once the maps hold the policy, since each answer's
+    /// addresses are written to them before it goes.
+    fn start_forwarder(&mut self) {
+        let (learn, requests) = mpsc::channel::<LearnRequest>(MAX_IN_FLIGHT);
+        // Without a forwarder the sender is dropped, and the loop never hears of a request.
+        self.learn_requests = requests;
+        let Some(listeners) = self.listeners.take() else {
+            return;
+        };
+        let Some(dns) = self.opts.dns.as_ref() else {
+            return;
+        };
         tracing::info!("answering DNS on {}", dns.describe(&listeners));
         tracing::info!(
             "answering DNS clients from {}",
             dns_clients::describe(&self.served.borrow())
         );
         let seen = self.enricher.read().map(|e| Arc::clone(&e.seen));
-        Some(listeners.serve(
+        self.forwarder = Some(listeners.serve(
             dns.forwarder_config(),
             Shared {
                 matcher: self.matcher.subscribe(),
@@ -414,7 +425,7 @@ impl Daemon {
                 epoch: self.learner.epoch(),
                 seen: seen.unwrap_or_default(),
             },
-        ))
+        ));
     }
 }
 

@@ -92,6 +92,7 @@ impl Daemon {
             dns: self.dns_stats(),
             interfaces: self.attachments.report(),
             groups: self.rules.group_ids(),
+            programs: crate::loader::OBJECT_SHA256.to_owned(),
         };
         self.saver.save(&self.pins.state_file(), &state);
     }

@@ -1,13 +1,14 @@
 //! Starting the daemon: resolve, load (adopting pins), number the counted interfaces, fill the
-//! maps, then attach (through the same step that follows link changes later), so the programs
-//! never run on maps that do not hold the policy yet.
+//! maps, answer DNS while the programs are verified, then attach (through the same step that
+//! follows link changes later), so the programs never run on maps that do not hold the policy
+//! yet and clients wait for the verifier only the first time.
 
 use std::{
     sync::{Arc, RwLock},
     time::{Duration, Instant},
 };
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use super::{
     allowances::Allowances,
@@ -29,6 +30,7 @@ use crate::{
     counters::Counters,
     dns::{DnsCounters, LearnPolicy, LearnedView, Listeners, NameMatcher},
     learned_store::{self, LearnedStore},
+    loader,
     maps::{FlowMaps, PolicyMaps, SourceMaps},
     metrics::{self, Metrics},
     pins::PinDir,
@@ -66,8 +68,9 @@ impl Daemon {
             },
             |dns| dns.learn,
         ));
-        if adopting {
-            seed_from_state(
+        // A fresh filter has nothing attached yet, so answering early opens nothing too soon.
+        let attached_read_our_maps = !adopting
+            || seed_from_state(
                 &pins,
                 &opts,
                 &mut rules,
@@ -76,7 +79,6 @@ impl Daemon {
                 &mut learner,
                 now,
             );
-        }
         let learned_store = opts
             .dns
             .as_ref()
@@ -131,6 +133,8 @@ impl Daemon {
             learner,
             learned_store,
             listeners,
+            forwarder: None,
+            learn_requests: mpsc::channel(1).1,
             dns_counters,
             saver: StateSaver::new(Instant::now()),
             notifier: Notifier::from_env(),
@@ -143,16 +147,69 @@ impl Daemon {
             link_watch: Some(first.watch),
             ebpf,
         };
-        daemon.apply_as(Update::Full, true, Cause::Start)?;
-        daemon.observer.policy_in_place(false);
-        daemon.carry_out(first.plan, &first.links, true).await?;
-        attach::remove_leftover_pins(&daemon.pins, &daemon.attachments.held)?;
+        daemon
+            .take_over(first.plan, &first.links, attached_read_our_maps)
+            .await?;
         Ok(daemon)
+    }
+
+    /// Writes the policy, then attaches; DNS is answered from the moment the maps hold the
+    /// policy, while the programs are verified, when `attached_read_our_maps`: the programs
+    /// attached now (an adopted filter's, still enforcing) were built from this very object,
+    /// so what an answer teaches is where they look. Otherwise (a filter pinned by another
+    /// build, whose programs may read the maps otherwise), DNS waits for this build's programs.
+    async fn take_over(
+        &mut self,
+        plan: Plan,
+        links: &[NamedLink],
+        attached_read_our_maps: bool,
+    ) -> anyhow::Result<()> {
+        self.apply_as(Update::Full, true, Cause::Start)?;
+        self.observer.policy_in_place(false);
+        if attached_read_our_maps {
+            self.start_forwarder();
+            self.verify_while_answering(&plan).await;
+            self.carry_out(plan, links, true).await?;
+        } else {
+            tracing::info!(
+                "the pinned filter was attached by another build: DNS is answered once this \
+                 build's programs are attached"
+            );
+            self.carry_out(plan, links, true).await?;
+            self.start_forwarder();
+        }
+        attach::remove_leftover_pins(&self.pins, &self.attachments.held)
+    }
+
+    /// Runs the programs the first attachments need through the verifier on a thread of its
+    /// own while the forwarder's answers are learned here: after a `kill -9`, clients wait for
+    /// the maps only, not for the verifier too. The object loaded there (the maps it adopts by
+    /// their pins are these very maps) replaces the one the maps were taken from.
+    async fn verify_while_answering(&mut self, plan: &Plan) {
+        let pins = self.pins.clone();
+        let targets = plan.attach.clone();
+        let verifying = tokio::task::spawn_blocking(move || attach::load_verified(&pins, &targets));
+        tokio::pin!(verifying);
+        loop {
+            tokio::select! {
+                verified = &mut verifying => {
+                    match verified {
+                        Ok(Ok(ebpf)) => self.ebpf = ebpf,
+                        // Attaching loads and verifies the programs itself, and says what fails.
+                        Ok(Err(err)) => tracing::debug!("verifying ahead: {err:#}"),
+                        Err(err) => tracing::debug!("verifying ahead: {err}"),
+                    }
+                    return;
+                }
+                Some(request) = self.learn_requests.recv() => self.learn(request),
+            }
+        }
     }
 }
 
 /// Keeps what the last daemon had resolved and learned until fresh answers replace it: the
-/// pinned maps still allow it, and clients still hold those answers.
+/// pinned maps still allow it, and clients still hold those answers. True when the state file
+/// says the attached programs were built from this build's object.
 fn seed_from_state(
     pins: &PinDir,
     opts: &RunOptions,
@@ -161,17 +218,20 @@ fn seed_from_state(
     hosts: &mut HostTable,
     learner: &mut Learner,
     now: Instant,
-) {
-    if let Some(state) = State::take_back(&pins.state_file()) {
-        // The pinned maps number the groups as the last daemon did.
-        rules.keep_group_ids(&state.groups);
-        for (name, addrs) in &state.hosts {
-            hosts.seed(name, addrs, now + opts.refresh.grace);
-        }
-        if opts.dns.is_some() {
-            learner.seed(rules, matcher, learned_before(pins, state), now);
-        }
+) -> bool {
+    let Some(state) = State::take_back(&pins.state_file()) else {
+        return false;
+    };
+    let same_programs = state.programs == loader::OBJECT_SHA256;
+    // The pinned maps number the groups as the last daemon did.
+    rules.keep_group_ids(&state.groups);
+    for (name, addrs) in &state.hosts {
+        hosts.seed(name, addrs, now + opts.refresh.grace);
     }
+    if opts.dns.is_some() {
+        learner.seed(rules, matcher, learned_before(pins, state), now);
+    }
+    same_programs
 }
 
 /// The learned store, with what was taken back as its first snapshot: from now on every answer

@@ -10,8 +10,8 @@ use filter_tests::{
 };
 
 use crate::common::{
-    dns_stats_until, gateway, learned_entry, look_up_and_connect, resolve, resolve_and_connect,
-    Upstream, RULES,
+    dns_stats_until, gateway, gateway_args, learned_entry, look_up_and_connect, resolve,
+    resolve_and_connect, Upstream, RULES,
 };
 
 #[test]
@@ -307,5 +307,102 @@ fn what_an_answer_taught_just_before_a_kill_9_is_kept_by_the_restart() -> anyhow
     );
     let entry = learned_entry(&lab, |e| e["address"] == WEB_B_V4)?;
     assert_eq!(entry["name"], "portal.mdm.example.test");
+    Ok(())
+}
+
+#[test]
+fn a_restarted_daemon_answers_while_its_programs_are_verified_and_what_it_learns_holds_at_once(
+) -> anyhow::Result<()> {
+    let lab = Lab::new(&[443])?;
+    let _upstream = Upstream::start(&lab, 600)?;
+    let rules = RulesDir::new(&lab, RULES)?;
+    let daemon = gateway(&lab, &rules, &[])?;
+    daemon.signal("KILL")?;
+    daemon.wait_exit(Duration::from_secs(5))?;
+    assert!(
+        !lab.client.connects(WEB_A_V4, 443, 1),
+        "closed before the name is asked"
+    );
+
+    // Asked as the new daemon starts, not once it is ready: the forwarder answers as soon as
+    // the adopted maps hold the policy, while the programs may still be in the verifier. The
+    // answer's address must be open for the very first SYN (a retransmission takes a second),
+    // whichever program, the killed daemon's or this one's, is attached at that moment.
+    let upstream = format!("{DNS_V4}:53");
+    let args = gateway_args(&lab, &rules, "10.77.0.1:53", &upstream);
+    let daemon = Daemon::spawn(&lab.gw.name, &lab.pin_path(), &args)?;
+    // Until the new daemon has bound the port, a query is refused at once: ask again.
+    let mut answered = Vec::new();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            answered = resolve(&lab, "one.mdm.example.test");
+            !answered.is_empty()
+        }),
+        "never answered"
+    );
+    assert_eq!(answered, [WEB_A_V4]);
+    let started = std::time::Instant::now();
+    let connected = lab.client.connects(WEB_A_V4, 443, 3);
+    let took = started.elapsed();
+    assert!(
+        connected && took < Duration::from_millis(800),
+        "connected {connected} in {took:?}"
+    );
+    daemon.wait_for_log("enforcing", Duration::from_secs(10))?;
+    let logs = daemon.logs();
+    let line_of = |needle: &str| logs.iter().position(|l| l.contains(needle));
+    let (answering, attached) = (
+        line_of("answering DNS on 10.77.0.1:53"),
+        line_of("adopted the pinned link"),
+    );
+    assert!(
+        answering.is_some() && attached.is_some() && answering < attached,
+        "DNS is answered before the programs are attached again: {logs:?}"
+    );
+    assert!(lab.client.connects(WEB_A_V4, 443, 2), "open once enforcing");
+    Ok(())
+}
+
+#[test]
+fn a_restart_over_a_filter_another_build_attached_answers_dns_only_once_its_programs_are(
+) -> anyhow::Result<()> {
+    let lab = Lab::new(&[443])?;
+    let _upstream = Upstream::start(&lab, 600)?;
+    let rules = RulesDir::new(&lab, RULES)?;
+    let daemon = gateway(&lab, &rules, &[])?;
+    // The state file names the object whose programs are attached: make it another build's.
+    let flat = lab.pin_path().trim_matches('/').replace('/', "_");
+    let state_file = std::path::Path::new("/run/egress-filter").join(format!("{flat}.json"));
+    assert!(
+        eventually(Duration::from_secs(3), || std::fs::read_to_string(
+            &state_file
+        )
+        .is_ok_and(|s| s.contains("\"programs\""))),
+        "the state file never named the attached programs"
+    );
+    daemon.signal("KILL")?;
+    daemon.wait_exit(Duration::from_secs(5))?;
+    let mut state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state_file)?)?;
+    state["programs"] = "another build".into();
+    std::fs::write(&state_file, serde_json::to_string(&state)?)?;
+
+    // Its programs might read the maps otherwise than this build writes them: an answer given
+    // before this build's programs are attached might open nothing for the first SYN.
+    let daemon = gateway(&lab, &rules, &[])?;
+    let logs = daemon.logs();
+    let line_of = |needle: &str| logs.iter().position(|l| l.contains(needle));
+    let (answering, attached) = (
+        line_of("answering DNS on 10.77.0.1:53"),
+        line_of("adopted the pinned link"),
+    );
+    assert!(
+        line_of("attached by another build").is_some()
+            && attached.is_some()
+            && answering > attached,
+        "DNS waits for this build's programs: {logs:?}"
+    );
+    let (connected, took) = resolve_and_connect(&lab, "one.mdm.example.test", 443);
+    assert!(connected && took < Duration::from_millis(800), "{took:?}");
     Ok(())
 }
