@@ -540,12 +540,18 @@ fn main() -> anyhow::Result<()> {
             daemon.signal("KILL")?;
             daemon.wait_exit(Duration::from_secs(5))?;
             let killed = Instant::now();
+            // Asked from the kill on, beside the restart: a restart may answer before it is
+            // ready (attached), and that counts.
+            let gap = dns_gap(&lab, killed);
             // The rules on disk may be the broken ones: start from valid ones, as an operator
             // would after a crash.
             rules.swap_in(VALID_RULES)?;
             valid_next = false;
             daemon = start_daemon(&args.binary, &lab, &rules.root)?;
-            gaps.push(dns_gap(&lab, killed)?);
+            gaps.push(
+                gap.join()
+                    .map_err(|_| anyhow::anyhow!("the gap thread panicked"))??,
+            );
             counts.faults.fetch_add(1, Ordering::SeqCst);
             eprintln!(
                 "soak: answering again at {:.2} s",
@@ -609,8 +615,9 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-/// How long after `killed` the forwarder answered again, asked from the client every 10 ms.
-fn dns_gap(lab: &Lab, killed: Instant) -> anyhow::Result<Duration> {
+/// How long after `killed` the forwarder answered again, asked from the client every 10 ms on
+/// a thread of its own (join it for the answer).
+fn dns_gap(lab: &Lab, killed: Instant) -> std::thread::JoinHandle<anyhow::Result<Duration>> {
     let ns = lab.client.name.clone();
     std::thread::spawn(move || -> anyhow::Result<Duration> {
         enter_netns(&ns)?;
@@ -620,14 +627,15 @@ fn dns_gap(lab: &Lab, killed: Instant) -> anyhow::Result<Duration> {
         let mut id = 0u16;
         while killed.elapsed() < Duration::from_secs(30) {
             id = id.wrapping_add(1);
+            let asked = Instant::now();
             if look_up(&socket, "c0.cyc.soak.test", id).is_some() {
                 return Ok(killed.elapsed());
             }
+            // A port nobody has bound yet refuses at once: keep to one question per 10 ms.
+            std::thread::sleep(Duration::from_millis(10).saturating_sub(asked.elapsed()));
         }
         bail!("no answer within 30 s of the kill")
     })
-    .join()
-    .map_err(|_| anyhow::anyhow!("the gap thread panicked"))?
 }
 
 struct Report {
