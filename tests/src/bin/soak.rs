@@ -476,10 +476,13 @@ fn main() -> anyhow::Result<()> {
     let counts = Arc::new(Counts::default());
     let stop = Arc::new(AtomicBool::new(false));
     let mut threads = Vec::new();
-    {
-        let (ns, stop) = (lab.inet.name.clone(), Arc::clone(&stop));
-        threads.push(std::thread::spawn(move || acceptor(&ns, &stop)));
-    }
+    // The listener outlives the load: a cycle still connecting when the load stops must not
+    // meet a closed port, which would read as a dropped first SYN.
+    let stop_accepting = Arc::new(AtomicBool::new(false));
+    let accepting = {
+        let (ns, stop) = (lab.inet.name.clone(), Arc::clone(&stop_accepting));
+        std::thread::spawn(move || acceptor(&ns, &stop))
+    };
     std::thread::sleep(Duration::from_millis(200));
     for worker in 0..2 {
         let (ns, counts, stop) = (
@@ -598,6 +601,8 @@ fn main() -> anyhow::Result<()> {
     for thread in threads {
         let _ = thread.join();
     }
+    stop_accepting.store(true, Ordering::Relaxed);
+    let _ = accepting.join();
     let samples = samples
         .into_inner()
         .map_err(|_| anyhow::anyhow!("poisoned"))?;
