@@ -9,7 +9,8 @@
 //!   meets an address the filter learns from that very answer). A connection that takes longer
 //!   than [`RETRANSMIT_AFTER`] had its first SYN dropped; one that fails, too.
 //! - connections to a destination no rule allows, every [`BLOCKED_EVERY`]: none may complete.
-//! - DNS at [`FLOOD_PER_SEC`]: listed, unlisted and malformed queries.
+//! - DNS at [`FLOOD_PER_SEC`] from a second client, [`FLOOD_CLIENT`]: listed, unlisted and
+//!   malformed queries.
 //!
 //! Faults: a rules update every [`RELOAD_EVERY`], alternating a valid and a broken file, swapped
 //! in the way a ConfigMap update does (a `..data` symlink replaced), with `--watch-rules`; a
@@ -67,6 +68,11 @@ const NAMES: usize = 20_000;
 const CYCLE_NET: &str = "2001:db8:c::";
 const CYCLE_PORT: u16 = 8443;
 const FORWARDER: &str = "10.77.0.1:53";
+/// The flood's own address on the LAN: a second client. The forwarder bounds what each client
+/// address may have in flight, so from the cycles' address the flood would spend the cycles'
+/// places whenever the daemon's loop is held up (a reload, say) and fail the cycles' lookups
+/// by design of that bound, not by a fault of the forwarder.
+const FLOOD_CLIENT: &str = "10.77.0.3";
 
 const VALID_RULES: &str = r#"
 [[service]]
@@ -311,7 +317,7 @@ fn flood(ns: &str, per_sec: u64, counts: &Counts, stop: &AtomicBool) {
     if enter_netns(ns).is_err() {
         return;
     }
-    let Ok(socket) = UdpSocket::bind("10.77.0.2:0") else {
+    let Ok(socket) = UdpSocket::bind((FLOOD_CLIENT, 0)) else {
         return;
     };
     let _ = socket.connect(FORWARDER);
@@ -460,6 +466,14 @@ fn main() -> anyhow::Result<()> {
         &format!("{CYCLE_NET}/64"),
         "dev",
         "lo",
+    ])?;
+    lab.client.exec(&[
+        "ip",
+        "addr",
+        "add",
+        &format!("{FLOOD_CLIENT}/24"),
+        "dev",
+        &lab.client_dev(),
     ])?;
     let dir = std::env::temp_dir().join(format!("ef-soak-{}", lab.id));
     std::fs::create_dir_all(&dir)?;
