@@ -266,7 +266,7 @@ impl Daemon {
 /// peak of about 20 MB of which a few MB stay), and glibc's allocator keeps what is freed in
 /// its heap for reuse: without this, the daemon's resident size would stay at the peak of its
 /// largest rebuild for ever. musl's allocator (the static release) unmaps large frees itself.
-fn release_freed_memory() {
+pub(super) fn release_freed_memory() {
     #[cfg(target_env = "gnu")]
     // Safety: `malloc_trim` only returns the allocator's own free pages; it takes no pointers.
     unsafe {

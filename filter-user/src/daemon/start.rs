@@ -169,6 +169,9 @@ impl Daemon {
         if attached_read_our_maps {
             self.start_forwarder();
             self.verify_while_answering(&plan).await;
+            // The verifying thread's allocations (another load of the object) came after the
+            // rebuild handed its memory back.
+            super::changes::release_freed_memory();
             self.carry_out(plan, links, true).await?;
         } else {
             tracing::info!(
