@@ -16,15 +16,17 @@
 //! starts at or below the chunk's first address. Group prefixes usually sit in a few site
 //! prefixes (a LAN's /16, a site's /48), so the window spends its 16 bits where the ranges are,
 //! not on the top bits they all share: a chunk then lies inside one group, and its entry holds
-//! that group, so the answer is two reads, each an inlined array lookup (the window with its
-//! count, then the chunk). A chunk some range starts inside holds the run of ranges that cover
+//! that group, so the answer is one inlined array lookup (the chunk) beyond the `TABLE_STATE`
+//! read every packet makes anyway, which carries the windows with their counts
+//! ([`crate::ranges::TableState`]). A chunk some range starts inside holds the run of ranges that cover
 //! it, searched in at most [`GROUP_SEARCH_STEPS`] steps. A source outside the window is below
 //! every range start but the first (range 0 holds it) or above the last (the last range holds
 //! it): one range read.
 //!
 //! ```text
-//!  TABLE_STATE[0]                  GROUPS_V4_COPY_1, GROUPS_V6_COPY_1: the copy each family reads
-//!  GROUP_WINDOWS[2 * family + copy]   GroupWindow { base, end, shift, count }: where the
+//!  TABLE_STATE[0].bits             GROUPS_V4_COPY_1, GROUPS_V6_COPY_1: the copy each family reads
+//!  TABLE_STATE[0].group_windows[2 * family + copy]
+//!                                  GroupWindow { base, end, shift, count }: where the
 //!                                  chunks lie, and how many ranges the copy holds (family 0:
 //!                                  IPv4, 1: IPv6); count 0: none
 //!  GROUP_INDEX_Vx[copy * GROUP_INDEX_PER_COPY + chunk / 2]
@@ -39,15 +41,16 @@
 //! ```
 //!
 //! Memory per copy: the chunk index 256 KiB per family, the ranges 32 KiB (IPv4) and 96 KiB
-//! (IPv6), the windows 40 bytes each; 1.25 MiB for both copies of both families, whatever the
+//! (IPv6), the windows 40 bytes each (inside `TABLE_STATE`); 1.25 MiB for both copies of both families, whatever the
 //! rules hold.
 //!
 //! A copy in use starts with a range at address 0, so every source finds its range. A copy with
-//! no ranges (never written, or rules without groups) puts every source in group 0, after one
-//! read of its window. The daemon writes the copy not in use (ranges, index, then the window
-//! with its count), then flips the copy bits in the same store of `TABLE_STATE` that switches the
-//! destination index: a packet read the state once, so it meets the groups and the policies of
-//! one reload, never the groups of one and the policies of the other.
+//! no ranges (never written, or rules without groups) puts every source in group 0, with no read
+//! beyond `TABLE_STATE`'s. The daemon writes the copy not in use (ranges, index, then the window
+//! with its count into `TABLE_STATE`), then flips the copy bits in the same update of
+//! `TABLE_STATE` that switches the destination index: a packet read the state once, so it meets
+//! the groups and the policies of one reload, never the groups of one and the policies of the
+//! other.
 
 /// Interfaces one copy of `GROUP_IFACES` holds: every interface some group's pattern
 /// matches, across all groups.
@@ -101,7 +104,7 @@ pub const GROUP_SEARCH_STEPS: usize = 12;
 const _: () = assert!(1 << GROUP_SEARCH_STEPS >= GROUP_RANGES_PER_COPY);
 const _: () = assert!(2 * MAX_GROUP_PREFIXES < GROUP_RANGES_PER_COPY as usize);
 
-/// Entries of `GROUP_WINDOWS`: one per family and copy.
+/// Group windows `TABLE_STATE` holds: one per family and copy.
 pub const GROUP_WINDOW_ENTRIES: u32 = 4;
 
 /// Address bits after the window's prefix that pick a chunk.
@@ -115,8 +118,8 @@ pub const GROUP_INDEX_PER_COPY: u32 = GROUP_CHUNKS / 2;
 const _: () = assert!(2 * GROUP_RANGES_PER_COPY <= 1 << 16);
 
 /// Where a copy's chunks lie: the block `base..=end` of addresses, whose first `shift` bits all
-/// its addresses share; and how many ranges the copy holds, in the same read (the first thing
-/// every packet asks, and for rules without groups the only one). IPv4 uses the low halves.
+/// its addresses share; and how many ranges the copy holds, in the same read (for rules without
+/// groups, all a packet asks). Part of [`crate::ranges::TableState`]. IPv4 uses the low halves.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GroupWindow {
@@ -171,7 +174,7 @@ pub const fn run_parts(entry: u32) -> (u32, u32) {
     (entry & 0xffff, (entry >> 16) & 0x7fff)
 }
 
-/// The `GROUP_WINDOWS` entry of `family` (4 or 6) in `copy`.
+/// The entry of [`crate::ranges::TableState::group_windows`] of `family` (4 or 6) in `copy`.
 #[inline(always)]
 #[must_use]
 pub const fn group_window_entry(family: u8, copy: u32) -> u32 {

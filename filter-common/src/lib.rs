@@ -54,6 +54,8 @@ mod pod {
     // SAFETY: see the module docs.
     unsafe impl aya::Pod for super::groups::GroupWindow {}
     // SAFETY: see the module docs.
+    unsafe impl aya::Pod for super::ranges::TableState {}
+    // SAFETY: see the module docs.
     unsafe impl aya::Pod for super::sources::SourceSlot {}
     // SAFETY: see the module docs.
     unsafe impl aya::Pod for super::DropEvent {}

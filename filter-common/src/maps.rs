@@ -29,8 +29,9 @@ pub const RANGES_V4: &str = "RANGES_V4";
 pub const INDEX_V6: &str = "INDEX_V6";
 /// Array, two copies of the IPv6 range starts ([`crate::ranges::RangeV6`]).
 pub const RANGES_V6: &str = "RANGES_V6";
-/// Array with one `u32` at index 0: which copy of the index each family reads, or its trie
-/// (`filter_common::ranges::state`). Written by the daemon, read by the programs.
+/// Array with one [`crate::ranges::TableState`] at index 0: which copy of the index and of the
+/// group tables each family reads, or its trie, and where the group chunks lie. Written by the
+/// daemon, read by the programs.
 pub const TABLE_STATE: &str = "TABLE_STATE";
 /// Array, two copies of the IPv4 source ranges and their client groups
 /// (`filter_common::groups`). Written by the daemon, read by the programs.
@@ -40,9 +41,6 @@ pub const GROUP_RANGES_V6: &str = "GROUP_RANGES_V6";
 /// Hash, copy and interface index ([`crate::groups::group_interface_key`]) → the client group
 /// of packets arriving on that interface. Written by the daemon, read by the programs.
 pub const GROUP_IFACES: &str = "GROUP_IFACES";
-/// Array of [`crate::groups::GroupWindow`], one per family and copy: the block of addresses the
-/// group index covers, and how many group ranges the copy holds. Written by the daemon, read by the programs.
-pub const GROUP_WINDOWS: &str = "GROUP_WINDOWS";
 /// Array, two copies of the IPv4 group index: each `u64` the runs of two chunks
 /// (`filter_common::groups`). Memory-mapped and written by the daemon, read by the programs.
 pub const GROUP_INDEX_V4: &str = "GROUP_INDEX_V4";
@@ -103,7 +101,7 @@ pub const PROG_TC_L3: &str = "egress_tc_l3";
 pub const PROG_TC_INGRESS: &str = "egress_tc_in";
 
 /// Every map the object must contain.
-pub const ALL_MAPS: [&str; 31] = [
+pub const ALL_MAPS: [&str; 30] = [
     ALLOW_V4,
     ALLOW_V6,
     INDEX_V4,
@@ -118,7 +116,6 @@ pub const ALL_MAPS: [&str; 31] = [
     GROUP_RANGES_V4,
     GROUP_RANGES_V6,
     GROUP_IFACES,
-    GROUP_WINDOWS,
     GROUP_INDEX_V4,
     GROUP_INDEX_V6,
     POLICIES,

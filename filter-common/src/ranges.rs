@@ -19,7 +19,7 @@
 //!
 //! Updates never touch what packets read: each family has two copies of its index and ranges
 //! (copy 0 at the front of each array, copy 1 behind it). The daemon writes the copy not in use,
-//! then switches [`TABLE_STATE`](crate::maps::TABLE_STATE) (one aligned 32-bit store), and waits
+//! then switches [`TABLE_STATE`](crate::maps::TABLE_STATE) (one changed byte, [`TableState`]), and waits
 //! for a grace period (every program that may have read the old copy has returned) before it
 //! writes that copy again. A packet reads the state once and then only one copy: it is judged by
 //! the old table or the new one, never a mix.
@@ -52,8 +52,30 @@ pub struct RangeV6 {
 }
 const _: () = assert!(size_of::<RangeV6>() == 24);
 
-/// The value at index 0 of `TABLE_STATE`: which copy each family reads, and whether it reads
-/// the tries instead. All zero (never written): copy 0, which is empty, so nothing is allowed.
+/// The value at index 0 of `TABLE_STATE`: what a packet reads once, before any table, so that
+/// it meets one reload's tables.
+///
+/// A switch rewrites the value with only [`TableState::bits`] changed, and every bit a switch
+/// flips lies in its first byte ([`state`]), so a packet reading while the value is rewritten
+/// sees the old bits or the new, never a mix. The group windows of the copies not in use are
+/// written (in an update of their own) before the switch that names them; the windows in use
+/// are rewritten only with the bytes they already hold.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TableState {
+    /// Which copy each family's destination index and group ranges read, whether a family
+    /// reads its trie instead, and the interface groups' copy ([`state`]). All zero (never
+    /// written): copy 0, which is empty, so nothing is allowed.
+    pub bits: u32,
+    pub _pad: u32,
+    /// Where each copy of the group chunks lies, and how many group ranges it holds, at
+    /// [`crate::groups::group_window_entry`]: read in the same lookup as the bits, so a
+    /// source's group costs one more array read (its chunk), not two.
+    pub group_windows: [crate::groups::GroupWindow; crate::groups::GROUP_WINDOW_ENTRIES as usize],
+}
+const _: () = assert!(size_of::<TableState>() == 168);
+
+/// The bits of [`TableState::bits`].
 pub mod state {
     /// IPv4 reads copy 1 of its index and ranges.
     pub const V4_COPY_1: u32 = 1 << 0;
@@ -77,6 +99,10 @@ pub mod state {
     pub const INTERFACE_GROUPS_ON: u32 = 1 << 7;
     /// The bits of the interface groups.
     pub const INTERFACE_GROUPS: u32 = INTERFACE_GROUPS_COPY_1 | INTERFACE_GROUPS_ON;
+    // Every bit lies in the first byte: a switch changes one byte of the state.
+    const _: () = assert!(
+        (V4_COPY_1 | V6_COPY_1 | V4_TRIE | V6_TRIE | GROUPS | INTERFACE_GROUPS) & !0xff == 0
+    );
 }
 
 /// An index entry: `count` ranges from `first`.

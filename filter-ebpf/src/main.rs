@@ -146,12 +146,13 @@ fn process<C: PacketContext, const ETHERNET: bool, const SKIP: u32>(ctx: &C) -> 
                 Reason::SpoofedSource.into()
             } else {
                 let table_state = verdict::table_state();
+                let state_bits = verdict::state_bits(table_state);
                 if SKIP & skip::GROUPS == 0 {
                     group = verdict::client_group(&packet, ctx.arrival_ifindex(), table_state);
                 } else if SKIP & skip::GROUP_FROM_ONE_READ != 0 {
-                    group = ablation::group_from_one_read(&packet, table_state);
+                    group = ablation::group_from_one_read(&packet, state_bits);
                 }
-                let judgement = verdict::judge::<SKIP>(&packet, group, table_state);
+                let judgement = verdict::judge::<SKIP>(&packet, group, state_bits);
                 if SKIP & skip::FLOWS != 0 {
                     judgement
                 } else {

@@ -10,12 +10,9 @@ use filter_common::{
     counters,
     event::RateLimitState,
     flows::{AddressKey, FlowCounter, FlowKey, FlowState},
-    groups::{
-        GroupWindow, GROUP_INDEX_PER_COPY, GROUP_RANGES_PER_COPY, GROUP_WINDOW_ENTRIES, MAX_GROUPS,
-        MAX_GROUP_INTERFACES,
-    },
+    groups::{GROUP_INDEX_PER_COPY, GROUP_RANGES_PER_COPY, MAX_GROUPS, MAX_GROUP_INTERFACES},
     maps as names,
-    ranges::{RangeV6, CHUNKS, RANGES_PER_COPY},
+    ranges::{RangeV6, TableState, CHUNKS, RANGES_PER_COPY},
     sources::{SourceKeyV4, SourceKeyV6, SourceSlot, SOURCE_SLOT_INTERFACES},
     Config, EventCounter, Ipv4KeyBytes, Ipv6KeyBytes, PacketCount, Policy, PolicyId,
 };
@@ -39,9 +36,10 @@ pub(crate) static INDEX_V6: Array<u64> = Array::with_max_entries(2 * CHUNKS, BPF
 pub(crate) static RANGES_V6: Array<RangeV6> =
     Array::with_max_entries(2 * RANGES_PER_COPY, BPF_F_MMAPABLE);
 
-/// Index 0: which copy each family reads, or its trie (`filter_common::ranges::state`).
+/// Index 0: which copy each family reads, or its trie, and where the group chunks lie
+/// (`filter_common::ranges::TableState`).
 #[map(name = "TABLE_STATE")]
-pub(crate) static TABLE_STATE: Array<u32> = Array::with_max_entries(1, 0);
+pub(crate) static TABLE_STATE: Array<TableState> = Array::with_max_entries(1, 0);
 
 /// IPv4 destination prefix → policy, when the table outgrows the range index. LPM tries must be `BPF_F_NO_PREALLOC` (aya adds it).
 #[map(name = "ALLOW_V4")]
@@ -86,11 +84,6 @@ pub(crate) static GROUP_RANGES_V6: Array<RangeV6> =
 #[map(name = "GROUP_IFACES")]
 pub(crate) static GROUP_IFACES: HashMap<u32, u32> =
     HashMap::with_max_entries(2 * MAX_GROUP_INTERFACES, 0);
-
-/// The block of addresses each family's copy of the group index covers, and its count of ranges.
-#[map(name = "GROUP_WINDOWS")]
-pub(crate) static GROUP_WINDOWS: Array<GroupWindow> =
-    Array::with_max_entries(GROUP_WINDOW_ENTRIES, 0);
 
 /// Two copies of the IPv4 group index: which run of group ranges each chunk of the window
 /// reads; the daemon writes them through a memory mapping.

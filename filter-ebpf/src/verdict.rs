@@ -13,7 +13,7 @@ use filter_common::{
         GROUP_ENTRY_DIRECT, GROUP_INDEX_PER_COPY, GROUP_RANGES_PER_COPY, GROUP_SEARCH_STEPS,
     },
     policy::MAX_RULES_PER_POLICY,
-    ranges::{state, CHUNKS, CHUNK_BITS, SEARCH_STEPS},
+    ranges::{state, TableState, CHUNKS, CHUNK_BITS, SEARCH_STEPS},
     sources::{
         SourceKeyV4, SourceKeyV6, SourceSlot, IFINDEX_BITS, SOURCE_SLOT_INTERFACES,
         SOURCE_SLOT_OVERFLOW,
@@ -25,8 +25,8 @@ use crate::{
     ablation::{self, skip},
     maps::{
         ALLOW_V4, ALLOW_V6, GROUP_IFACES, GROUP_INDEX_V4, GROUP_INDEX_V6, GROUP_RANGES_V4,
-        GROUP_RANGES_V6, GROUP_WINDOWS, INDEX_V4, INDEX_V6, POLICIES, RANGES_V4, RANGES_V6,
-        SOURCES_V4, SOURCES_V6, SOURCE_COPY, SOURCE_SLOTS, TABLE_STATE,
+        GROUP_RANGES_V6, INDEX_V4, INDEX_V6, POLICIES, RANGES_V4, RANGES_V6, SOURCES_V4,
+        SOURCES_V6, SOURCE_COPY, SOURCE_SLOTS, TABLE_STATE,
     },
     parse::{ipproto, Packet},
 };
@@ -179,17 +179,29 @@ fn find_range_v6(hi: u64, lo: u64, copy: u32) -> Option<u32> {
 }
 
 /// The value of `TABLE_STATE`: which copies of the destination index and of the group ranges
-/// a packet reads. Read once per packet, so that the packet meets one reload's tables.
+/// a packet reads, and where the group chunks lie. Read once per packet, so that the packet
+/// meets one reload's tables. `None` cannot happen (the array has its one entry), and reads as
+/// all zero: nothing allowed, every source in the default group.
 #[inline(always)]
-pub(crate) fn table_state() -> u32 {
-    TABLE_STATE.get(0).copied().unwrap_or(0)
+pub(crate) fn table_state() -> Option<&'static TableState> {
+    TABLE_STATE.get(0)
+}
+
+/// The bits of `state` ([`filter_common::ranges::state`]), all zero when there is none.
+#[inline(always)]
+pub(crate) fn state_bits(state: Option<&TableState>) -> u32 {
+    state.map_or(0, |state| state.bits)
 }
 
 /// The client group of the packet (`filter_common::groups`): the group of the interface it
 /// arrived on when some group names that interface, otherwise the group of its source.
 #[inline(always)]
-pub(crate) fn client_group(packet: &Packet, arrival_ifindex: u32, table_state: u32) -> u32 {
-    if let Some(copy) = interface_group_copy(table_state) {
+pub(crate) fn client_group(
+    packet: &Packet,
+    arrival_ifindex: u32,
+    table_state: Option<&TableState>,
+) -> u32 {
+    if let Some(copy) = interface_group_copy(state_bits(table_state)) {
         let group = interface_group(group_interface_key(copy, arrival_ifindex));
         if group != NO_INTERFACE_GROUP {
             return group;
@@ -213,12 +225,19 @@ fn interface_group(key: u32) -> u32 {
 
 /// The client group of the packet's source (`filter_common::groups`): the value of the last
 /// range starting at or below it in the copy `table_state` names; [`DEFAULT_GROUP`] when that
-/// copy holds no ranges (rules without groups), which costs one read: the copy's window, whose
-/// count says so.
+/// copy holds no ranges (rules without groups), which costs no read: the copy's window, whose
+/// count says so, is part of the state the packet has read.
 #[inline(always)]
-pub(crate) fn source_group(packet: &Packet, table_state: u32) -> u32 {
-    let copy = group_copy(table_state, packet.family);
-    let Some(window) = GROUP_WINDOWS.get(group_window_entry(packet.family, copy)) else {
+pub(crate) fn source_group(packet: &Packet, table_state: Option<&TableState>) -> u32 {
+    let Some(table_state) = table_state else {
+        return DEFAULT_GROUP;
+    };
+    let copy = group_copy(table_state.bits, packet.family);
+    // The index is below 4 by construction; the verifier wants it bounded all the same.
+    let Some(window) = table_state
+        .group_windows
+        .get(group_window_entry(packet.family, copy) as usize)
+    else {
         return DEFAULT_GROUP;
     };
     if window.count == 0 {

@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use aya::maps::{lpm_trie::Key, Array, LpmTrie, Map, MapData};
 use filter_common::{
     maps as names,
-    ranges::{state, RangeV6, CHUNKS, CHUNK_BITS},
+    ranges::{state, RangeV6, TableState, CHUNKS, CHUNK_BITS},
     Ipv4KeyBytes, Ipv6KeyBytes, Policy, PolicyId,
 };
 
@@ -17,7 +17,7 @@ use crate::{pins::PinDir, ranges::MappedArray, table::RuleSet};
 
 /// Read-only handles on the pinned destination maps.
 pub struct PinnedPolicy {
-    table_state: Array<MapData, u32>,
+    table_state: Array<MapData, TableState>,
     index_v4: MappedArray<u64>,
     ranges_v4: MappedArray<u64>,
     index_v6: MappedArray<u64>,
@@ -63,7 +63,7 @@ impl PinnedPolicy {
     /// The policy the programs find for `destination` now, with the rules in its slot; `None`
     /// where nothing covers it.
     pub fn lookup(&self, destination: IpAddr) -> anyhow::Result<Option<(PolicyId, RuleSet)>> {
-        let table_state = self.table_state.get(&0, 0)?;
+        let table_state = self.table_state.get(&0, 0)?.bits;
         let policy = match destination {
             IpAddr::V4(address) if table_state & state::V4_TRIE != 0 => {
                 self.allow_v4.get(&Key::new(32, address.octets()), 0).ok()

@@ -67,7 +67,7 @@ pub struct Filter {
     /// A second handle on the IPv4 trie, for writing what the daemon never would.
     raw_allow_v4: LpmTrie<MapData, [u8; 4], u32>,
     /// A second handle on the table state, to send IPv4 to that trie.
-    raw_table_state: Array<MapData, u32>,
+    raw_table_state: Array<MapData, filter_common::ranges::TableState>,
 }
 
 impl Filter {
@@ -233,9 +233,9 @@ impl Filter {
     ) -> anyhow::Result<()> {
         let key = Key::new(u32::from(prefix.prefix_len()), prefix.network().octets());
         self.raw_allow_v4.insert(&key, policy_id, 0)?;
-        let state = self.raw_table_state.get(&0, 0)?;
-        self.raw_table_state
-            .set(0, state | filter_common::ranges::state::V4_TRIE, 0)?;
+        let mut state = self.raw_table_state.get(&0, 0)?;
+        state.bits |= filter_common::ranges::state::V4_TRIE;
+        self.raw_table_state.set(0, state, 0)?;
         Ok(())
     }
 

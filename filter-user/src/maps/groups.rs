@@ -11,7 +11,7 @@ use filter_common::{
     groups::{
         chunk_entry, group_direct, group_run, group_window_entry, run_parts, GroupWindow,
         GROUP_CHUNKS, GROUP_CHUNK_BITS, GROUP_ENTRY_DIRECT, GROUP_INDEX_PER_COPY,
-        GROUP_RANGES_PER_COPY,
+        GROUP_RANGES_PER_COPY, GROUP_WINDOW_ENTRIES,
     },
     maps as names,
     ranges::{state, RangeV6},
@@ -27,14 +27,13 @@ use crate::{
 /// Range starts and the group from each, over one family's address space.
 pub(super) type GroupRanges = Vec<(u128, u32)>;
 
-/// The group ranges, their index and windows. The copy bits live in `TABLE_STATE`, which
-/// [`super::PolicyMaps`] switches: this writes only the copies packets do not read.
+/// The group ranges and their index. The copy bits and the windows live in `TABLE_STATE`, which
+/// [`super::PolicyMaps`] writes and switches: this writes only the copies packets do not read.
 pub(super) struct GroupMaps {
     ranges_v4: Array<MapData, u64>,
     ranges_v6: Array<MapData, RangeV6>,
     index_v4: MappedArray<u64>,
     index_v6: MappedArray<u64>,
-    windows: Array<MapData, GroupWindow>,
     /// What the copies `TABLE_STATE` names hold, as far as this writer knows: `None` until it
     /// wrote them (adopted maps are rewritten once).
     in_use: Option<(GroupRanges, GroupRanges)>,
@@ -49,19 +48,21 @@ impl GroupMaps {
             ranges_v6: take_map(ebpf, names::GROUP_RANGES_V6)?,
             index_v4: mapped(ebpf, names::GROUP_INDEX_V4)?,
             index_v6: mapped(ebpf, names::GROUP_INDEX_V6)?,
-            windows: take_map(ebpf, names::GROUP_WINDOWS)?,
             in_use: None,
         })
     }
 
-    /// Writes the ranges `groups` give into the copies `table_state` does not name, and returns
-    /// the group bits of `TABLE_STATE` that name them; the bits of `table_state` unchanged when
-    /// the copies in use already hold those ranges. The caller has waited out the grace period
-    /// of the last switch, and switches; then [`GroupMaps::switched`].
+    /// Writes the ranges `groups` give into the copies `table_state` does not name, puts their
+    /// windows into `windows` (the `TABLE_STATE` windows, for the caller to write), and returns
+    /// the group bits of `TABLE_STATE` that name them; the bits of `table_state` and `windows`
+    /// unchanged when the copies in use already hold those ranges. The caller has waited out
+    /// the grace period of the last switch, writes the windows, and switches; then
+    /// [`GroupMaps::switched`].
     pub(super) fn stage(
         &mut self,
         groups: &[Group],
         table_state: u32,
+        windows: &mut [GroupWindow; GROUP_WINDOW_ENTRIES as usize],
     ) -> Result<(u32, Option<(GroupRanges, GroupRanges)>), MapWriteError> {
         let wanted = (group_ranges(groups, 4), group_ranges(groups, 6));
         let bits = table_state & state::GROUPS;
@@ -113,12 +114,7 @@ impl GroupMaps {
                     )
                     .map_err(mmap_err(index_name))?;
             }
-            set_entry(
-                &mut self.windows,
-                names::GROUP_WINDOWS,
-                group_window_entry(family, copy),
-                index.window(count),
-            )?;
+            windows[group_window_entry(family, copy) as usize] = index.window(count);
             new_bits ^= copy_bit;
         }
         Ok((new_bits, Some(wanted)))

@@ -6,8 +6,9 @@
 //!    grace period, started after the previous switch and usually long over);
 //! 2. gives rule sets new to the kernel free policy slots, written before anything points there;
 //! 3. writes the whole table into the free copy, through a memory mapping;
-//! 4. switches `TABLE_STATE` to it: one map update, so a packet reads the old table or the new
-//!    one, never a mix;
+//! 4. switches `TABLE_STATE` to it: one map update that changes one byte, so a packet reads the
+//!    old table or the new one, never a mix (the client groups' windows, which `TABLE_STATE`
+//!    holds too, are written in an update of their own before);
 //! 5. returns slots neither copy points at to the free list (reused only after step 1 of a later
 //!    update), and starts the grace period on a thread.
 //!
@@ -30,8 +31,9 @@ use aya::{
     Ebpf,
 };
 use filter_common::{
+    groups::{GroupWindow, GROUP_WINDOW_ENTRIES},
     maps::{self as names, MAX_POLICIES},
-    ranges::{state, RangeV6, CHUNKS, RANGES_PER_COPY},
+    ranges::{state, RangeV6, TableState, CHUNKS, RANGES_PER_COPY},
     Config, Ipv4KeyBytes, Ipv6KeyBytes, Policy, PolicyId,
 };
 use ipnet::{Ipv4Net, Ipv6Net};
@@ -110,9 +112,11 @@ pub struct PolicyMaps {
     ranges_v4: MappedArray<u64>,
     index_v6: MappedArray<u64>,
     ranges_v6: MappedArray<RangeV6>,
-    table_state: Array<MapData, u32>,
-    /// What `TABLE_STATE` holds.
+    table_state: Array<MapData, TableState>,
+    /// What `TABLE_STATE` holds: its bits.
     state: u32,
+    /// What `TABLE_STATE` holds: its group windows.
+    group_windows: [GroupWindow; GROUP_WINDOW_ENTRIES as usize],
     /// The grace period after the last switch, running on a thread.
     grace: Option<std::thread::JoinHandle<()>>,
     policies: Array<MapData, Policy>,
@@ -145,8 +149,8 @@ impl PolicyMaps {
     /// object's maps are empty, maps adopted from pins carry the last daemon's policy, which the
     /// next [`PolicyMaps::apply`] then changes only where it differs.
     pub fn take_from(ebpf: &mut Ebpf) -> Result<Self, MapWriteError> {
-        let table_state: Array<MapData, u32> = take_map(ebpf, names::TABLE_STATE)?;
-        let state = table_state.get(&0, 0).unwrap_or(0);
+        let table_state: Array<MapData, TableState> = take_map(ebpf, names::TABLE_STATE)?;
+        let held = table_state.get(&0, 0).unwrap_or_default();
         let mut maps = Self {
             allow_v4: take_map(ebpf, names::ALLOW_V4)?,
             allow_v6: take_map(ebpf, names::ALLOW_V6)?,
@@ -155,7 +159,8 @@ impl PolicyMaps {
             index_v6: take_mapped(ebpf, names::INDEX_V6, 2 * CHUNKS)?,
             ranges_v6: take_mapped(ebpf, names::RANGES_V6, 2 * RANGES_PER_COPY)?,
             table_state,
-            state,
+            state: held.bits,
+            group_windows: held.group_windows,
             // Adopted maps: the last writer may have switched copies a moment ago.
             grace: Some(std::thread::spawn(ranges::wait_for_running_programs)),
             policies: take_map(ebpf, names::POLICIES)?,
@@ -260,7 +265,14 @@ impl PolicyMaps {
             })
             .collect();
         // The client groups' free copies, switched with the destination's below.
-        let (group_bits, staged_groups) = self.groups.stage(&self.wanted_groups, self.state)?;
+        let mut group_windows = self.group_windows;
+        let (group_bits, staged_groups) =
+            self.groups
+                .stage(&self.wanted_groups, self.state, &mut group_windows)?;
+        if staged_groups.is_some() {
+            // The windows of the copies about to be switched in, before the switch names them.
+            self.write_state(self.state, group_windows)?;
+        }
         let grouped_interfaces = self.wanted_groups.iter().any(|g| !g.interfaces.is_empty());
         let (interface_bits, staged_interfaces) = self.interface_groups.stage(
             &self.wanted_interface_groups,
@@ -333,16 +345,33 @@ impl PolicyMaps {
         Ok(stats)
     }
 
-    /// Writes `TABLE_STATE`: one aligned store, so a packet reads the old tables or the new.
+    /// Switches `TABLE_STATE` to `new_state`'s bits: the value rewritten with one byte changed
+    /// ([`TableState`]), so a packet reads the old tables or the new.
     fn switch(&mut self, new_state: u32) -> Result<(), MapWriteError> {
+        self.write_state(new_state, self.group_windows)
+    }
+
+    /// Writes `TABLE_STATE`. Only the bits or only the windows of copies not in use may change
+    /// in one write: what a packet reads is then the same bytes before and after, but for one.
+    fn write_state(
+        &mut self,
+        bits: u32,
+        group_windows: [GroupWindow; GROUP_WINDOW_ENTRIES as usize],
+    ) -> Result<(), MapWriteError> {
+        let value = TableState {
+            bits,
+            _pad: 0,
+            group_windows,
+        };
         self.table_state
-            .set(0, new_state, 0)
+            .set(0, value, 0)
             .map_err(|source| MapWriteError::Write {
                 name: names::TABLE_STATE,
-                what: format!("state {new_state:#x}"),
+                what: format!("state {bits:#x}"),
                 source,
             })?;
-        self.state = new_state;
+        self.state = bits;
+        self.group_windows = group_windows;
         Ok(())
     }
 

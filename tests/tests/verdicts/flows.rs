@@ -60,6 +60,17 @@ fn keeping(idle: u32, max: u32) -> anyhow::Result<Filter> {
     Ok(filter)
 }
 
+/// The monotonic clock (which the programs read too), once it has passed `floor`: a flow
+/// dated `floor` back needs a clock that far from boot, which a machine that just booted has
+/// not reached yet. Waits at most `floor`.
+fn monotonic_ns_at_least(floor: u64) -> u64 {
+    let now = monotonic_ns();
+    if now < floor {
+        std::thread::sleep(std::time::Duration::from_nanos(floor - now));
+    }
+    monotonic_ns()
+}
+
 /// What the daemon does when the learned addresses expire: mark them, then remove them.
 fn expire_learned(filter: &mut Filter) -> anyhow::Result<()> {
     let learned: [IpAddr; 2] = [LEARNED4.parse()?, LEARNED6.parse()?];
@@ -197,33 +208,34 @@ fn an_address_removed_unmarked_keeps_nothing_open() -> anyhow::Result<()> {
 
 #[test]
 fn idle_and_old_flows_end() -> anyhow::Result<()> {
-    let mut filter = keeping(60, 3600)?;
-    let now = monotonic_ns();
+    let mut filter = keeping(20, 120)?;
+    // The flows below started up to 200 s ago on the monotonic clock, which starts at boot.
+    let now = monotonic_ns_at_least(200 * SECOND);
     let flow = |started_ns, last_seen_ns| FlowState {
         started_ns,
         last_seen_ns,
         service_id: 1,
         ..FlowState::default()
     };
-    // Idle: nothing seen for two minutes, the address removed as long ago.
+    // Idle: nothing seen for a minute, the address removed as long ago.
     filter.flows.insert(
         tcp_key(LEARNED4, 43000)?,
-        flow(now - 600 * SECOND, now - 120 * SECOND),
+        flow(now - 100 * SECOND, now - 60 * SECOND),
     )?;
-    // Old: busy a second ago, but started two hours ago.
+    // Old: busy a second ago, but started 200 s ago.
     filter.flows.insert(
         tcp_key(LEARNED4, 43001)?,
-        flow(now - 7200 * SECOND, now - SECOND),
+        flow(now - 200 * SECOND, now - SECOND),
     )?;
     // Idle before the removal, but the removal was a moment ago: the idle time counts from
     // there (the programs never see allowed packets).
     filter.flows.insert(
         tcp_key(LEARNED4, 43002)?,
-        flow(now - 600 * SECOND, now - 500 * SECOND),
+        flow(now - 100 * SECOND, now - 90 * SECOND),
     )?;
     filter
         .flows
-        .mark_expired([LEARNED4.parse()?], now - 120 * SECOND)?;
+        .mark_expired([LEARNED4.parse()?], now - 60 * SECOND)?;
     filter.maps.apply(&AllowTable::build(&grants(false))?)?;
     for sport in [43000, 43001] {
         assert_eq!(
@@ -238,7 +250,7 @@ fn idle_and_old_flows_end() -> anyhow::Result<()> {
     }
     assert_eq!(flow_counter(&filter, FlowCounter::EndedIdle)?, 1);
     assert_eq!(flow_counter(&filter, FlowCounter::EndedMax)?, 1);
-    // 43002: 120 s since the removal, past the 60 s bound too.
+    // 43002: 60 s since the removal, past the 20 s bound too.
     assert_eq!(
         filter.judge(Hook::Xdp, &tcp4(LEARNED4, 43002, ACK))?,
         (Outcome::Drop, Reason::NoService)
@@ -246,7 +258,7 @@ fn idle_and_old_flows_end() -> anyhow::Result<()> {
     // A fresh mark gives the same kind of flow its idle window.
     filter.flows.insert(
         tcp_key(LEARNED4, 43003)?,
-        flow(now - 600 * SECOND, now - 500 * SECOND),
+        flow(now - 100 * SECOND, now - 90 * SECOND),
     )?;
     filter
         .flows

@@ -30,7 +30,7 @@ const VARIANTS: [(&str, &str); 8] = [
     ),
     (
         "abl_no_groups",
-        "client-group lookup (GROUP_WINDOWS; rules without groups)",
+        "client-group lookup (TABLE_STATE's window count; rules without groups)",
     ),
 ];
 
