@@ -70,14 +70,14 @@ ratio columns, xdp-filter's column), not across runs.
   whole-table rebuild (`malloc_trim`): before, the resident size stayed at the load's peak (about
   51 MB, of which glibc held 20 MB freed); the peak itself (VmHWM) is unchanged, as compiling
   and writing the table still allocates that much for a moment.
-- **Client groups.** Rules without groups pay one inlined read (the window, whose count is 0).
-  With groups, a source inside the window whose chunk lies inside one group pays a second (the
-  chunk) and the inside test, inline, with no call; only other sources call the out-of-line
-  search. The yardstick (`abl_group_one_read`) is one array read keyed by the source, what any
-  table answering in one read costs; what is left beyond it (the last column) is the window
-  read and the test: from nothing to about 13 ns across runs, as much as the runs move. Reading the window in the same lookup as `TABLE_STATE` (one map value for both)
-  would remove the read, but changes that map's shape, which pinned filters of earlier builds
-  cannot be upgraded over without a detach.
+- **Client groups.** Met now: the group windows ride in the `TABLE_STATE` value every packet
+  reads anyway, so rules without groups pay a test of the window's count and no read, and a
+  source whose chunk lies inside one group pays one inlined read (the chunk) and the window
+  test. The yardstick (`abl_group_one_read`) is one inlined array read keyed by the source;
+  until this commit it chose its map at run time, which the verifier does not inline, so it
+  measured a helper call (about 15 ns) rather than a read, and made groups look cheaper than
+  they were against it. Pinned filters of builds from before the change are refused at start
+  (`TABLE_STATE` changed shape) until detached.
 - **Checking rules at the limits.** Met now: placing every span on its line was quadratic (100k
   services took 6 minutes to refuse), and the allow table was built by a million single inserts
   into ordered maps; what remains is mostly parsing 20 MB of TOML.
