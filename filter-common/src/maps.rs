@@ -81,6 +81,11 @@ pub const UDP_FLOWS: &str = "UDP_FLOWS";
 /// (CLOCK_MONOTONIC nanoseconds): the addresses whose flows may go on. Written by the daemon,
 /// read by the programs.
 pub const EXPIRED_ADDRS: &str = "EXPIRED_ADDRS";
+/// Array of [`crate::flows::EXPIRED_FILTER_WORDS`] `u64`, memory-mapped: a bit per address
+/// hash ([`crate::flows::expired_filter_bit`]), set for every address in [`EXPIRED_ADDRS`]
+/// before it is marked there, so that a drop to an address never marked skips the hash lookup.
+/// Written by the daemon, read by the programs.
+pub const EXPIRED_FILTER: &str = "EXPIRED_FILTER";
 /// Per-CPU array, [`crate::flows::FlowCounter`] → count. Written by the programs (and the
 /// daemon, for reloads), read by the daemon.
 pub const FLOW_STATS: &str = "FLOW_STATS";
@@ -101,7 +106,7 @@ pub const PROG_TC_L3: &str = "egress_tc_l3";
 pub const PROG_TC_INGRESS: &str = "egress_tc_in";
 
 /// Every map the object must contain.
-pub const ALL_MAPS: [&str; 30] = [
+pub const ALL_MAPS: [&str; 31] = [
     ALLOW_V4,
     ALLOW_V6,
     INDEX_V4,
@@ -131,6 +136,7 @@ pub const ALL_MAPS: [&str; 30] = [
     TCP_FLOWS,
     UDP_FLOWS,
     EXPIRED_ADDRS,
+    EXPIRED_FILTER,
     FLOW_STATS,
 ];
 /// Every program the object must contain.

@@ -9,7 +9,7 @@ use aya_ebpf::{
 use filter_common::{
     counters,
     event::RateLimitState,
-    flows::{AddressKey, FlowCounter, FlowKey, FlowState},
+    flows::{AddressKey, FlowCounter, FlowKey, FlowState, EXPIRED_FILTER_WORDS},
     groups::{GROUP_INDEX_PER_COPY, GROUP_RANGES_PER_COPY, MAX_GROUPS, MAX_GROUP_INTERFACES},
     maps as names,
     ranges::{RangeV6, TableState, CHUNKS, RANGES_PER_COPY},
@@ -155,6 +155,12 @@ pub(crate) static UDP_FLOWS: LruHashMap<FlowKey, FlowState> =
 #[map(name = "EXPIRED_ADDRS")]
 pub(crate) static EXPIRED_ADDRS: LruHashMap<AddressKey, u64> =
     LruHashMap::with_max_entries(names::MAX_EXPIRED_ADDRS, 0);
+
+/// A bit per address hash, set for every address in `EXPIRED_ADDRS`
+/// (`filter_common::flows::expired_filter_bit`); the daemon writes it through a memory mapping.
+#[map(name = "EXPIRED_FILTER")]
+pub(crate) static EXPIRED_FILTER: Array<u64> =
+    Array::with_max_entries(EXPIRED_FILTER_WORDS, BPF_F_MMAPABLE);
 
 /// Flow counter → count, per CPU.
 #[map(name = "FLOW_STATS")]

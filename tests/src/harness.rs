@@ -4,7 +4,7 @@ use anyhow::{ensure, Context as _};
 use std::os::fd::AsFd as _;
 
 use aya::{
-    maps::{lpm_trie::Key, Array, LpmTrie, Map, MapData, RingBuf},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, RingBuf},
     programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp},
     Ebpf,
 };
@@ -68,6 +68,7 @@ pub struct Filter {
     raw_allow_v4: LpmTrie<MapData, [u8; 4], u32>,
     /// A second handle on the table state, to send IPv4 to that trie.
     raw_table_state: Array<MapData, filter_common::ranges::TableState>,
+    raw_expired_addrs: HashMap<MapData, filter_common::flows::AddressKey, u64>,
 }
 
 impl Filter {
@@ -120,6 +121,13 @@ impl Filter {
             }
             _ => anyhow::bail!("TABLE_STATE is missing or not an array"),
         };
+        let raw_expired_addrs = match ebpf.map(names::EXPIRED_ADDRS) {
+            Some(Map::LruHashMap(data)) => {
+                let fd = data.fd().as_fd().try_clone_to_owned()?;
+                HashMap::try_from(Map::from_map_data(MapData::from_fd(fd)?)?)?
+            }
+            _ => anyhow::bail!("EXPIRED_ADDRS is missing or not an LRU hash"),
+        };
         let mut maps = PolicyMaps::take_from(&mut ebpf)?;
         let sources = SourceMaps::take_from(&mut ebpf)?;
         let flows = FlowMaps::take_from(&mut ebpf)?;
@@ -131,6 +139,7 @@ impl Filter {
             flows,
             raw_allow_v4,
             raw_table_state,
+            raw_expired_addrs,
         })
     }
 
@@ -236,6 +245,18 @@ impl Filter {
         let mut state = self.raw_table_state.get(&0, 0)?;
         state.bits |= filter_common::ranges::state::V4_TRIE;
         self.raw_table_state.set(0, state, 0)?;
+        Ok(())
+    }
+
+    /// Marks `address` as removed at `at_ns` without setting its `EXPIRED_FILTER` bit, bypassing
+    /// the writer: a damaged filter.
+    pub fn mark_behind_the_filter(
+        &mut self,
+        address: std::net::IpAddr,
+        at_ns: u64,
+    ) -> anyhow::Result<()> {
+        self.raw_expired_addrs
+            .insert(filter_user::maps::flows::address_key(address), at_ns, 0)?;
         Ok(())
     }
 

@@ -8,31 +8,88 @@ use aya::{
     Ebpf,
 };
 use filter_common::{
-    flows::{AddressKey, FlowKey, FlowState},
-    maps as names, RuleProto,
+    flows::{expired_filter_bit, AddressKey, FlowKey, FlowState, EXPIRED_FILTER_WORDS},
+    maps::{self as names, MAX_EXPIRED_ADDRS},
+    RuleProto,
 };
 
-use super::{take_map, MapWriteError};
+use super::{mmap_err, take_map, take_mapped, MapWriteError};
 use crate::{
+    ranges::MappedArray,
     rules::{groups::group_of, Group},
     table::AllowTable,
 };
 
-/// Handles on `TCP_FLOWS`, `UDP_FLOWS` and `EXPIRED_ADDRS`.
+/// Handles on `TCP_FLOWS`, `UDP_FLOWS`, `EXPIRED_ADDRS` and (to write) `EXPIRED_FILTER`.
 pub struct FlowMaps {
     tcp: HashMap<MapData, FlowKey, FlowState>,
     udp: HashMap<MapData, FlowKey, FlowState>,
     expired: HashMap<MapData, AddressKey, u64>,
+    /// `None` for a pinned filter opened to read.
+    filter: Option<ExpiredFilter>,
+}
+
+/// `EXPIRED_FILTER` and what it holds. Bits are set before their address is marked, and
+/// cleared only by [`FlowMaps::rebuild_filter`], which keeps every marked address's bit: a
+/// packet never finds a marked address's bit clear.
+struct ExpiredFilter {
+    map: MappedArray<u64>,
+    words: Vec<u64>,
+    /// Marks since the last rebuild: marks the LRU evicted leave their bits set, which only cost
+    /// the lookup the filter saves, until a rebuild after as many marks as the LRU holds.
+    marks_since_rebuild: usize,
 }
 
 impl FlowMaps {
-    /// Takes the flow maps out of a loaded object.
+    /// Takes the flow maps out of a loaded object, and brings the filter in line with the
+    /// marks (adopted maps hold the last daemon's; a map created now holds none).
     pub fn take_from(ebpf: &mut Ebpf) -> Result<Self, MapWriteError> {
-        Ok(Self {
+        let filter: MappedArray<u64> =
+            take_mapped(ebpf, names::EXPIRED_FILTER, EXPIRED_FILTER_WORDS)?;
+        let words = filter
+            .read(0, EXPIRED_FILTER_WORDS as usize)
+            .map_err(mmap_err(names::EXPIRED_FILTER))?;
+        let mut maps = Self {
             tcp: take_map(ebpf, names::TCP_FLOWS)?,
             udp: take_map(ebpf, names::UDP_FLOWS)?,
             expired: take_map(ebpf, names::EXPIRED_ADDRS)?,
-        })
+            filter: Some(ExpiredFilter {
+                map: filter,
+                words,
+                marks_since_rebuild: 0,
+            }),
+        };
+        maps.rebuild_filter()?;
+        Ok(maps)
+    }
+
+    /// Sets the filter to exactly the bits of the addresses marked now, clearing those of marks
+    /// the LRU evicted. Only this writer marks, so no mark appears between reading the marks and
+    /// storing the words; each word changes in one aligned store.
+    pub fn rebuild_filter(&mut self) -> Result<(), MapWriteError> {
+        let Some(filter) = &mut self.filter else {
+            return Ok(());
+        };
+        let mut wanted = vec![0_u64; EXPIRED_FILTER_WORDS as usize];
+        for key in self.expired.keys() {
+            let key = key.map_err(|source| MapWriteError::Write {
+                name: names::EXPIRED_ADDRS,
+                what: "the marks, to rebuild EXPIRED_FILTER".to_owned(),
+                source,
+            })?;
+            set_bit(&mut wanted, expired_filter_bit(&key.addr, key.family));
+        }
+        for (at, (held, wanted)) in filter.words.iter_mut().zip(wanted).enumerate() {
+            if *held != wanted {
+                filter
+                    .map
+                    .store(at, wanted)
+                    .map_err(mmap_err(names::EXPIRED_FILTER))?;
+                *held = wanted;
+            }
+        }
+        filter.marks_since_rebuild = 0;
+        Ok(())
     }
 
     /// The flow maps of a pinned filter, for reading (`explain`).
@@ -46,6 +103,7 @@ impl FlowMaps {
             tcp: HashMap::try_from(open(names::TCP_FLOWS)?)?,
             udp: HashMap::try_from(open(names::UDP_FLOWS)?)?,
             expired: HashMap::try_from(open(names::EXPIRED_ADDRS)?)?,
+            filter: None,
         })
     }
 
@@ -59,8 +117,21 @@ impl FlowMaps {
     ) -> Result<usize, MapWriteError> {
         let mut marked = 0;
         for address in addresses {
+            let key = address_key(address);
+            if let Some(filter) = &mut self.filter {
+                // The bit before the mark: a packet that finds the mark finds the bit.
+                let bit = expired_filter_bit(&key.addr, key.family);
+                let at = (bit >> 6) as usize;
+                if set_bit(&mut filter.words, bit) {
+                    filter
+                        .map
+                        .store(at, filter.words[at])
+                        .map_err(mmap_err(names::EXPIRED_FILTER))?;
+                }
+                filter.marks_since_rebuild += 1;
+            }
             self.expired
-                .insert(address_key(address), at_ns, 0)
+                .insert(key, at_ns, 0)
                 .map_err(|source| MapWriteError::Write {
                     name: names::EXPIRED_ADDRS,
                     what: address.to_string(),
@@ -68,7 +139,35 @@ impl FlowMaps {
                 })?;
             marked += 1;
         }
+        if self
+            .filter
+            .as_ref()
+            .is_some_and(|filter| filter.marks_since_rebuild >= MAX_EXPIRED_ADDRS as usize)
+        {
+            self.rebuild_filter()?;
+        }
         Ok(marked)
+    }
+
+    /// Takes the mark of `address` away as the LRU evicting it would, leaving its filter bit
+    /// (for tests); whether it was marked.
+    pub fn forget_mark(&mut self, address: IpAddr) -> bool {
+        self.expired.remove(&address_key(address)).is_ok()
+    }
+
+    /// Whether the kernel's `EXPIRED_FILTER` has the bit of `address` set (`None` for a pinned
+    /// filter opened to read).
+    pub fn filter_has(&self, address: IpAddr) -> Result<Option<bool>, MapWriteError> {
+        let Some(filter) = &self.filter else {
+            return Ok(None);
+        };
+        let key = address_key(address);
+        let bit = expired_filter_bit(&key.addr, key.family);
+        let word = filter
+            .map
+            .read((bit >> 6) as usize, 1)
+            .map_err(mmap_err(names::EXPIRED_FILTER))?[0];
+        Ok(Some(word >> (bit & 63) & 1 == 1))
     }
 
     /// When `address` was marked as removed, if it was.
@@ -125,6 +224,14 @@ impl FlowMaps {
             (&mut self.udp, names::UDP_FLOWS)
         }
     }
+}
+
+/// Sets `bit` in `words`; whether it was clear.
+fn set_bit(words: &mut [u64], bit: u32) -> bool {
+    let (word, mask) = (&mut words[(bit >> 6) as usize], 1_u64 << (bit & 63));
+    let was_clear = *word & mask == 0;
+    *word |= mask;
+    was_clear
 }
 
 /// An address as `EXPIRED_ADDRS` keys it.

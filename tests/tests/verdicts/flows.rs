@@ -121,6 +121,56 @@ fn a_connection_started_while_allowed_outlives_its_address() -> anyhow::Result<(
 }
 
 #[test]
+fn the_expired_filter_decides_first_and_a_rebuild_clears_only_forgotten_marks() -> anyhow::Result<()>
+{
+    let mut filter = keeping(60, 3600)?;
+    let (v4, v6): (IpAddr, IpAddr) = (LEARNED4.parse()?, LEARNED6.parse()?);
+    filter.run(Hook::Xdp, &tcp4(LEARNED4, 45000, SYN))?;
+    assert_eq!(
+        filter.flows.filter_has(v4)?,
+        Some(false),
+        "nothing marked yet"
+    );
+    expire_learned(&mut filter)?;
+    assert_eq!(filter.flows.filter_has(v4)?, Some(true));
+    let kept = (Outcome::Pass, Reason::EstablishedFlow);
+    let dropped = (Outcome::Drop, Reason::NoService);
+    assert_eq!(filter.judge(Hook::Xdp, &tcp4(LEARNED4, 45000, ACK))?, kept);
+    // The LRU evicts the mark: the flow is no longer kept, and the bit stays until a rebuild.
+    assert!(filter.flows.forget_mark(v4));
+    assert_eq!(
+        filter.judge(Hook::Xdp, &tcp4(LEARNED4, 45000, ACK))?,
+        dropped
+    );
+    assert_eq!(filter.flows.filter_has(v4)?, Some(true));
+    filter.flows.rebuild_filter()?;
+    assert_eq!(
+        filter.flows.filter_has(v4)?,
+        Some(false),
+        "a forgotten mark's bit"
+    );
+    assert_eq!(
+        filter.flows.filter_has(v6)?,
+        Some(true),
+        "a mark still there"
+    );
+    // A mark whose bit is clear keeps nothing: the programs ask the filter first.
+    filter.mark_behind_the_filter(v4, monotonic_ns())?;
+    assert_eq!(
+        filter.judge(Hook::Xdp, &tcp4(LEARNED4, 45000, ACK))?,
+        dropped
+    );
+    assert_eq!(
+        filter.judge(Hook::Tc, &tcp4(LEARNED4, 45000, ACK))?,
+        dropped
+    );
+    // A rebuild (what every start does) sets the bits of the marks it finds.
+    filter.flows.rebuild_filter()?;
+    assert_eq!(filter.judge(Hook::Xdp, &tcp4(LEARNED4, 45000, ACK))?, kept);
+    Ok(())
+}
+
+#[test]
 fn a_new_connection_to_the_expired_address_is_dropped() -> anyhow::Result<()> {
     let mut filter = keeping(60, 3600)?;
     filter.run(Hook::Xdp, &tcp4(LEARNED4, 41000, SYN))?;
