@@ -58,24 +58,28 @@ pub const EXPIRED_FILTER_BITS: u32 = 20;
 /// `u64` words of `EXPIRED_FILTER`.
 pub const EXPIRED_FILTER_WORDS: u32 = 1 << (EXPIRED_FILTER_BITS - 6);
 
-/// The bit of `EXPIRED_FILTER` an address sets: a multiplicative hash of its IPv4 address, or
-/// of an IPv6 address's last 64 bits (the interface identifier, where addresses in one prefix
-/// differ; fewer bytes keep the programs' stack small). Every address marked in `EXPIRED_ADDRS`
-/// has its bit set, so a clear bit says the address is not marked without the hash lookup; a
-/// set bit may be another address's (with the capacity of `EXPIRED_ADDRS` marked, about 3% of
-/// the bits are set), and the lookup decides. An attacker who finds colliding addresses gains
-/// nothing: their drops take the lookup every drop took before the filter.
+/// The bit of `EXPIRED_FILTER` an address sets, from the address as a 128-bit number in two
+/// halves ([`address_halves`]): a multiplicative hash of its IPv4 address, or of an IPv6
+/// address's last 64 bits (the interface identifier, where addresses in one prefix differ).
+/// Every address marked in `EXPIRED_ADDRS` has its bit set, so a clear bit says the address is
+/// not marked without the hash lookup; a set bit may be another address's (with the capacity of
+/// `EXPIRED_ADDRS` marked, about 3% of the bits are set), and the lookup decides. An attacker
+/// who finds colliding addresses gains nothing: their drops take the lookup every drop took
+/// before the filter.
 #[inline(always)]
 #[must_use]
-pub fn expired_filter_bit(addr: &[u8; 16], family: u8) -> u32 {
-    let word = if family == 4 {
-        u64::from(u32::from_le_bytes([addr[0], addr[1], addr[2], addr[3]]))
-    } else {
-        u64::from_le_bytes([
-            addr[8], addr[9], addr[10], addr[11], addr[12], addr[13], addr[14], addr[15],
-        ])
-    };
+pub const fn expired_filter_bit(hi: u64, lo: u64, family: u8) -> u32 {
+    let word = if family == 4 { hi >> 32 } else { lo };
     (word.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - EXPIRED_FILTER_BITS)) as u32
+}
+
+/// An address as keys spell it (network order, IPv4 in the first four bytes) read as a 128-bit
+/// big-endian number, in halves: what the programs hold a packet's addresses as.
+#[inline(always)]
+#[must_use]
+pub const fn address_halves(addr: &[u8; 16]) -> (u64, u64) {
+    let number = u128::from_be_bytes(*addr);
+    ((number >> 64) as u64, number as u64)
 }
 
 /// Indices of the `FLOW_STATS` counters (per CPU).

@@ -123,12 +123,12 @@ fn kept(table: &LruHashMap<FlowKey, FlowState>, packet: &Packet) -> Option<u16> 
     // flows): its flows stay in the table but keep nothing open. Asked before the flow, and
     // first of the filter (one inlined array read instead of hashing a key): most drops go to
     // addresses never allowed.
-    let bit = expired_filter_bit(&packet.dst, packet.family);
+    let bit = expired_filter_bit(packet.dst.hi, packet.dst.lo, packet.family);
     if (*EXPIRED_FILTER.get(bit >> 6)? >> (bit & 63)) & 1 == 0 {
         return None;
     }
     let address = AddressKey {
-        addr: packet.dst,
+        addr: packet.dst.octets(),
         family: packet.family,
         _pad: [0; 3],
     };
@@ -186,8 +186,8 @@ const fn seconds(secs: u32) -> u64 {
 #[inline(always)]
 fn flow_key(packet: &Packet) -> FlowKey {
     FlowKey {
-        src: packet.src,
-        dst: packet.dst,
+        src: packet.src.octets(),
+        dst: packet.dst.octets(),
         sport: packet.sport,
         dport: packet.dport,
         family: packet.family,

@@ -106,17 +106,18 @@ pub(crate) fn judge<const SKIP: u32>(packet: &Packet, group: u32, table_state: u
 fn destination_policy(packet: &Packet, table_state: u32) -> Option<PolicyId> {
     if packet.family == 4 {
         if table_state & state::V4_TRIE != 0 {
-            return ALLOW_V4.get(Key::new(32, packet.dst_v4())).copied();
+            return ALLOW_V4
+                .get(Key::new(32, packet.dst.v4().to_be_bytes()))
+                .copied();
         }
         let copy = (table_state & state::V4_COPY_1 != 0) as u32;
-        range_value(find_range_v4(u32::from_be_bytes(packet.dst_v4()), copy)?)
+        range_value(find_range_v4(packet.dst.v4(), copy)?)
     } else {
         if table_state & state::V6_TRIE != 0 {
-            return ALLOW_V6.get(Key::new(128, packet.dst)).copied();
+            return ALLOW_V6.get(Key::new(128, packet.dst.octets())).copied();
         }
         let copy = (table_state & state::V6_COPY_1 != 0) as u32;
-        let dst = u128::from_be_bytes(packet.dst);
-        range_value(find_range_v6((dst >> 64) as u64, dst as u64, copy)?)
+        range_value(find_range_v6(packet.dst.hi, packet.dst.lo, copy)?)
     }
 }
 
@@ -244,14 +245,13 @@ pub(crate) fn source_group(packet: &Packet, table_state: Option<&TableState>) ->
         return DEFAULT_GROUP;
     }
     let found = if packet.family == 4 {
-        let src = u32::from_be_bytes([packet.src[0], packet.src[1], packet.src[2], packet.src[3]]);
+        let src = packet.src.v4();
         match chunk_group_v4(src, copy, window) {
             Some(group) => Some(group),
             None => find_group_v4(src, copy, window),
         }
     } else {
-        let src = u128::from_be_bytes(packet.src);
-        let (hi, lo) = ((src >> 64) as u64, src as u64);
+        let (hi, lo) = (packet.src.hi, packet.src.lo);
         match chunk_group_v6(hi, lo, copy, window) {
             Some(group) => Some(group),
             None => find_group_v6(hi, lo, copy, window),
@@ -455,7 +455,7 @@ fn slot_holds(slot: &SourceSlot, packet: &Packet) -> Option<bool> {
         if count == SOURCE_SLOT_OVERFLOW {
             return None;
         }
-        let src = u32::from_be_bytes([packet.src[0], packet.src[1], packet.src[2], packet.src[3]]);
+        let src = packet.src.v4();
         for (index, prefix) in slot.v4.iter().enumerate() {
             if index as u32 >= count {
                 break;
@@ -469,8 +469,7 @@ fn slot_holds(slot: &SourceSlot, packet: &Packet) -> Option<bool> {
         if count == SOURCE_SLOT_OVERFLOW {
             return None;
         }
-        let src = u128::from_be_bytes(packet.src);
-        let (hi, lo) = ((src >> 64) as u64, src as u64);
+        let (hi, lo) = (packet.src.hi, packet.src.lo);
         for (index, prefix) in slot.v6.iter().enumerate() {
             if index as u32 >= count {
                 break;
@@ -488,8 +487,8 @@ fn slot_holds(slot: &SourceSlot, packet: &Packet) -> Option<bool> {
 #[inline(always)]
 fn source_in_trie(ifindex: u32, packet: &Packet) -> bool {
     let index = ifindex.to_be_bytes();
-    let src = &packet.src;
     if packet.family == 4 {
+        let src = packet.src.v4().to_be_bytes();
         let key: SourceKeyV4 = [
             index[0], index[1], index[2], index[3], src[0], src[1], src[2], src[3],
         ];
@@ -497,7 +496,7 @@ fn source_in_trie(ifindex: u32, packet: &Packet) -> bool {
     } else {
         let mut key: SourceKeyV6 = [0; 20];
         key[..4].copy_from_slice(&index);
-        key[4..].copy_from_slice(src);
+        key[4..].copy_from_slice(&packet.src.octets());
         SOURCES_V6.get(Key::new(IFINDEX_BITS + 128, key)).is_some()
     }
 }
@@ -553,14 +552,14 @@ fn match_rules(policy: &Policy, rule_proto: u8, port: u16, group: GroupMask) -> 
 /// segment to 169.254.169.254 like any other packet).
 #[inline(always)]
 fn link_local_reason(packet: &Packet) -> Option<Reason> {
-    let dst = &packet.dst;
     // DHCP passes only to the destinations a client without a lease or a server address sends
     // to: the limited broadcast, and for DHCPv6 the link-scope groups. A message to a unicast
     // address, the gateway's own link-local ones included, is a renewal: policy judges it.
     let (link_scoped, dhcp_destination, dhcp_ports) = if packet.family == 4 {
-        let limited_broadcast = dst[0] == 255 && dst[1] == 255 && dst[2] == 255 && dst[3] == 255;
+        let dst = packet.dst.v4();
+        let limited_broadcast = dst == 0xffff_ffff;
         // 224.0.0.0/24, local network control (RFC 5771): multicast routers never forward it.
-        let local_multicast = dst[0] == 224 && dst[1] == 0 && dst[2] == 0;
+        let local_multicast = dst >> 8 == 0x00e0_0000;
         (
             limited_broadcast || local_multicast,
             limited_broadcast,
@@ -568,7 +567,7 @@ fn link_local_reason(packet: &Packet) -> Option<Reason> {
         )
     } else {
         // ff02::/16, link-local scope multicast.
-        let multicast_link = dst[0] == 0xff && dst[1] == 0x02;
+        let multicast_link = packet.dst.hi >> 48 == 0xff02;
         (
             multicast_link || is_link_local_unicast(packet),
             multicast_link,
@@ -594,7 +593,7 @@ fn link_local_reason(packet: &Packet) -> Option<Reason> {
 /// fe80::/10, link-local unicast.
 #[inline(always)]
 fn is_link_local_unicast(packet: &Packet) -> bool {
-    packet.family == 6 && packet.dst[0] == 0xfe && packet.dst[1] & 0xc0 == 0x80
+    packet.family == 6 && packet.dst.hi >> 54 == 0xfe80 >> 6
 }
 
 /// IP protocols that carry another packet: IP-in-IP, IPv6-in-IP, GRE, EtherIP, ENCAP, L2TPv3,

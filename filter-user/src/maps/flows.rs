@@ -8,7 +8,9 @@ use aya::{
     Ebpf,
 };
 use filter_common::{
-    flows::{expired_filter_bit, AddressKey, FlowKey, FlowState, EXPIRED_FILTER_WORDS},
+    flows::{
+        address_halves, expired_filter_bit, AddressKey, FlowKey, FlowState, EXPIRED_FILTER_WORDS,
+    },
     maps::{self as names, MAX_EXPIRED_ADDRS},
     RuleProto,
 };
@@ -77,7 +79,7 @@ impl FlowMaps {
                 what: "the marks, to rebuild EXPIRED_FILTER".to_owned(),
                 source,
             })?;
-            set_bit(&mut wanted, expired_filter_bit(&key.addr, key.family));
+            set_bit(&mut wanted, filter_bit(&key));
         }
         for (at, (held, wanted)) in filter.words.iter_mut().zip(wanted).enumerate() {
             if *held != wanted {
@@ -120,7 +122,7 @@ impl FlowMaps {
             let key = address_key(address);
             if let Some(filter) = &mut self.filter {
                 // The bit before the mark: a packet that finds the mark finds the bit.
-                let bit = expired_filter_bit(&key.addr, key.family);
+                let bit = filter_bit(&key);
                 let at = (bit >> 6) as usize;
                 if set_bit(&mut filter.words, bit) {
                     filter
@@ -162,7 +164,7 @@ impl FlowMaps {
             return Ok(None);
         };
         let key = address_key(address);
-        let bit = expired_filter_bit(&key.addr, key.family);
+        let bit = filter_bit(&key);
         let word = filter
             .map
             .read((bit >> 6) as usize, 1)
@@ -224,6 +226,12 @@ impl FlowMaps {
             (&mut self.udp, names::UDP_FLOWS)
         }
     }
+}
+
+/// The `EXPIRED_FILTER` bit of a marked address.
+fn filter_bit(key: &AddressKey) -> u32 {
+    let (hi, lo) = address_halves(&key.addr);
+    expired_filter_bit(hi, lo, key.family)
 }
 
 /// Sets `bit` in `words`; whether it was clear.
