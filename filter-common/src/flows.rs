@@ -133,3 +133,50 @@ pub mod tcp_flags {
     pub const RST: u8 = 0x04;
     pub const ACK: u8 = 0x10;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_filter_bit_reads_the_ipv4_address_or_the_ipv6_interface_identifier() {
+        let mut v4 = [0_u8; 16];
+        v4[..4].copy_from_slice(&[198, 51, 100, 10]);
+        let (hi, lo) = address_halves(&v4);
+        assert_eq!((hi, lo), (0xc633_640a_u64 << 32, 0));
+        let bit = expired_filter_bit(hi, lo, 4);
+        assert!(bit < EXPIRED_FILTER_WORDS * 64);
+        // Another IPv4 address lands elsewhere (a multiplicative hash spreads neighbours).
+        let (next_hi, _) = address_halves(&{
+            let mut a = v4;
+            a[3] = 11;
+            a
+        });
+        assert_ne!(expired_filter_bit(next_hi, 0, 4), bit);
+
+        let v6: [u8; 16] = [
+            0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01,
+        ];
+        let (hi, lo) = address_halves(&v6);
+        assert_eq!((hi, lo), (0x2001_0db8_0000_0000, 1));
+        // Only the last 64 bits count for IPv6: addresses in one prefix still differ there.
+        assert_eq!(
+            expired_filter_bit(hi, lo, 6),
+            expired_filter_bit(hi ^ 0xffff, lo, 6)
+        );
+        assert_ne!(
+            expired_filter_bit(hi, lo, 6),
+            expired_filter_bit(hi, lo + 1, 6)
+        );
+    }
+
+    #[test]
+    fn the_filter_bits_of_many_addresses_spread_over_the_filter() {
+        // 32,768 consecutive IPv4 addresses (a CDN's /17) set nearly as many distinct bits: the
+        // filter answers "not marked" for most other addresses.
+        let bits: std::collections::BTreeSet<u32> = (0..32_768_u64)
+            .map(|n| expired_filter_bit((0xc000_0000 + n) << 32, 0, 4))
+            .collect();
+        assert!(bits.len() > 31_000, "{} distinct bits", bits.len());
+    }
+}

@@ -61,6 +61,9 @@ pub struct Daemon {
     notify_socket: PathBuf,
     /// The binary it runs, and `detach`es with if it leaves pins behind.
     binary: PathBuf,
+    /// The threads reading its stdout and stderr: they end when it has exited and they have
+    /// read the last line.
+    readers: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Daemon {
@@ -182,6 +185,7 @@ impl Daemon {
             .context("cannot start egress-filter")?;
         let stdout = Arc::new(Mutex::new(Vec::new()));
         let stderr = Arc::new(Mutex::new(Vec::new()));
+        let mut readers = Vec::new();
         for (pipe, sink, prefix) in [
             (
                 Box::new(child.stdout.take().context("stdout")?) as Box<dyn std::io::Read + Send>,
@@ -194,7 +198,7 @@ impl Daemon {
                 "   log   │ ",
             ),
         ] {
-            std::thread::spawn(move || {
+            readers.push(std::thread::spawn(move || {
                 for line in BufReader::new(pipe).lines().map_while(Result::ok) {
                     if echo {
                         println!("{prefix}{line}");
@@ -203,7 +207,7 @@ impl Daemon {
                         lines.push(line);
                     }
                 }
-            });
+            }));
         }
         Ok(Self {
             child: Mutex::new(child),
@@ -214,6 +218,7 @@ impl Daemon {
             notifications,
             notify_socket,
             binary,
+            readers,
         })
     }
 
@@ -390,8 +395,19 @@ impl Daemon {
         Ok(())
     }
 
-    /// Waits (bounded) for the process to exit and returns whether it exited successfully.
+    /// Waits (bounded) for the process to exit, and for the lines it wrote last (an error on
+    /// its way out) to be read; whether it exited successfully.
     pub fn wait_exit(&self, timeout: Duration) -> anyhow::Result<bool> {
+        let deadline = Instant::now() + timeout;
+        let success = self.wait_gone(timeout)?;
+        while Instant::now() < deadline && !self.readers.iter().all(|r| r.is_finished()) {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Ok(success)
+    }
+
+    /// Waits (bounded) for the process to exit, and no longer: what the benchmark times.
+    pub fn wait_gone(&self, timeout: Duration) -> anyhow::Result<bool> {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if let Some(status) = self.try_wait()? {

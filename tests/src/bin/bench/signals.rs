@@ -123,7 +123,7 @@ fn monotonic_usec() -> u64 {
 fn timed_stop(daemon: &Daemon) -> anyhow::Result<Duration> {
     let sent = Instant::now();
     daemon.signal("TERM")?;
-    daemon.wait_exit(Duration::from_secs(30))?;
+    daemon.wait_gone(Duration::from_secs(30))?;
     Ok(sent.elapsed())
 }
 
