@@ -400,7 +400,12 @@ impl Daemon {
     pub fn wait_exit(&self, timeout: Duration) -> anyhow::Result<bool> {
         let deadline = Instant::now() + timeout;
         let success = self.wait_gone(timeout)?;
-        while Instant::now() < deadline && !self.readers.iter().all(|r| r.is_finished()) {
+        while Instant::now() < deadline
+            && !self
+                .readers
+                .iter()
+                .all(std::thread::JoinHandle::is_finished)
+        {
             std::thread::sleep(Duration::from_millis(2));
         }
         Ok(success)
