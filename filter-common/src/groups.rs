@@ -26,7 +26,7 @@
 //! ```text
 //!  TABLE_STATE[0].bits             GROUPS_V4_COPY_1, GROUPS_V6_COPY_1: the copy each family reads
 //!  TABLE_STATE[0].group_windows[2 * family + copy]
-//!                                  GroupWindow { base, end, shift, count }: where the
+//!                                  GroupWindow { base, end, mask, shift, count }: where the
 //!                                  chunks lie, and how many ranges the copy holds (family 0:
 //!                                  IPv4, 1: IPv6); count 0: none
 //!  GROUP_INDEX_Vx[copy * GROUP_INDEX_PER_COPY + chunk / 2]
@@ -41,7 +41,7 @@
 //! ```
 //!
 //! Memory per copy: the chunk index 256 KiB per family, the ranges 32 KiB (IPv4) and 96 KiB
-//! (IPv6), the windows 40 bytes each (inside `TABLE_STATE`); 1.25 MiB for both copies of both families, whatever the
+//! (IPv6), the windows 56 bytes each (inside `TABLE_STATE`); 1.25 MiB for both copies of both families, whatever the
 //! rules hold.
 //!
 //! A copy in use starts with a range at address 0, so every source finds its range. A copy with
@@ -131,13 +131,18 @@ pub struct GroupWindow {
     pub end_hi: u64,
     /// Address bits 64-127 of the block's last address (IPv4: the address).
     pub end_lo: u64,
+    /// The block's prefix as a mask, bits 0-63 (its first `shift` bits set): a source is inside
+    /// when it differs from `base` in none of them.
+    pub mask_hi: u64,
+    /// The mask's bits 64-127 (IPv4: the prefix mask, in the low 32 bits).
+    pub mask_lo: u64,
     /// The block's prefix length: at most the family's width less [`GROUP_CHUNK_BITS`].
     pub shift: u32,
     /// Ranges the copy holds; 0 when the rules group no source (every source is in
     /// [`DEFAULT_GROUP`]).
     pub count: u32,
 }
-const _: () = assert!(size_of::<GroupWindow>() == 40);
+const _: () = assert!(size_of::<GroupWindow>() == 56);
 
 /// A chunk's entry when its run is longer than one range: `count` ranges from range `first`
 /// (counted from the start of the array, so copy 1's runs start at [`GROUP_RANGES_PER_COPY`] or

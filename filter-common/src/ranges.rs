@@ -73,7 +73,7 @@ pub struct TableState {
     /// source's group costs one more array read (its chunk), not two.
     pub group_windows: [crate::groups::GroupWindow; crate::groups::GROUP_WINDOW_ENTRIES as usize],
 }
-const _: () = assert!(size_of::<TableState>() == 168);
+const _: () = assert!(size_of::<TableState>() == 232);
 
 /// The bits of [`TableState::bits`].
 pub mod state {

@@ -235,78 +235,73 @@ pub(crate) fn source_group(packet: &Packet, table_state: Option<&TableState>) ->
     };
     let copy = group_copy(table_state.bits, packet.family);
     // The index is below 4 by construction; the verifier wants it bounded all the same.
-    let Some(window) = table_state
-        .group_windows
-        .get(group_window_entry(packet.family, copy) as usize)
-    else {
-        return DEFAULT_GROUP;
-    };
+    // The entry is below 4 by construction; the mask tells the compiler, so no bounds check.
+    let window = &table_state.group_windows
+        [group_window_entry(packet.family, copy) as usize % table_state.group_windows.len()];
     if window.count == 0 {
         return DEFAULT_GROUP;
     }
-    let found = if packet.family == 4 {
-        let src = packet.src.v4();
-        match chunk_group_v4(src, copy, window) {
-            Some(group) => Some(group),
-            None => find_group_v4(src, copy, window),
-        }
+    let direct = if packet.family == 4 {
+        chunk_group_v4(packet.src.v4(), copy, window)
     } else {
-        let (hi, lo) = (packet.src.hi, packet.src.lo);
-        match chunk_group_v6(hi, lo, copy, window) {
-            Some(group) => Some(group),
-            None => find_group_v6(hi, lo, copy, window),
-        }
+        chunk_group_v6(packet.src.hi, packet.src.lo, copy, window)
+    };
+    if direct != NOT_DIRECT {
+        return direct;
+    }
+    let found = if packet.family == 4 {
+        find_group_v4(packet.src.v4(), copy, window)
+    } else {
+        find_group_v6(packet.src.hi, packet.src.lo, copy, window)
     };
     // A damaged table reads as the default group, whose rules the rules define like any other.
     found.unwrap_or(DEFAULT_GROUP)
 }
 
+/// What [`chunk_group_v4`] and [`chunk_group_v6`] answer for a source they leave to the search:
+/// no group (they are below `MAX_GROUPS`). A plain number rather than an `Option`, which the
+/// compiler kept in memory.
+const NOT_DIRECT: u32 = u32::MAX;
+
 /// The group of an IPv4 source inside the window whose chunk lies inside one group: most
-/// sources, answered inline with one read (the chunk's entry) and no call. `None` sends the
-/// source to [`find_group_v4`], which answers every source.
+/// sources, answered inline with one read (the chunk's entry) and no call. [`NOT_DIRECT`] sends
+/// the source to [`find_group_v4`], which answers every source.
 #[inline(always)]
-fn chunk_group_v4(src: u32, copy: u32, window: &GroupWindow) -> Option<u32> {
-    let shift = window.shift;
-    // Inside: the source's first `shift` bits are the window's. `>> 1 >> (31 - shift)` is
-    // `>> (32 - shift)` without a shift by 32 when `shift` is 0 (the whole space).
-    let outside = ((src ^ window.base_lo as u32) >> 1).wrapping_shr(31 - shift);
-    if outside != 0 {
-        return None;
+fn chunk_group_v4(src: u32, copy: u32, window: &GroupWindow) -> u32 {
+    // Inside: the source's first `shift` bits are the window's.
+    if (src ^ window.base_lo as u32) & window.mask_lo as u32 != 0 {
+        return NOT_DIRECT;
     }
-    let chunk = src.wrapping_shl(shift) >> (32 - GROUP_CHUNK_BITS);
-    chunk_direct(chunk_entry_of(&GROUP_INDEX_V4, copy, chunk)?)
+    let chunk = src.wrapping_shl(window.shift) >> (32 - GROUP_CHUNK_BITS);
+    chunk_direct(chunk_entry_of(&GROUP_INDEX_V4, copy, chunk))
 }
 
 /// The group of an IPv6 source (`hi`, `lo`) inside the window whose chunk lies inside one
 /// group; as [`chunk_group_v4`], with [`find_group_v6`] for the rest.
 #[inline(always)]
-fn chunk_group_v6(hi: u64, lo: u64, copy: u32, window: &GroupWindow) -> Option<u32> {
-    let shift = window.shift;
-    let (differ_hi, differ_lo) = (hi ^ window.base_hi, lo ^ window.base_lo);
-    // The window's prefix ends in the high half or the low one: a branch on the rules, not on
-    // the source. The shifts by `x >> 1 >> (63 - n)` avoid a shift by 64, as above.
-    let (top, outside) = if shift < 64 {
-        (
-            hi.wrapping_shl(shift) | (lo >> 1).wrapping_shr(63 - shift),
-            (differ_hi >> 1).wrapping_shr(63 - shift),
-        )
-    } else {
-        (
-            lo.wrapping_shl(shift - 64),
-            differ_hi | (differ_lo >> 1).wrapping_shr(127 - shift),
-        )
-    };
-    if outside != 0 {
-        return None;
+fn chunk_group_v6(hi: u64, lo: u64, copy: u32, window: &GroupWindow) -> u32 {
+    if (hi ^ window.base_hi) & window.mask_hi | (lo ^ window.base_lo) & window.mask_lo != 0 {
+        return NOT_DIRECT;
     }
+    let shift = window.shift;
+    // The window's prefix ends in the high half or the low one: a branch on the rules, not on
+    // the source. `(lo >> 1) >> (63 - shift)` is `lo >> (64 - shift)` without a shift by 64.
+    let top = if shift < 64 {
+        hi.wrapping_shl(shift) | (lo >> 1).wrapping_shr(63 - shift)
+    } else {
+        lo.wrapping_shl(shift - 64)
+    };
     let chunk = (top >> (64 - GROUP_CHUNK_BITS)) as u32;
-    chunk_direct(chunk_entry_of(&GROUP_INDEX_V6, copy, chunk)?)
+    chunk_direct(chunk_entry_of(&GROUP_INDEX_V6, copy, chunk))
 }
 
-/// The group a chunk's entry holds, when it holds one rather than a run.
+/// The group a chunk's entry holds, or [`NOT_DIRECT`] when it holds a run (or was not read).
 #[inline(always)]
-fn chunk_direct(entry: u32) -> Option<u32> {
-    (entry & GROUP_ENTRY_DIRECT != 0).then_some(entry & !GROUP_ENTRY_DIRECT)
+fn chunk_direct(entry: Option<u32>) -> u32 {
+    match entry {
+        Some(entry) if entry & GROUP_ENTRY_DIRECT != 0 => entry & !GROUP_ENTRY_DIRECT,
+        _ => NOT_DIRECT,
+    }
 }
 
 /// The entry `copy`'s index holds for `chunk`: its group, or its run of ranges.

@@ -186,6 +186,8 @@ pub struct GroupIndex {
     pub end: u128,
     /// The window's prefix length.
     pub shift: u32,
+    /// The address space's width: 32 or 128.
+    pub width: u32,
     /// Per chunk, the first range of its run (counted from the copy's first) and how many.
     pub runs: Vec<(u32, u32)>,
 }
@@ -211,7 +213,10 @@ impl GroupIndex {
     /// The window of a copy holding `count` ranges, as the kernel reads it.
     #[must_use]
     pub fn window(&self, count: u32) -> GroupWindow {
+        let mask = !(u128::MAX >> self.shift) >> (128 - self.width);
         GroupWindow {
+            mask_hi: (mask >> 64) as u64,
+            mask_lo: mask as u64,
             base_hi: (self.base >> 64) as u64,
             base_lo: self.base as u64,
             end_hi: (self.end >> 64) as u64,
@@ -254,6 +259,7 @@ pub fn group_index(ranges: &[(u128, u32)], width: u32) -> GroupIndex {
         base,
         end: base | host_bits,
         shift,
+        width,
         runs,
     }
 }

@@ -64,10 +64,11 @@ ratio columns, xdp-filter's column), not across runs.
   whole-table rebuild (`malloc_trim`): before, the resident size stayed at the load's peak (about
   51 MB, of which glibc held 20 MB freed); the peak itself (VmHWM) is unchanged, as compiling
   and writing the table still allocates that much for a moment.
-- **Client groups.** Met now: the group windows ride in the `TABLE_STATE` value every packet
-  reads anyway, so rules without groups pay a test of the window's count and no read, and a
-  source whose chunk lies inside one group pays one inlined read (the chunk) and the window
-  test. The yardstick (`abl_group_one_read`) is one inlined array read keyed by the source;
+- **Client groups.** The group windows ride in the `TABLE_STATE` value every packet reads
+  anyway, so rules without groups pay a test of the window's count and no read, and a source
+  whose chunk lies inside one group pays one inlined read (the chunk) and the window test (a
+  mask and a compare): what the table's last column shows beyond one read is that test. The
+  yardstick (`abl_group_one_read`) is one inlined array read keyed by the source;
   until this commit it chose its map at run time, which the verifier does not inline, so it
   measured a helper call (about 15 ns) rather than a read, and made groups look cheaper than
   they were against it. Pinned filters of builds from before the change are refused at start
