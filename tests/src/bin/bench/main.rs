@@ -15,6 +15,7 @@ mod per_packet;
 mod prefixes;
 mod scrape;
 mod signals;
+mod startup;
 mod throughput;
 mod updates;
 
@@ -189,9 +190,10 @@ fn args() -> anyhow::Result<Args> {
                     "scrape" => Part::Scrape,
                     "check" => Part::Check,
                     "signals" => Part::Signals,
+                    "startup" => Part::Startup,
                     _ => anyhow::bail!(
                         "--only knows dns, breakdown, per-packet, scrape, flows, groups, check, \
-                         signals"
+                         signals, startup"
                     ),
                 });
             }
@@ -219,6 +221,7 @@ enum Part {
     Groups,
     Check,
     Signals,
+    Startup,
 }
 
 /// The table size the breakdown runs at: the per-packet goal's first size.
@@ -271,6 +274,7 @@ fn only(part: Part, args: &Args) -> anyhow::Result<String> {
         Part::Scrape => scrape::table(&scrape::measure()?, &command("scrape")),
         Part::Check => check::table(&check::measure(&args.binary)?, &command("check")),
         Part::Signals => signals::table(&signals::measure(&args.binary)?, &command("signals")),
+        Part::Startup => startup::table(&startup::measure(&args.binary)?, &command("startup")),
         Part::PerPacket => {
             let mut baseline = per_packet::Baseline::load()?;
             let mut rows = Vec::new();
@@ -368,6 +372,13 @@ fn main() -> anyhow::Result<()> {
         report,
         "{}",
         signals::table(&signals::measure(&args.binary)?, &args.command)
+    );
+
+    // 8: the daemon's start-up and a whole-table replacement with 1M prefixes.
+    let _ = writeln!(
+        report,
+        "{}",
+        startup::table(&startup::measure(&args.binary)?, &args.command)
     );
 
     let _ = writeln!(report, "{GAPS}");
