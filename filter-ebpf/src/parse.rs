@@ -17,7 +17,7 @@
 //! Which link layer a frame has is the program's, not the frame's, to say: `ETHERNET` is a
 //! compile-time parameter, so each program verifies and runs only its own path.
 
-use filter_common::{Reason, RuleProto};
+use filter_common::{flows::address_halves, Reason, RuleProto};
 use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -132,11 +132,8 @@ impl Address {
 
     #[inline(always)]
     const fn v6_from(octets: &[u8; 16]) -> Self {
-        let number = u128::from_be_bytes(*octets);
-        Self {
-            hi: (number >> 64) as u64,
-            lo: number as u64,
-        }
+        let (hi, lo) = address_halves(octets);
+        Self { hi, lo }
     }
 
     /// The IPv4 address, for a packet of family 4.

@@ -16,7 +16,10 @@ use filter_tests::{
     lab::{sh, unique_id},
 };
 
-use crate::prefixes::{self, Rng};
+use crate::{
+    prefixes::{self, Rng},
+    updates::Cleanup,
+};
 
 const PREFIXES: usize = 1_000_000;
 const ROUNDS: usize = 3;
@@ -92,18 +95,6 @@ pub(crate) fn measure(binary: &Path) -> anyhow::Result<Startup> {
         startup.starts, startup.replacements
     );
     Ok(startup)
-}
-
-struct Cleanup {
-    ns: String,
-    dir: std::path::PathBuf,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = sh(&["ip", "netns", "del", &self.ns]);
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 /// The section of BENCHMARKS.md.

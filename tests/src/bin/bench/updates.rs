@@ -161,9 +161,10 @@ pub(crate) fn daemon_memory(binary: &Path, count: usize) -> anyhow::Result<(u64,
     Ok((kib("VmRSS:"), kib("VmHWM:")))
 }
 
-struct Cleanup {
-    ns: String,
-    dir: std::path::PathBuf,
+/// A bench's namespace and scratch directory, removed when dropped.
+pub(crate) struct Cleanup {
+    pub ns: String,
+    pub dir: std::path::PathBuf,
 }
 
 impl Drop for Cleanup {
