@@ -53,8 +53,8 @@ ratio columns, xdp-filter's column), not across runs.
   hash of each expired address, before any hash lookup, since nearly every drop goes to an
   address that was never allowed. The filter had been tried before and refused by the verifier
   (the program's stack past 512 bytes); with the addresses as halves it fits.
-- **Start-up with 1M IPv4 prefixes.** The daemon takes about 2 s from exec to enforcing, around
-  the goal. Where it goes (one start traced with `strace -T` and the daemon's log): parsing the
+- **Start-up with 1M IPv4 prefixes.** The daemon takes 2.0-2.6 s from exec to enforcing across
+  runs, above the goal. Where it goes (one start traced with `strace -T` and the daemon's log): parsing the
   19 MB rules file about 0.6-0.9 s, compiling and writing the table 0.4-0.6 s, and the verifier
   on `egress_xdp` 1.0-1.3 s (one `BPF_PROG_LOAD`; the flow code is in the program once per
   protocol, which the inlined lookups need). The verifier needs nothing from the rules, so it
