@@ -221,6 +221,37 @@ fn a_killed_daemon_keeps_enforcing_and_a_restart_adopts_it() -> anyhow::Result<(
     );
     assert!(lab.client.connects(WEB_A_V4, 443, 2), "and still allowing");
 
+    // A restart with broken rules fails and changes nothing: the programs it verified while it
+    // read them were loaded beside the pinned filter, never in its place.
+    let broken = RulesDir::with_id(
+        &format!("{}-broken", lab.id),
+        "[[service]]\nname = \"x\"\ncidrs = [\"198.51.100.10/8\"]\ntcp = [443]\n",
+    )?;
+    let refused = Daemon::spawn(
+        &lab.gw.name,
+        &lab.pin_path(),
+        &["--rules", broken.path(), "--xdp", &lab.gw_lan],
+    )?;
+    assert!(
+        !refused.wait_exit(Duration::from_secs(10))?,
+        "broken rules fail the start"
+    );
+    assert!(
+        refused.logs().iter().any(|l| l.contains("lab.toml:3:10")),
+        "{:?}",
+        refused.logs()
+    );
+    assert!(
+        std::path::Path::new(&lab.pin_path())
+            .join("links")
+            .read_dir()?
+            .count()
+            == 1,
+        "the pinned link stays"
+    );
+    assert!(!lab.client.connects(WEB_A_V4, 8080, 1), "still enforcing");
+    assert!(lab.client.connects(WEB_A_V4, 443, 2), "still allowing");
+
     let restarted = gateway(&lab, &rules, &[])?;
     restarted.wait_for_log("adopted the pinned link", Duration::from_secs(1))?;
     assert!(

@@ -24,6 +24,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use filter_common::maps::{self as names, ALL_MAPS};
+use tokio::sync::{oneshot, watch};
 
 use super::{
     attachments::{self, AttachmentKey, NamedLink, Plan, Target},
@@ -74,24 +75,83 @@ pub fn load_with_pins(pins: &PinDir) -> anyhow::Result<Ebpf> {
         .context("cannot create or adopt the pinned maps")
 }
 
-/// A second load of the object, adopting the maps the first load pinned, with the programs
-/// `targets` need already through the verifier. The verifier is the slow part of a start (about
-/// half a second on a busy two-core machine); run on a thread of its own, it lets the daemon
-/// answer DNS in the meantime. A program that fails here is left unloaded: attaching it tries
-/// again and reports the failure where it always did.
-pub fn load_verified(pins: &PinDir, targets: &[Target]) -> anyhow::Result<Ebpf> {
-    let mut ebpf = load_with_pins(pins)?;
+/// The programs the first attachments need, put through the verifier on a thread of its own
+/// from the moment the pin path is locked. The verifier needs nothing from the rules, and it is
+/// the longest part of a start (over a second for the XDP program with this build's datapath),
+/// so it runs while the rules are read, compiled and written, and while DNS is answered.
+///
+/// The thread's load creates (or adopts) the pinned maps before it verifies; the daemon's own
+/// load waits for that ([`Self::maps_pinned`]) and adopts them, so both loads share one set of
+/// maps and the verified programs read the very maps the policy is written to. A program that
+/// fails here is left unloaded: attaching it tries again and reports the failure where it
+/// always did.
+pub struct VerifyingAhead {
+    /// Turns true once the thread's load has pinned the maps, or failed to.
+    pinned: watch::Receiver<bool>,
+    verified: oneshot::Receiver<anyhow::Result<Ebpf>>,
+}
+
+impl VerifyingAhead {
+    /// Starts the thread. A thread of its own rather than a blocking task: a start that fails
+    /// meanwhile (bad rules) exits without waiting for the verifier to finish.
+    pub fn start(pins: &PinDir, targets: &[Target]) -> anyhow::Result<Self> {
+        let (pinned_tx, pinned) = watch::channel(false);
+        let (verified_tx, verified) = oneshot::channel();
+        let (pins, targets) = (pins.clone(), targets.to_vec());
+        std::thread::Builder::new()
+            .name("verifier".into())
+            .spawn(move || {
+                let loaded = load_with_pins(&pins);
+                pinned_tx.send_replace(true);
+                let verified = loaded.map(|mut ebpf| {
+                    verify(&mut ebpf, &targets);
+                    ebpf
+                });
+                // The daemon may have stopped waiting (a failed start): nothing to hand over.
+                let _ = verified_tx.send(verified);
+            })
+            .context("cannot start the verifier's thread")?;
+        Ok(Self { pinned, verified })
+    }
+
+    /// Resolves once the thread's load has created or adopted the pinned maps (or failed to):
+    /// from then on the thread changes nothing in the pin path. A start waits for this before
+    /// its own load, and before it removes the pins after a failure; it owns what it waits on,
+    /// so the failure path can keep it when the start itself is dropped.
+    pub fn maps_pinned(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut pinned = self.pinned.clone();
+        async move {
+            // An error means the thread ended (panicked) before saying so: nothing more comes.
+            let _ = pinned.wait_for(|done| *done).await;
+        }
+    }
+
+    /// The object with the programs verified, or `None` (logged at debug) when its load
+    /// failed: the daemon's own load reports the same failure.
+    pub async fn verified(self) -> Option<Ebpf> {
+        match self.verified.await {
+            Ok(Ok(ebpf)) => Some(ebpf),
+            Ok(Err(err)) => {
+                tracing::debug!("verifying ahead: {err:#}");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+}
+
+/// Runs the programs `targets` need through the verifier, leaving any that fail unloaded.
+fn verify(ebpf: &mut Ebpf, targets: &[Target]) {
     for target in targets {
         let name = program_for(target.hook, target.layer);
         let verified = match target.hook {
-            HookKind::Xdp => loader::loaded_xdp(&mut ebpf, name).map(drop),
-            HookKind::Tc | HookKind::TcIngress => loader::loaded_tc(&mut ebpf, name).map(drop),
+            HookKind::Xdp => loader::loaded_xdp(ebpf, name).map(drop),
+            HookKind::Tc | HookKind::TcIngress => loader::loaded_tc(ebpf, name).map(drop),
         };
         if let Err(err) = verified {
             tracing::debug!("{:#}", anyhow::Error::new(err));
         }
     }
-    Ok(ebpf)
 }
 
 /// Refuses to adopt maps pinned by a build whose maps have another shape: the programs would

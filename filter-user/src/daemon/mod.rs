@@ -104,8 +104,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         !opts.interfaces.is_empty(),
         "nothing to attach: give --xdp IFACE, --tc IFACE and/or --tc-ingress IFACE"
     );
-    // Bad rules or interfaces: fail before anything is attached or pinned.
-    let rules = Rules::load(&opts.rules)?;
+    // Interfaces that are not there, or a DNS address that is not ours: fail before anything
+    // is pinned.
     let watch = LinkWatch::subscribe()?;
     let links = interfaces::read_named_links().await?;
     let plan = attach::first_plan(&opts, &links)?;
@@ -115,7 +115,6 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             .await?
             .check_listen(&dns.listen)?;
     }
-    let first = FirstAttachments { watch, links, plan };
 
     let pins = PinDir::new(&opts.pin_path);
     let _lock = pins.lock()?;
@@ -125,11 +124,33 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         Ok(bound) => bound,
         Err(err) => return Err(abandon(&pins, adopting, err)),
     };
+    let verifying = match attach::VerifyingAhead::start(&pins, &plan.attach) {
+        Ok(verifying) => verifying,
+        Err(err) => return Err(abandon(&pins, adopting, err)),
+    };
+    // Whatever fails from here on waits for this before it removes the pins: the maps the
+    // verifier's load pins meanwhile go with the rest.
+    let maps_pinned = verifying.maps_pinned();
+    // Bad rules fail the start before anything is attached.
+    let rules = match Rules::load(&opts.rules) {
+        Ok(rules) => rules,
+        Err(err) => {
+            maps_pinned.await;
+            return Err(abandon(&pins, adopting, err.into()));
+        }
+    };
+    let first = FirstAttachments {
+        watch,
+        links,
+        plan,
+        verifying,
+    };
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let started = tokio::select! {
-        started = Daemon::start(opts, rules, pins.clone(), first, listeners, metrics_listener)
-            => started,
+        started = Daemon::start(
+            opts, rules, pins.clone(), adopting, first, listeners, metrics_listener,
+        ) => started,
         _ = term.recv() => Err(anyhow::anyhow!("stopped while starting")),
         _ = int.recv() => Err(anyhow::anyhow!("stopped while starting")),
     };
@@ -137,7 +158,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     // behind either.
     let mut daemon = match started {
         Ok(daemon) => daemon,
-        Err(err) => return Err(abandon(&pins, adopting, err)),
+        Err(err) => {
+            maps_pinned.await;
+            return Err(abandon(&pins, adopting, err));
+        }
     };
     let result = daemon.serve(&mut term, &mut int).await;
     daemon.notifier.stopping();

@@ -1,5 +1,6 @@
 //! Starting the daemon: resolve, load (adopting pins), number the counted interfaces, fill the
-//! maps, answer DNS while the programs are verified, then attach (through the same step that
+//! maps, answer DNS until the programs are verified (on a thread of their own since the pin
+//! path was locked, see `attach::VerifyingAhead`), then attach (through the same step that
 //! follows link changes later), so the programs never run on maps that do not hold the policy
 //! yet and clients wait for the verifier only the first time.
 
@@ -46,11 +47,11 @@ impl Daemon {
         opts: RunOptions,
         mut rules: Rules,
         pins: PinDir,
+        adopting: bool,
         first: FirstAttachments,
         listeners: Option<Listeners>,
         metrics_listener: Option<tokio::net::TcpListener>,
     ) -> anyhow::Result<Self> {
-        let adopting = pins.has_pinned_maps();
         if adopting {
             tracing::info!("adopting the filter pinned at {}", pins.root().display());
         }
@@ -91,6 +92,8 @@ impl Daemon {
             rules.exact_hosts().len()
         );
 
+        // The verifier's load made (or adopted) the pinned maps: this load adopts the same.
+        first.verifying.maps_pinned().await;
         let mut ebpf = attach::load_with_pins(&pins)?;
         let counted = metrics::number_interfaces(&opts.interfaces);
         // Counter slots are assigned as the interfaces are attached (`carry_out`).
@@ -148,7 +151,12 @@ impl Daemon {
             ebpf,
         };
         daemon
-            .take_over(first.plan, &first.links, attached_read_our_maps)
+            .take_over(
+                first.plan,
+                &first.links,
+                first.verifying,
+                attached_read_our_maps,
+            )
             .await?;
         Ok(daemon)
     }
@@ -162,45 +170,42 @@ impl Daemon {
         &mut self,
         plan: Plan,
         links: &[NamedLink],
+        verifying: attach::VerifyingAhead,
         attached_read_our_maps: bool,
     ) -> anyhow::Result<()> {
         self.apply_as(Update::Full, true, Cause::Start)?;
         self.observer.policy_in_place(false);
         if attached_read_our_maps {
             self.start_forwarder();
-            self.verify_while_answering(&plan).await;
-            // The verifying thread's allocations (another load of the object) came after the
-            // rebuild handed its memory back.
-            super::changes::release_freed_memory();
-            self.carry_out(plan, links, true).await?;
         } else {
             tracing::info!(
                 "the pinned filter was attached by another build: DNS is answered once this \
                  build's programs are attached"
             );
-            self.carry_out(plan, links, true).await?;
+        }
+        self.wait_for_verifier(verifying).await;
+        // The verifier thread's allocations (its load of the object) came after the rebuild
+        // handed its memory back.
+        super::changes::release_freed_memory();
+        self.carry_out(plan, links, true).await?;
+        if !attached_read_our_maps {
             self.start_forwarder();
         }
         attach::remove_leftover_pins(&self.pins, &self.attachments.held)
     }
 
-    /// Runs the programs the first attachments need through the verifier on a thread of its
-    /// own while the forwarder's answers are learned here: after a `kill -9`, clients wait for
-    /// the maps only, not for the verifier too. The object loaded there (the maps it adopts by
-    /// their pins are these very maps) replaces the one the maps were taken from.
-    async fn verify_while_answering(&mut self, plan: &Plan) {
-        let pins = self.pins.clone();
-        let targets = plan.attach.clone();
-        let verifying = tokio::task::spawn_blocking(move || attach::load_verified(&pins, &targets));
-        tokio::pin!(verifying);
+    /// Waits for the programs verified ahead (see [`attach::VerifyingAhead`]), learning what
+    /// the forwarder's answers teach meanwhile: after a `kill -9`, clients wait for the maps
+    /// only, not for the verifier too. The object loaded there (the maps it adopted by their
+    /// pins are these very maps) replaces the one the maps were taken from.
+    async fn wait_for_verifier(&mut self, verifying: attach::VerifyingAhead) {
+        let verified = verifying.verified();
+        tokio::pin!(verified);
         loop {
             tokio::select! {
-                verified = &mut verifying => {
-                    match verified {
-                        Ok(Ok(ebpf)) => self.ebpf = ebpf,
-                        // Attaching loads and verifies the programs itself, and says what fails.
-                        Ok(Err(err)) => tracing::debug!("verifying ahead: {err:#}"),
-                        Err(err) => tracing::debug!("verifying ahead: {err}"),
+                verified = &mut verified => {
+                    if let Some(ebpf) = verified {
+                        self.ebpf = ebpf;
                     }
                     return;
                 }
@@ -276,4 +281,6 @@ pub(super) struct FirstAttachments {
     pub watch: LinkWatch,
     pub links: Vec<NamedLink>,
     pub plan: Plan,
+    /// The programs `plan` needs, through the verifier while the rules are read and written.
+    pub verifying: attach::VerifyingAhead,
 }
