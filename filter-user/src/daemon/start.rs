@@ -61,14 +61,7 @@ impl Daemon {
         tracing::info!("resolving {} hostnames", rules.exact_hosts().len());
         hosts.set_names(rules.exact_hosts(), now);
         let matcher = Arc::new(NameMatcher::new(&rules));
-        let mut learner = Learner::new(opts.dns.as_ref().map_or(
-            LearnPolicy {
-                min_ttl: Duration::ZERO,
-                grace: Duration::ZERO,
-                capacity: 0,
-            },
-            |dns| dns.learn,
-        ));
+        let mut learner = Learner::new(learn_policy(&opts));
         // A fresh filter has nothing attached yet, so answering early opens nothing too soon.
         let attached_read_our_maps = !adopting
             || seed_from_state(
@@ -213,6 +206,18 @@ impl Daemon {
             }
         }
     }
+}
+
+/// What DNS answers may teach: nothing without `--dns-listen`.
+fn learn_policy(opts: &RunOptions) -> LearnPolicy {
+    opts.dns.as_ref().map_or(
+        LearnPolicy {
+            min_ttl: Duration::ZERO,
+            grace: Duration::ZERO,
+            capacity: 0,
+        },
+        |dns| dns.learn,
+    )
 }
 
 /// Keeps what the last daemon had resolved and learned until fresh answers replace it: the
