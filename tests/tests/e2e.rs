@@ -393,6 +393,64 @@ fn sigterm_leaves_nothing_attached_or_pinned() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The verifier's load pins the maps while the rules are still being read: a stop request in
+/// that window must leave nothing pinned either.
+#[test]
+fn sigterm_while_the_rules_are_read_leaves_nothing_pinned() -> anyhow::Result<()> {
+    let lab = Lab::new(&[443])?;
+    // Enough prefixes that reading them takes a good while after the maps are pinned.
+    let cidrs: Vec<String> = (0..400_000u32)
+        .map(|i| format!("\"10.{}.{}.{}/32\"", i >> 16, (i >> 8) & 0xff, i & 0xff))
+        .collect();
+    let rules = RulesDir::new(
+        &lab,
+        &format!(
+            "[[service]]\nname = \"big\"\ncidrs = [{}]\ntcp = [443]\n",
+            cidrs.join(", ")
+        ),
+    )?;
+    let daemon = Daemon::spawn(
+        &lab.gw.name,
+        &lab.pin_path(),
+        &["--rules", rules.path(), "--xdp", &lab.gw_lan],
+    )?;
+    let maps = std::path::Path::new(&lab.pin_path()).join("maps");
+    assert!(
+        eventually(Duration::from_secs(10), || maps
+            .read_dir()
+            .is_ok_and(|mut dir| dir.next().is_some())),
+        "the verifier's load pins the maps: {:?}",
+        daemon.logs()
+    );
+    daemon.signal("TERM")?;
+    assert!(
+        !daemon
+            .logs()
+            .iter()
+            .any(|l| l.contains("hostnames have addresses")),
+        "the stop came after the rules were read, so this tests nothing: {:?}",
+        daemon.logs()
+    );
+    assert!(
+        !daemon.wait_exit(Duration::from_secs(30))?,
+        "a start stopped fails"
+    );
+    assert!(
+        daemon
+            .logs()
+            .iter()
+            .any(|l| l.contains("stopped while starting")),
+        "{:?}",
+        daemon.logs()
+    );
+    assert!(
+        !std::path::Path::new(&lab.pin_path()).exists(),
+        "nothing left pinned"
+    );
+    assert!(lab.client.connects(WEB_B_V4, 443, 2), "nothing attached");
+    Ok(())
+}
+
 #[test]
 fn bad_rules_at_start_attach_nothing() -> anyhow::Result<()> {
     let lab = Lab::new(&[443])?;

@@ -116,6 +116,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             .check_listen(&dns.listen)?;
     }
 
+    // Taken before anything is pinned: from here on a stop request ends the start cleanly.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
     let pins = PinDir::new(&opts.pin_path);
     let _lock = pins.lock()?;
     let adopting = pins.has_pinned_maps();
@@ -131,26 +134,30 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     // Whatever fails from here on waits for this before it removes the pins: the maps the
     // verifier's load pins meanwhile go with the rest.
     let maps_pinned = verifying.maps_pinned();
-    // Bad rules fail the start before anything is attached.
-    let rules = match Rules::load(&opts.rules) {
-        Ok(rules) => rules,
-        Err(err) => {
-            maps_pinned.await;
-            return Err(abandon(&pins, adopting, err.into()));
-        }
+    let daemon_pins = pins.clone();
+    let starting = async move {
+        // Bad rules fail the start before anything is attached. Reading them blocks this
+        // thread (most of a second for a million prefixes); a stop request is taken after it.
+        let rules = Rules::load(&opts.rules)?;
+        let first = FirstAttachments {
+            watch,
+            links,
+            plan,
+            verifying,
+        };
+        Daemon::start(
+            opts,
+            rules,
+            daemon_pins,
+            adopting,
+            first,
+            listeners,
+            metrics_listener,
+        )
+        .await
     };
-    let first = FirstAttachments {
-        watch,
-        links,
-        plan,
-        verifying,
-    };
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
     let started = tokio::select! {
-        started = Daemon::start(
-            opts, rules, pins.clone(), adopting, first, listeners, metrics_listener,
-        ) => started,
+        started = starting => started,
         _ = term.recv() => Err(anyhow::anyhow!("stopped while starting")),
         _ = int.recv() => Err(anyhow::anyhow!("stopped while starting")),
     };
