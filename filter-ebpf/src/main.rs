@@ -42,7 +42,10 @@ enum Verdict {
     Drop,
 }
 
-#[xdp]
+// `frags`: loaded for multi-buffer frames (BPF_F_XDP_HAS_FRAGS), which a driver needs before it
+// runs XDP natively on a link whose MTU exceeds a page (jumbo frames). The parser reads only the
+// first buffer, where every driver puts the headers; headers beyond it fail closed.
+#[xdp(frags)]
 #[expect(
     clippy::needless_pass_by_value,
     reason = "aya's macros hand the context over by value"
@@ -52,7 +55,7 @@ pub(crate) fn egress_xdp(ctx: XdpContext) -> u32 {
 }
 
 /// XDP on a layer-3 device (TUN, WireGuard, PPP, IP tunnels; generic mode): no link header.
-#[xdp]
+#[xdp(frags)]
 #[expect(
     clippy::needless_pass_by_value,
     reason = "aya's macros hand the context over by value"
@@ -164,8 +167,10 @@ fn process<C: PacketContext, const ETHERNET: bool, const SKIP: u32>(ctx: &C) -> 
         Ok(Frame::NotIp) => Reason::NotIp.into(),
         Err(reason) => reason.into(),
     };
+    // Once per packet: for a jumbo frame it is a helper call.
+    let bytes = ctx.packet_len();
     if SKIP & skip::COUNT == 0 {
-        report::count(ctx, reason, service_id);
+        report::count(ctx, bytes, reason, service_id);
     }
     if SKIP & skip::KERNEL_LOG == 0 && matches!(reason, Reason::PolicyMissing) {
         kernel_log::policy_missing(ctx);
@@ -174,7 +179,7 @@ fn process<C: PacketContext, const ETHERNET: bool, const SKIP: u32>(ctx: &C) -> 
         return Verdict::Pass;
     }
     if SKIP & skip::COUNT == 0 {
-        report::count_group_drop(ctx, group);
+        report::count_group_drop(bytes, group);
     }
     let config = if SKIP & skip::CONFIG != 0 {
         ablation::CONSTANT_CONFIG
@@ -184,7 +189,7 @@ fn process<C: PacketContext, const ETHERNET: bool, const SKIP: u32>(ctx: &C) -> 
     if SKIP & skip::KERNEL_LOG == 0 && !config.is_understood() {
         kernel_log::unknown_config(ctx, config.mode, config.flags);
     }
-    report::report(ctx, &packet, group, reason, &config);
+    report::report(ctx, bytes, &packet, group, reason, &config);
     if config.is_audit() {
         Verdict::Pass
     } else {

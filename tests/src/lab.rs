@@ -294,6 +294,22 @@ impl Lab {
         Ok(lab)
     }
 
+    /// Sets every link on the path (the client's, both of the gateway's, the internet host's) to
+    /// `mtu`: jumbo frames need it end to end, or TCP settles on the smallest.
+    pub fn set_mtu(&self, mtu: u32) -> anyhow::Result<()> {
+        let id = &self.id;
+        let mtu = mtu.to_string();
+        for (ns, dev) in [
+            (&self.client, format!("e{id}c")),
+            (&self.gw, self.gw_lan.clone()),
+            (&self.gw, self.gw_wan.clone()),
+            (&self.inet, format!("e{id}i")),
+        ] {
+            ns.exec(&["ip", "link", "set", "dev", &dev, "mtu", &mtu])?;
+        }
+        Ok(())
+    }
+
     /// Addresses, routes and forwarding.
     fn wire(&self, client_dev: &str, inet_dev: &str) -> anyhow::Result<()> {
         for (ns, dev, addrs) in [
