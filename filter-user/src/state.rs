@@ -64,6 +64,17 @@ pub struct AttachmentView {
     pub ifindex: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// XDP only: the mode the kernel reports the program running in (`driver`, `generic`), and
+    /// why it runs in that one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xdp_mode: Option<XdpModeView>,
+}
+
+/// The mode an XDP attachment runs in, as the kernel reports it, and why.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct XdpModeView {
+    pub mode: String,
+    pub why: String,
 }
 
 /// The forwarder's counters and the learned table's, as `stats` shows them.

@@ -357,6 +357,34 @@ impl Daemon {
         query_json(&self.binary, "stats", &self.pin_path)
     }
 
+    /// The mode `stats` reports XDP running in on `iface`, and why, once the state file holds
+    /// the attachment (waiting up to 5 s for it).
+    pub fn xdp_mode(&self, iface: &str) -> anyhow::Result<(String, String)> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let stats = self.stats()?;
+            let found = stats["interfaces"]["attached"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|a| a["hook"] == "xdp" && a["iface"] == iface)
+                .and_then(|a| {
+                    Some((
+                        a["xdp_mode"]["mode"].as_str()?.to_owned(),
+                        a["xdp_mode"]["why"].as_str()?.to_owned(),
+                    ))
+                });
+            if let Some(found) = found {
+                return Ok(found);
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "stats reports no XDP mode on {iface}: {stats}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// The attachments `stats` reports for `hook` (`xdp`, `tc-ingress`, …), as interface names.
     pub fn attached(&self, hook: &str) -> anyhow::Result<Vec<String>> {
         let stats = self.stats()?;

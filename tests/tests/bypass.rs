@@ -401,6 +401,18 @@ fn a_tun_lan_device_is_filtered_like_an_ethernet_one() -> anyhow::Result<()> {
         &format!("XDP attached to {tun} (a layer-3 device"),
         Duration::from_secs(1),
     )?;
+    // Each attachment says which mode it runs in and why: the veth natively, the TUN device
+    // in generic mode, the only one that sees its packets.
+    let (mode, why) = daemon.xdp_mode(&tun)?;
+    assert_eq!(mode, "generic", "{why}");
+    assert!(why.contains("a layer-3 device"), "{why}");
+    let (mode, why) = daemon.xdp_mode(&lab.gw_lan)?;
+    assert_eq!(mode, "driver", "{why}");
+    assert!(why.contains("the driver runs XDP natively"), "{why}");
+    daemon.wait_for_log(
+        &format!("XDP on {tun} runs in generic mode: a layer-3 device"),
+        Duration::from_secs(1),
+    )?;
     write("10.88.0.2")?;
     write("203.0.113.77")?;
     let filtered: Vec<u64> = ["allowed", "other_port", "other_host", "spoofed"]

@@ -108,6 +108,13 @@ fn jumbo_frames_pass_driver_mode_xdp_whole() -> anyhow::Result<()> {
         "[[service]]\nname = \"jumbo\"\ncidrs = [\"198.51.100.10/32\"]\ntcp = [9443]\n",
     )?;
     let daemon = gateway(&lab, &rules, &["--xdp-mode", "native"])?;
+    assert_eq!(
+        daemon.xdp_mode(&lab.gw_lan)?,
+        (
+            "driver".to_owned(),
+            "asked for (--xdp-mode native)".to_owned()
+        )
+    );
     let received = std::env::temp_dir().join(format!("ef-jumbo-{}", lab.id));
     let _receiver = lab.inet.spawn(&[
         "sh",

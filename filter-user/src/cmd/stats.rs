@@ -266,7 +266,10 @@ impl Stats {
         let attached: Vec<String> = report
             .attached
             .iter()
-            .map(|a| format!("{} ({})", a.iface, a.hook))
+            .map(|a| match &a.xdp_mode {
+                Some(xdp) => format!("{} ({}, {} mode: {})", a.iface, a.hook, xdp.mode, xdp.why),
+                None => format!("{} ({})", a.iface, a.hook),
+            })
             .collect();
         let _ = writeln!(
             out,

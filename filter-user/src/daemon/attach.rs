@@ -195,12 +195,15 @@ fn check_pinned_layouts(pins: &PinDir) -> anyhow::Result<()> {
 /// by an earlier run on this very device is adopted (the new program swapped in atomically, no
 /// gap); one pinned for a device that is gone (the name was deleted and created again, maybe
 /// while no daemon ran) is defunct, so it is unpinned and the new device attached afresh.
+///
+/// For XDP, returns why the program runs in the mode it does (the mode itself is the kernel's
+/// to report: [`super::interfaces::xdp_mode`]).
 pub fn attach_one(
     ebpf: &mut Ebpf,
     pins: &PinDir,
     xdp_mode: XdpModeArg,
     target: &Target,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<String>> {
     let Target {
         hook, name, layer, ..
     } = target;
@@ -209,7 +212,8 @@ pub fn attach_one(
         if pinned_link_ifindex(&path)? == Some(target.index) {
             adopt(ebpf, target, FdLink::from(old))?;
             tracing::info!(iface = %name, hook = hook.name(), "{} on {name}: adopted the pinned link", hook.title());
-            return Ok(());
+            return Ok((*hook == HookKind::Xdp)
+                .then(|| "adopted: the pinned link keeps the mode it was attached in".to_owned()));
         }
         std::fs::remove_file(&path).with_context(|| format!("cannot unpin {}", path.display()))?;
         tracing::info!(
@@ -218,14 +222,16 @@ pub fn attach_one(
             "the link pinned for {name} belonged to a device that is gone; attaching afresh"
         );
     }
-    match hook {
+    let why = match hook {
         HookKind::Xdp => {
             let program = loader::loaded_xdp(ebpf, program_for(*hook, *layer))?;
-            let id = match xdp_modes(xdp_mode, *layer) {
-                (only, None) => program.attach(name, only.into()),
-                (first, Some(fallback)) => program.attach(name, first.into()).or_else(|err| {
-                    tracing::info!(
-                        "XDP {} mode unavailable on {name} ({err}); using {} mode",
+            let (first, fallback) = xdp_modes(xdp_mode, *layer);
+            let mut why = mode_reason(xdp_mode, *layer);
+            let id = match fallback {
+                None => program.attach(name, first.into()),
+                Some(fallback) => program.attach(name, first.into()).or_else(|err| {
+                    why = format!(
+                        "the driver refused {} mode ({err}), so {} mode",
                         first.name(),
                         fallback.name()
                     );
@@ -234,6 +240,7 @@ pub fn attach_one(
             }
             .with_context(|| format!("cannot attach XDP to {name}"))?;
             pin_link(program.take_link(id)?, &path, "XDP (kernel < 5.9?)")?;
+            Some(why)
         }
         HookKind::Tc | HookKind::TcIngress => {
             let program = loader::loaded_tc(ebpf, program_for(*hook, *layer))?;
@@ -247,8 +254,9 @@ pub fn attach_one(
                 .attach(name, direction)
                 .with_context(|| format!("cannot attach {} to {name}", hook.title()))?;
             pin_link(program.take_link(id)?, &path, "TC (kernel < 6.6?)")?;
+            None
         }
-    }
+    };
     tracing::info!(
         iface = %name,
         hook = hook.name(),
@@ -258,7 +266,7 @@ pub fn attach_one(
         hook.title(),
         layer_note(*layer)
     );
-    Ok(())
+    Ok(why)
 }
 
 /// Swaps this build's program into a pinned link. The link is not kept open here: its pin alone
@@ -403,6 +411,17 @@ fn xdp_modes(asked: XdpModeArg, layer: LinkLayer) -> (Mode, Option<Mode>) {
         (XdpModeArg::Native, LinkLayer::Ethernet) => (Mode::Driver, None),
         (XdpModeArg::Auto, LinkLayer::Ethernet) => (Mode::Driver, Some(Mode::Generic)),
     }
+}
+
+/// Why XDP runs in the mode [`xdp_modes`] tries first, when the driver takes it.
+fn mode_reason(asked: XdpModeArg, layer: LinkLayer) -> String {
+    match (asked, layer) {
+        (_, LinkLayer::Ip) => "a layer-3 device: only generic mode sees every packet",
+        (XdpModeArg::Generic, _) => "asked for (--xdp-mode generic)",
+        (XdpModeArg::Native, _) => "asked for (--xdp-mode native)",
+        (XdpModeArg::Auto, _) => "the driver runs XDP natively",
+    }
+    .to_owned()
 }
 
 fn layer_note(layer: LinkLayer) -> &'static str {

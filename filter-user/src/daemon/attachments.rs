@@ -22,7 +22,7 @@ use anyhow::{bail, ensure};
 use super::interfaces::{CheckedInterfaces, LinkLayer};
 use crate::{
     pins::HookKind,
-    state::{AttachmentView, InterfaceReport},
+    state::{AttachmentView, InterfaceReport, XdpModeView},
 };
 
 /// One `--xdp`, `--tc` or `--tc-ingress` value: a hook and the interface names it applies to.
@@ -206,6 +206,8 @@ pub struct Attachments {
     pub missing: BTreeSet<AttachmentKey>,
     /// Interfaces that match but could not be attached, and why (tried again at each check).
     pub failed: BTreeMap<AttachmentKey, String>,
+    /// XDP attachments' modes, as the kernel reported them once attached, and why.
+    pub xdp_modes: BTreeMap<AttachmentKey, XdpModeView>,
     /// Unparseable matches already logged, so each is logged once.
     pub unsupported_seen: BTreeSet<AttachmentKey>,
     pub counts: AttachmentCounts,
@@ -251,12 +253,14 @@ impl Attachments {
     /// What `stats` shows.
     #[must_use]
     pub fn report(&self) -> InterfaceReport {
-        let view = |(hook, name): &AttachmentKey, ifindex: Option<u32>, error: Option<&String>| {
+        let view = |key: &AttachmentKey, ifindex: Option<u32>, error: Option<&String>| {
+            let (hook, name) = key;
             AttachmentView {
                 hook: hook.name().to_owned(),
                 iface: name.clone(),
                 ifindex,
                 error: error.cloned(),
+                xdp_mode: ifindex.and(self.xdp_modes.get(key).cloned()),
             }
         };
         InterfaceReport {

@@ -392,6 +392,41 @@ pub async fn read_named_links() -> anyhow::Result<Vec<NamedLink>> {
     result.context("cannot read the links over rtnetlink")
 }
 
+/// The mode the kernel reports an XDP program running in on the link with index `index`
+/// (`driver`, `generic`, `offload`; `multiple` if several are attached), or `None` when none is.
+pub async fn xdp_mode(index: u32) -> anyhow::Result<Option<&'static str>> {
+    use futures::TryStreamExt as _;
+    use rtnetlink::packet_route::link::{LinkAttribute, LinkXdp, XdpAttached};
+
+    let (connection, handle, _) =
+        rtnetlink::new_connection().context("cannot open an rtnetlink socket")?;
+    let connection = tokio::spawn(connection);
+    let result = async {
+        let mut reply = handle.link().get().match_index(index).execute();
+        let mut mode = None;
+        while let Some(message) = reply.try_next().await? {
+            let attached = message.attributes.iter().find_map(|a| match a {
+                LinkAttribute::Xdp(xdp) => xdp.iter().find_map(|x| match x {
+                    LinkXdp::Attached(attached) => Some(*attached),
+                    _ => None,
+                }),
+                _ => None,
+            });
+            mode = match attached {
+                Some(XdpAttached::Driver) => Some("driver"),
+                Some(XdpAttached::SocketBuffer) => Some("generic"),
+                Some(XdpAttached::Hardware) => Some("offload"),
+                Some(XdpAttached::Multiple) => Some("multiple"),
+                _ => None,
+            };
+        }
+        Ok::<_, rtnetlink::Error>(mode)
+    }
+    .await;
+    connection.abort();
+    result.with_context(|| format!("cannot read the XDP mode of link {index} over rtnetlink"))
+}
+
 /// The kernel's link and route notifications: a link was created, changed (renamed, up, down)
 /// or deleted; a route came or went (an address added to a new interface brings its prefix
 /// route). Each only says that something changed; the daemon then reads the links or routes

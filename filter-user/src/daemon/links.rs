@@ -6,10 +6,10 @@ use std::time::Instant;
 
 use super::{
     attach,
-    attachments::{self, NamedLink, Plan},
+    attachments::{self, NamedLink, Plan, Target},
     dns_clients, interfaces, Daemon,
 };
-use crate::{counters::Counters, maps::InterfaceGroups, metrics, rules};
+use crate::{counters::Counters, maps::InterfaceGroups, metrics, rules, state::XdpModeView};
 
 impl Daemon {
     /// Reads the links and brings the attachments in line with them. Failures are logged and
@@ -85,6 +85,7 @@ impl Daemon {
             let Some(index) = self.attachments.held.remove(key) else {
                 continue;
             };
+            self.attachments.xdp_modes.remove(key);
             let (hook, name) = key;
             let why = if links.iter().any(|l| l.index == index) {
                 "renamed, or no longer matches"
@@ -130,7 +131,11 @@ impl Daemon {
         for target in &plan.attach {
             let key = target.key();
             match attach::attach_one(&mut self.ebpf, &self.pins, self.opts.xdp_mode, target) {
-                Ok(()) => {
+                Ok(why) => {
+                    if let Some(why) = why {
+                        let mode = xdp_mode_of(target, why).await;
+                        self.attachments.xdp_modes.insert(key.clone(), mode);
+                    }
                     self.attachments.held.insert(key.clone(), target.index);
                     self.attachments.failed.remove(&key);
                     self.attachments.counts.attached += 1;
@@ -182,4 +187,20 @@ impl Daemon {
             }
         }
     }
+}
+
+/// The mode the kernel reports XDP running in on `target`, logged with why: which mode a
+/// gateway's LAN runs in decides what filtering costs there.
+async fn xdp_mode_of(target: &Target, why: String) -> XdpModeView {
+    let mode = match interfaces::xdp_mode(target.index).await {
+        Ok(Some(mode)) => mode.to_owned(),
+        Ok(None) => "unknown (none reported)".to_owned(),
+        Err(err) => {
+            tracing::warn!("{err:#}");
+            "unknown".to_owned()
+        }
+    };
+    let name = &target.name;
+    tracing::info!(iface = %name, mode = %mode, "XDP on {name} runs in {mode} mode: {why}");
+    XdpModeView { mode, why }
 }
