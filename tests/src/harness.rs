@@ -146,15 +146,20 @@ impl Filter {
     /// Runs `frame` through `hook` once.
     pub fn run(&mut self, hook: Hook, frame: &[u8]) -> anyhow::Result<Outcome> {
         let (raw, _) = self.run_repeated(hook, frame, 1)?;
-        match (hook, raw) {
-            (Hook::Xdp | Hook::XdpL3, XDP_PASS) | (Hook::Tc | Hook::TcIngress, TC_ACT_UNSPEC) => {
-                Ok(Outcome::Pass)
-            }
-            (Hook::Xdp | Hook::XdpL3, XDP_DROP) | (Hook::Tc | Hook::TcIngress, TC_ACT_SHOT) => {
-                Ok(Outcome::Drop)
-            }
-            _ => anyhow::bail!("{hook:?} returned unexpected code {raw}"),
-        }
+        outcome(hook, raw)
+    }
+
+    /// The Ethernet XDP and TC egress programs, for a thread that runs frames through them
+    /// while this one rewrites the policy maps: the two borrow different parts of the filter.
+    pub fn concurrent(&mut self) -> anyhow::Result<(ConcurrentRunner<'_>, &mut PolicyMaps)> {
+        let program = |name: &str| {
+            self.ebpf
+                .program(name)
+                .with_context(|| format!("no program {name} in the object"))
+        };
+        let xdp: &Xdp = program(names::PROG_XDP)?.try_into()?;
+        let tc: &SchedClassifier = program(names::PROG_TC)?.try_into()?;
+        Ok((ConcurrentRunner { xdp, tc }, &mut self.maps))
     }
 
     /// Runs `frame` `repeat` times; returns the raw return code and the kernel's mean duration
@@ -320,6 +325,41 @@ impl Filter {
             [reason] => Ok((outcome, *reason)),
             _ => anyhow::bail!("expected exactly one reason counter to move, these did: {moved:?}"),
         }
+    }
+}
+
+/// What a hook's return code means.
+fn outcome(hook: Hook, raw: u32) -> anyhow::Result<Outcome> {
+    match (hook, raw) {
+        (Hook::Xdp | Hook::XdpL3, XDP_PASS) | (Hook::Tc | Hook::TcIngress, TC_ACT_UNSPEC) => {
+            Ok(Outcome::Pass)
+        }
+        (Hook::Xdp | Hook::XdpL3, XDP_DROP) | (Hook::Tc | Hook::TcIngress, TC_ACT_SHOT) => {
+            Ok(Outcome::Drop)
+        }
+        _ => anyhow::bail!("{hook:?} returned unexpected code {raw}"),
+    }
+}
+
+/// Runs frames through a filter's programs from another thread ([`Filter::concurrent`]).
+pub struct ConcurrentRunner<'a> {
+    xdp: &'a Xdp,
+    tc: &'a SchedClassifier,
+}
+
+impl ConcurrentRunner<'_> {
+    /// Runs `frame` once through XDP (`Hook::Xdp`) or TC egress (any other hook).
+    pub fn run(&self, hook: Hook, frame: &[u8]) -> anyhow::Result<Outcome> {
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            repeat: 1,
+            ..TestRunOptions::default()
+        };
+        let (hook, result) = match hook {
+            Hook::Xdp => (Hook::Xdp, self.xdp.test_run(opts)),
+            _ => (Hook::Tc, self.tc.test_run(opts)),
+        };
+        outcome(hook, result?.return_value)
     }
 }
 

@@ -3,10 +3,18 @@
 //! tables of nested and overlapping prefixes with random port sets: after the initial load, after
 //! incremental host-route updates, and after whole-table replacements. Needs root.
 //!
+//! A second test runs probes without pause on another thread while the table is rewritten: a
+//! packet judged during an update gets the old policy's verdict or the new one's, never one
+//! that neither gives.
+//!
 //! The seed comes from `DIFFERENTIAL_SEED` when set, the clock otherwise; a failure prints it with
 //! the address, the port and both answers, so the run can be repeated exactly.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::atomic::{AtomicBool, AtomicUsize, Ordering},
+    time::{Duration, Instant},
+};
 
 use filter_common::{Reason, RuleProto};
 use filter_tests::{
@@ -340,4 +348,140 @@ fn kernel_verdicts_equal_the_reference_on_a_100k_table() -> anyhow::Result<()> {
     let seed = seed() ^ 0x1000;
     eprintln!("differential: seed {seed} (DIFFERENTIAL_SEED={seed} repeats this run)");
     run(seed, 100_000)
+}
+
+/// A frame and the outcome it must get whichever of the tables an update moves between is in
+/// force: probes whose outcome differs between them are run but not checked.
+struct SteadyProbe {
+    frame: Vec<u8>,
+    what: String,
+    outcome: Option<Outcome>,
+}
+
+/// Rounds of updates: each switches to a second table and back whole, then adds and removes
+/// host routes in place.
+const UPDATE_ROUNDS: usize = 8;
+
+#[test]
+fn packets_judged_during_updates_get_the_old_or_the_new_verdict() -> anyhow::Result<()> {
+    let seed = seed() ^ 0x2000;
+    eprintln!("differential: seed {seed} (DIFFERENTIAL_SEED={seed} repeats this run)");
+    let mut rng = Rng(seed);
+    // The second table keeps most of the first's grants and adds others: most verdicts stay
+    // the same while every range, chunk and policy id of the new copy is written afresh.
+    let first_grants = random_grants(&mut rng, 20_000);
+    let mut second_grants: Vec<Grant> = first_grants
+        .iter()
+        .filter(|_| rng.below(10) != 0)
+        .cloned()
+        .collect();
+    second_grants.extend(random_grants(&mut rng, 2_000));
+    let first = AllowTable::build(&first_grants)?;
+    let second = AllowTable::build(&second_grants)?;
+    let hosts: Vec<Grant> = (0..200).map(|_| host_grant(&mut rng)).collect();
+    let mut with_hosts = first.clone();
+    with_hosts.update_hosts(&hosts, &[])?;
+    let states = [&first, &second, &with_hosts];
+
+    let mut probes = Vec::new();
+    while probes.len() < PROBES {
+        let table = states[probes.len() % states.len()];
+        let addr = probe_address(&mut rng, table);
+        if link_scoped(addr) {
+            continue;
+        }
+        let port = probe_port(&mut rng, table, addr);
+        let outcomes: Vec<Outcome> = states
+            .iter()
+            .map(|t| {
+                if reference(t, addr, port).passes() {
+                    Outcome::Pass
+                } else {
+                    Outcome::Drop
+                }
+            })
+            .collect();
+        let src = if addr.is_ipv4() {
+            "192.0.2.1"
+        } else {
+            "2001:db8::1"
+        };
+        probes.push(SteadyProbe {
+            frame: Pkt::ip(src, &addr.to_string()).tcp(port).build(),
+            what: format!("TCP to {addr} port {port}"),
+            outcome: outcomes
+                .iter()
+                .all(|o| *o == outcomes[0])
+                .then_some(outcomes[0]),
+        });
+    }
+    let steady = |wanted: Outcome| probes.iter().filter(|p| p.outcome == Some(wanted)).count();
+    // Both kinds, or a writer that opened or closed everything would go unnoticed.
+    anyhow::ensure!(
+        steady(Outcome::Pass) > PROBES / 20 && steady(Outcome::Drop) > PROBES / 20,
+        "seed {seed}: probes too one-sided ({} always pass, {} always drop of {PROBES})",
+        steady(Outcome::Pass),
+        steady(Outcome::Drop)
+    );
+
+    let mut filter = Filter::empty()?;
+    let (runner, maps) = filter.concurrent()?;
+    maps.apply(&first)?;
+    let updating = AtomicBool::new(true);
+    let judged_during_updates = AtomicUsize::new(0);
+    let mut violations: Vec<String> = Vec::new();
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        let judge = scope.spawn(|| -> anyhow::Result<Vec<String>> {
+            let mut wrong = Vec::new();
+            let deadline = Instant::now() + Duration::from_mins(2);
+            'run: for round in 0.. {
+                for (i, probe) in probes.iter().enumerate() {
+                    if !updating.load(Ordering::Relaxed) || Instant::now() > deadline {
+                        break 'run;
+                    }
+                    let hook = if (round + i) % 2 == 0 {
+                        Hook::Xdp
+                    } else {
+                        Hook::Tc
+                    };
+                    let got = runner.run(hook, &probe.frame)?;
+                    judged_during_updates.fetch_add(1, Ordering::Relaxed);
+                    if probe.outcome.is_some_and(|wanted| wanted != got) && wrong.len() < 20 {
+                        wrong.push(format!("{hook:?} judged {} as {got:?}", probe.what));
+                    }
+                }
+            }
+            Ok(wrong)
+        });
+        let result = (|| -> anyhow::Result<()> {
+            let mut table = first.clone();
+            for _ in 0..UPDATE_ROUNDS {
+                maps.apply(&second)?;
+                maps.apply(&table)?;
+                let added = table.update_hosts(&hosts, &[])?;
+                maps.apply_changes(&table, &added)?;
+                let removed = table.update_hosts(&[], &hosts)?;
+                maps.apply_changes(&table, &removed)?;
+            }
+            Ok(())
+        })();
+        updating.store(false, Ordering::Relaxed);
+        violations = judge
+            .join()
+            .map_err(|_| anyhow::anyhow!("the judging thread panicked"))??;
+        result
+    })?;
+    let judged = judged_during_updates.load(Ordering::Relaxed);
+    anyhow::ensure!(
+        violations.is_empty(),
+        "seed {seed}: during updates a packet got a verdict neither table gives: {violations:#?}"
+    );
+    // Each round writes two whole tables of 20k prefixes per family: thousands of packets
+    // must have met a write in progress, or the test showed nothing.
+    anyhow::ensure!(
+        judged >= 2 * PROBES,
+        "seed {seed}: only {judged} packets were judged while the tables were rewritten"
+    );
+    eprintln!("differential: {judged} packets judged during {UPDATE_ROUNDS} rounds of updates");
+    Ok(())
 }
