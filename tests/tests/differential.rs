@@ -18,7 +18,7 @@ use std::{
 
 use filter_common::{Reason, RuleProto};
 use filter_tests::{
-    harness::{Filter, Hook, Outcome},
+    harness::{ConcurrentRunner, Filter, Hook, Outcome},
     packet::Pkt,
 };
 use filter_user::table::{AllowTable, Grant, PortSpec};
@@ -358,6 +358,74 @@ struct SteadyProbe {
     outcome: Option<Outcome>,
 }
 
+/// `PROBES` frames drawn from each of `states` in turn, each with the outcome every state gives
+/// it, if they agree.
+fn steady_probes(rng: &mut Rng, states: &[&AllowTable]) -> Vec<SteadyProbe> {
+    let mut probes = Vec::new();
+    while probes.len() < PROBES {
+        let table = states[probes.len() % states.len()];
+        let addr = probe_address(rng, table);
+        if link_scoped(addr) {
+            continue;
+        }
+        let port = probe_port(rng, table, addr);
+        let outcomes: Vec<Outcome> = states
+            .iter()
+            .map(|t| {
+                if reference(t, addr, port).passes() {
+                    Outcome::Pass
+                } else {
+                    Outcome::Drop
+                }
+            })
+            .collect();
+        let src = if addr.is_ipv4() {
+            "192.0.2.1"
+        } else {
+            "2001:db8::1"
+        };
+        probes.push(SteadyProbe {
+            frame: Pkt::ip(src, &addr.to_string()).tcp(port).build(),
+            what: format!("TCP to {addr} port {port}"),
+            outcome: outcomes
+                .iter()
+                .all(|o| *o == outcomes[0])
+                .then_some(outcomes[0]),
+        });
+    }
+    probes
+}
+
+/// Runs `probes` round and round, alternating XDP and TC, while `updating` holds (at most two
+/// minutes); returns what got an outcome other than the one it must have (the first 20).
+fn judge_while(
+    runner: &ConcurrentRunner<'_>,
+    probes: &[SteadyProbe],
+    updating: &AtomicBool,
+    judged: &AtomicUsize,
+) -> anyhow::Result<Vec<String>> {
+    let mut wrong = Vec::new();
+    let deadline = Instant::now() + Duration::from_mins(2);
+    for round in 0.. {
+        for (i, probe) in probes.iter().enumerate() {
+            if !updating.load(Ordering::Relaxed) || Instant::now() > deadline {
+                return Ok(wrong);
+            }
+            let hook = if (round + i) % 2 == 0 {
+                Hook::Xdp
+            } else {
+                Hook::Tc
+            };
+            let got = runner.run(hook, &probe.frame)?;
+            judged.fetch_add(1, Ordering::Relaxed);
+            if probe.outcome.is_some_and(|wanted| wanted != got) && wrong.len() < 20 {
+                wrong.push(format!("{hook:?} judged {} as {got:?}", probe.what));
+            }
+        }
+    }
+    Ok(wrong)
+}
+
 /// Rounds of updates: each switches to a second table and back whole, then adds and removes
 /// host routes in place.
 const UPDATE_ROUNDS: usize = 8;
@@ -383,38 +451,7 @@ fn packets_judged_during_updates_get_the_old_or_the_new_verdict() -> anyhow::Res
     with_hosts.update_hosts(&hosts, &[])?;
     let states = [&first, &second, &with_hosts];
 
-    let mut probes = Vec::new();
-    while probes.len() < PROBES {
-        let table = states[probes.len() % states.len()];
-        let addr = probe_address(&mut rng, table);
-        if link_scoped(addr) {
-            continue;
-        }
-        let port = probe_port(&mut rng, table, addr);
-        let outcomes: Vec<Outcome> = states
-            .iter()
-            .map(|t| {
-                if reference(t, addr, port).passes() {
-                    Outcome::Pass
-                } else {
-                    Outcome::Drop
-                }
-            })
-            .collect();
-        let src = if addr.is_ipv4() {
-            "192.0.2.1"
-        } else {
-            "2001:db8::1"
-        };
-        probes.push(SteadyProbe {
-            frame: Pkt::ip(src, &addr.to_string()).tcp(port).build(),
-            what: format!("TCP to {addr} port {port}"),
-            outcome: outcomes
-                .iter()
-                .all(|o| *o == outcomes[0])
-                .then_some(outcomes[0]),
-        });
-    }
+    let probes = steady_probes(&mut rng, &states);
     let steady = |wanted: Outcome| probes.iter().filter(|p| p.outcome == Some(wanted)).count();
     // Both kinds, or a writer that opened or closed everything would go unnoticed.
     anyhow::ensure!(
@@ -431,28 +468,8 @@ fn packets_judged_during_updates_get_the_old_or_the_new_verdict() -> anyhow::Res
     let judged_during_updates = AtomicUsize::new(0);
     let mut violations: Vec<String> = Vec::new();
     std::thread::scope(|scope| -> anyhow::Result<()> {
-        let judge = scope.spawn(|| -> anyhow::Result<Vec<String>> {
-            let mut wrong = Vec::new();
-            let deadline = Instant::now() + Duration::from_mins(2);
-            'run: for round in 0.. {
-                for (i, probe) in probes.iter().enumerate() {
-                    if !updating.load(Ordering::Relaxed) || Instant::now() > deadline {
-                        break 'run;
-                    }
-                    let hook = if (round + i) % 2 == 0 {
-                        Hook::Xdp
-                    } else {
-                        Hook::Tc
-                    };
-                    let got = runner.run(hook, &probe.frame)?;
-                    judged_during_updates.fetch_add(1, Ordering::Relaxed);
-                    if probe.outcome.is_some_and(|wanted| wanted != got) && wrong.len() < 20 {
-                        wrong.push(format!("{hook:?} judged {} as {got:?}", probe.what));
-                    }
-                }
-            }
-            Ok(wrong)
-        });
+        let judge =
+            scope.spawn(|| judge_while(&runner, &probes, &updating, &judged_during_updates));
         let result = (|| -> anyhow::Result<()> {
             let mut table = first.clone();
             for _ in 0..UPDATE_ROUNDS {
