@@ -99,6 +99,10 @@ pub const PROG_TC: &str = "egress_tc";
 /// The XDP program for layer-3 devices (TUN, WireGuard, PPP, IP tunnels): frames start at the IP
 /// header. Runs in generic mode.
 pub const PROG_XDP_L3: &str = "egress_xdp_l3";
+/// `egress_xdp` loaded for multi-buffer frames (`xdp.frags`): what a driver needs to run XDP
+/// natively on a link whose MTU exceeds a page. Needs kernel 5.18; attached only where the plain
+/// program is refused and driver mode was asked for.
+pub const PROG_XDP_FRAGS: &str = "egress_xdp_mb";
 /// The TC classifier for layer-3 devices.
 pub const PROG_TC_L3: &str = "egress_tc_l3";
 /// The TC classifier for the host side of a pod's or container's veth (ingress direction):
@@ -140,7 +144,14 @@ pub const ALL_MAPS: [&str; 31] = [
     FLOW_STATS,
 ];
 /// Every program the object must contain.
-pub const ALL_PROGRAMS: [&str; 5] = [PROG_XDP, PROG_TC, PROG_XDP_L3, PROG_TC_L3, PROG_TC_INGRESS];
+pub const ALL_PROGRAMS: [&str; 6] = [
+    PROG_XDP,
+    PROG_TC,
+    PROG_XDP_L3,
+    PROG_TC_L3,
+    PROG_TC_INGRESS,
+    PROG_XDP_FRAGS,
+];
 
 /// Capacity of each LPM trie. Tries are `BPF_F_NO_PREALLOC` (the kernel requires it), so an
 /// unused entry costs no memory.

@@ -30,10 +30,6 @@ pub(crate) trait PacketContext: EbpfContext {
     fn arrival_ifindex(&self) -> u32;
 }
 
-/// The smallest first buffer a frame with more buffers can have: drivers receive into buffers
-/// of at least 1 KiB (most into 2 KiB to a page), and spill into a second only past the first.
-const MIN_FULL_FIRST_BUFFER: u32 = 1024;
-
 impl PacketContext for XdpContext {
     const HOOK: Hook = Hook::Xdp;
     const CHECKS_SOURCES: bool = true;
@@ -56,16 +52,7 @@ impl PacketContext for XdpContext {
 
     #[inline(always)]
     fn packet_len(&self) -> u32 {
-        let first_buffer = (XdpContext::data_end(self) - XdpContext::data(self)) as u32;
-        // A multi-buffer (jumbo) frame is longer than its first buffer, the part between data
-        // and data_end, and only the helper knows by how much. A driver starts another buffer
-        // only once the first is full, and none fills a first buffer of under
-        // `MIN_FULL_FIRST_BUFFER`, so smaller frames skip the helper call (about 5 ns).
-        if first_buffer < MIN_FULL_FIRST_BUFFER {
-            return first_buffer;
-        }
-        // Safety: `ctx` is the xdp_md the kernel passed to the program.
-        unsafe { aya_ebpf::helpers::generated::bpf_xdp_get_buff_len(self.ctx) as u32 }
+        (XdpContext::data_end(self) - XdpContext::data(self)) as u32
     }
 
     #[inline(always)]
@@ -164,6 +151,51 @@ impl PacketContext for PodVeth {
     #[inline(always)]
     fn arrival_ifindex(&self) -> u32 {
         // At ingress the packet arrives on the hook's own interface.
+        PacketContext::ifindex(&self.0)
+    }
+}
+
+/// XDP with multi-buffer frames (`egress_xdp_mb`): the frame may go on past its first
+/// buffer, the part between data and data_end the parser reads.
+#[repr(transparent)]
+pub(crate) struct MultiBuffer(pub XdpContext);
+
+impl EbpfContext for MultiBuffer {
+    #[inline(always)]
+    fn as_ptr(&self) -> *mut c_void {
+        self.0.as_ptr()
+    }
+}
+
+impl PacketContext for MultiBuffer {
+    const HOOK: Hook = Hook::Xdp;
+    const CHECKS_SOURCES: bool = true;
+
+    #[inline(always)]
+    fn data(&self) -> usize {
+        self.0.data()
+    }
+
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        self.0.data_end()
+    }
+
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        PacketContext::ifindex(&self.0)
+    }
+
+    #[inline(always)]
+    fn packet_len(&self) -> u32 {
+        // Only the helper knows the whole length, the later buffers included: a helper call per
+        // packet, paid only on the links that need this variant.
+        // Safety: `ctx` is the xdp_md the kernel passed to the program.
+        unsafe { aya_ebpf::helpers::generated::bpf_xdp_get_buff_len(self.0.ctx) as u32 }
+    }
+
+    #[inline(always)]
+    fn arrival_ifindex(&self) -> u32 {
         PacketContext::ifindex(&self.0)
     }
 }

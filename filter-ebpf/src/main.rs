@@ -42,10 +42,7 @@ enum Verdict {
     Drop,
 }
 
-// `frags`: loaded for multi-buffer frames (BPF_F_XDP_HAS_FRAGS), which a driver needs before it
-// runs XDP natively on a link whose MTU exceeds a page (jumbo frames). The parser reads only the
-// first buffer, where every driver puts the headers; headers beyond it fail closed.
-#[xdp(frags)]
+#[xdp]
 #[expect(
     clippy::needless_pass_by_value,
     reason = "aya's macros hand the context over by value"
@@ -54,8 +51,20 @@ pub(crate) fn egress_xdp(ctx: XdpContext) -> u32 {
     xdp_verdict(process::<_, true, { skip::NOTHING }>(&ctx))
 }
 
-/// XDP on a layer-3 device (TUN, WireGuard, PPP, IP tunnels; generic mode): no link header.
+/// `egress_xdp` loaded for multi-buffer frames (`BPF_F_XDP_HAS_FRAGS`), which a driver needs
+/// before it runs XDP natively on a link whose MTU exceeds a page (jumbo frames). The parser reads
+/// only the first buffer: where a driver keeps the headers there, frames are judged as by
+/// `egress_xdp`; where it does not, they fail closed as truncated. That is why the daemon attaches
+/// this variant only when driver mode was asked for and the plain program was refused.
 #[xdp(frags)]
+pub(crate) fn egress_xdp_mb(ctx: XdpContext) -> u32 {
+    xdp_verdict(process::<_, true, { skip::NOTHING }>(
+        &context::MultiBuffer(ctx),
+    ))
+}
+
+/// XDP on a layer-3 device (TUN, WireGuard, PPP, IP tunnels; generic mode): no link header.
+#[xdp]
 #[expect(
     clippy::needless_pass_by_value,
     reason = "aya's macros hand the context over by value"
@@ -167,7 +176,7 @@ fn process<C: PacketContext, const ETHERNET: bool, const SKIP: u32>(ctx: &C) -> 
         Ok(Frame::NotIp) => Reason::NotIp.into(),
         Err(reason) => reason.into(),
     };
-    // Once per packet: for a jumbo frame it is a helper call.
+    // Once per packet: in the multi-buffer variant it is a helper call.
     let bytes = ctx.packet_len();
     if SKIP & skip::COUNT == 0 {
         report::count(ctx, bytes, reason, service_id);

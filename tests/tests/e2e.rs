@@ -96,7 +96,8 @@ fn xdp_gateway_forwards_listed_connections_and_drops_the_rest() -> anyhow::Resul
 }
 
 /// Jumbo frames (MTU 9000 end to end) through XDP in driver mode: a veth runs XDP natively past
-/// a page-sized MTU only for a program loaded for multi-buffer frames. Listed traffic passes
+/// a page-sized MTU only for a program loaded for multi-buffer frames, which the daemon attaches
+/// when driver mode is asked for (the default falls back to generic mode). Listed traffic passes
 /// whole, the rest is dropped, and the counters count each frame whole, not its first buffer.
 #[test]
 fn jumbo_frames_pass_driver_mode_xdp_whole() -> anyhow::Result<()> {
@@ -107,14 +108,21 @@ fn jumbo_frames_pass_driver_mode_xdp_whole() -> anyhow::Result<()> {
         &lab,
         "[[service]]\nname = \"jumbo\"\ncidrs = [\"198.51.100.10/32\"]\ntcp = [9443]\n",
     )?;
-    let daemon = gateway(&lab, &rules, &["--xdp-mode", "native"])?;
-    assert_eq!(
-        daemon.xdp_mode(&lab.gw_lan)?,
-        (
-            "driver".to_owned(),
-            "asked for (--xdp-mode native)".to_owned()
-        )
+    // The default takes generic mode here, and says why.
+    let auto = gateway(&lab, &rules, &[])?;
+    let (mode, why) = auto.xdp_mode(&lab.gw_lan)?;
+    assert_eq!(mode, "generic", "{why}");
+    assert!(
+        why.contains("--xdp-mode native tries the multi-buffer"),
+        "{why}"
     );
+    auto.signal("TERM")?;
+    assert!(auto.wait_exit(Duration::from_secs(10))?, "a clean exit");
+    // Asked for driver mode, the daemon attaches the multi-buffer program.
+    let daemon = gateway(&lab, &rules, &["--xdp-mode", "native"])?;
+    let (mode, why) = daemon.xdp_mode(&lab.gw_lan)?;
+    assert_eq!(mode, "driver", "{why}");
+    assert!(why.contains("so the multi-buffer one"), "{why}");
     let received = std::env::temp_dir().join(format!("ef-jumbo-{}", lab.id));
     let _receiver = lab.inet.spawn(&[
         "sh",
@@ -159,6 +167,14 @@ fn jumbo_frames_pass_driver_mode_xdp_whole() -> anyhow::Result<()> {
         !lab.client.connects(WEB_B_V4, 443, 1),
         "unlisted traffic is still dropped"
     );
+    // A restart adopts the link with the multi-buffer program in it (the plain one would be
+    // refused there).
+    daemon.signal("KILL")?;
+    daemon.wait_exit(Duration::from_secs(5))?;
+    let restarted = gateway(&lab, &rules, &["--xdp-mode", "native"])?;
+    restarted.wait_for_log("adopted the pinned link", Duration::from_secs(1))?;
+    assert_eq!(restarted.xdp_mode(&lab.gw_lan)?.0, "driver");
+    assert!(!lab.client.connects(WEB_B_V4, 443, 1), "still enforcing");
     Ok(())
 }
 

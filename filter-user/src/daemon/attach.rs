@@ -210,7 +210,17 @@ pub fn attach_one(
     let path = pins.link_path(*hook, name);
     if let Ok(old) = PinnedLink::from_pin(&path) {
         if pinned_link_ifindex(&path)? == Some(target.index) {
-            adopt(ebpf, target, FdLink::from(old))?;
+            adopt(ebpf, target, FdLink::from(old)).or_else(|err| {
+                if *hook != HookKind::Xdp || *layer != LinkLayer::Ethernet {
+                    return Err(err);
+                }
+                // A link attached with the multi-buffer program (driver mode on a jumbo link)
+                // takes only that program again.
+                let pinned = PinnedLink::from_pin(&path)
+                    .with_context(|| format!("cannot open {}", path.display()))?;
+                adopt_xdp(ebpf, names::PROG_XDP_FRAGS, FdLink::from(pinned))
+                    .with_context(|| format!("{err:#}; nor the multi-buffer program"))
+            })?;
             tracing::info!(iface = %name, hook = hook.name(), "{} on {name}: adopted the pinned link", hook.title());
             return Ok((*hook == HookKind::Xdp)
                 .then(|| "adopted: the pinned link keeps the mode it was attached in".to_owned()));
@@ -224,22 +234,46 @@ pub fn attach_one(
     }
     let why = match hook {
         HookKind::Xdp => {
-            let program = loader::loaded_xdp(ebpf, program_for(*hook, *layer))?;
             let (first, fallback) = xdp_modes(xdp_mode, *layer);
-            let mut why = mode_reason(xdp_mode, *layer);
-            let id = match fallback {
-                None => program.attach(name, first.into()),
-                Some(fallback) => program.attach(name, first.into()).or_else(|err| {
-                    why = format!(
-                        "the driver refused {} mode ({err}), so {} mode",
+            let plain = program_for(*hook, *layer);
+            let tried = loader::loaded_xdp(ebpf, plain)?.attach(name, first.into());
+            let (attached, id, why) = match (tried, fallback) {
+                (Ok(id), _) => (plain, id, mode_reason(xdp_mode, *layer)),
+                (Err(err), Some(fallback)) => {
+                    let id = loader::loaded_xdp(ebpf, plain)?
+                        .attach(name, fallback.into())
+                        .with_context(|| format!("cannot attach XDP to {name}"))?;
+                    let why = format!(
+                        "the driver refused {} mode ({err}), so {} mode (on a link whose MTU \
+                         exceeds a page, --xdp-mode native tries the multi-buffer program)",
                         first.name(),
                         fallback.name()
                     );
-                    program.attach(name, fallback.into())
-                }),
-            }
-            .with_context(|| format!("cannot attach XDP to {name}"))?;
-            pin_link(program.take_link(id)?, &path, "XDP (kernel < 5.9?)")?;
+                    (plain, id, why)
+                }
+                // Driver mode asked for and refused: a link whose MTU exceeds a page takes only
+                // a program built for multi-buffer frames (kernel 5.18).
+                (Err(err), None) if first == Mode::Driver && *layer == LinkLayer::Ethernet => {
+                    let id = loader::loaded_xdp(ebpf, names::PROG_XDP_FRAGS)?
+                        .attach(name, first.into())
+                        .with_context(|| {
+                            format!(
+                                "cannot attach XDP to {name} in driver mode ({err}), nor the \
+                                 multi-buffer program"
+                            )
+                        })?;
+                    let why = format!(
+                        "asked for (--xdp-mode native); the driver refused the plain program \
+                         ({err}), so the multi-buffer one"
+                    );
+                    (names::PROG_XDP_FRAGS, id, why)
+                }
+                (Err(err), None) => {
+                    return Err(err).with_context(|| format!("cannot attach XDP to {name}"))
+                }
+            };
+            let link = loader::loaded_xdp(ebpf, attached)?.take_link(id)?;
+            pin_link(link, &path, "XDP (kernel < 5.9?)")?;
             Some(why)
         }
         HookKind::Tc | HookKind::TcIngress => {
@@ -275,11 +309,7 @@ fn adopt(ebpf: &mut Ebpf, target: &Target, old: FdLink) -> anyhow::Result<()> {
     let context = || format!("cannot update {} on {}", target.hook.title(), target.name);
     let program_name = program_for(target.hook, target.layer);
     if target.hook == HookKind::Xdp {
-        let program = loader::loaded_xdp(ebpf, program_name)?;
-        let id = program
-            .attach_to_link(XdpLink::try_from(old)?)
-            .with_context(context)?;
-        drop(program.take_link(id)?);
+        adopt_xdp(ebpf, program_name, old).with_context(context)?;
     } else {
         let program = loader::loaded_tc(ebpf, program_name)?;
         let id = program
@@ -287,6 +317,14 @@ fn adopt(ebpf: &mut Ebpf, target: &Target, old: FdLink) -> anyhow::Result<()> {
             .with_context(context)?;
         drop(program.take_link(id)?);
     }
+    Ok(())
+}
+
+/// Swaps the XDP program `program_name` into a pinned link.
+fn adopt_xdp(ebpf: &mut Ebpf, program_name: &'static str, old: FdLink) -> anyhow::Result<()> {
+    let program = loader::loaded_xdp(ebpf, program_name)?;
+    let id = program.attach_to_link(XdpLink::try_from(old)?)?;
+    drop(program.take_link(id)?);
     Ok(())
 }
 
