@@ -497,14 +497,17 @@ fn sigterm_while_the_rules_are_read_leaves_nothing_pinned() -> anyhow::Result<()
         &lab.pin_path(),
         &["--rules", rules.path(), "--xdp", &lab.gw_lan],
     )?;
+    // Polled closely: the stop must land while the rules are still being read.
     let maps = std::path::Path::new(&lab.pin_path()).join("maps");
-    assert!(
-        eventually(Duration::from_secs(10), || maps
-            .read_dir()
-            .is_ok_and(|mut dir| dir.next().is_some())),
-        "the verifier's load pins the maps: {:?}",
-        daemon.logs()
-    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !maps.read_dir().is_ok_and(|mut dir| dir.next().is_some()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the verifier's load pins the maps: {:?}",
+            daemon.logs()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     daemon.signal("TERM")?;
     assert!(
         !daemon

@@ -191,15 +191,19 @@ impl Daemon {
 
 /// The mode the kernel reports XDP running in on `target`, logged with why: which mode a
 /// gateway's LAN runs in decides what filtering costs there.
-async fn xdp_mode_of(target: &Target, why: String) -> XdpModeView {
+async fn xdp_mode_of(target: &Target, mut why: String) -> XdpModeView {
     let mode = match interfaces::xdp_mode(target.index).await {
-        Ok(Some(mode)) => mode.to_owned(),
-        Ok(None) => "unknown (none reported)".to_owned(),
+        Ok(Some(mode)) => mode,
+        Ok(None) => {
+            why.push_str(" (the kernel reports no XDP program on it)");
+            "unknown"
+        }
         Err(err) => {
             tracing::warn!("{err:#}");
-            "unknown".to_owned()
+            "unknown"
         }
-    };
+    }
+    .to_owned();
     let name = &target.name;
     tracing::info!(iface = %name, mode = %mode, "XDP on {name} runs in {mode} mode: {why}");
     XdpModeView { mode, why }
