@@ -188,8 +188,8 @@ impl PacketContext for MultiBuffer {
 
     #[inline(always)]
     fn packet_len(&self) -> u32 {
-        // Only the helper knows the whole length, the later buffers included: a helper call per
-        // packet, paid only on the links that need this variant.
+        // Only the helper knows the whole length, the later buffers included: a helper call
+        // each time the length is read, paid only on the links that need this variant.
         // Safety: `ctx` is the xdp_md the kernel passed to the program.
         unsafe { aya_ebpf::helpers::generated::bpf_xdp_get_buff_len(self.0.ctx) as u32 }
     }

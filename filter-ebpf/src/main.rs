@@ -176,10 +176,8 @@ fn process<C: PacketContext, const ETHERNET: bool, const SKIP: u32>(ctx: &C) -> 
         Ok(Frame::NotIp) => Reason::NotIp.into(),
         Err(reason) => reason.into(),
     };
-    // Once per packet: in the multi-buffer variant it is a helper call.
-    let bytes = ctx.packet_len();
     if SKIP & skip::COUNT == 0 {
-        report::count(ctx, bytes, reason, service_id);
+        report::count(ctx, reason, service_id);
     }
     if SKIP & skip::KERNEL_LOG == 0 && matches!(reason, Reason::PolicyMissing) {
         kernel_log::policy_missing(ctx);
@@ -188,7 +186,7 @@ fn process<C: PacketContext, const ETHERNET: bool, const SKIP: u32>(ctx: &C) -> 
         return Verdict::Pass;
     }
     if SKIP & skip::COUNT == 0 {
-        report::count_group_drop(bytes, group);
+        report::count_group_drop(ctx, group);
     }
     let config = if SKIP & skip::CONFIG != 0 {
         ablation::CONSTANT_CONFIG
@@ -198,7 +196,7 @@ fn process<C: PacketContext, const ETHERNET: bool, const SKIP: u32>(ctx: &C) -> 
     if SKIP & skip::KERNEL_LOG == 0 && !config.is_understood() {
         kernel_log::unknown_config(ctx, config.mode, config.flags);
     }
-    report::report(ctx, bytes, &packet, group, reason, &config);
+    report::report(ctx, &packet, group, reason, &config);
     if config.is_audit() {
         Verdict::Pass
     } else {

@@ -23,12 +23,8 @@ const MAX_REFILL_NANOS: u64 = 10 * NANOS_PER_SEC;
 /// Counts a packet under its interface, hook and reason and, when a service allowed it, under
 /// that service.
 #[inline(always)]
-pub(crate) fn count<C: PacketContext>(
-    ctx: &C,
-    bytes: u32,
-    reason: Reason,
-    service_id: Option<u16>,
-) {
+pub(crate) fn count<C: PacketContext>(ctx: &C, reason: Reason, service_id: Option<u16>) {
+    let bytes = ctx.packet_len();
     let ifindex = ctx.ifindex();
     // An interface the daemon did not number (or beyond the slot table) counts in slot 0.
     let slot = if ifindex < COUNTER_SLOT_IFINDEX_LIMIT {
@@ -45,8 +41,12 @@ pub(crate) fn count<C: PacketContext>(
 /// Counts a dropped packet against its source's client group: on the drop path only, so the
 /// allowed path pays nothing for it.
 #[inline(always)]
-pub(crate) fn count_group_drop(bytes: u32, group: u32) {
-    add(&GROUP_DROPS, group & (MAX_GROUPS as u32 - 1), bytes);
+pub(crate) fn count_group_drop<C: PacketContext>(ctx: &C, group: u32) {
+    add(
+        &GROUP_DROPS,
+        group & (MAX_GROUPS as u32 - 1),
+        ctx.packet_len(),
+    );
 }
 
 #[inline(always)]
@@ -73,7 +73,6 @@ fn bump(counter: EventCounter) {
 #[inline(always)]
 pub(crate) fn report<C: PacketContext>(
     ctx: &C,
-    bytes: u32,
     packet: &Packet,
     group: u32,
     reason: Reason,
@@ -96,7 +95,7 @@ pub(crate) fn report<C: PacketContext>(
         dst_addr: packet.dst.octets(),
         sport_be: packet.sport.to_be(),
         dport_be: packet.dport.to_be(),
-        packet_len: bytes,
+        packet_len: ctx.packet_len(),
         vlan_id: packet.vlan_id,
         family: packet.family,
         proto: packet.proto,
