@@ -210,17 +210,7 @@ pub fn attach_one(
     let path = pins.link_path(*hook, name);
     if let Ok(old) = PinnedLink::from_pin(&path) {
         if pinned_link_ifindex(&path)? == Some(target.index) {
-            adopt(ebpf, target, FdLink::from(old)).or_else(|err| {
-                if *hook != HookKind::Xdp || *layer != LinkLayer::Ethernet {
-                    return Err(err);
-                }
-                // A link attached with the multi-buffer program (driver mode on a jumbo link)
-                // takes only that program again.
-                let pinned = PinnedLink::from_pin(&path)
-                    .with_context(|| format!("cannot open {}", path.display()))?;
-                adopt_xdp(ebpf, names::PROG_XDP_FRAGS, FdLink::from(pinned))
-                    .with_context(|| format!("{err:#}; nor the multi-buffer program"))
-            })?;
+            adopt(ebpf, target, FdLink::from(old), &path)?;
             tracing::info!(iface = %name, hook = hook.name(), "{} on {name}: adopted the pinned link", hook.title());
             return Ok((*hook == HookKind::Xdp)
                 .then(|| "adopted: the pinned link keeps the mode it was attached in".to_owned()));
@@ -305,11 +295,24 @@ pub fn attach_one(
 
 /// Swaps this build's program into a pinned link. The link is not kept open here: its pin alone
 /// holds it, so unpinning it later detaches it.
-fn adopt(ebpf: &mut Ebpf, target: &Target, old: FdLink) -> anyhow::Result<()> {
+fn adopt(ebpf: &mut Ebpf, target: &Target, old: FdLink, path: &Path) -> anyhow::Result<()> {
     let context = || format!("cannot update {} on {}", target.hook.title(), target.name);
     let program_name = program_for(target.hook, target.layer);
     if target.hook == HookKind::Xdp {
-        adopt_xdp(ebpf, program_name, old).with_context(context)?;
+        adopt_xdp(ebpf, program_name, old)
+            .or_else(|err| {
+                if target.layer != LinkLayer::Ethernet {
+                    return Err(err);
+                }
+                // A link attached with the multi-buffer program (driver mode on a jumbo link)
+                // takes only that program again. The failed swap closed our descriptor; the pin
+                // still holds the link.
+                let pinned = PinnedLink::from_pin(path)
+                    .with_context(|| format!("cannot open {}", path.display()))?;
+                adopt_xdp(ebpf, names::PROG_XDP_FRAGS, FdLink::from(pinned))
+                    .with_context(|| format!("{err:#}; nor the multi-buffer program"))
+            })
+            .with_context(context)?;
     } else {
         let program = loader::loaded_tc(ebpf, program_name)?;
         let id = program
